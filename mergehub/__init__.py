@@ -1,0 +1,3 @@
+"""MergeHub: budget-aware merging of LLM checkpoints (engine in ``mergehub.engine``)."""
+
+__version__ = "0.1.0"
