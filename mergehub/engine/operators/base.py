@@ -13,7 +13,9 @@ the executor treat it correctly:
   ‖θ_A − θ_full‖₂ ≤ Σ_{(k,b)∉A} |c_k|·‖δ_kb‖₂. Otherwise ``None`` (no certificate).
 * ``merge`` receives the base (or None) and the non-base inputs already cast to the working
   dtype on the working device. Under a budget, an expert block that was not read holds the
-  base's values there (δ = 0), so operators never see "missing" data.
+  base's values there (δ = 0), so operators never see "missing" data. ``merge`` must not
+  modify its arguments in place (they may be views of read buffers shared with the caller).
+* A ``Param`` whose default is ``None`` is optional: ``None`` means "not given".
 
 Random operators draw only through ``ctx.uniform`` / ``ctx.generator`` so that the draw for a
 block depends on (seed, tensor, model, block) alone, never on budget or execution order.
@@ -22,6 +24,7 @@ block depends on (seed, tensor, model, block) alone, never on budget or executio
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -50,12 +53,16 @@ class Param:
 
     def coerce(self, value: Any, where: str) -> Any:
         """Type-check one resolved value (after gradient interpolation)."""
+        if value is None and self.default is None:
+            return None  # optional parameter left out
         if self.kind is bool:
             if isinstance(value, bool):
                 return value
             raise ConfigError(f"{where}: {self.name} must be true or false, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {self.name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {self.name} must be a finite number, got {value!r}")
         if self.kind is int:
             if float(value) != int(value):
                 raise ConfigError(f"{where}: {self.name} must be a whole number, got {value!r}")
@@ -135,6 +142,9 @@ class Operator:
     max_inputs: ClassVar[int | None] = None
     params: ClassVar[tuple[Param, ...]] = ()
     random: ClassVar[bool] = False
+    # True when merge(base, [base]*n) == base: rows where no expert changed are then copied
+    # from the base without computing (the executor's fast path for LoRA-style experts).
+    zero_delta_identity: ClassVar[bool] = False
     help: ClassVar[str] = ""
 
     def validate(self, p: TensorParams, where: str) -> None:

@@ -1,0 +1,283 @@
+"""Generate a synthetic Llama-shaped model family: a base, n experts and example merge configs.
+
+    python -m bench.generate OUT_DIR --size 1GB --experts 4 --dtype bfloat16 \\
+        --shard-size 2GB --delta dense|lora --seed 0
+
+``--size`` is the weight bytes of ONE model (the base; every expert has the same size). All
+models are written in one pass, tensor by tensor and chunk by chunk, so memory stays at a few
+chunks whatever the size. Expert values are (base + δ) computed in fp32 and cast to the dtype,
+δ being as described in :mod:`bench.deltas`. The family is built in a hidden staging directory
+and renamed into place when complete.
+
+Layout of OUT_DIR::
+
+    base/  expert_0/ ... expert_{n-1}/   HF model dirs (weights, config, tokenizer, generation config)
+    task_arithmetic.yaml  ties.yaml      mergekit-style configs with absolute model paths
+    family.json                          what was generated and with which arguments
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from mergehub.engine.blocks import parse_size
+from mergehub.engine.dtypes import CONFIG_NAME, parse_config_dtype
+from mergehub.engine.errors import ConfigError, MergeHubError
+
+from .deltas import DenseDelta, LoraDelta, base_chunk, row_chunks
+from .shapes import LlamaShape, choose_shape, llama_config, tensor_shapes
+from .stwriter import CheckpointWriter
+from .tokenizer import tokenizer_files
+
+FAMILY_FILE = "family.json"
+GENERATOR_VERSION = 1
+DELTA_KINDS = ("dense", "lora")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+ProgressFn = Callable[[int, int], None]  # (bytes written, bytes to write)
+
+
+def generate_family(out_dir: str | os.PathLike, *, size: str | int = "200MB", experts: int = 3,
+                    dtype: str = "bfloat16", shard_size: str | int = "2GB", delta: str = "dense",
+                    seed: int = 0, tied_embeddings: bool = False, sigma: float = 1e-3,
+                    spread: float = 1.0, lora_rank: int = 8,
+                    lora_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+                    lora_layers: float = 0.5, hidden: int | None = None, layers: int | None = None,
+                    vocab: int | None = None, force: bool = False,
+                    progress: ProgressFn | None = None) -> dict:
+    """Write a family into ``out_dir``; return its paths (root, base, experts, configs, family)."""
+    root = Path(out_dir).absolute()
+    torch_dtype = _float_dtype(dtype)
+    dtype_name = CONFIG_NAME[torch_dtype]
+    model_bytes = parse_size(size, "size")
+    shard_bytes = parse_size(shard_size, "shard size")
+    _check_args(experts, delta, sigma, spread, lora_rank, lora_layers)
+    element_size = torch.empty((), dtype=torch_dtype).element_size()
+    shape = choose_shape(model_bytes // element_size, tied_embeddings=tied_embeddings,
+                         hidden=hidden, layers=layers, vocab=vocab)
+    _check_destination(root, force, (experts + 1) * shape.params * element_size)
+
+    staging = root.with_name(f".{root.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    names = ["base"] + [f"expert_{k}" for k in range(experts)]
+    sources = [None] + [_delta_source(delta, seed, k, sigma, spread, lora_rank, lora_modules,
+                                      lora_layers, shape) for k in range(experts)]
+    try:
+        _write_weights(staging, names, sources, shape, torch_dtype, shard_bytes, seed, progress)
+        for name in names:
+            _write_extra_files(staging / name, shape, dtype_name)
+        paths = {"root": root, "base": root / "base",
+                 "experts": [root / n for n in names[1:]], "family": root / FAMILY_FILE}
+        paths["configs"] = _write_configs(staging, paths, dtype_name)
+        family = {
+            "generator": "bench.generate", "version": GENERATOR_VERSION,
+            "arguments": {"size": model_bytes, "experts": experts, "dtype": dtype_name,
+                          "shard_size": shard_bytes, "delta": delta, "seed": seed,
+                          "tied_embeddings": tied_embeddings, "sigma": sigma, "spread": spread,
+                          "lora_rank": lora_rank, "lora_modules": list(lora_modules),
+                          "lora_layers": lora_layers},
+            "shape": shape.as_dict(),
+            "model_bytes": shape.params * element_size,
+            "base": str(paths["base"]), "experts": [str(p) for p in paths["experts"]],
+            "configs": {k: str(v) for k, v in paths["configs"].items()},
+            "lora_layers_per_expert": {n: sorted(s.layers) for n, s in zip(names, sources)
+                                       if isinstance(s, LoraDelta)},
+        }
+        (staging / FAMILY_FILE).write_text(json.dumps(family, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if root.exists():
+        shutil.rmtree(root)  # only reached with force on a previous family (checked above)
+    os.rename(staging, root)
+    return paths
+
+
+def _float_dtype(name: str) -> torch.dtype:
+    dtype = parse_config_dtype(name)
+    if dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"dtype {name!r} is not a float type: use bfloat16, float16 or float32")
+    return dtype
+
+
+def _check_args(experts: int, delta: str, sigma: float, spread: float, lora_rank: int,
+                lora_layers: float) -> None:
+    if not isinstance(experts, int) or experts < 1:
+        raise ConfigError(f"experts must be a positive integer, got {experts!r}")
+    if delta not in DELTA_KINDS:
+        raise ConfigError(f"delta {delta!r} is unknown: use one of {', '.join(DELTA_KINDS)}")
+    if not sigma > 0:
+        raise ConfigError(f"sigma must be positive, got {sigma}")
+    if not spread >= 0:
+        raise ConfigError(f"spread must be zero or positive, got {spread}")
+    if lora_rank < 1:
+        raise ConfigError(f"LoRA rank must be at least 1, got {lora_rank}")
+    if not 0 < lora_layers <= 1:
+        raise ConfigError(f"LoRA layer fraction must be in (0, 1], got {lora_layers}")
+
+
+def _check_destination(root: Path, force: bool, needed: int) -> None:
+    if root.exists():
+        if not force:
+            raise ConfigError(f"{root} already exists: pass --force to replace it or choose another directory")
+        if not (root / FAMILY_FILE).is_file():
+            raise ConfigError(f"{root} exists and is not a generated family (no {FAMILY_FILE}); "
+                              "remove it yourself or choose another directory")
+    parent = root.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < needed * 1.02:
+        raise ConfigError(f"the family needs {needed / 1e9:.2f} GB but {parent} has "
+                          f"{free / 1e9:.2f} GB free: choose a smaller --size or fewer --experts")
+
+
+def _delta_source(kind: str, seed: int, expert: int, sigma: float, spread: float, rank: int,
+                  modules: tuple[str, ...], layer_fraction: float, shape: LlamaShape):
+    if kind == "dense":
+        return DenseDelta(seed, expert, sigma, spread)
+    return LoraDelta(seed, expert, sigma, rank, tuple(modules), layer_fraction, shape.layers)
+
+
+def _write_weights(staging: Path, names: list[str], sources: list, shape: LlamaShape,
+                   dtype: torch.dtype, shard_bytes: int, seed: int,
+                   progress: ProgressFn | None) -> None:
+    """One pass over the tensors: each base chunk is drawn once and every expert derived from it."""
+    tensors = tensor_shapes(shape)
+    writers = []
+    for name in names:
+        (staging / name).mkdir()
+        writers.append(CheckpointWriter(staging / name, tensors, dtype, shard_bytes))
+    element_size = writers[0].element_size
+    total = shape.params * element_size * len(names)
+    done = 0
+    for tname, tshape in tensors:
+        for index, (r0, r1) in enumerate(row_chunks(tshape)):
+            base = base_chunk(seed, tname, tshape, r0, r1, index)
+            base_q = base.to(dtype)
+            base_back = base_q.float()
+            for writer, source in zip(writers, sources):
+                delta = None if source is None else source.chunk(tname, tshape, r0, r1, index)
+                writer.write(base_q if delta is None else (base_back + delta).to(dtype))
+            done += base_q.numel() * element_size * len(names)
+            if progress is not None:
+                progress(done, total)
+    for writer in writers:
+        writer.close()
+
+
+def _write_extra_files(model_dir: Path, shape: LlamaShape, dtype_name: str) -> None:
+    """The non-weight files a Hugging Face model directory carries, so copying them is exercised."""
+    (model_dir / "config.json").write_text(json.dumps(llama_config(shape, dtype_name), indent=2) + "\n")
+    generation = {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2}
+    (model_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    for fname, content in tokenizer_files(shape.vocab).items():
+        (model_dir / fname).write_text(content)
+
+
+def _write_configs(staging: Path, paths: dict, dtype_name: str) -> dict[str, Path]:
+    """Example merge configs in mergekit's YAML schema, pointing at the final (absolute) paths."""
+    experts = [str(p) for p in paths["experts"]]
+    weight = round(1.0 / len(experts), 6)
+    configs = {
+        "task_arithmetic": {
+            "merge_method": "task_arithmetic",
+            "base_model": str(paths["base"]),
+            "models": [{"model": e, "parameters": {"weight": weight}} for e in experts],
+            "dtype": "float32",
+            "out_dtype": dtype_name,
+        },
+        "ties": {
+            "merge_method": "ties",
+            "base_model": str(paths["base"]),
+            "models": [{"model": e, "parameters": {"weight": 1.0, "density": 0.5}} for e in experts],
+            "parameters": {"normalize": True},
+            "dtype": "float32",
+            "out_dtype": dtype_name,
+        },
+    }
+    out = {}
+    for method, config in configs.items():
+        (staging / f"{method}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        out[method] = paths["root"] / f"{method}.yaml"
+    return out
+
+
+def _print_progress() -> ProgressFn:
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 100
+        if percent // 5 != last[0]:
+            last[0] = percent // 5
+            print(f"  {percent:3d}%  {done / 1e9:.2f} / {total / 1e9:.2f} GB", file=sys.stderr, flush=True)
+
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir", help="directory to create (its parent must exist or be creatable)")
+    p.add_argument("--size", default="200MB", help="weight bytes of one model, e.g. 200MB, 1GB, 7GB")
+    p.add_argument("--experts", type=int, default=3, help="number of experts (default 3)")
+    p.add_argument("--dtype", default="bfloat16", help="bfloat16 (default), float16 or float32")
+    p.add_argument("--shard-size", default="2GB", help="largest shard, e.g. 2GB (default) or 500MB")
+    p.add_argument("--delta", default="dense", choices=DELTA_KINDS,
+                   help="dense: Gaussian deltas on every tensor; lora: low-rank deltas on some "
+                        "modules of some layers, exact base bytes elsewhere")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tied-embeddings", action="store_true", help="share embed_tokens with lm_head")
+    p.add_argument("--sigma", type=float, default=1e-3, help="std of delta entries (default 1e-3)")
+    p.add_argument("--spread", type=float, default=1.0,
+                   help="dense: log-normal spread of the per-tensor delta scale (0 = uniform)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-modules", default="q_proj,v_proj", help="comma-separated module names")
+    p.add_argument("--lora-layers", type=float, default=0.5,
+                   help="fraction of layers each LoRA expert touches (default 0.5)")
+    p.add_argument("--hidden", type=int, help="force the hidden size (multiple of 64)")
+    p.add_argument("--layers", type=int, help="force the number of layers")
+    p.add_argument("--vocab", type=int, help="force the vocabulary size")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds a generated family")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        paths = generate_family(
+            args.out_dir, size=args.size, experts=args.experts, dtype=args.dtype,
+            shard_size=args.shard_size, delta=args.delta, seed=args.seed,
+            tied_embeddings=args.tied_embeddings, sigma=args.sigma, spread=args.spread,
+            lora_rank=args.lora_rank,
+            lora_modules=tuple(m.strip() for m in args.lora_modules.split(",") if m.strip()),
+            lora_layers=args.lora_layers, hidden=args.hidden, layers=args.layers,
+            vocab=args.vocab, force=args.force, progress=_print_progress())
+    except MergeHubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    family = json.loads(paths["family"].read_text())
+    s = family["shape"]
+    print(f"family in {paths['root']} ({time.perf_counter() - started:.1f} s)")
+    print(f"  shape: hidden {s['hidden']}, layers {s['layers']}, ffn {s['intermediate']}, heads "
+          f"{s['heads']}/{s['kv_heads']} kv, vocab {s['vocab']}, tied {s['tied_embeddings']}")
+    print(f"  {s['params'] / 1e6:.1f} M params, {family['model_bytes'] / 1e9:.3f} GB per model, "
+          f"{len(paths['experts'])} expert(s) ({args.delta} deltas)")
+    for method, path in paths["configs"].items():
+        print(f"  config {method}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

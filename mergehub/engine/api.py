@@ -1,0 +1,291 @@
+"""The engine's public entry points, used by the CLI and the web workers.
+
+    inspect_model(path)                       -> ModelLayout (headers only)
+    check_compatible(base, expert)            -> None or MismatchedCheckpoints
+    index_model(model, base, catalog_dir=...) -> IndexSummary
+    load_config(path) / load_config_mapping(mapping) -> MergeConfig
+    plan_merge(config, budget=..., ...)       -> PlanReport (reads no expert weights)
+    run_merge(config, out_dir, ...)           -> MergeResult (publishes atomically)
+    sweep(config, budgets, ...)               -> list of per-budget dicts (one pass)
+    replay(manifest_path, out_dir, ...)       -> MergeResult, or ReplayMismatch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import manifest as manifest_mod
+from .blocks import DEFAULT_BLOCK_SIZE, parse_size
+from .catalog import Catalog, IndexEntry, check_compatible
+from .config import load_config, parse_config, to_mergekit_yaml
+from .config_types import MergeConfig
+from .control import CancelFn, Control, ProgressFn
+from .dtypes import CONFIG_NAME, torch_dtype
+from .errors import MergeHubError, ReplayMismatch
+from .executor import Executor, pick_device
+from .layout import ModelLayout, read_model_layout
+from .planner import Plan, make_plan, parse_budget, expand_ranges
+from .publish import Staging, check_target
+from .writer import DEFAULT_SHARD_BYTES, ShardedWriter
+
+__all__ = ["inspect_model", "check_compatible", "index_model", "load_config", "load_config_mapping",
+           "plan_merge", "run_merge", "sweep", "replay", "NotIndexed", "MergeResult", "PlanReport"]
+
+PlanReport = Plan
+
+
+class NotIndexed(MergeHubError):
+    """An expert has no valid catalog entry yet (index it first)."""
+
+
+def inspect_model(path: str | os.PathLike) -> ModelLayout:
+    return read_model_layout(path)
+
+
+def load_config_mapping(mapping: dict, base_dir: Path | None = None) -> MergeConfig:
+    return parse_config(mapping, base_dir=base_dir)
+
+
+@dataclass
+class IndexSummary:
+    entry: IndexEntry
+    layout: ModelLayout
+    indexed_now: bool
+
+    def to_dict(self) -> dict:
+        return self.entry.summary(self.layout)
+
+
+def index_model(model_dir, base_dir, *, catalog_dir=None, block_size: int | None = None,
+                force: bool = False, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None) -> IndexSummary:
+    base, expert = read_model_layout(base_dir), read_model_layout(model_dir)
+    entries, todo = Catalog(catalog_dir).ensure([expert], base, block_size or DEFAULT_BLOCK_SIZE,
+                                                Control(progress, cancel), force=force)
+    return IndexSummary(entries[0], expert, bool(todo))
+
+
+@dataclass
+class _Inputs:
+    base: ModelLayout | None
+    experts: list[ModelLayout]
+    entries: list[IndexEntry] | None
+    index_seconds: float
+    indexed: list[int]
+
+
+def _open_inputs(config: MergeConfig, catalog_dir, block_size: int, control: Control,
+                 index_missing: bool) -> _Inputs:
+    base = read_model_layout(config.base_model.path) if config.base_model else None
+    experts = [read_model_layout(m.path) for m in config.models]
+    reference = base or experts[0]
+    for e in experts:
+        check_compatible(reference, e)
+    if base is None or config.operator.base == "ignored":
+        return _Inputs(base, experts, None, 0.0, [])
+    catalog = Catalog(catalog_dir)
+    if not index_missing:
+        entries = [catalog.lookup(e, base, block_size) for e in experts]
+        missing = [str(e.root) for e, entry in zip(experts, entries) if entry is None]
+        if missing:
+            raise NotIndexed(f"not indexed yet (or changed since): {', '.join(missing)}; run "
+                             "`mergehub index MODEL --base BASE` or wait for indexing to finish")
+        return _Inputs(base, experts, entries, 0.0, [])
+    t0 = time.perf_counter()
+    entries, todo = catalog.ensure(experts, base, block_size, control)
+    return _Inputs(base, experts, entries, time.perf_counter() - t0 if todo else 0.0, todo)
+
+
+def plan_merge(config: MergeConfig, *, budget=1.0, catalog_dir=None, block_size: int | None = None,
+               seed: int = 0, index_missing: bool = False, progress: ProgressFn | None = None) -> Plan:
+    """Plan from the catalog alone: no expert weight is read (unless ``index_missing``)."""
+    block_size = block_size or DEFAULT_BLOCK_SIZE
+    inputs = _open_inputs(config, catalog_dir, block_size, Control(progress), index_missing)
+    return make_plan(config, inputs.base, inputs.experts, inputs.entries, parse_budget(budget),
+                     block_size, seed)
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    manifest: dict
+    metrics: dict
+    plan: Plan
+
+
+def _changed_access(inputs: _Inputs) -> list[dict[str, list[int]]]:
+    return [{t: [b for b, c in enumerate(st.changed) if c] for t, st in e.tensors.items()}
+            for e in inputs.entries]
+
+
+def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device: str = "auto",
+              block_size: int | None = None, catalog_dir=None, force: bool = False,
+              measure_deviation: bool = False, progress: ProgressFn | None = None,
+              cancel: CancelFn | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
+              access: list[dict[str, list[int]]] | None = None) -> MergeResult:
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_target(out_dir.absolute(), force)  # fail before any work
+    block_size = block_size or DEFAULT_BLOCK_SIZE
+    control = Control(progress, cancel)
+    dev = pick_device(device)
+    budget_obj = parse_budget(budget)
+    inputs = _open_inputs(config, catalog_dir, block_size, control, index_missing=True)
+    t_plan = time.perf_counter()
+    plan = make_plan(config, inputs.base, inputs.experts, inputs.entries, budget_obj, block_size,
+                     seed, access=access)
+    plan_s = time.perf_counter() - t_plan
+    warnings = _warnings(config, inputs)
+    evaluate = measure_deviation and inputs.entries is not None
+    executor = Executor(config, inputs.base, inputs.experts, plan.access, block_size, seed, dev,
+                        control, references=[plan.access] if evaluate else None,
+                        full_access=_changed_access(inputs) if evaluate else None)
+    control.check()
+    with Staging(out_dir, force) as stage:
+        writer = ShardedWriter(stage.path, executor.out_specs(), shard_bytes)
+        try:
+            stats = executor.run(writer.write)
+            output_files = writer.finish()
+        finally:
+            writer.abort()
+        t_w = time.perf_counter()
+        _copy_extra_files(inputs.base or inputs.experts[0], stage.path, config)
+        stats.write_s += time.perf_counter() - t_w
+        total_s = time.perf_counter() - started
+        metrics = _metrics(plan, stats, inputs, executor, plan_s, total_s, dev, warnings, writer)
+        doc = manifest_mod.build(config=_config_mapping(config), plan=plan, seed=seed,
+                                 device=str(dev), outputs=output_files, metrics=metrics,
+                                 inputs=_input_hashes(config, inputs))
+        manifest_mod.write(stage.path, doc)
+        control.check()
+        stage.publish()
+    return MergeResult(out_dir, doc, metrics, plan)
+
+
+def _metrics(plan, stats, inputs, executor, plan_s, total_s, dev, warnings, writer) -> dict:
+    deviation = executor.deviations[0].result() if executor.deviations else None
+    return {
+        "budget": plan.budget.text,
+        "budget_bytes": plan.budget_bytes,
+        "planned_expert_bytes": plan.planned_expert_bytes,
+        "full_expert_bytes": plan.full_expert_bytes,
+        "nonzero_expert_bytes": plan.nonzero_expert_bytes,
+        "blocks_planned": plan.blocks_planned,
+        "blocks_total": plan.blocks_total,
+        "expert_bytes_read": stats.expert_storage,
+        "expert_bytes_requested": stats.expert_logical,
+        "base_bytes_read": stats.base_storage,
+        "base_bytes_requested": stats.base_logical,
+        "verification_bytes_read": stats.verify_storage,
+        "bytes_written": writer.bytes_written,
+        "certificate": plan.certificate,
+        "deviation": deviation,
+        "seconds": {"plan": plan_s, "read": stats.read_s, "compute": stats.compute_s,
+                    "write": stats.write_s, "total": total_s, "index": inputs.index_seconds},
+        "per_expert": [dict(pe, read_bytes=stats.per_expert_storage[k],
+                            requested_bytes=stats.per_expert_logical[k])
+                       for k, pe in enumerate(plan.per_expert)],
+        "indexed_now": [str(inputs.experts[k].root) for k in inputs.indexed],
+        "device": str(dev),
+        "warnings": warnings,
+    }
+
+
+def _warnings(config: MergeConfig, inputs: _Inputs) -> list[str]:
+    out = []
+    for m, e in zip(config.models, inputs.entries or []):
+        if e.nonfinite:
+            out.append(f"{m.name or m.path}: NaN or Inf in {len(e.nonfinite)} tensors "
+                       f"({', '.join(e.nonfinite[:3])}); the merge carries them into the output")
+    return out
+
+
+def _input_hashes(config: MergeConfig, inputs: _Inputs) -> dict:
+    files = lambda layout: {f.path.name: f"size:{f.size}" for f in layout.files}  # noqa: E731
+    if inputs.entries:
+        return {"base": {"path": str(inputs.base.root), "files": inputs.entries[0].base_files},
+                "models": [{"name": m.name, "path": str(e.root), "files": entry.expert_files}
+                           for m, e, entry in zip(config.models, inputs.experts, inputs.entries)]}
+    return {"base": None, "models": [{"name": m.name, "path": str(e.root), "files": files(e)}
+                                     for m, e in zip(config.models, inputs.experts)]}
+
+
+def _config_mapping(config: MergeConfig) -> dict:
+    """The config with absolute model paths: what replay re-parses."""
+    return yaml.safe_load(to_mergekit_yaml(config))
+
+
+def _copy_extra_files(source: ModelLayout, dest: Path, config: MergeConfig) -> None:
+    for path in source.extra_files:
+        target = dest / path.name
+        if path.name == "config.json":
+            _write_model_config(path, target, source, config)
+        else:
+            shutil.copyfile(path, target)
+
+
+def _write_model_config(src: Path, dest: Path, source: ModelLayout, config: MergeConfig) -> None:
+    try:
+        data = json.loads(src.read_text())
+    except (OSError, ValueError):
+        shutil.copyfile(src, dest)
+        return
+    floats = [torch_dtype(t.dtype) for t in source.tensors.values() if torch_dtype(t.dtype).is_floating_point]
+    out = config.out_dtype or (floats[0] if floats else None)
+    if isinstance(data, dict) and out is not None:
+        data["torch_dtype"] = CONFIG_NAME[out]
+    dest.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def sweep(config: MergeConfig, budgets: list, *, seed: int = 0, device: str = "auto",
+          block_size: int | None = None, catalog_dir=None, progress: ProgressFn | None = None,
+          cancel: CancelFn | None = None) -> list[dict]:
+    """Planned bytes, certificate and exact deviation for each budget, in one pass over the data."""
+    block_size = block_size or DEFAULT_BLOCK_SIZE
+    control = Control(progress, cancel)
+    inputs = _open_inputs(config, catalog_dir, block_size, control, index_missing=True)
+    if inputs.entries is None:
+        raise MergeHubError(f"{config.merge_method} without a base reads whole models at any budget; "
+                            "a sweep needs a base model")
+    plans = [make_plan(config, inputs.base, inputs.experts, inputs.entries, parse_budget(b), block_size, seed)
+             for b in budgets]
+    full = _changed_access(inputs)
+    executor = Executor(config, inputs.base, inputs.experts, full, block_size, seed, pick_device(device),
+                        control, references=[p.access for p in plans], full_access=full)
+    executor.run(None)
+    rows = []
+    for plan, dev in zip(plans, executor.deviations):
+        row = plan.to_dict()
+        row["deviation"] = dev.result()
+        rows.append(row)
+    return rows
+
+
+def replay(manifest_path, out_dir, *, force: bool = False, catalog_dir=None, device: str | None = None,
+           progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> MergeResult:
+    """Re-run a manifest with its recorded access set; ReplayMismatch unless bit-identical."""
+    doc = manifest_mod.read(manifest_path)
+    config = parse_config(doc["config"])
+    result = run_merge(
+        config, out_dir, budget=doc["budget"]["spec"], seed=doc["seed"],
+        device=device or ("cuda" if doc.get("device", "cpu").startswith("cuda") else "cpu"),
+        block_size=doc["plan"]["block_size"], catalog_dir=catalog_dir, force=force,
+        progress=progress, cancel=cancel, shard_bytes=doc.get("shard_bytes", DEFAULT_SHARD_BYTES),
+        access=expand_ranges(doc["plan"]["access"]) if doc["plan"].get("access") is not None else None)
+    manifest_mod.verify_replay(doc, result.manifest)
+    return result
+
+
+def parse_block_size(text: Any) -> int:
+    return parse_size(text, "block size")
+
+
+__all__ += ["parse_block_size", "ReplayMismatch", "IndexSummary"]

@@ -1,0 +1,273 @@
+"""The catalog: per-block delta statistics of each (expert, base) pair, computed once.
+
+Indexing reads base and expert fully (the only full expert read MergeHub ever does) and
+records, for every block b of every tensor of expert k:
+
+* ``changed``  — whether the block's bytes differ from the base's (unchanged blocks are never
+  read again: their delta is exactly zero);
+* ``norm``     — ‖δ_kb‖₂ computed in fp32 with a float64 sum;
+* ``max_abs``  — max |δ_kb|; ``nonzero`` — fraction of non-zero entries;
+* ``hash``     — xxh3-128 of the expert block's bytes (content identity);
+
+plus the sha256 of every file of both models. An entry stays valid while the files' stat
+fingerprints (size, mtime, inode) match; any change makes it stale and it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import xxhash
+
+from .blocks import DEFAULT_BLOCK_SIZE, partition, rows_per_block
+from .control import Control
+from .errors import MismatchedCheckpoints
+from .layout import ModelLayout
+from .reader import RangeReader
+
+CATALOG_FORMAT = 1
+CHUNK_BYTES = 64 << 20  # rows read per step while indexing
+
+
+def default_catalog_dir() -> Path:
+    env = os.environ.get("MERGEHUB_CATALOG")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergehub" / "catalog"
+
+
+def fingerprint(layout: ModelLayout) -> list[list]:
+    """Cheap identity of a model's weight files: name, size, mtime_ns, inode."""
+    out = []
+    for f in layout.files:
+        st = os.stat(f.path)
+        out.append([f.path.name, st.st_size, st.st_mtime_ns, st.st_ino])
+    return out
+
+
+@dataclass
+class TensorStats:
+    rows_per_block: int
+    changed: list[bool]
+    norm: list[float]
+    max_abs: list[float]
+    nonzero: list[float]
+    hash: list[str]
+    nonfinite: bool = False
+
+    @property
+    def delta_norm(self) -> float:
+        return math.sqrt(sum(n * n for n in self.norm))
+
+
+@dataclass
+class IndexEntry:
+    expert: str
+    base: str
+    block_size: int
+    expert_fingerprint: list
+    base_fingerprint: list
+    expert_files: dict[str, str]  # file name -> sha256
+    base_files: dict[str, str]
+    tensors: dict[str, TensorStats]
+    seconds: float = 0.0
+    storage_bytes_read: int = 0
+    format: int = CATALOG_FORMAT
+    nonfinite: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "IndexEntry":
+        data = dict(data)
+        data["tensors"] = {k: TensorStats(**v) for k, v in data["tensors"].items()}
+        return cls(**data)
+
+    def summary(self, layout: ModelLayout) -> dict:
+        """Per-tensor totals for reports and charts (the web app stores this)."""
+        from .config import layer_index
+
+        tensors = {}
+        for name, st in self.tensors.items():
+            info = layout.tensors[name]
+            blocks = partition(info, self.block_size)
+            numel = [(b.row_end - b.row_start) * (info.numel // max(1, info.rows)) for b in blocks]
+            total = sum(numel) or 1
+            tensors[name] = {
+                "delta_norm": st.delta_norm,
+                "max_abs": max(st.max_abs, default=0.0),
+                "nonzero_fraction": sum(f * n for f, n in zip(st.nonzero, numel)) / total,
+                "bytes": info.nbytes,
+                "blocks": len(st.changed),
+                "zero_blocks": st.changed.count(False),
+                "layer": layer_index(name),
+            }
+        return {"file_hashes": self.expert_files, "base_file_hashes": self.base_files,
+                "tensors": tensors, "nonfinite": self.nonfinite, "seconds": self.seconds,
+                "bytes_read": self.storage_bytes_read, "block_size": self.block_size}
+
+
+def check_compatible(base: ModelLayout, expert: ModelLayout) -> None:
+    """Experts must share the base's coordinate system: names, shapes and dtypes."""
+    b, e = base.signature(), expert.signature()
+    problems = [f"missing {n}" for n in b if n not in e]
+    problems += [f"extra {n}" for n in e if n not in b]
+    problems += [f"{n}: {e[n][0]}{list(e[n][1])} vs base {b[n][0]}{list(b[n][1])}"
+                 for n in b if n in e and e[n] != b[n]]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise MismatchedCheckpoints(
+            f"{expert.root} does not match base {base.root} ({len(problems)} differing tensors: "
+            f"{shown}); experts must be fine-tunes of the same base")
+
+
+class Catalog:
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else default_catalog_dir()
+
+    def _path(self, expert: ModelLayout, base: ModelLayout, block_size: int) -> Path:
+        key = f"{expert.root}\x1f{base.root}\x1f{block_size}"
+        return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+    def lookup(self, expert: ModelLayout, base: ModelLayout, block_size: int) -> IndexEntry | None:
+        """The stored entry if it is still valid for the files as they are now."""
+        path = self._path(expert, base, block_size)
+        try:
+            entry = IndexEntry.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if (entry.format != CATALOG_FORMAT or entry.expert_fingerprint != fingerprint(expert)
+                or entry.base_fingerprint != fingerprint(base)):
+            return None
+        return entry
+
+    def store(self, entry: IndexEntry, expert: ModelLayout, base: ModelLayout) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(expert, base, entry.block_size)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(entry.to_json()))
+        os.replace(tmp, path)
+
+    def ensure(self, experts: list[ModelLayout], base: ModelLayout, block_size: int = DEFAULT_BLOCK_SIZE,
+               control: Control | None = None, force: bool = False) -> tuple[list[IndexEntry], list[int]]:
+        """Entries for all experts, indexing the missing or stale ones in one pass over the base.
+        Returns (entries, positions of the experts that were indexed now)."""
+        entries = [None if force else self.lookup(e, base, block_size) for e in experts]
+        todo = [i for i, e in enumerate(entries) if e is None]
+        if todo:
+            built = build_index([experts[i] for i in todo], base, block_size, control or Control())
+            for i, entry in zip(todo, built):
+                self.store(entry, experts[i], base)
+                entries[i] = entry
+        return entries, todo
+
+
+class _FileHasher:
+    """sha256 of a file fed in order; anything out of order makes it re-read the file at the end."""
+
+    def __init__(self, layout: ModelLayout):
+        self.state = {}
+        for f in layout.files:
+            with open(f.path, "rb") as fh:
+                head = fh.read(f.header_bytes)
+            self.state[f.path] = [hashlib.sha256(head), f.header_bytes, True]
+
+    def feed(self, path: Path, offset: int, data) -> None:
+        st = self.state[path]
+        if st[2] and offset == st[1]:
+            st[0].update(data)
+            st[1] += len(data)
+        else:
+            st[2] = False
+
+    def digests(self) -> dict[str, str]:
+        out = {}
+        for path, (h, _, in_order) in self.state.items():
+            if not in_order:
+                h = hashlib.sha256()
+                with open(path, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(16 << 20), b""):
+                        h.update(chunk)
+            out[path.name] = h.hexdigest()
+        return out
+
+
+def build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
+                control: Control) -> list[IndexEntry]:
+    """One sequential pass over the base and each expert, computing per-block delta stats."""
+    for e in experts:
+        check_compatible(base, e)
+    started = time.perf_counter()
+    base_hash, expert_hash = _FileHasher(base), [_FileHasher(e) for e in experts]
+    stats: list[dict[str, TensorStats]] = [{} for _ in experts]
+    total = base.weight_bytes * (1 + len(experts))
+    done = 0
+    with RangeReader(sequential=True) as reader:
+        for name, binfo in base.tensors.items():
+            rpb = rows_per_block(binfo, block_size)
+            for st in stats:
+                st[name] = TensorStats(rpb, [], [], [], [], [])
+            step = max(rpb, (CHUNK_BYTES // max(1, binfo.row_bytes)) // rpb * rpb)
+            for r0 in range(0, max(binfo.rows, 1), step):
+                control.check()
+                r1 = min(r0 + step, binfo.rows)
+                base_rows = reader.read_rows(binfo, r0, r1)
+                base_bytes = memoryview(base_rows.view(-1).view(torch.uint8).numpy())
+                base_hash.feed(binfo.file, binfo.start + r0 * binfo.row_bytes, base_bytes)
+                for k, expert in enumerate(experts):
+                    einfo = expert.tensors[name]
+                    rows = reader.read_rows(einfo, r0, r1)
+                    ebytes = memoryview(rows.view(-1).view(torch.uint8).numpy())
+                    expert_hash[k].feed(einfo.file, einfo.start + r0 * einfo.row_bytes, ebytes)
+                    _block_stats(stats[k][name], base_rows, rows, base_bytes, ebytes, rpb, binfo.row_bytes)
+                done += (r1 - r0) * binfo.row_bytes * (1 + len(experts))
+                control.report("index", done, total)
+        storage = reader.storage_bytes
+    seconds = time.perf_counter() - started
+    base_files = base_hash.digests()
+    entries = []
+    for k, expert in enumerate(experts):
+        nonfinite = [n for n, s in stats[k].items() if s.nonfinite]
+        entries.append(IndexEntry(
+            expert=str(expert.root), base=str(base.root), block_size=block_size,
+            expert_fingerprint=fingerprint(expert), base_fingerprint=fingerprint(base),
+            expert_files=expert_hash[k].digests(), base_files=base_files, tensors=stats[k],
+            seconds=seconds / len(experts), storage_bytes_read=storage // len(experts),
+            nonfinite=nonfinite))
+    return entries
+
+
+def _block_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, base_bytes: memoryview,
+                 ebytes: memoryview, rpb: int, row_bytes: int) -> None:
+    nrows = rows.shape[0] if rows.dim() >= 2 else 1
+    floating = rows.dtype.is_floating_point
+    work = torch.float64 if rows.dtype == torch.float64 else torch.float32
+    delta = None
+    for r in range(0, nrows, rpb):
+        s, e = r * row_bytes, min(r + rpb, nrows) * row_bytes
+        eb = ebytes[s:e]
+        st.hash.append(xxhash.xxh3_128_hexdigest(eb))
+        if eb == base_bytes[s:e]:
+            st.changed.append(False)
+            st.norm.append(0.0)
+            st.max_abs.append(0.0)
+            st.nonzero.append(0.0)
+            continue
+        if delta is None:
+            delta = rows.to(work) - base_rows.to(work)
+            if floating and not bool(torch.isfinite(rows).all()):
+                st.nonfinite = True
+        d = delta[r:r + rpb] if rows.dim() >= 2 else delta
+        finite = torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
+        st.changed.append(True)
+        st.norm.append(math.sqrt(float((finite * finite).sum(dtype=torch.float64))))
+        st.max_abs.append(float(finite.abs().max()) if finite.numel() else 0.0)
+        st.nonzero.append(float(torch.count_nonzero(d)) / max(1, d.numel()))

@@ -1,0 +1,227 @@
+"""``mergehub`` command line: merge, index, plan, sweep, replay.
+
+Bad input ends with exit status 2 and one line on stderr saying what is wrong and what to do;
+a progress bar is drawn only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import api
+from .blocks import DEFAULT_BLOCK_SIZE, parse_size
+from .control import Progress
+from .errors import Cancelled, MergeHubError
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+class _Bar:
+    """tqdm bars per stage on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar, self.stage = enabled, None, None
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if p.stage != self.stage:
+            self.close()
+            self.stage = p.stage
+            self.bar = tqdm(total=p.total, desc=p.stage, unit="B", unit_scale=True, leave=False,
+                            file=sys.stderr)
+        self.bar.n = p.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--block-size", default=None, help="block size, e.g. 1MiB (default 1MiB)")
+    p.add_argument("--catalog", default=None, help="catalog directory (default $MERGEHUB_CATALOG "
+                                                     "or ~/.cache/mergehub/catalog)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random operators (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergehub", description="Budget-aware merging of LLM checkpoints")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("merge", help="merge models described by a mergekit-style YAML config")
+    m.add_argument("config")
+    m.add_argument("out_dir")
+    m.add_argument("--budget", default="1.0",
+                   help="fraction in (0,1] of the full expert bytes, or a size like 512MB (default 1.0)")
+    m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    m.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    m.add_argument("--measure-deviation", action="store_true",
+                   help="also read the omitted blocks (counted apart) to measure the exact deviation")
+    m.add_argument("--shard-size", default="5GB", help="largest output shard (default 5GB)")
+    _common(m)
+
+    i = sub.add_parser("index", help="build or refresh the catalog entry of an expert against its base")
+    i.add_argument("model_dir")
+    i.add_argument("--base", required=True)
+    i.add_argument("--force", action="store_true", help="rebuild even if the entry is current")
+    i.add_argument("--json", action="store_true")
+    _common(i)
+
+    pl = sub.add_parser("plan", help="show the access set a budget gives; reads no expert weights")
+    pl.add_argument("config")
+    pl.add_argument("--budget", default="1.0")
+    pl.add_argument("--json", action="store_true")
+    _common(pl)
+
+    s = sub.add_parser("sweep", help="planned bytes, certificate and exact deviation per budget, one pass")
+    s.add_argument("config")
+    s.add_argument("--budgets", default="1,0.5,0.25,0.1")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--json", action="store_true")
+    _common(s)
+
+    r = sub.add_parser("replay", help="re-run a manifest; non-zero exit unless bit-identical")
+    r.add_argument("manifest")
+    r.add_argument("out_dir")
+    r.add_argument("--force", action="store_true")
+    r.add_argument("--catalog", default=None)
+    r.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    return parser
+
+
+def _block_size(args) -> int:
+    return parse_size(args.block_size, "--block-size") if args.block_size else DEFAULT_BLOCK_SIZE
+
+
+def _cmd_merge(args, bar) -> int:
+    config = api.load_config(args.config)
+    result = api.run_merge(config, args.out_dir, budget=args.budget, seed=args.seed, device=args.device,
+                           block_size=_block_size(args), catalog_dir=args.catalog, force=args.force,
+                           measure_deviation=args.measure_deviation, progress=bar,
+                           shard_bytes=parse_size(args.shard_size, "--shard-size"))
+    bar.close()
+    m = result.metrics
+    s = m["seconds"]
+    if m["indexed_now"]:
+        print(f"indexed {len(m['indexed_now'])} expert(s) first in {s['index']:.2f} s (one-off, "
+              "reused by later merges)")
+    print(f"merged {config.merge_method} into {result.out_dir} in {s['total'] - s['index']:.2f} s "
+          f"on {m['device']}")
+    print(f"expert bytes: planned {_human(m['planned_expert_bytes'])} of {_human(m['full_expert_bytes'])}"
+          f" ({_pct(m['planned_expert_bytes'], m['full_expert_bytes'])}), read from storage "
+          f"{_human(m['expert_bytes_read'])}; base read {_human(m['base_bytes_read'])}; "
+          f"written {_human(m['bytes_written'])}")
+    if m["certificate"] is not None:
+        print(f"certificate: ‖θ_A − θ_full‖₂ ≤ {m['certificate']:.6g}")
+    if m["deviation"]:
+        d = m["deviation"]
+        print(f"deviation from the full-read merge: {d['update_relative']:.3e} of the update, "
+              f"{d['weight_relative']:.3e} of the weights")
+    for w in m["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _pct(a, b) -> str:
+    return f"{100 * a / b:.1f}%" if b else "n/a"
+
+
+def _cmd_index(args, bar) -> int:
+    summary = api.index_model(args.model_dir, args.base, catalog_dir=args.catalog,
+                              block_size=_block_size(args), force=args.force, progress=bar)
+    bar.close()
+    d = summary.to_dict()
+    if args.json:
+        print(json.dumps(d))
+        return 0
+    changed = sum(1 for t in d["tensors"].values() if t["delta_norm"] > 0)
+    state = f"indexed in {d['seconds']:.2f} s" if summary.indexed_now else "already indexed (current)"
+    print(f"{args.model_dir}: {state}; {changed} of {len(d['tensors'])} tensors differ from the base")
+    for name in d["nonfinite"]:
+        print(f"warning: NaN or Inf in {name}", file=sys.stderr)
+    return 0
+
+
+def _cmd_plan(args, bar) -> int:
+    config = api.load_config(args.config)
+    plan = api.plan_merge(config, budget=args.budget, catalog_dir=args.catalog, block_size=_block_size(args),
+                          seed=args.seed, index_missing=True, progress=bar)
+    bar.close()
+    d = plan.to_dict()
+    if args.json:
+        print(json.dumps(d))
+        return 0
+    print(f"budget {d['budget']}: planned {_human(d['planned_expert_bytes'])} of "
+          f"{_human(d['full_expert_bytes'])} expert bytes ({d['blocks_planned']}/{d['blocks_total']} blocks); "
+          f"non-zero {_human(d['nonzero_expert_bytes'])}")
+    cert = "n/a (operator is not additive)" if d["certificate"] is None else f"{d['certificate']:.6g}"
+    print(f"certificate: {cert}\nplan digest: {d['plan_digest']}")
+    return 0
+
+
+def _cmd_sweep(args, bar) -> int:
+    config = api.load_config(args.config)
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+    rows = api.sweep(config, budgets, seed=args.seed, device=args.device, block_size=_block_size(args),
+                     catalog_dir=args.catalog, progress=bar)
+    bar.close()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'budget':>8} {'planned':>12} {'of full':>8} {'certificate':>12} {'dev/update':>11} {'dev/weights':>11}")
+    for r in rows:
+        cert = "n/a" if r["certificate"] is None else f"{r['certificate']:.4g}"
+        print(f"{r['budget']:>8} {_human(r['planned_expert_bytes']):>12} "
+              f"{_pct(r['planned_expert_bytes'], r['full_expert_bytes']):>8} {cert:>12} "
+              f"{r['deviation']['update_relative']:>11.3e} {r['deviation']['weight_relative']:>11.3e}")
+    return 0
+
+
+def _cmd_replay(args, bar) -> int:
+    result = api.replay(args.manifest, args.out_dir, force=args.force, catalog_dir=args.catalog,
+                        device=args.device, progress=bar)
+    bar.close()
+    print(f"replayed into {result.out_dir}: output is bit-identical to the manifest")
+    return 0
+
+
+COMMANDS = {"merge": _cmd_merge, "index": _cmd_index, "plan": _cmd_plan, "sweep": _cmd_sweep,
+            "replay": _cmd_replay}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    bar = _Bar(sys.stderr.isatty())
+    try:
+        return COMMANDS[args.command](args, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print("mergehub: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    except (MergeHubError, Cancelled) as exc:
+        bar.close()
+        print(f"mergehub: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        bar.close()
+        print(f"mergehub: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

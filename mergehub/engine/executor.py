@@ -1,0 +1,365 @@
+"""Stream a merge: read the base once and only the planned expert blocks, compute, write.
+
+Work is cut into *units*. For a block-local operator a unit is a run of consecutive blocks
+whose set of read experts is the same (capped at ``UNIT_BYTES`` of base rows), so memory does
+not grow with tensor size and every expert in a unit is either read whole or not at all. For
+other operators a unit is a whole tensor. An expert block that is not read takes the base's
+values (δ = 0); if no expert was read in a unit and the operator is the identity on zero
+deltas, the base rows are copied without computing.
+
+Three threads overlap the stages: a loader does all reads (so the per-thread storage counter
+attributes every byte), the caller's thread computes, a writer appends the output. Queues of
+two units bound memory.
+
+Optionally the same pass evaluates *reference* access sets (every changed block, and the
+budgets of a sweep): the extra blocks come from a separate verification reader, so the
+merge's own I/O stays honest, and ‖θ_A − θ_full‖, ‖θ_full − θ₀‖, ‖θ_full‖ are accumulated.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .blocks import rows_per_block
+from .config import count_layers, layer_index
+from .config_types import MergeConfig
+from .control import Control
+from .dtypes import TORCH_TO_SAFETENSORS, torch_dtype
+from .layout import ModelLayout, TensorInfo
+from .operators.base import MergeContext
+from .reader import RangeReader
+from .writer import OutSpec
+
+UNIT_BYTES = 32 << 20
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError("--device cuda was asked for but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Unit:
+    tensor: str
+    row_start: int
+    row_end: int
+    blocks: range  # block indices covered
+    whole: bool  # the operator gets the whole tensor
+
+
+@dataclass
+class Loaded:
+    unit: Unit
+    base: torch.Tensor  # stored dtype, CPU
+    experts: list[torch.Tensor | None]  # stored dtype; None = nothing read (equals base)
+    read_blocks: list[set[int]]  # per expert: blocks whose real bytes are in experts[k]
+
+
+@dataclass
+class Deviation:
+    """Accumulates squared norms for one evaluated access set."""
+
+    diff_sq: float = 0.0  # ‖θ_A − θ_full‖²
+    update_sq: float = 0.0  # ‖θ_full − θ₀‖²
+    weight_sq: float = 0.0  # ‖θ_full‖²
+    per_layer: dict = field(default_factory=dict)  # layer -> [diff_sq, update_sq]
+
+    def result(self) -> dict:
+        upd = math.sqrt(self.update_sq)
+        return {
+            "absolute": math.sqrt(self.diff_sq),
+            "update_norm": upd,
+            "update_relative": math.sqrt(self.diff_sq) / upd if upd else 0.0,
+            "weight_relative": math.sqrt(self.diff_sq / self.weight_sq) if self.weight_sq else 0.0,
+            "per_layer": {str(k): (math.sqrt(d / u) if u else 0.0)
+                          for k, (d, u) in sorted(self.per_layer.items(), key=lambda kv: str(kv[0]))},
+        }
+
+
+@dataclass
+class ExecStats:
+    expert_logical: int = 0
+    expert_storage: int = 0
+    base_logical: int = 0
+    base_storage: int = 0
+    verify_logical: int = 0
+    verify_storage: int = 0
+    read_s: float = 0.0
+    compute_s: float = 0.0
+    write_s: float = 0.0
+    per_expert_logical: list[int] = field(default_factory=list)
+    per_expert_storage: list[int] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(self, config: MergeConfig, base: ModelLayout | None, experts: list[ModelLayout],
+                 access: list[dict[str, list[int]]], block_size: int, seed: int,
+                 device: torch.device, control: Control,
+                 references: list[list[dict[str, list[int]]]] | None = None,
+                 full_access: list[dict[str, list[int]]] | None = None):
+        """``access``: blocks the merge reads. ``references``: access sets to evaluate against
+        the full merge (``full_access`` = every changed block), read beyond ``access``."""
+        self.config, self.op = config, config.operator
+        self.base, self.experts = base, experts
+        self.uses_base = base is not None and self.op.base != "ignored"
+        self.ref_layout = base if base is not None else experts[0]
+        self.block_size, self.seed, self.device, self.control = block_size, seed, device, control
+        self.access = [{t: set(bs) for t, bs in per.items()} for per in access]
+        self.references = [[{t: set(bs) for t, bs in per.items()} for per in ref]
+                           for ref in (references or [])]
+        self.full = [{t: set(bs) for t, bs in per.items()} for per in (full_access or access)]
+        self.evaluate = bool(self.references)
+        self.layers = count_layers(list(self.ref_layout.tensors))
+        self.stats = ExecStats(per_expert_logical=[0] * len(experts), per_expert_storage=[0] * len(experts))
+        self.deviations = [Deviation() for _ in self.references]
+        self._ref_is_access = [ref == self.access for ref in self.references]
+
+    # ----- planning the units -------------------------------------------------------------
+    def out_specs(self) -> list[OutSpec]:
+        specs = []
+        for name, info in self.ref_layout.tensors.items():
+            specs.append(OutSpec(name, self._out_dtype(info), info.shape))
+        return specs
+
+    def _out_dtype(self, info: TensorInfo) -> str:
+        stored = torch_dtype(info.dtype)
+        if stored.is_floating_point and self.config.out_dtype is not None:
+            return TORCH_TO_SAFETENSORS[self.config.out_dtype]
+        return info.dtype
+
+    def units(self):
+        loaded_sets = self.full if self.evaluate else self.access
+        for name, info in self.ref_layout.tensors.items():
+            p = self.config.resolve(name, self.layers)
+            rpb = rows_per_block(info, self.block_size)
+            nblocks = -(-max(info.rows, 1) // rpb)
+            floating = torch_dtype(info.dtype).is_floating_point
+            if not floating or not self.op.block_local(p, len(info.shape)) or len(info.shape) < 2:
+                yield Unit(name, 0, info.rows, range(nblocks), True), p
+                continue
+            cap = max(1, (UNIT_BYTES // max(1, info.row_bytes)) // rpb)  # blocks per unit
+            key = lambda b: tuple(b in per.get(name, ()) for per in loaded_sets)  # noqa: E731
+            b0 = 0
+            while b0 < nblocks:
+                k0, b1 = key(b0), b0 + 1
+                while b1 < nblocks and b1 - b0 < cap and key(b1) == k0:
+                    b1 += 1
+                yield Unit(name, b0 * rpb, min(b1 * rpb, info.rows), range(b0, b1), False), p
+                b0 = b1
+
+    # ----- loading ---------------------------------------------------------------------------
+    def _load(self, unit: Unit, readers) -> Loaded:
+        base_reader, expert_readers, verify_reader = readers
+        info = self.ref_layout.tensors[unit.tensor]
+        rpb = rows_per_block(info, self.block_size)
+        t0 = time.perf_counter()
+        base_rows = base_reader.read_rows(self.base.tensors[unit.tensor], unit.row_start, unit.row_end) \
+            if self.uses_base else None
+        experts, read_blocks = [], []
+        for k, layout in enumerate(self.experts):
+            einfo = layout.tensors[unit.tensor]
+            want = [b for b in unit.blocks if b in self.access[k].get(unit.tensor, ())]
+            extra = [b for b in unit.blocks if b in self.full[k].get(unit.tensor, ())
+                     and b not in self.access[k].get(unit.tensor, ())] if self.evaluate else []
+            blocks = sorted(want + extra)
+            if not self.uses_base:  # no base: inputs are read whole
+                experts.append(expert_readers[k].read_rows(einfo, unit.row_start, unit.row_end))
+                read_blocks.append(set(unit.blocks))
+                continue
+            if not blocks:
+                experts.append(None)
+                read_blocks.append(set())
+                continue
+            if len(blocks) == len(unit.blocks) and not extra:
+                experts.append(expert_readers[k].read_rows(einfo, unit.row_start, unit.row_end))
+            else:
+                rows = base_rows.clone()
+                for reader, chosen in ((expert_readers[k], want), (verify_reader, extra)):
+                    for r0, r1 in _runs(chosen, rpb, unit, info.rows):
+                        part = reader.read_rows(einfo, r0, r1)
+                        rows[r0 - unit.row_start:r1 - unit.row_start] = part
+                experts.append(rows)
+            read_blocks.append(set(blocks))
+        self.stats.read_s += time.perf_counter() - t0
+        return Loaded(unit, base_rows, experts, read_blocks)
+
+    # ----- computing -------------------------------------------------------------------------
+    def _merge(self, loaded: Loaded, p, inputs_for) -> torch.Tensor:
+        unit = loaded.unit
+        info = self.ref_layout.tensors[unit.tensor]
+        work = self._work_dtype(info)
+        base = loaded.base.to(self.device, work) if loaded.base is not None else None
+        inputs = [base if x is None else x.to(self.device, work) for x in inputs_for]
+        ctx = MergeContext(unit.tensor, self.seed, unit.row_start, unit.row_end, info.rows,
+                           rows_per_block(info, self.block_size), self.device)
+        return self.op.merge(base, inputs, p, ctx)
+
+    def _work_dtype(self, info: TensorInfo) -> torch.dtype:
+        return self.config.dtype or torch_dtype(info.dtype)
+
+    def compute(self, loaded: Loaded, p) -> torch.Tensor:
+        """The merged rows of the unit under ``access``, in the output dtype on the CPU."""
+        unit = loaded.unit
+        info = self.ref_layout.tensors[unit.tensor]
+        out_dtype = torch_dtype(self._out_dtype(info))
+        if not torch_dtype(info.dtype).is_floating_point:
+            src = loaded.base if loaded.base is not None else loaded.experts[0]
+            return src
+        nothing_read = all(not self._in_access(k, unit) for k in range(len(self.experts)))
+        if self.uses_base and nothing_read and self.op.zero_delta_identity and not self.evaluate:
+            return loaded.base.to(self._work_dtype(info)).to(out_dtype)
+        inputs = [self._restrict(loaded, k, self.access[k]) for k in range(len(self.experts))]
+        merged = self._merge(loaded, p, inputs)
+        if self.evaluate:
+            self._evaluate(loaded, p, merged)
+        return merged.to(out_dtype).cpu()
+
+    def _in_access(self, k: int, unit: Unit) -> bool:
+        chosen = self.access[k].get(unit.tensor, ())
+        return any(b in chosen for b in unit.blocks)
+
+    def _restrict(self, loaded: Loaded, k: int, access_k: dict[str, set[int]]) -> torch.Tensor | None:
+        """Expert k's rows as seen by an access set: read blocks outside it revert to the base."""
+        x = loaded.experts[k]
+        if x is None or not self.uses_base:
+            return x
+        unit = loaded.unit
+        chosen = access_k.get(unit.tensor, set())
+        keep = loaded.read_blocks[k] & chosen
+        if keep == loaded.read_blocks[k]:
+            return x
+        if not keep:
+            return None
+        info = self.ref_layout.tensors[unit.tensor]
+        rpb = rows_per_block(info, self.block_size)
+        rows = loaded.base.clone()
+        for r0, r1 in _runs(sorted(keep), rpb, unit, info.rows):
+            rows[r0 - unit.row_start:r1 - unit.row_start] = x[r0 - unit.row_start:r1 - unit.row_start]
+        return rows
+
+    def _evaluate(self, loaded: Loaded, p, merged: torch.Tensor) -> None:
+        full_inputs = [self._restrict(loaded, k, self.full[k]) for k in range(len(self.experts))]
+        full = self._merge(loaded, p, full_inputs).double()
+        base = loaded.base.to(self.device, torch.float64) if loaded.base is not None else torch.zeros_like(full)
+        update_sq = float(((full - base) ** 2).sum())
+        weight_sq = float((full ** 2).sum())
+        layer = layer_index(loaded.unit.tensor)
+        for ref, same, dev in zip(self.references, self._ref_is_access, self.deviations):
+            if same:
+                merged_ref = merged
+            else:
+                merged_ref = self._merge(loaded, p, [self._restrict(loaded, k, ref[k])
+                                                     for k in range(len(self.experts))])
+            diff_sq = float(((merged_ref.double() - full) ** 2).sum())
+            dev.diff_sq += diff_sq
+            dev.update_sq += update_sq
+            dev.weight_sq += weight_sq
+            acc = dev.per_layer.setdefault(layer if layer is not None else "other", [0.0, 0.0])
+            acc[0] += diff_sq
+            acc[1] += update_sq
+
+    # ----- the pipeline ----------------------------------------------------------------------
+    def run(self, sink) -> ExecStats:
+        """Run all units; ``sink(name, rows_tensor)`` receives output rows in order (or None)."""
+        units = list(self.units())
+        total = sum((u.row_end - u.row_start) * self.ref_layout.tensors[u.tensor].row_bytes for u, _ in units)
+        loaded_q: queue.Queue = queue.Queue(maxsize=2)
+        out_q: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def loader():
+            readers = (RangeReader(sequential=True),
+                       [RangeReader(sequential=not self.uses_base) for _ in self.experts],
+                       RangeReader(sequential=False))
+            try:
+                for unit, p in units:
+                    if stop.is_set():
+                        break
+                    loaded_q.put((self._load(unit, readers), p))
+            except BaseException as exc:  # surfaced in the caller's thread
+                errors.append(exc)
+            finally:
+                loaded_q.put(None)
+                base_r, expert_rs, verify_r = readers
+                self.stats.base_logical, self.stats.base_storage = base_r.logical_bytes, base_r.storage_bytes
+                self.stats.per_expert_logical = [r.logical_bytes for r in expert_rs]
+                self.stats.per_expert_storage = [r.storage_bytes for r in expert_rs]
+                self.stats.expert_logical = sum(self.stats.per_expert_logical)
+                self.stats.expert_storage = sum(self.stats.per_expert_storage)
+                self.stats.verify_logical, self.stats.verify_storage = verify_r.logical_bytes, verify_r.storage_bytes
+                for r in (base_r, *expert_rs, verify_r):
+                    r.close()
+
+        def writer():
+            try:
+                while (item := out_q.get()) is not None:
+                    if errors:
+                        continue  # drain so the producer never blocks
+                    t0 = time.perf_counter()
+                    sink(*item)
+                    self.stats.write_s += time.perf_counter() - t0
+            except BaseException as exc:
+                errors.append(exc)
+                while out_q.get() is not None:
+                    pass
+
+        threads = [threading.Thread(target=loader, daemon=True)]
+        if sink is not None:
+            threads.append(threading.Thread(target=writer, daemon=True))
+        for t in threads:
+            t.start()
+        done = 0
+        loader_done = False
+        try:
+            while True:
+                item = loaded_q.get()
+                if item is None:
+                    loader_done = True
+                    break
+                if errors:
+                    break
+                self.control.check()
+                loaded, p = item
+                t0 = time.perf_counter()
+                rows = self.compute(loaded, p)
+                self.stats.compute_s += time.perf_counter() - t0
+                if sink is not None:
+                    out_q.put((loaded.unit.tensor, rows))
+                u = loaded.unit
+                done += (u.row_end - u.row_start) * self.ref_layout.tensors[u.tensor].row_bytes
+                self.control.report("merge", done, total)
+        finally:
+            stop.set()
+            while not loader_done:  # unblock and finish the loader
+                loader_done = loaded_q.get() is None
+            if sink is not None:
+                out_q.put(None)
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        return self.stats
+
+
+def _runs(blocks: list[int], rpb: int, unit: Unit, total_rows: int) -> list[tuple[int, int]]:
+    """Coalesce sorted block indices into row ranges clipped to the unit."""
+    out: list[tuple[int, int]] = []
+    for b in blocks:
+        r0, r1 = max(b * rpb, unit.row_start), min((b + 1) * rpb, unit.row_end, total_rows)
+        if out and out[-1][1] == r0:
+            out[-1] = (out[-1][0], r1)
+        else:
+            out.append((r0, r1))
+    return out

@@ -1,0 +1,204 @@
+"""The task-arithmetic family (mergekit's GeneralizedTaskArithmeticMerge), one code path.
+
+For each model k: δ_k = x_k − base; sparsify δ_k alone (sparsify.py); d_k = w_k·δ_k; combine
+the d_k with a plain sum or the TIES sign consensus (consensus.py) into (mixed, divisor);
+if normalize: mixed /= divisor; mixed *= λ; out = base + mixed.
+
+| method           | sparsifier          | consensus | normalize | rescale |
+| task_arithmetic  | none                | no        | false     | false   |
+| ties             | magnitude           | sum       | true      | false   |
+| dare_ties        | random              | sum       | false     | true    |
+| dare_linear      | random              | no        | false     | true    |
+| breadcrumbs      | magnitude_outliers  | no        | false     | false   |
+| breadcrumbs_ties | magnitude_outliers  | sum       | false     | false   |
+| della            | della_magprune      | sum       | true      | true    |
+| della_linear     | della_magprune      | no        | false     | true    |
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from . import params as P
+from .base import MergeContext, Operator, Param, TensorParams
+from .consensus import DIVISOR_EPS, PlainSum, SignConsensus
+from .registry import register
+from .sparsify import SPARSIFIERS
+
+_DENSITY_HELP = {
+    None: "Unused without sparsification (kept for mergekit compatibility).",
+    "magnitude": "Fraction of this model's delta entries kept, by largest magnitude.",
+    "random": "Probability that each delta entry is kept (random drop).",
+    "magnitude_outliers": "Fraction of delta entries kept after dropping the gamma largest.",
+    "della_magprune": "Mean keep probability; larger deltas in a row are kept more often.",
+}
+
+
+class TaskArithmeticFamily(Operator):
+    base = "required"
+    min_inputs = 1
+    sparsifier: ClassVar[str | None] = None
+    zero_delta_identity = True  # all deltas zero -> mixed = 0 -> out = base
+    consensus: ClassVar[bool] = False
+    default_normalize: ClassVar[bool] = False
+    default_rescale: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        declared: list[Param] = [
+            P.INT8_MASK, P.normalize(cls.default_normalize), P.rescale(cls.default_rescale),
+            Param("lambda", "global", float, 1.0, help="Scale of the combined delta."),
+            P.WEIGHT, P.density(_DENSITY_HELP[cls.sparsifier]),
+        ]
+        if cls.sparsifier == "magnitude_outliers":
+            declared.append(Param(
+                "gamma", "model", float, 0.01, minimum=0.0, maximum=1.0,
+                help="Fraction of the largest-magnitude deltas dropped as outliers."))
+        if cls.sparsifier == "della_magprune":
+            declared.append(Param(
+                "epsilon", "model", float, 0.15,
+                help="Spread of keep probabilities around density (density ± epsilon)."))
+        cls.params = tuple(declared)
+        cls.random = cls.sparsifier in ("random", "della_magprune")
+
+    # -- configuration ---------------------------------------------------------------
+    def validate(self, p: TensorParams, where: str) -> None:
+        if self.sparsifier != "della_magprune":
+            return
+        for i, model in enumerate(p.models):
+            d, eps = model["density"], model["epsilon"]
+            if 0 < d < 1 and not (d - eps > 0 and d + eps < 1):
+                raise ConfigError(
+                    f"{where}: model {i + 1} has density {d} and epsilon {eps}; "
+                    f"density ± epsilon must lie strictly between 0 and 1, lower epsilon")
+
+    def _sparsifies(self, p: TensorParams) -> list[bool]:
+        """Per model: does sparsification change anything beyond zeroing the whole delta?"""
+        if self.sparsifier is None:
+            return [False] * len(p.models)
+        return [0 < m["density"] < 1 for m in p.models]
+
+    def _zeroed(self, p: TensorParams) -> list[bool]:
+        """Per model: is its delta dropped entirely (density ≤ 0 or weight 0)?"""
+        return [m["weight"] == 0 or (self.sparsifier is not None and m["density"] <= 0)
+                for m in p.models]
+
+    def block_local(self, p: TensorParams, ndim: int) -> bool:
+        if ndim < 2 or not any(self._sparsifies(p)):
+            return True
+        # Random and DELLA masks are drawn per block (DELLA ranks within a row); magnitude
+        # top-k, outlier removal and the L1 rescale look at the whole tensor.
+        return self.sparsifier in ("random", "della_magprune") and not p.shared["rescale"]
+
+    def coefficients(self, p: TensorParams) -> list[float] | None:
+        if any(self._sparsifies(p)):
+            return None
+        weights = p.per_model("weight")
+        zeroed = self._zeroed(p)
+        lam = p.shared["lambda"]
+        normalize = p.shared["normalize"]
+        if self.consensus:
+            # With one contributing model the election keeps exactly its non-zero entries.
+            if sum(not z for z in zeroed) > 1:
+                return None
+            return [0.0 if z else lam * (1.0 if normalize else w) for w, z in zip(weights, zeroed)]
+        total = sum(weights)
+        divisor = total if normalize and abs(total) >= DIVISOR_EPS else 1.0
+        return [0.0 if z else w * lam / divisor for w, z in zip(weights, zeroed)]
+
+    def planning_weights(self, p: TensorParams) -> list[float]:
+        coeffs = self.coefficients(p)
+        if coeffs is not None:
+            return [abs(c) for c in coeffs]
+        return [0.0 if z else abs(m["weight"]) for m, z in zip(p.models, self._zeroed(p))]
+
+    # -- computation -----------------------------------------------------------------
+    def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
+              ctx: MergeContext) -> torch.Tensor:
+        assert base is not None
+        normalize, rescale = p.shared["normalize"], p.shared["rescale"]
+        sparsify = SPARSIFIERS[self.sparsifier] if self.sparsifier else None
+        combine = SignConsensus(base, normalize) if self.consensus else PlainSum(base)
+        delta = torch.empty_like(base)
+        for k, (x, model) in enumerate(zip(inputs, p.models)):
+            torch.sub(x, base, out=delta)
+            if sparsify is not None:
+                delta = sparsify(delta, model["density"], rescale, model, ctx, k)
+            delta.mul_(model["weight"])
+            combine.add(delta, model["weight"])
+        del delta
+        mixed, divisor = combine.result()
+        if normalize:
+            mixed.div_(divisor)
+        if p.shared["lambda"] != 1:
+            mixed.mul_(p.shared["lambda"])
+        return mixed.add_(base)
+
+
+@register
+class TaskArithmetic(TaskArithmeticFamily):
+    name = "task_arithmetic"
+    help = "base + λ·Σ w_k·(x_k − base): add weighted task vectors to the base."
+
+
+@register
+class Ties(TaskArithmeticFamily):
+    name = "ties"
+    sparsifier = "magnitude"
+    consensus = True
+    default_normalize = True
+    help = ("TIES: keep each delta's largest entries, elect a sign per entry, "
+            "average the agreeing deltas.")
+
+
+@register
+class DareTies(TaskArithmeticFamily):
+    name = "dare_ties"
+    sparsifier = "random"
+    consensus = True
+    default_rescale = True
+    help = "DARE with TIES sign consensus: randomly drop delta entries, rescale, elect signs."
+
+
+@register
+class DareLinear(TaskArithmeticFamily):
+    name = "dare_linear"
+    sparsifier = "random"
+    default_rescale = True
+    help = "DARE: randomly drop delta entries, rescale, add the weighted deltas."
+
+
+@register
+class Breadcrumbs(TaskArithmeticFamily):
+    name = "breadcrumbs"
+    sparsifier = "magnitude_outliers"
+    help = "Model Breadcrumbs: drop the smallest and the largest (outlier) delta entries, add."
+
+
+@register
+class BreadcrumbsTies(TaskArithmeticFamily):
+    name = "breadcrumbs_ties"
+    sparsifier = "magnitude_outliers"
+    consensus = True
+    help = "Model Breadcrumbs with TIES sign consensus."
+
+
+@register
+class Della(TaskArithmeticFamily):
+    name = "della"
+    sparsifier = "della_magprune"
+    consensus = True
+    default_normalize = True
+    default_rescale = True
+    help = "DELLA: magnitude-ranked random drop per row, rescale, TIES sign consensus."
+
+
+@register
+class DellaLinear(TaskArithmeticFamily):
+    name = "della_linear"
+    sparsifier = "della_magprune"
+    default_rescale = True
+    help = "DELLA without sign consensus: magnitude-ranked random drop, rescale, add."

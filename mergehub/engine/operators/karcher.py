@@ -1,0 +1,77 @@
+"""karcher: the Riemannian (Karcher) mean of the inputs' directions, scaled by their mean norm.
+
+With u_k = x_k/‖x_k‖ over the inputs with ‖x_k‖ > tol and equal weights α = 1/V:
+    m ← normalise(Σ α u_k)  (u_first if that is < tol)
+    repeat ≤ max_iter:  τ = Σ_{θ_k ≥ tol} α·θ_k/sin θ_k·(u_k − cos θ_k·m),  θ_k = acos⟨m, u_k⟩
+                        stop if ‖τ‖ < tol;  m ← normalise(cos‖τ‖·m + sin‖τ‖·τ/‖τ‖)
+    out = m · (1/K)·Σ_k ‖x_k‖   (all K inputs)
+The base is "ignored": a configured base model is one more input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import params as P
+from .base import MergeContext, Operator, Param, TensorParams
+from .registry import register
+
+
+@register
+class Karcher(Operator):
+    name = "karcher"
+    base = "ignored"
+    min_inputs = 1
+    params = (
+        Param("max_iter", "global", int, 10, minimum=0, help="Maximum number of iterations."),
+        Param("tol", "global", float, 1e-5, minimum=0.0, help="Convergence tolerance."),
+    )
+    help = "Equal-weight Karcher mean on the hypersphere, scaled by the mean input norm."
+
+    def block_local(self, p: TensorParams, ndim: int) -> bool:
+        return ndim < 2 or len(p.models) == 1
+
+    def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
+              ctx: MergeContext) -> torch.Tensor:
+        if len(inputs) == 1:
+            return inputs[0].clone()
+        max_iter, tol = p.shared["max_iter"], p.shared["tol"]
+        dtype = P.accumulation_dtype(inputs[0])
+        xs = [x.reshape(-1).to(dtype) for x in inputs]
+        norms = [float(torch.linalg.vector_norm(x)) for x in xs]
+        valid = [(x, n) for x, n in zip(xs, norms) if n > tol]
+        scale = sum(norms) / len(norms)
+        if not valid:
+            return torch.zeros_like(inputs[0], dtype=dtype)
+        alpha = 1.0 / len(valid)
+
+        mean = torch.zeros_like(xs[0])
+        for x, n in valid:
+            mean.add_(x, alpha=alpha / n)
+        mean_norm = float(torch.linalg.vector_norm(mean))
+        if mean_norm < tol:
+            mean = valid[0][0] / valid[0][1]
+        else:
+            mean.div_(mean_norm)
+
+        tangent = torch.empty_like(mean)
+        for _ in range(max_iter):
+            tangent.zero_()
+            for x, n in valid:
+                cos = min(1.0, max(-1.0, float(torch.dot(mean, x)) / n))
+                theta = math.acos(cos)
+                if theta < tol:
+                    continue
+                c = alpha * theta / math.sin(theta)
+                tangent.add_(x, alpha=c / n).add_(mean, alpha=-c * cos)
+            tangent_norm = float(torch.linalg.vector_norm(tangent))
+            if tangent_norm < tol:
+                break
+            mean.mul_(math.cos(tangent_norm))
+            mean.add_(tangent, alpha=math.sin(tangent_norm) / tangent_norm)
+            unit_norm = float(torch.linalg.vector_norm(mean))
+            if unit_norm > tol:
+                mean.div_(unit_norm)
+        return mean.mul_(scale).reshape(inputs[0].shape)

@@ -1,0 +1,185 @@
+"""Spherical interpolation: slerp (whole tensor), nuslerp (per vector, weights), multislerp.
+
+slerp(a, b, t) with cos θ = ⟨a/‖a‖, b/‖b‖⟩ (norms ≤ 1e-8 treated as 1):
+    |cos θ| > 0.9995:  (1 − t)·a + t·b
+    otherwise:         sin((1 − t)θ)/sin θ · a + sin(tθ)/sin θ · b
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from . import params as P
+from .base import REQUIRED, MergeContext, Operator, Param, TensorParams
+from .registry import register
+
+DOT_THRESHOLD = 0.9995
+NORM_EPS = 1e-8
+
+
+@register
+class Slerp(Operator):
+    name = "slerp"
+    base = "required"
+    min_inputs = 1
+    max_inputs = 1
+    params = (Param("t", "global", float, REQUIRED, minimum=0.0, maximum=1.0,
+                    help="Interpolation factor: 0 gives the base, 1 the other model."),)
+    help = "Spherical linear interpolation between the base and one model, per tensor."
+
+    def block_local(self, p: TensorParams, ndim: int) -> bool:
+        return ndim < 2 or p.shared["t"] in (0.0, 1.0)
+
+    def coefficients(self, p: TensorParams) -> list[float] | None:
+        t = p.shared["t"]
+        return [t] if t in (0.0, 1.0) else None
+
+    def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
+              ctx: MergeContext) -> torch.Tensor:
+        assert base is not None
+        t = p.shared["t"]
+        if t == 0:  # exactly what the formula gives (sin θ / sin θ = 1, sin 0 = 0)
+            return base.clone()
+        if t == 1:
+            return inputs[0].clone()
+        dtype = P.accumulation_dtype(base)
+        a, b = base.reshape(-1).to(dtype), inputs[0].reshape(-1).to(dtype)
+        if a.numel() == 0:
+            return a.reshape(base.shape)
+        norm_a = torch.linalg.vector_norm(a)
+        norm_b = torch.linalg.vector_norm(b)
+        norm_a = torch.where(norm_a > NORM_EPS, norm_a, 1)
+        norm_b = torch.where(norm_b > NORM_EPS, norm_b, 1)
+        dot = (torch.dot(a, b) / (norm_a * norm_b)).clamp(-1, 1)
+        t_ = torch.tensor(t, dtype=dtype)
+        if dot.abs() > DOT_THRESHOLD:
+            coef_a, coef_b = 1 - t_, t_
+        else:
+            theta = torch.acos(dot)
+            sin_theta = torch.sin(theta)
+            coef_a = torch.sin((1 - t_) * theta) / sin_theta
+            coef_b = torch.sin(t_ * theta) / sin_theta
+        out = torch.mul(a, coef_a).add_(b, alpha=float(coef_b))
+        return out.reshape(base.shape)
+
+
+def _nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool,
+             flatten: bool) -> torch.Tensor:
+    """slerp of each vector pair: the whole tensor (flatten), rows along the last dim, or
+    columns along dim 0 (row_wise). Exact lerp where 1 − cos² θ ≤ 1e-16."""
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
+    n0 = torch.linalg.vector_norm(v0, dim=-1, keepdim=True).clamp_(min=1e-7)
+    n1 = torch.linalg.vector_norm(v1, dim=-1, keepdim=True).clamp_(min=1e-7)
+    cos = ((v0 / n0) * (v1 / n1)).sum(dim=-1, keepdim=True).clamp_(-1, 1)
+    colinear = (1 - cos.square()) <= NORM_EPS ** 2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    sin_theta = torch.sin(theta)
+    coef0 = torch.where(colinear, 1 - t, torch.sin((1 - t) * theta) / sin_theta)
+    coef1 = torch.where(colinear, t, torch.sin(t * theta) / sin_theta)
+    out = torch.mul(v0, coef0).addcmul_(v1, coef1)
+    if row_wise and not flatten:
+        out = out.transpose(0, -1)
+    return out.reshape(shape)
+
+
+@register
+class NuSlerp(Operator):
+    name = "nuslerp"
+    base = "optional"
+    min_inputs = 2
+    max_inputs = 2
+    params = (
+        P.WEIGHT,
+        Param("nuslerp_flatten", "global", bool, True,
+              help="Treat the whole tensor as one vector (false: interpolate row vectors)."),
+        Param("nuslerp_row_wise", "global", bool, False,
+              help="Without flatten, interpolate column vectors (dim 0) instead of rows."),
+    )
+    help = "SLERP of two models (or their deltas from the base) with t = w₂ / (w₁ + w₂)."
+
+    def block_local(self, p: TensorParams, ndim: int) -> bool:
+        return ndim < 2 or not (p.shared["nuslerp_flatten"] or p.shared["nuslerp_row_wise"])
+
+    def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
+              ctx: MergeContext) -> torch.Tensor:
+        w0, w1 = p.per_model("weight")
+        total = w0 + w1
+        t = 0.5 if abs(total) < 1e-6 else w1 / total
+        row_wise, flatten = p.shared["nuslerp_row_wise"], p.shared["nuslerp_flatten"]
+        x0, x1 = inputs
+        if base is None:
+            return _nuslerp(t, x0, x1, row_wise, flatten)
+        return _nuslerp(t, x0 - base, x1 - base, row_wise, flatten).add_(base)
+
+
+@register
+class MultiSlerp(Operator):
+    name = "multislerp"
+    base = "optional"
+    min_inputs = 1
+    params = (
+        P.WEIGHT,
+        Param("normalize_weights", "global", bool, True,
+              help="Divide the weights by their sum."),
+        Param("eps", "global", float, 1e-8, minimum=0.0,
+              help="Small constant for numerical stability."),
+    )
+    help = "Barycentric interpolation of any number of models on the hypersphere."
+
+    def validate(self, p: TensorParams, where: str) -> None:
+        if p.shared["normalize_weights"] and len(p.models) > 1 and sum(p.per_model("weight")) == 0:
+            raise ConfigError(f"{where}: multislerp weights sum to 0 with normalize_weights: "
+                              f"true; change the weights or set normalize_weights: false")
+
+    def block_local(self, p: TensorParams, ndim: int) -> bool:
+        return ndim < 2 or len(p.models) == 1
+
+    def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
+              ctx: MergeContext) -> torch.Tensor:
+        """u_k = δ_k/(‖δ_k‖+ε); m = normalise(Σ w_k u_k); tangent τ = Σ w_k (u_k − ⟨u_k,m⟩ m);
+        out = (m cos‖τ‖ + τ sin‖τ‖/‖τ‖) · Σ w_k ‖δ_k‖ (+ base); ‖τ‖ carries + ε."""
+        if len(inputs) == 1:
+            return inputs[0].clone()
+        eps = p.shared["eps"]
+        dtype = inputs[0].dtype
+        weights = torch.tensor(p.per_model("weight"), dtype=dtype, device=inputs[0].device)
+        if p.shared["normalize_weights"]:
+            weights = weights / weights.sum()
+        # δ_k flattened; our own storage when a base is subtracted, else fresh unit vectors
+        units = [(x - base).reshape(-1) if base is not None else x.reshape(-1) for x in inputs]
+        norms = torch.stack([torch.linalg.vector_norm(u) for u in units])
+        units = [u.div_(n + eps) if base is not None else u / (n + eps)
+                 for u, n in zip(units, norms)]
+        w = weights.tolist()
+        mean = torch.zeros_like(units[0])
+        for u, wk in zip(units, w):
+            mean.add_(u, alpha=wk)
+        mean_norm = torch.linalg.vector_norm(mean)
+        if mean_norm < eps:
+            if len(inputs) == 2:  # mergekit's fallback: linear interpolation of the deltas
+                d0, d1 = ((x - base) if base is not None else x for x in inputs)
+                out = d0 * weights[0] + d1 * weights[1]
+                return out.add_(base) if base is not None else out
+            raise ConfigError(
+                f"multislerp: the weighted mean direction is zero in tensor {ctx.tensor} "
+                f"(antipodal inputs with balancing weights); change the weights")
+        mean.div_(mean_norm)
+        tangent = torch.zeros_like(mean)
+        scratch = torch.empty_like(mean)
+        for u, wk in zip(units, w):
+            dot = torch.dot(u, mean)
+            torch.sub(u, mean, alpha=float(dot), out=scratch)
+            tangent.add_(scratch, alpha=wk)
+        del units, scratch
+        tangent_norm = torch.linalg.vector_norm(tangent) + eps
+        out = mean.mul_(torch.cos(tangent_norm)).add_(
+            tangent.mul_(torch.sin(tangent_norm) / tangent_norm))
+        out.mul_((norms * weights).sum())
+        out = out.reshape(inputs[0].shape)
+        return out.add_(base) if base is not None else out
+

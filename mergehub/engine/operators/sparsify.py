@@ -1,0 +1,107 @@
+"""Sparsifiers of the task-arithmetic family, applied to one delta δ at a time, in place.
+
+Each returns δ with the dropped entries set to 0 and, with ``rescale``, the kept entries
+multiplied by ‖δ‖₁ / ‖mask·δ‖₁ over the tensor (skipped when either norm is below 1e-7).
+A density ≥ 1 leaves δ untouched (no rescale either); a density ≤ 0 zeroes it.
+
+* magnitude (TIES): keep the k = max(1, int(density·n)) largest |δ| (selection.py tie rule);
+* random (DARE): keep each entry with probability density (u < density, u ~ U[0,1));
+* magnitude_outliers (breadcrumbs): order |δ| ascending, keep positions
+  [n_bot, n_bot + target) with target = int(density·n), n_top = int(gamma·n),
+  n_bot = max(0, n − target − n_top): the smallest and the gamma largest are dropped;
+* della_magprune (DELLA): rank |δ| along dim 1 (a 1-D tensor is one row), normalise the
+  rank to [0, 1], keep with probability p = density − ε + 2ε·rank.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .base import MergeContext
+from .selection import largest_mask, smallest_mask
+
+RESCALE_EPS = 1e-7
+
+# sparsifier(delta, density, rescale, model params, ctx, model index) -> delta (same storage)
+Sparsifier = Callable[[torch.Tensor, float, bool, dict, MergeContext, int], torch.Tensor]
+
+
+def _apply(delta: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """δ ← keep·δ, then the optional L1 rescale."""
+    before = delta.abs().sum() if rescale else None
+    delta.masked_fill_(~keep, 0)
+    if rescale:
+        after = delta.abs().sum()
+        if before >= RESCALE_EPS and after >= RESCALE_EPS:
+            delta.mul_(before / after)
+    return delta
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale: bool, model: dict,
+              ctx: MergeContext, k: int) -> torch.Tensor:
+    n = delta.numel()
+    if density >= 1 or n == 0:
+        return delta
+    if density <= 0:
+        return delta.zero_()
+    keep = largest_mask(delta.abs(), max(1, int(density * n)))
+    return _apply(delta, keep, rescale)
+
+
+def random(delta: torch.Tensor, density: float, rescale: bool, model: dict,
+           ctx: MergeContext, k: int) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    keep = ctx.uniform(k, delta.shape) < density
+    return _apply(delta, keep, rescale)
+
+
+def magnitude_outliers(delta: torch.Tensor, density: float, rescale: bool, model: dict,
+                       ctx: MergeContext, k: int) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    target = int(density * n)
+    n_top = int(model["gamma"] * n)
+    n_bot = max(0, n - target - n_top)
+    magnitudes = delta.abs()
+    keep = smallest_mask(magnitudes, n_bot + target)
+    if n_bot > 0:
+        keep &= ~smallest_mask(magnitudes, n_bot)
+    return _apply(delta, keep, rescale)
+
+
+def della_magprune(delta: torch.Tensor, density: float, rescale: bool, model: dict,
+                   ctx: MergeContext, k: int) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return delta.zero_()
+    epsilon = model["epsilon"]
+    probs = density - epsilon + (2 * epsilon) * della_rank(delta)
+    keep = ctx.uniform(k, delta.shape) < probs
+    return _apply(delta, keep, rescale)
+
+
+def della_rank(delta: torch.Tensor) -> torch.Tensor:
+    """Rank of |δ| along dim 1 normalised to [0, 1] (ascending, stable for ties), shaped
+    like δ. A 1-D tensor is one row; a row of width 1 gets 0.5 (mergekit fails there)."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
+    width = rows.shape[1]
+    if width <= 1:
+        return torch.full_like(delta, 0.5)
+    order = torch.sort(rows.abs(), dim=1, stable=True).indices
+    steps = torch.arange(width, device=delta.device, dtype=delta.dtype) / (width - 1)
+    steps = steps.view((1, width) + (1,) * (rows.dim() - 2)).expand_as(rows)
+    rank = torch.empty_like(rows).scatter_(1, order, steps)
+    return rank.reshape(delta.shape)
+
+
+SPARSIFIERS: dict[str, Sparsifier] = {
+    "magnitude": magnitude,
+    "random": random,
+    "magnitude_outliers": magnitude_outliers,
+    "della_magprune": della_magprune,
+}

@@ -1,0 +1,110 @@
+"""Atomic publication of an output directory.
+
+Everything is written into a staging directory next to the target (same filesystem), files
+and directory are fsynced, and one rename makes it visible. With ``force`` an existing target
+is swapped out with ``renameat2(RENAME_EXCHANGE)`` where the kernel has it, so readers see the
+old or the new directory, never a mix and never nothing. On any failure the staging directory
+is removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from .errors import DiskFull, OutputExists
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False if the platform cannot."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            return False
+        raise OSError(err, os.strerror(err), str(b))
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not force:
+        raise OutputExists(f"{out_dir} already exists; choose another output directory or pass "
+                           "--force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExists(f"{out_dir} exists and is not a directory; remove it or choose another path")
+
+
+class Staging:
+    """``with Staging(out_dir, force) as stage: write into stage.path; stage.publish()``."""
+
+    def __init__(self, out_dir: Path, force: bool = False):
+        self.out_dir = Path(out_dir).absolute()
+        self.force = force
+        check_target(self.out_dir, force)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir.parent / f".{self.out_dir.name}.staging-{uuid.uuid4().hex[:12]}"
+        self.published = False
+
+    def __enter__(self) -> "Staging":
+        try:
+            self.path.mkdir()
+        except OSError as exc:
+            raise _as_user_error(exc, self.out_dir) from None
+        return self
+
+    def publish(self) -> None:
+        for p in self.path.rglob("*"):
+            if p.is_file():
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(self.path)
+        check_target(self.out_dir, self.force)
+        if self.out_dir.exists():
+            if _renameat2_exchange(self.path, self.out_dir):
+                shutil.rmtree(self.path)  # now holds the old output
+            else:
+                old = self.path.with_name(self.path.name + ".old")
+                os.rename(self.out_dir, old)
+                os.rename(self.path, self.out_dir)
+                shutil.rmtree(old)
+        else:
+            os.rename(self.path, self.out_dir)
+        fsync_dir(self.out_dir.parent)
+        self.published = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.published:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _as_user_error(exc, self.out_dir) from exc
+
+
+def _as_user_error(exc: OSError, out_dir: Path) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"no space left while writing {out_dir}; nothing was published — free "
+                        "space or choose another output directory")
+    return exc

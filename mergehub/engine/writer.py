@@ -1,0 +1,132 @@
+"""Streaming safetensors output, sharded HF-style, hashed as it is written.
+
+All output shapes and dtypes are known before the first byte is computed, so each shard's
+header is written first and tensor bytes are appended in order as they are produced: memory
+never holds more than the rows in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .dtypes import TORCH_TO_SAFETENSORS, element_size
+from .layout import INDEX_NAME, SINGLE_NAME
+
+DEFAULT_SHARD_BYTES = 5 * 1000**3  # HF's default "5GB"
+
+
+@dataclass(frozen=True)
+class OutSpec:
+    name: str
+    dtype: str  # safetensors dtype name
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * element_size(self.dtype)
+
+
+def _shards(specs: list[OutSpec], max_bytes: int) -> list[list[OutSpec]]:
+    shards: list[list[OutSpec]] = [[]]
+    size = 0
+    for s in specs:
+        if shards[-1] and size + s.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(s)
+        size += s.nbytes
+    return shards
+
+
+def _header(specs: list[OutSpec]) -> bytes:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for s in specs:
+        header[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+        offset += s.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the data region 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw
+
+
+class ShardedWriter:
+    """Append tensors (whole or in row chunks, in spec order) into ``directory``."""
+
+    def __init__(self, directory: Path, specs: list[OutSpec], max_shard_bytes: int = DEFAULT_SHARD_BYTES):
+        self.directory = Path(directory)
+        self.shards = _shards(specs, max_shard_bytes)
+        n = len(self.shards)
+        self.names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                                                   for i in range(n)]
+        self._order = [(i, s) for i, shard in enumerate(self.shards) for s in shard]
+        self._pos = 0  # index into _order of the tensor being written
+        self._written_of_tensor = 0
+        self._fd: int | None = None
+        self._shard = -1
+        self._hash = None
+        self.hashes: dict[str, str] = {}
+        self.bytes_written = 0
+
+    def _open_shard(self, i: int) -> None:
+        self._close_shard()
+        self._shard = i
+        self._fd = os.open(self.directory / self.names[i], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._hash = hashlib.sha256()
+        self._write(_header(self.shards[i]))
+
+    def _close_shard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self.hashes[self.names[self._shard]] = self._hash.hexdigest()
+            self._fd = None
+
+    def _write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        self._hash.update(view)
+        done = 0
+        while done < len(view):
+            done += os.write(self._fd, view[done:])
+        self.bytes_written += len(view)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next rows of tensor ``name`` (rows must arrive in order)."""
+        shard, spec = self._order[self._pos]
+        if spec.name != name:
+            raise RuntimeError(f"writer expected {spec.name}, got {name}")
+        if TORCH_TO_SAFETENSORS[tensor.dtype] != spec.dtype:
+            raise RuntimeError(f"{name}: writing {tensor.dtype} into a {spec.dtype} slot")
+        if shard != self._shard:
+            self._open_shard(shard)
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._write(data)
+        self._written_of_tensor += data.nbytes
+        if self._written_of_tensor > spec.nbytes:
+            raise RuntimeError(f"{name}: more bytes written than its shape holds")
+        if self._written_of_tensor == spec.nbytes:
+            self._pos += 1
+            self._written_of_tensor = 0
+
+    def finish(self) -> dict[str, str]:
+        """Close the last shard, write the index when sharded; return {file: sha256}."""
+        if self._pos != len(self._order):
+            raise RuntimeError(f"writer finished early: {len(self._order) - self._pos} tensors missing")
+        self._close_shard()
+        if len(self.names) > 1:
+            index = {"metadata": {"total_size": sum(s.nbytes for _, s in self._order)},
+                     "weight_map": {s.name: self.names[i] for i, s in self._order}}
+            raw = json.dumps(index, indent=2).encode()
+            (self.directory / INDEX_NAME).write_bytes(raw)
+            self.hashes[INDEX_NAME] = hashlib.sha256(raw).hexdigest()
+        return dict(self.hashes)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
