@@ -1,0 +1,36 @@
+# MergeHub. Two entry points (see README):
+#   make demo   set up .venv, prepare demo data, run the web app + a worker on 127.0.0.1:8000
+#   make test   set up .venv and run the whole test suite (SQLite; PostgreSQL + Redis when
+#               DATABASE_URL / REDIS_URL are set)
+# torch 2.13.0 is installed first (CPU build here): an unpinned torch would pull a multi-GB
+# CUDA build. GPU users install their own CUDA build of torch before `make`.
+
+PYTHON ?= python3
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+include mk/web.mk
+
+.PHONY: test test-engine install browser-deps bench clean
+
+install: demo-install
+
+# Debian's chromium drives the browser test (never `playwright install`). Best effort: only
+# as root with apt-get available; without chromium the browser test is skipped, loudly.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+test: install browser-deps
+	DJANGO_ALLOW_ASYNC_UNSAFE=true $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-engine: install
+	$(VENV)/bin/python -m pytest -q -p no:django tests/engine tests/bench $(PYTEST_ARGS)
+
+# A small benchmark; see bench/README.md for the full one quoted in README.md.
+bench: install
+	$(VENV)/bin/python -m bench.run --help
+
+clean:
+	rm -rf $(VENV) .pytest_cache data
