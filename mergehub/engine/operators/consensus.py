@@ -26,6 +26,10 @@ class PlainSum:
         self.mixed += delta
         self.weight_sum += weight
 
+    def add_zero(self, weight: float) -> None:
+        """A model whose delta is exactly zero: adds nothing but still counts in Σ w."""
+        self.weight_sum += weight
+
     def result(self) -> tuple[torch.Tensor, float | torch.Tensor]:
         divisor = self.weight_sum if abs(self.weight_sum) >= DIVISOR_EPS else 1.0
         return self.mixed, divisor
@@ -41,6 +45,9 @@ class SignConsensus:
         if with_divisor:
             self.weight_positive = torch.zeros_like(like)
             self.weight_negative = torch.zeros_like(like)
+
+    def add_zero(self, weight: float) -> None:
+        """A zero delta never matches the elected sign: it changes no sum."""
 
     def add(self, delta: torch.Tensor, weight: float) -> None:
         self.total += delta

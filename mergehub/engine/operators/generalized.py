@@ -124,6 +124,11 @@ class TaskArithmeticFamily(Operator):
         combine = SignConsensus(base, normalize) if self.consensus else PlainSum(base)
         delta = torch.empty_like(base)
         for k, (x, model) in enumerate(zip(inputs, p.models)):
+            if x is base:
+                # An expert not read under the budget is passed as the base itself: δ = 0 stays 0
+                # through every sparsifier and rescale, so skip the arithmetic (exact).
+                combine.add_zero(model["weight"])
+                continue
             torch.sub(x, base, out=delta)
             if sparsify is not None:
                 delta = sparsify(delta, model["density"], rescale, model, ctx, k)
