@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class ChildResult:
     wall_s: float
     read_bytes: int
     peak_rss_bytes: int
+    timed_out: bool = False
 
 
 def evict(paths: Iterable[Path]) -> None:
@@ -59,27 +61,42 @@ def _proc_read_bytes(pid: int) -> int | None:
 
 
 def run_child(argv: list[str], *, log: Path, sample_proc_io: bool = False,
-              env: dict[str, str] | None = None) -> ChildResult:
-    """Run ``argv`` with output to ``log``; measure it with wait4 (or /proc sampling)."""
+              env: dict[str, str] | None = None, timeout_s: float | None = None) -> ChildResult:
+    """Run ``argv`` with output to ``log``; measure it with wait4 (or /proc sampling).
+    A child still running after ``timeout_s`` is killed (``timed_out`` is then True)."""
     with open(log, "wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, kill) if timeout_s else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         sampled = 0
         if sample_proc_io:
             while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
+                # WNOWAIT leaves the exited child a zombie, so its final counters can be read.
+                exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                sampled = max(sampled, _proc_read_bytes(proc.pid) or 0)
+                if exited is not None:
                     break
-                value = _proc_read_bytes(proc.pid)
-                sampled = max(sampled, value or 0)
                 time.sleep(SAMPLE_INTERVAL_S)
+            _, status, usage = os.wait4(proc.pid, 0)
         else:
             _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, tell Popen
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen (no kill after)
+        if timer is not None:
+            timer.cancel()
     read = sampled if sample_proc_io else usage.ru_inblock * 512
-    return ChildResult(proc.returncode, wall, read, usage.ru_maxrss * 1024)
+    return ChildResult(proc.returncode, wall, read, usage.ru_maxrss * 1024,
+                       killed.is_set() and proc.returncode != 0)
 
 
 def inblock_works(probe: Path, scratch: Path) -> bool:

@@ -132,7 +132,11 @@ class Bench:
     def measured(self, argv: list[str], label: str) -> ChildResult:
         evict(self.family_files + files_under(self.catalog))
         log = self.work / "last-run.log"
-        result = run_child(argv, log=log, sample_proc_io=not self.inblock_ok, env=self.env)
+        result = run_child(argv, log=log, sample_proc_io=not self.inblock_ok, env=self.env,
+                           timeout_s=self.args.timeout)
+        if result.timed_out:
+            raise BenchRunError(f"{label} ran past --timeout {self.args.timeout:.0f} s and was killed "
+                                f"(log: {log}): raise --timeout or use a smaller family")
         if result.returncode != 0:
             tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
             kept = self.work / f"failed-{label.replace(' ', '_')}.log"
@@ -280,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mergehub", default=str(DEFAULT_MERGEHUB), help="the mergehub executable")
     p.add_argument("--mergekit-args", default="", help="extra arguments for mergekit-yaml, quoted")
     p.add_argument("--mergehub-args", default="", help="extra arguments for mergehub merge, quoted")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds after which one tool run is killed and the benchmark stops (default 3600)")
     p.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR),
                    help="catalog, merge outputs (deleted after each run), logs, results.json")
     return p

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -108,9 +108,9 @@ def plan_merge(config: MergeConfig, *, budget=1.0, catalog_dir=None, block_size:
                seed: int = 0, index_missing: bool = False, progress: ProgressFn | None = None) -> Plan:
     """Plan from the catalog alone: no expert weight is read (unless ``index_missing``)."""
     block_size = block_size or DEFAULT_BLOCK_SIZE
+    budget_obj = parse_budget(budget)  # a bad budget fails before any indexing
     inputs = _open_inputs(config, catalog_dir, block_size, Control(progress), index_missing)
-    return make_plan(config, inputs.base, inputs.experts, inputs.entries, parse_budget(budget),
-                     block_size, seed)
+    return make_plan(config, inputs.base, inputs.experts, inputs.entries, budget_obj, block_size, seed)
 
 
 @dataclass
@@ -130,7 +130,10 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
               block_size: int | None = None, catalog_dir=None, force: bool = False,
               measure_deviation: bool = False, progress: ProgressFn | None = None,
               cancel: CancelFn | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
-              access: list[dict[str, list[int]]] | None = None) -> MergeResult:
+              access: list[dict[str, list[int]]] | None = None,
+              verify: Callable[[dict], None] | None = None) -> MergeResult:
+    """Merge and publish atomically. ``access`` replays a recorded access set; ``verify`` sees
+    the manifest before publishing and may raise to publish nothing."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_target(out_dir.absolute(), force)  # fail before any work
@@ -163,8 +166,10 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
         metrics = _metrics(plan, stats, inputs, executor, plan_s, total_s, dev, warnings, writer)
         doc = manifest_mod.build(config=_config_mapping(config), plan=plan, seed=seed,
                                  device=str(dev), outputs=output_files, metrics=metrics,
-                                 inputs=_input_hashes(config, inputs))
+                                 inputs=_input_hashes(config, inputs), shard_bytes=shard_bytes)
         manifest_mod.write(stage.path, doc)
+        if verify is not None:
+            verify(doc)
         control.check()
         stage.publish()
     return MergeResult(out_dir, doc, metrics, plan)
@@ -251,12 +256,13 @@ def sweep(config: MergeConfig, budgets: list, *, seed: int = 0, device: str = "a
     """Planned bytes, certificate and exact deviation for each budget, in one pass over the data."""
     block_size = block_size or DEFAULT_BLOCK_SIZE
     control = Control(progress, cancel)
+    parsed = [parse_budget(b) for b in budgets]  # bad budgets fail before any indexing
     inputs = _open_inputs(config, catalog_dir, block_size, control, index_missing=True)
     if inputs.entries is None:
         raise MergeHubError(f"{config.merge_method} without a base reads whole models at any budget; "
                             "a sweep needs a base model")
-    plans = [make_plan(config, inputs.base, inputs.experts, inputs.entries, parse_budget(b), block_size, seed)
-             for b in budgets]
+    plans = [make_plan(config, inputs.base, inputs.experts, inputs.entries, b, block_size, seed)
+             for b in parsed]
     full = _changed_access(inputs)
     executor = Executor(config, inputs.base, inputs.experts, full, block_size, seed, pick_device(device),
                         control, references=[p.access for p in plans], full_access=full)
@@ -271,16 +277,17 @@ def sweep(config: MergeConfig, budgets: list, *, seed: int = 0, device: str = "a
 
 def replay(manifest_path, out_dir, *, force: bool = False, catalog_dir=None, device: str | None = None,
            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> MergeResult:
-    """Re-run a manifest with its recorded access set; ReplayMismatch unless bit-identical."""
+    """Re-run a manifest with its recorded access set; ReplayMismatch (and nothing published)
+    unless bit-identical."""
     doc = manifest_mod.read(manifest_path)
     config = parse_config(doc["config"])
     result = run_merge(
         config, out_dir, budget=doc["budget"]["spec"], seed=doc["seed"],
-        device=device or ("cuda" if doc.get("device", "cpu").startswith("cuda") else "cpu"),
+        device=device or ("cuda" if str(doc.get("device", "cpu")).startswith("cuda") else "cpu"),
         block_size=doc["plan"]["block_size"], catalog_dir=catalog_dir, force=force,
         progress=progress, cancel=cancel, shard_bytes=doc.get("shard_bytes", DEFAULT_SHARD_BYTES),
-        access=expand_ranges(doc["plan"]["access"]) if doc["plan"].get("access") is not None else None)
-    manifest_mod.verify_replay(doc, result.manifest)
+        access=expand_ranges(doc["plan"]["access"]) if doc["plan"].get("access") is not None else None,
+        verify=lambda replayed: manifest_mod.verify_replay(doc, replayed))
     return result
 
 

@@ -188,7 +188,10 @@ class Executor:
                 for reader, chosen in ((expert_readers[k], want), (verify_reader, extra)):
                     for r0, r1 in _runs(chosen, rpb, unit, info.rows):
                         part = reader.read_rows(einfo, r0, r1)
-                        rows[r0 - unit.row_start:r1 - unit.row_start] = part
+                        if rows.dim() < 2:  # a 0-D/1-D tensor is one row: part is all of it
+                            rows = part
+                        else:
+                            rows[r0 - unit.row_start:r1 - unit.row_start] = part
                 experts.append(rows)
             read_blocks.append(set(blocks))
         self.stats.read_s += time.perf_counter() - t0

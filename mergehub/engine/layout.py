@@ -24,7 +24,8 @@ SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 CONVERT_HINT = (
-    "pickle checkpoints are never loaded because unpickling can run code; convert it with "
+    "pickle checkpoints are never loaded because unpickling can run code; convert it to "
+    "safetensors with "
     "`python -c \"from transformers import AutoModel; AutoModel.from_pretrained('DIR')"
     ".save_pretrained('OUT', safe_serialization=True)\"` on a machine you trust"
 )
@@ -98,6 +99,9 @@ def read_file_header(path: Path) -> tuple[FileHeader, list[TensorInfo]]:
     except OSError as exc:
         raise InvalidCheckpoint(f"{path}: cannot open ({exc.strerror})") from None
     try:
+        # No readahead: it would cache tensor bytes nobody asked for and leave a readahead mark
+        # that later makes the kernel read ahead even on the executor's FADV_RANDOM descriptors.
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         size = os.fstat(fd).st_size
         if size < 8:
             raise InvalidCheckpoint(f"{path}: truncated safetensors file ({size} bytes, no header)")

@@ -18,7 +18,8 @@ FILENAME = "mergehub_manifest.json"
 FORMAT = "mergehub-manifest/1"
 
 
-def build(*, config: dict, plan, seed: int, device: str, outputs: dict, metrics: dict, inputs: dict) -> dict:
+def build(*, config: dict, plan, seed: int, device: str, outputs: dict, metrics: dict, inputs: dict,
+          shard_bytes: int) -> dict:
     return {
         "format": FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -36,6 +37,7 @@ def build(*, config: dict, plan, seed: int, device: str, outputs: dict, metrics:
             "certificate": plan.certificate,
             "access": plan.access_ranges(),
         },
+        "shard_bytes": shard_bytes,
         "outputs": {"files": outputs},
         "metrics": metrics,
         "versions": {"mergehub": __version__, "python": platform.python_version(),
@@ -60,7 +62,43 @@ def read(path) -> dict:
         raise InvalidCheckpoint(f"{path}: not a readable manifest ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InvalidCheckpoint(f"{path}: not a MergeHub manifest (format {FORMAT} expected)")
+    broken = _malformed(doc)
+    if broken:
+        raise InvalidCheckpoint(f"{path}: the manifest lacks or garbles {', '.join(broken)}; replay needs "
+                                "the manifest as MergeHub wrote it")
     return doc
+
+
+# field path -> type replay relies on
+_FIELDS = {("config",): dict, ("inputs",): dict, ("seed",): int, ("budget", "spec"): str,
+           ("plan", "digest"): str, ("plan", "block_size"): int, ("outputs", "files"): dict}
+
+
+def _malformed(doc: dict) -> list[str]:
+    broken = []
+    for keys, kind in _FIELDS.items():
+        value = doc
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            broken.append(".".join(keys))
+    access = doc["plan"].get("access") if isinstance(doc.get("plan"), dict) else None
+    if access is not None and not _is_access(access):
+        broken.append("plan.access")
+    shard_bytes = doc.get("shard_bytes", 1)  # absent in manifests that predate it: the default
+    if type(shard_bytes) is not int or shard_bytes <= 0:
+        broken.append("shard_bytes")
+    return broken
+
+
+def _is_access(value) -> bool:
+    """[{tensor: [[first, last], ...]}, ...] with integer block indices."""
+    def is_run(r) -> bool:
+        return isinstance(r, list) and len(r) == 2 and all(type(b) is int for b in r)
+
+    return isinstance(value, list) and all(
+        isinstance(per, dict) and all(isinstance(runs, list) and all(map(is_run, runs)) for runs in per.values())
+        for per in value)
 
 
 def verify_replay(original: dict, replayed: dict) -> None:

@@ -26,7 +26,7 @@ from .blocks import partition, parse_size
 from .catalog import IndexEntry
 from .config import count_layers
 from .config_types import MergeConfig
-from .errors import BudgetError, ConfigError
+from .errors import BudgetError, ConfigError, ReplayMismatch
 from .layout import ModelLayout
 
 _FRACTION = re.compile(r"^\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*$")
@@ -168,6 +168,7 @@ def make_plan(config: MergeConfig, base: ModelLayout | None, experts: list[Model
     chosen: list[dict[str, list[int]]] = [{} for _ in experts]
     planned = 0
     if access is not None:
+        _check_access(access, sizes_of, len(experts))
         chosen = [{t: sorted(bs) for t, bs in per.items() if bs} for per in access]
         planned = sum(sizes_of[t][b] for per in chosen for t, bs in per.items() for b in bs)
     else:
@@ -198,6 +199,21 @@ def make_plan(config: MergeConfig, base: ModelLayout | None, experts: list[Model
                    "experts": [e.expert_files for e in entries]}
     plan.digest = plan_digest(config, plan, seed)
     return plan
+
+
+def _check_access(access, sizes_of: dict[str, list[int]], n_experts: int) -> None:
+    """A recorded access set must fit these inputs: one entry per expert, known tensors, blocks in range."""
+    if len(access) != n_experts:
+        raise ReplayMismatch(f"the recorded access set covers {len(access)} experts but the config has "
+                             f"{n_experts}; replay needs the original config")
+    for per in access:
+        for t, bs in per.items():
+            if t not in sizes_of:
+                raise ReplayMismatch(f"the recorded access set names tensor {t!r}, which the base lacks; "
+                                     "replay needs the original checkpoints")
+            if any(not 0 <= b < len(sizes_of[t]) for b in bs):
+                raise ReplayMismatch(f"the recorded access set names blocks of {t!r} beyond its "
+                                     f"{len(sizes_of[t])} blocks; replay needs the original block size")
 
 
 def _full_read_plan(config, experts, budget, budget_bytes, block_size, full) -> Plan:
@@ -233,7 +249,7 @@ def plan_digest(config: MergeConfig, plan: Plan, seed: int) -> str:
     """sha256 over input file hashes, operator parameters, seed, block size, budget and access set."""
     body = {
         "method": config.merge_method,
-        "parameters": config.raw.get("parameters"),
+        "parameters": config.parameters,  # normalised: a replayed config gives the same
         "model_parameters": [m.parameters for m in config.models],
         "dtype": str(config.dtype), "out_dtype": str(config.out_dtype),
         "seed": seed, "block_size": plan.block_size, "budget_bytes": plan.budget_bytes,

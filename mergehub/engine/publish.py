@@ -62,6 +62,8 @@ class Staging:
         self.out_dir = Path(out_dir).absolute()
         self.force = force
         check_target(self.out_dir, force)
+        # parents we create are ours to remove again if nothing gets published
+        self.created = [p for p in self.out_dir.parents if not p.exists()]
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir.parent / f".{self.out_dir.name}.staging-{uuid.uuid4().hex[:12]}"
         self.published = False
@@ -70,6 +72,7 @@ class Staging:
         try:
             self.path.mkdir()
         except OSError as exc:
+            self._remove_created_parents()
             raise _as_user_error(exc, self.out_dir) from None
         return self
 
@@ -99,8 +102,16 @@ class Staging:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.published:
             shutil.rmtree(self.path, ignore_errors=True)
+            self._remove_created_parents()
         if isinstance(exc, OSError):
             raise _as_user_error(exc, self.out_dir) from exc
+
+    def _remove_created_parents(self) -> None:
+        for parent in self.created:  # deepest first; a non-empty one is no longer only ours
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def _as_user_error(exc: OSError, out_dir: Path) -> Exception:

@@ -1,0 +1,38 @@
+# One image, two roles:
+#   web:    docker run ... mergehub                      (gunicorn; static files served by whitenoise)
+#   worker: docker run ... mergehub python manage.py qcluster
+# See docs/deploy.md for PostgreSQL + Redis.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DJANGO_SETTINGS_MODULE=mergehub.settings \
+    MERGEHUB_DATA_DIR=/data \
+    STATIC_ROOT=/app/staticfiles
+
+WORKDIR /app
+
+# torch first, from the CPU wheel index (the default PyPI wheel pulls in CUDA, several GB).
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+
+COPY pyproject.toml constraints.txt README.md ./
+COPY mergehub ./mergehub
+COPY jobs ./jobs
+COPY bench ./bench
+COPY templates ./templates
+COPY static ./static
+COPY manage.py ./
+RUN pip install -c constraints.txt -e . \
+    && SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --verbosity 0 \
+    && useradd --create-home --uid 1000 mergehub \
+    && mkdir -p /data \
+    && chown mergehub:mergehub /data
+
+USER mergehub
+VOLUME ["/data"]
+EXPOSE 8000
+
+# Exec form: gunicorn is PID 1 and receives SIGTERM from `docker stop` directly.
+CMD ["gunicorn", "mergehub.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--timeout", "120", "--access-logfile", "-"]

@@ -1,0 +1,40 @@
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+
+from .models import Checkpoint, Family
+
+
+@admin.register(Family)
+class FamilyAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "base", "tensor_count", "created_at"]
+    list_filter = ["team"]
+    search_fields = ["name", "team__name", "base__name", "signature_digest"]
+    readonly_fields = ["signature", "signature_digest", "tensor_count", "created_at"]
+    raw_id_fields = ["base"]
+
+
+@admin.register(Checkpoint)
+class CheckpointAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "family", "role", "source", "index_status", "size_bytes",
+                    "tensor_count", "added_by", "created_at"]
+    list_filter = ["index_status", "role", "source", "team", "family"]
+    search_fields = ["name", "local_path", "path", "hf_repo_id", "family__name", "team__name"]
+    readonly_fields = ["path", "size_bytes", "tensor_count", "file_hashes", "index_stats",
+                       "indexed_at", "index_error", "created_at"]
+    raw_id_fields = ["family", "added_by"]
+    actions = ["reindex"]
+
+    @admin.action(description="Re-index selected checkpoints")
+    def reindex(self, request, queryset):
+        from .services import queue_reindex  # the engine loads only when the action runs
+
+        queued = 0
+        for checkpoint in queryset:
+            if checkpoint.role != Checkpoint.Role.EXPERT and checkpoint.path:
+                continue  # a base with files needs no index of its own
+            try:
+                queue_reindex(checkpoint=checkpoint)
+                queued += 1
+            except ValidationError as err:
+                self.message_user(request, " ".join(err.messages), messages.WARNING)
+        self.message_user(request, f"Queued {queued} checkpoint(s) for indexing.", messages.SUCCESS)

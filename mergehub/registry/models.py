@@ -1,0 +1,85 @@
+"""The checkpoint registry: families (a base and its tensor signature) and checkpoints."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from mergehub.accounts.models import Team
+
+
+class Family(models.Model):
+    """A base model and the coordinate signature every expert of it must share."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="families")
+    name = models.CharField(max_length=100)
+    base = models.OneToOneField("Checkpoint", on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="base_of")
+    signature = models.JSONField(default=dict, blank=True)  # {tensor: [dtype, shape]}
+    signature_digest = models.CharField(max_length=64, blank=True)
+    tensor_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "name"]
+        verbose_name_plural = "families"
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_family_per_team")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Checkpoint(models.Model):
+    class Role(models.TextChoices):
+        BASE = "base", "Base"
+        EXPERT = "expert", "Expert"
+
+    class Source(models.TextChoices):
+        LOCAL = "local", "Local path"
+        HF = "hf", "Hugging Face"
+
+    class IndexStatus(models.TextChoices):
+        PENDING = "pending", "Pending"
+        INDEXING = "indexing", "Indexing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="checkpoints")
+    family = models.ForeignKey(Family, on_delete=models.SET_NULL, null=True, blank=True,
+                               related_name="checkpoints")
+    name = models.CharField(max_length=200)
+    role = models.CharField(max_length=10, choices=Role.choices)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.LOCAL)
+    local_path = models.TextField(blank=True)  # as the user typed it
+    hf_repo_id = models.CharField(max_length=200, blank=True)
+    hf_revision = models.CharField(max_length=200, blank=True)
+    path = models.TextField(blank=True)  # the resolved local directory actually read
+    size_bytes = models.BigIntegerField(default=0)  # weight bytes
+    tensor_count = models.PositiveIntegerField(default=0)
+    file_hashes = models.JSONField(default=dict, blank=True)  # {filename: sha256}
+    index_status = models.CharField(max_length=10, choices=IndexStatus.choices,
+                                    default=IndexStatus.PENDING)
+    index_error = models.TextField(blank=True)
+    index_stats = models.JSONField(default=dict, blank=True)  # engine IndexSummary.to_dict()
+    indexed_at = models.DateTimeField(null=True, blank=True)
+    added_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                 blank=True, related_name="checkpoints_added")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_checkpoint_per_team")]
+        indexes = [models.Index(fields=["team", "index_status"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_ready(self) -> bool:
+        return self.index_status == self.IndexStatus.READY
+
+    @property
+    def source_label(self) -> str:
+        if self.source == self.Source.HF:
+            return f"{self.hf_repo_id}@{self.hf_revision or 'main'}"
+        return self.local_path

@@ -1,0 +1,97 @@
+"""Reads for the registry, always scoped to the teams the user belongs to."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from django.db.models import QuerySet
+from django.http import Http404
+
+from mergehub.accounts.models import Team
+from mergehub.accounts.selectors import teams_for
+
+from .models import Checkpoint, Family
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
+
+
+def checkpoints_for(*, user, team: Team | None = None) -> QuerySet[Checkpoint]:
+    """Checkpoints of the user's teams (of ``team`` only, if given and the user belongs to it)."""
+    qs = Checkpoint.objects.filter(team__in=teams_for(user)).select_related("team", "family", "added_by")
+    if team is not None:
+        qs = qs.filter(team=team)
+    return qs
+
+
+def get_checkpoint(*, user, pk) -> Checkpoint:
+    """Http404 unless the checkpoint exists and belongs to one of the user's teams."""
+    checkpoint = checkpoints_for(user=user).filter(pk=pk).first()
+    if checkpoint is None:
+        raise Http404("No such checkpoint.")
+    return checkpoint
+
+
+def families_for(*, user, team: Team | None = None) -> QuerySet[Family]:
+    qs = Family.objects.filter(team__in=teams_for(user)).select_related("team", "base")
+    if team is not None:
+        qs = qs.filter(team=team)
+    return qs
+
+
+def get_family(*, user, pk) -> Family:
+    family = families_for(user=user).filter(pk=pk).first()
+    if family is None:
+        raise Http404("No such family.")
+    return family
+
+
+def ready_experts(*, user, team: Team, family: Family | None = None) -> QuerySet[Checkpoint]:
+    """Indexed experts a merge form may offer."""
+    qs = checkpoints_for(user=user, team=team).filter(role=Checkpoint.Role.EXPERT,
+                                                      index_status=Checkpoint.IndexStatus.READY)
+    return qs.filter(family=family) if family is not None else qs
+
+
+def layer_of(tensor: str) -> int | None:
+    """Transformer layer index of a tensor name ("model.layers.7.mlp..." -> 7), None if none."""
+    m = _LAYER.search(tensor)
+    return int(m.group(1)) if m else None
+
+
+def _group_label(tensor: str, layer) -> str:
+    if isinstance(layer, int):
+        return f"layer {layer}"
+    return tensor.removesuffix(".weight").removesuffix(".bias").removeprefix("model.")
+
+
+def _group_order(label: str, layer) -> tuple:
+    if isinstance(layer, int):
+        return (1, layer, "")
+    return (0 if "embed" in label else 2, 0, label)
+
+
+def delta_norms_by_layer(*, checkpoint: Checkpoint) -> dict:
+    """Delta norm ‖θ_expert − θ_base‖₂ per layer, for the checkpoint detail chart.
+
+    A layer's norm is sqrt(Σ ‖δ_t‖²) over its tensors; tensors outside the layer stack
+    (embeddings, final norm, head) are their own entries: embeddings first, then the layers in
+    order, then the rest. Empty lists until the expert is indexed.
+    """
+    stats = (checkpoint.index_stats or {}).get("tensors", {})
+    groups: dict[str, dict] = {}
+    tensors = []
+    for name in sorted(stats):
+        entry = stats[name]
+        norm = float(entry.get("delta_norm", 0.0) or 0.0)
+        layer = entry.get("layer", layer_of(name))
+        label = _group_label(name, layer)
+        group = groups.setdefault(label, {"order": _group_order(label, layer), "sq": 0.0})
+        group["sq"] += norm * norm
+        tensors.append({"name": name, "layer": layer, "delta_norm": norm,
+                        "max_abs": entry.get("max_abs"), "nonzero_fraction": entry.get("nonzero_fraction"),
+                        "bytes": entry.get("bytes")})
+    ordered = sorted(groups.items(), key=lambda kv: kv[1]["order"])
+    return {"layers": [label for label, _ in ordered],
+            "norms": [math.sqrt(g["sq"]) for _, g in ordered],
+            "tensors": tensors}

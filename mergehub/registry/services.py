@@ -1,0 +1,293 @@
+"""Writes for the registry: registering checkpoints and indexing experts against their base.
+
+Registration validates everything it can before it writes (path under a root, readable
+safetensors, same coordinate system as the family's base) and raises ValidationError keyed by
+the form field at fault. Indexing (a full read of expert and base) happens in a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from mergehub.accounts.models import Role, Team
+from mergehub.accounts.services import require_role
+from mergehub.engine import api as engine
+from mergehub.engine.control import Progress
+from mergehub.engine.errors import MergeHubError
+
+from . import hf
+from .models import Checkpoint, Family
+from .roots import block_size, catalog_dir, resolve_checkpoint_dir
+
+log = logging.getLogger(__name__)
+Status = Checkpoint.IndexStatus
+
+
+def signature_of(layout) -> dict[str, list]:
+    """{tensor: [dtype, shape]}: the coordinate system experts must share with the base."""
+    return {name: [t.dtype, list(t.shape)] for name, t in sorted(layout.tensors.items())}
+
+
+def signature_digest(signature: dict) -> str:
+    return hashlib.sha256(json.dumps(signature, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _inspect(path: Path, field: str):
+    try:
+        return engine.inspect_model(path)
+    except MergeHubError as err:
+        raise ValidationError({field: str(err)}) from None
+
+
+def _check_against_base(family: Family, layout, field: str) -> None:
+    base = family.base
+    if base is None or not base.path:
+        raise ValidationError({"family_name": f"The base of family {family.name!r} is not available yet; "
+                                              "wait until it is ready, then register experts."})
+    base_layout = _inspect(Path(base.path), field)
+    try:
+        engine.check_compatible(base_layout, layout)
+    except MergeHubError as err:
+        raise ValidationError({field: str(err)}) from None
+
+
+def _family_for_expert(team: Team, family_name: str | None, layout) -> Family:
+    families = Family.objects.filter(team=team).select_related("base")
+    if family_name:
+        family = families.filter(name=family_name).first()
+        if family is None:
+            raise ValidationError({"family_name": f"No family named {family_name!r} in {team.name}; "
+                                                  "register its base first."})
+        return family
+    digest = signature_digest(signature_of(layout))
+    matches = list(families.filter(signature_digest=digest))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        names = ", ".join(f.name for f in matches)
+        raise ValidationError({"family_name": f"Several families match this expert ({names}); choose one."})
+    raise ValidationError({"family_name": "No registered base matches this expert's tensors; register "
+                                          "its base first or choose its family."})
+
+
+def _family_for_base(team: Team, name: str, layout) -> Family:
+    family = Family.objects.select_for_update().filter(team=team, name=name).first()
+    if family is not None and family.base_id is not None:
+        raise ValidationError({"family_name": f"Family {name!r} already has a base "
+                                              f"({family.base.name}); choose another family name."})
+    if family is None:
+        family = Family(team=team, name=name)
+    if layout is not None:
+        _set_signature(family, layout)
+    family.save()
+    return family
+
+
+def _set_signature(family: Family, layout) -> None:
+    family.signature = signature_of(layout)
+    family.signature_digest = signature_digest(family.signature)
+    family.tensor_count = len(layout.tensors)
+
+
+def _queue_index(checkpoint: Checkpoint) -> None:
+    """Queue the index job once the registration is committed (the worker must see the row)."""
+    pk = checkpoint.pk
+    transaction.on_commit(lambda: async_task("jobs.tasks.index_checkpoint", pk,
+                                             task_name=f"index-checkpoint-{pk}",
+                                             timeout=settings.MERGEHUB_JOB_TIMEOUT))
+
+
+@transaction.atomic
+def register_checkpoint(*, team: Team, user, name: str, role: str, family_name: str | None = None,
+                        local_path: str | None = None, hf_repo_id: str | None = None,
+                        hf_revision: str | None = None) -> Checkpoint:
+    """Register a base or an expert of ``team`` from a local directory or a Hugging Face repo.
+
+    A base creates (or completes) its family and is ready at once; an expert is checked
+    against its family's base and queued for indexing.
+    """
+    require_role(user=user, team=team, role=Role.MEMBER, action="register checkpoints")
+    name = (name or "").strip()
+    family_name = (family_name or "").strip() or None
+    local_path = (local_path or "").strip()
+    hf_repo_id = (hf_repo_id or "").strip()
+    hf_revision = (hf_revision or "").strip()
+    if not name:
+        raise ValidationError({"name": "Give the checkpoint a name."})
+    if Checkpoint.objects.filter(team=team, name=name).exists():
+        raise ValidationError({"name": f"{team.name} already has a checkpoint named {name!r}."})
+    if role not in Checkpoint.Role.values:
+        raise ValidationError({"role": f"Role must be base or expert, not {role!r}."})
+    if bool(local_path) == bool(hf_repo_id):
+        raise ValidationError({"local_path": "Give either a local path or a Hugging Face repo id (not both)."})
+
+    if local_path:
+        source, field = Checkpoint.Source.LOCAL, "local_path"
+        path: Path | None = resolve_checkpoint_dir(local_path, field)
+    else:
+        source, field = Checkpoint.Source.HF, "hf_repo_id"
+        if not hf.valid_repo_id(hf_repo_id):
+            raise ValidationError({field: f"{hf_repo_id!r} is not a repo id; write it as owner/name."})
+        path = hf.cached_snapshot(hf_repo_id, hf_revision)
+        if path is None and hf.offline():
+            raise ValidationError({field: f"{hf_repo_id}@{hf_revision or 'main'} is not in the offline "
+                                          "cache and HF_HUB_OFFLINE is set; download it first."})
+
+    layout = _inspect(path, field) if path is not None else None  # None: HF download pending
+    if role == Checkpoint.Role.BASE:
+        family = _family_for_base(team, family_name or name, layout)
+    else:
+        if layout is None:
+            family = _family_for_expert(team, family_name, None) if family_name else None
+            if family is None:
+                raise ValidationError({"family_name": "Choose the family of this expert."})
+        else:
+            family = _family_for_expert(team, family_name, layout)
+            _check_against_base(family, layout, field)
+
+    checkpoint = Checkpoint.objects.create(
+        team=team, family=family, name=name, role=role, source=source,
+        local_path=local_path if source == Checkpoint.Source.LOCAL else "",
+        hf_repo_id=hf_repo_id, hf_revision=hf_revision, path=str(path) if path else "",
+        size_bytes=layout.weight_bytes if layout else 0,
+        tensor_count=len(layout.tensors) if layout else 0,
+        index_status=Status.READY if (role == Checkpoint.Role.BASE and layout) else Status.PENDING,
+        indexed_at=timezone.now() if (role == Checkpoint.Role.BASE and layout) else None,
+        added_by=user,
+    )
+    if role == Checkpoint.Role.BASE:
+        family.base = checkpoint
+        family.save(update_fields=["base"])
+    if checkpoint.index_status == Status.PENDING:
+        _queue_index(checkpoint)
+    return checkpoint
+
+
+@transaction.atomic
+def reindex_checkpoint(*, checkpoint: Checkpoint, user) -> Checkpoint:
+    """Queue a fresh index (e.g. after the files changed or a failed index)."""
+    require_role(user=user, team=checkpoint.team, role=Role.MEMBER, action="re-index checkpoints")
+    return queue_reindex(checkpoint=checkpoint)
+
+
+@transaction.atomic
+def queue_reindex(*, checkpoint: Checkpoint) -> Checkpoint:
+    """Reset a checkpoint to "pending" and queue its index job. No permission check: for trusted
+    callers (the Django admin action, management commands) and ``reindex_checkpoint``."""
+    checkpoint = Checkpoint.objects.select_for_update().get(pk=checkpoint.pk)
+    if checkpoint.index_status == Status.INDEXING:
+        raise ValidationError(f"{checkpoint.name} is being indexed right now; wait for it to finish.")
+    checkpoint.index_status = Status.PENDING
+    checkpoint.index_error = ""
+    checkpoint.save(update_fields=["index_status", "index_error"])
+    _queue_index(checkpoint)
+    return checkpoint
+
+
+# --- the indexing job's body ------------------------------------------------------------------
+
+def _claim(checkpoint_id: int) -> Checkpoint | None:
+    """Move a pending checkpoint to "indexing"; None if it is gone or someone else has it."""
+    with transaction.atomic():
+        checkpoint = Checkpoint.objects.select_for_update().filter(pk=checkpoint_id).first()
+        if checkpoint is None or checkpoint.index_status != Status.PENDING:
+            return None
+        checkpoint.index_status = Status.INDEXING
+        checkpoint.index_error = ""
+        checkpoint.save(update_fields=["index_status", "index_error"])
+        return checkpoint
+
+
+def _fail(checkpoint: Checkpoint, message: str) -> None:
+    checkpoint.index_status = Status.FAILED
+    checkpoint.index_error = message
+    checkpoint.save(update_fields=["index_status", "index_error"])
+
+
+def _materialise(checkpoint: Checkpoint):
+    """Download a pending HF snapshot if needed; return the checkpoint's layout."""
+    if not checkpoint.path:
+        checkpoint.path = str(hf.download(checkpoint.hf_repo_id, checkpoint.hf_revision))
+        checkpoint.save(update_fields=["path"])
+    layout = engine.inspect_model(Path(checkpoint.path))
+    checkpoint.size_bytes = layout.weight_bytes
+    checkpoint.tensor_count = len(layout.tensors)
+    checkpoint.save(update_fields=["size_bytes", "tensor_count"])
+    return layout
+
+
+def _finish_base(checkpoint: Checkpoint, layout) -> None:
+    family = checkpoint.family
+    if family is not None:
+        _set_signature(family, layout)
+        family.save(update_fields=["signature", "signature_digest", "tensor_count"])
+    checkpoint.index_status = Status.READY
+    checkpoint.indexed_at = timezone.now()
+    checkpoint.save(update_fields=["index_status", "indexed_at"])
+
+
+def _index_expert(checkpoint: Checkpoint, layout, progress) -> None:
+    family = checkpoint.family
+    base = family.base if family is not None else None
+    if base is None or base.index_status != Status.READY or not base.path:
+        raise ValidationError("its family's base is not ready; index the base first, then re-index")
+    engine.check_compatible(engine.inspect_model(Path(base.path)), layout)
+    summary = engine.index_model(Path(checkpoint.path), Path(base.path), catalog_dir=catalog_dir(),
+                                 block_size=block_size(), progress=progress).to_dict()
+    checkpoint.index_stats = summary
+    checkpoint.file_hashes = summary.get("file_hashes", {})
+    checkpoint.index_status = Status.READY
+    checkpoint.indexed_at = timezone.now()
+    checkpoint.save(update_fields=["index_stats", "file_hashes", "index_status", "indexed_at"])
+    if not base.file_hashes and summary.get("base_file_hashes"):
+        Checkpoint.objects.filter(pk=base.pk).update(file_hashes=summary["base_file_hashes"])
+
+
+def index_checkpoint(*, checkpoint_id: int, progress=None) -> Checkpoint | None:
+    """Body of the index job: download if needed, validate, and index an expert against its base.
+
+    Bad input ends in index_status "failed" with a one-line ``index_error``; an unexpected
+    exception does too, and is re-raised so the queue records it.
+    """
+    checkpoint = _claim(checkpoint_id)
+    if checkpoint is None:
+        log.info("checkpoint %s is not pending; nothing to index", checkpoint_id)
+        return None
+    try:
+        layout = _materialise(checkpoint)
+        if checkpoint.role == Checkpoint.Role.BASE:
+            _finish_base(checkpoint, layout)
+        else:
+            _index_expert(checkpoint, layout, progress)
+    except MergeHubError as err:
+        _fail(checkpoint, str(err))
+    except ValidationError as err:
+        _fail(checkpoint, f"{checkpoint.name}: {' '.join(err.messages)}")
+    except Exception as err:
+        _fail(checkpoint, f"indexing failed unexpectedly ({err.__class__.__name__}: {err}); "
+                          "see the worker log, then re-index")
+        raise
+    return checkpoint
+
+
+def progress_logger(checkpoint_id: int, every: float = 5.0):
+    """A throttled engine progress callback that logs indexing progress."""
+    last = [0.0]
+
+    def report(p: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every or p.done >= p.total:
+            last[0] = now
+            log.info("checkpoint %s: %s %.0f%%", checkpoint_id, p.stage, 100 * p.fraction)
+
+    return report

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from . import views
+
+app_name = "registry"
+
+urlpatterns = [
+    path("", views.checkpoint_list, name="list"),
+    path("new/", views.register, name="register"),
+    path("<int:pk>/", views.checkpoint_detail, name="detail"),
+    path("<int:pk>/status/", views.checkpoint_status, name="status"),
+    path("<int:pk>/reindex/", views.reindex, name="reindex"),
+]

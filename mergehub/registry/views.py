@@ -1,0 +1,103 @@
+"""Checkpoint pages: list, detail (with the delta-norm chart), register, re-index."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from mergehub.accounts.models import Role
+from mergehub.accounts.selectors import has_role
+from mergehub.engine.errors import MergeHubError
+from mergehub.web.charts import delta_norms_chart
+from mergehub.web.errors import add_service_errors
+from mergehub.web.teams import current_team
+
+from . import selectors, services
+from .forms import RegisterCheckpointForm
+from .models import Checkpoint
+from .roots import checkpoint_roots
+
+INDEX_ACTIVE = (Checkpoint.IndexStatus.PENDING, Checkpoint.IndexStatus.INDEXING)
+
+
+@login_required
+def checkpoint_list(request):
+    team = current_team(request)
+    checkpoints = selectors.checkpoints_for(user=request.user, team=team) if team else Checkpoint.objects.none()
+    families = (selectors.families_for(user=request.user, team=team).annotate(
+        expert_count=Count("checkpoints", filter=Q(checkpoints__role=Checkpoint.Role.EXPERT)))
+        if team else [])
+    return render(request, "registry/list.html", {
+        "team": team, "checkpoints": checkpoints, "families": families,
+        "can_register": bool(team) and has_role(user=request.user, team=team, role=Role.MEMBER)})
+
+
+@login_required
+def checkpoint_detail(request, pk):
+    checkpoint = selectors.get_checkpoint(user=request.user, pk=pk)
+    norms = selectors.delta_norms_by_layer(checkpoint=checkpoint) if checkpoint.role == "expert" else None
+    stats = checkpoint.index_stats or {}
+    tensors = sorted((norms or {}).get("tensors", []), key=lambda t: -t["delta_norm"])
+    return render(request, "registry/detail.html", {
+        "checkpoint": checkpoint, "chart": delta_norms_chart(norms), "stats": stats,
+        "tensors": tensors, "blocks": _block_totals(stats),
+        "indexing": checkpoint.index_status in INDEX_ACTIVE,
+        "can_reindex": has_role(user=request.user, team=checkpoint.team, role=Role.MEMBER)})
+
+
+def _block_totals(stats: dict) -> dict:
+    tensors = (stats or {}).get("tensors", {}).values()
+    total = sum(int(t.get("blocks") or 0) for t in tensors)
+    zero = sum(int(t.get("zero_blocks") or 0) for t in tensors)
+    return {"total": total, "zero": zero, "nonzero": total - zero}
+
+
+@login_required
+def checkpoint_status(request, pk):
+    """htmx poll target while a checkpoint is being indexed; reloads the page when it is done."""
+    checkpoint = selectors.get_checkpoint(user=request.user, pk=pk)
+    if checkpoint.index_status not in INDEX_ACTIVE:
+        response = HttpResponse(status=204)
+        response["HX-Refresh"] = "true"
+        return response
+    return render(request, "registry/_status.html", {"checkpoint": checkpoint, "indexing": True})
+
+
+@login_required
+def register(request):
+    team = current_team(request)
+    if team is None:
+        return render(request, "web/no_team.html", status=403)
+    families = selectors.families_for(user=request.user, team=team)
+    form = RegisterCheckpointForm(request.POST if request.method == "POST" else None,
+                                  families=families, roots=checkpoint_roots())
+    if request.method == "POST" and form.is_valid():
+        try:
+            checkpoint = services.register_checkpoint(team=team, user=request.user, **form.service_kwargs())
+        except (ValidationError, MergeHubError) as error:
+            add_service_errors(form, error)
+        else:
+            if checkpoint.index_status == Checkpoint.IndexStatus.READY:
+                messages.success(request, f"Registered {checkpoint.name}.")
+            else:
+                messages.success(request, f"Registered {checkpoint.name}; indexing it against its base.")
+            return redirect("registry:detail", pk=checkpoint.pk)
+    return render(request, "registry/register.html", {
+        "form": form, "team": team, "families": families,
+        "can_register": has_role(user=request.user, team=team, role=Role.MEMBER)})
+
+
+@login_required
+@require_POST
+def reindex(request, pk):
+    checkpoint = selectors.get_checkpoint(user=request.user, pk=pk)
+    try:
+        services.reindex_checkpoint(checkpoint=checkpoint, user=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Re-indexing {checkpoint.name}.")
+    return redirect("registry:detail", pk=checkpoint.pk)

@@ -1,0 +1,180 @@
+"""The merge form. Its fields follow the chosen operator: the engine's operator registry says
+which parameters exist, whether they are shared ("global") or per expert ("model"), their
+type, default, bounds and help. Nothing here lists parameters by hand.
+
+Field names: ``param__<name>`` for a shared parameter; ``expert_<id>__use`` (include this
+expert) and ``expert_<id>__<name>`` for an expert's own parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+
+from mergehub.engine.operators.base import REQUIRED, Operator, Param
+from mergehub.engine.operators.registry import OPERATORS, _load_all, get_operator
+from mergehub.registry.models import Checkpoint
+
+DEFAULT_METHOD = "ties"
+DTYPES = [("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")]
+
+
+def operator_names() -> list[str]:
+    _load_all()
+    return sorted(OPERATORS)
+
+
+def param_field(param: Param, *, required: bool) -> forms.Field:
+    """A form field for one operator parameter: its type, bounds, default and help."""
+    default = None if param.default is REQUIRED else param.default
+    options: dict[str, Any] = {"label": param.name, "help_text": param.help, "initial": default}
+    if param.kind is bool:
+        return forms.BooleanField(required=False, **options)
+    bounds = {"min_value": param.minimum, "max_value": param.maximum, "required": required}
+    if param.kind is int:
+        return forms.IntegerField(**bounds, **options)
+    return forms.FloatField(**bounds, widget=forms.NumberInput(attrs={"step": "any"}), **options)
+
+
+@dataclass
+class ExpertRow:
+    """One candidate expert in the form: its include box and its per-model parameter fields."""
+
+    checkpoint: Checkpoint
+    use: forms.BoundField | None  # None when the expert cannot be used (not indexed)
+    params: list[forms.BoundField]
+
+
+class MergeForm(forms.Form):
+    name = forms.CharField(max_length=200, required=False,
+                           help_text="Optional; defaults to the method, expert count and budget.")
+    method = forms.ChoiceField(label="Merge method", help_text="mergekit's merge_method.")
+    base = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), label="Base model",
+                                  empty_label=None,
+                                  help_text="Experts are the indexed fine-tunes of this base's family.")
+    budget = forms.CharField(
+        max_length=50, initial="1.0", label="Expert-read budget",
+        help_text="A fraction of the full expert bytes in (0, 1], e.g. 0.25, or a size such as 512MB "
+                  "or 2GiB. Base reads and output writes are not budgeted.")
+    seed = forms.IntegerField(min_value=0, initial=0, help_text="Seeds random operators (DARE, DELLA).")
+    dtype = forms.ChoiceField(choices=[("", "inputs' dtype (promote)")] + DTYPES, required=False,
+                              label="Working dtype", help_text="dtype the inputs are cast to for the merge.")
+    out_dtype = forms.ChoiceField(choices=[("", "same as the base")] + DTYPES, required=False,
+                                  label="Output dtype")
+    measure_deviation = forms.BooleanField(
+        required=False, label="Measure deviation from the full-read merge",
+        help_text="Also computes the unbudgeted merge to report ‖Δ_A − Δ_full‖; reads every expert byte.")
+
+    def __init__(self, data=None, *, bases, experts_for, initial=None, **kwargs):
+        """``bases``: the team's base checkpoints; ``experts_for(base)``: that base's experts."""
+        super().__init__(data, initial=initial, **kwargs)
+        self.fields["method"].choices = [(n, n) for n in operator_names()]
+        self.fields["base"].queryset = bases
+        self.operator = self._chosen_operator()
+        self.chosen_base = self._chosen_base(bases)
+        self.candidates = list(experts_for(self.chosen_base)) if self.chosen_base else []
+        self.global_names = [p.name for p in self.operator.params if p.scope == "global"]
+        self.model_params = [p for p in self.operator.params if p.scope == "model"]
+        for p in self.operator.params:
+            if p.scope == "global":
+                self.fields[f"param__{p.name}"] = param_field(p, required=p.default is REQUIRED)
+        for ckpt in self.candidates:
+            if not ckpt.is_ready:
+                continue
+            self.fields[f"expert_{ckpt.pk}__use"] = forms.BooleanField(required=False, label=ckpt.name)
+            for p in self.model_params:
+                # Required only for experts that are included: checked in clean().
+                self.fields[f"expert_{ckpt.pk}__{p.name}"] = param_field(p, required=False)
+
+    # --- what the user chose (bound data, else initial, else a default) ----------------------
+
+    def _raw(self, name: str):
+        if self.is_bound:
+            return self.data.get(self.add_prefix(name))
+        return (self.initial or {}).get(name)
+
+    def _chosen_operator(self) -> Operator:
+        names = operator_names()
+        method = self._raw("method")
+        if method not in names:
+            method = DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
+            if not self.is_bound:
+                self.initial["method"] = method
+        return get_operator(method)
+
+    def _chosen_base(self, bases) -> Checkpoint | None:
+        raw = self._raw("base")
+        base = None
+        if raw not in (None, ""):
+            try:
+                base = bases.filter(pk=int(getattr(raw, "pk", raw))).first()
+            except (TypeError, ValueError):
+                base = None
+        return base or (None if self.is_bound else bases.first())
+
+    # --- rendering helpers -------------------------------------------------------------------
+
+    def global_fields(self) -> list[forms.BoundField]:
+        return [self[f"param__{n}"] for n in self.global_names]
+
+    def expert_rows(self) -> list[ExpertRow]:
+        rows = []
+        for ckpt in self.candidates:
+            if ckpt.is_ready:
+                rows.append(ExpertRow(ckpt, self[f"expert_{ckpt.pk}__use"],
+                                      [self[f"expert_{ckpt.pk}__{p.name}"] for p in self.model_params]))
+            else:
+                rows.append(ExpertRow(ckpt, None, []))
+        return rows
+
+    # --- validation --------------------------------------------------------------------------
+
+    def clean_budget(self):
+        return self.cleaned_data["budget"].strip()
+
+    def clean(self):
+        data = super().clean()
+        chosen = [c for c in self.candidates if data.get(f"expert_{c.pk}__use")]
+        if self.chosen_base is not None and not chosen:
+            self.add_error(None, "Choose at least one expert.")
+        for ckpt in chosen:
+            for p in self.model_params:
+                key = f"expert_{ckpt.pk}__{p.name}"
+                if p.default is REQUIRED and data.get(key) is None and key not in self.errors:
+                    self.add_error(key, f"Enter {p.name} for {ckpt.name}.")
+        self.chosen_experts = chosen
+        return data
+
+    def _params(self, prefix: str, params) -> dict[str, Any]:
+        values = {}
+        for p in params:
+            value = self.cleaned_data.get(prefix + p.name)
+            if value is not None:  # blank number: the operator's default applies
+                values[p.name] = value
+        return values
+
+    def merge_inputs(self) -> dict[str, Any]:
+        """Keyword arguments shared by runs.services.preview_plan and create_run."""
+        globals_ = [p for p in self.operator.params if p.scope == "global"]
+        return {
+            "method": self.operator.name,
+            "base": self.cleaned_data["base"],
+            "experts": [(c, self._params(f"expert_{c.pk}__", self.model_params)) for c in self.chosen_experts],
+            "parameters": self._params("param__", globals_),
+            "budget": self.cleaned_data["budget"],
+            "dtype": self.cleaned_data.get("dtype") or None,
+            "out_dtype": self.cleaned_data.get("out_dtype") or None,
+        }
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for runs.services.create_run."""
+        return {**self.merge_inputs(), "name": self.cleaned_data.get("name", ""),
+                "seed": self.cleaned_data["seed"], "measure_deviation": self.cleaned_data["measure_deviation"]}
+
+
+def initial_from_query(query) -> dict[str, Any]:
+    """A QueryDict as form ``initial`` (used to re-render the operator fields after a change
+    without showing validation errors for fields the user has not filled yet)."""
+    return {key: query.get(key) for key in query if key != "csrfmiddlewaretoken"}

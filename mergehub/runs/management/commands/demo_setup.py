@@ -1,0 +1,115 @@
+"""Prepare a demo: an admin user, a demo team, and a small indexed model family.
+
+    python manage.py demo_setup [--username admin] [--password ...] [--size 100MB]
+
+Idempotent: re-running keeps the users, team, family and checkpoints it made before (the
+password is reset to the one given, so the printed credentials always work).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from mergehub.accounts.models import Membership, Role, Team
+from mergehub.engine.errors import MergeHubError
+from mergehub.registry.models import Checkpoint
+from mergehub.registry.roots import checkpoint_roots, data_dir
+from mergehub.registry.services import index_checkpoint, register_checkpoint
+
+DEMO_FAMILY = "demo"
+FAMILY_FILE = "family.json"
+
+
+class Command(BaseCommand):
+    help = "Create an admin user, a demo team and a small indexed checkpoint family."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--username", default="admin")
+        parser.add_argument("--password", default="mergehub-demo")
+        parser.add_argument("--team", default="Demo")
+        parser.add_argument("--size", default="100MB", help="weight bytes of each model (default 100MB)")
+        parser.add_argument("--experts", type=int, default=3)
+        parser.add_argument("--delta", default="lora", choices=["lora", "dense"])
+        parser.add_argument("--dir", default=None,
+                            help="where the family goes (default DATA_DIR/checkpoints/demo)")
+
+    def handle(self, *args, **opts):
+        user = self._admin(opts["username"], opts["password"])
+        team = self._team(opts["team"], user)
+        family_dir = Path(opts["dir"]) if opts["dir"] else data_dir() / "checkpoints" / DEMO_FAMILY
+        paths = self._family(family_dir.absolute(), opts["size"], opts["experts"], opts["delta"])
+        self._register(team, user, paths)
+        self.stdout.write(self.style.SUCCESS(
+            f"Demo ready: log in as {opts['username']} / {opts['password']} (team {team.name})."))
+
+    def _admin(self, username: str, password: str):
+        User = get_user_model()
+        user, created = User.objects.get_or_create(username=username,
+                                                   defaults={"email": f"{username}@example.com"})
+        user.is_staff = user.is_superuser = True
+        user.set_password(password)
+        user.save()
+        self.stdout.write(f"{'Created' if created else 'Kept'} admin user {username}.")
+        return user
+
+    def _team(self, name: str, user) -> Team:
+        from django.utils.text import slugify
+
+        team, _ = Team.objects.get_or_create(slug=slugify(name), defaults={"name": name})
+        Membership.objects.update_or_create(user=user, team=team, defaults={"role": Role.ADMIN})
+        return team
+
+    def _family(self, root: Path, size: str, experts: int, delta: str) -> dict:
+        if not any(root == r or root.is_relative_to(r) for r in checkpoint_roots()):
+            raise CommandError(f"{root} is outside MERGEHUB_CHECKPOINT_ROOTS; pass --dir under a root")
+        manifest = root / FAMILY_FILE
+        if manifest.is_file():
+            info = json.loads(manifest.read_text())
+            self.stdout.write(f"Kept the demo family in {root}.")
+            return {"base": Path(info["base"]), "experts": [Path(p) for p in info["experts"]]}
+        from bench.generate import generate_family
+
+        self.stdout.write(f"Generating a demo family in {root} ({experts} experts of {size}, {delta} deltas)...")
+        try:
+            paths = generate_family(root, size=size, experts=experts, delta=delta, seed=0,
+                                    progress=self._progress)
+        except MergeHubError as err:
+            raise CommandError(str(err)) from None
+        self.stdout.write("")
+        return {"base": Path(paths["base"]), "experts": [Path(p) for p in paths["experts"]]}
+
+    def _progress(self, done: int, total: int) -> None:
+        if total:
+            sys.stdout.write(f"\r  written {done / total:6.1%}")
+            sys.stdout.flush()
+
+    def _register(self, team: Team, user, paths: dict) -> None:
+        self._register_one(team, user, "demo-base", "base", paths["base"])
+        for k, path in enumerate(paths["experts"]):
+            self._register_one(team, user, f"demo-expert-{k}", "expert", path)
+
+    def _register_one(self, team: Team, user, name: str, role: str, path: Path) -> None:
+        ckpt = Checkpoint.objects.filter(team=team, name=name).first()
+        if ckpt is None:
+            self.stdout.write(f"Registering {role} {name}...")
+            try:
+                ckpt = register_checkpoint(team=team, user=user, name=name, role=role, family_name=DEMO_FAMILY,
+                                           local_path=str(path))
+            except ValidationError as err:
+                raise CommandError(f"{name}: {' '.join(err.messages)}") from None
+        if ckpt.index_status == Checkpoint.IndexStatus.PENDING:
+            # Index here and now, so the demo is ready before any worker starts; the queued
+            # index job then finds nothing pending and does nothing.
+            self.stdout.write(f"Indexing {name} against its base...")
+            index_checkpoint(checkpoint_id=ckpt.pk)
+        ckpt.refresh_from_db()
+        if ckpt.index_status != Checkpoint.IndexStatus.READY:
+            raise CommandError(f"{name} is {ckpt.index_status}: {ckpt.index_error or 'see the log'}; "
+                               "fix it, then re-run demo_setup")
+        self.stdout.write(f"{role.capitalize()} {name} is ready.")

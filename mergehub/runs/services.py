@@ -1,0 +1,320 @@
+"""Writes for merge runs: build and validate a config, plan it, queue it, cancel, retry, reap.
+
+Nothing is queued until the config parses and plans: every bad input (unknown parameters,
+budget ≤ 0, experts not indexed, another family's expert) is a ValidationError keyed by the
+form field at fault, raised before any row is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.http import Http404
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from mergehub.accounts.models import Role, Team
+from mergehub.accounts.services import require_role
+from mergehub.engine import api as engine
+from mergehub.engine import errors
+from mergehub.registry.models import Checkpoint
+from mergehub.registry.roots import block_size as default_block_size
+from mergehub.registry.roots import catalog_dir, outputs_dir
+
+from .models import LOG_LIMIT, MergeRun
+
+log = logging.getLogger(__name__)
+Status = MergeRun.Status
+ExpertSpec = tuple[Checkpoint, dict[str, Any]]
+MAX_SEED = 2**63 - 1
+
+# Which form field an engine error is about.
+ERROR_FIELDS: list[tuple[type[Exception], str]] = [
+    (errors.BudgetError, "budget"),
+    (engine.NotIndexed, "experts"),
+    (errors.MismatchedCheckpoints, "experts"),
+    (errors.ConfigError, "parameters"),
+]
+
+
+# --- the run log ------------------------------------------------------------------------------
+
+def log_entry(msg: str) -> dict:
+    return {"t": timezone.now().isoformat(timespec="seconds"), "msg": str(msg)}
+
+
+def append_log(run_id: int, *messages: str) -> None:
+    """Append lines to a run's log under a row lock (the web process and the worker both write);
+    past LOG_LIMIT lines the oldest are dropped and a marker line says how many."""
+    with transaction.atomic():
+        run = MergeRun.objects.select_for_update().only("log").get(pk=run_id)
+        lines = list(run.log or [])
+        dropped = 0
+        if lines and lines[0].get("dropped"):
+            dropped = lines.pop(0)["dropped"]
+        lines.extend(log_entry(m) for m in messages)
+        excess = len(lines) - (LOG_LIMIT - 1)
+        if excess > 0:
+            dropped += excess
+            lines = lines[excess:]
+        if dropped:
+            lines.insert(0, {**log_entry(f"… {dropped} earlier lines dropped"), "dropped": dropped})
+        run.log = lines
+        run.save(update_fields=["log"])
+
+
+# --- config and plan --------------------------------------------------------------------------
+
+def _clean_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """Drop unset values (blank form fields) so the operator's defaults apply."""
+    return {k: v for k, v in (params or {}).items() if v is not None and v != ""}
+
+
+def build_config(*, method: str, base: Checkpoint, experts: list[ExpertSpec],
+                 parameters: dict[str, Any] | None = None, dtype: str | None = None,
+                 out_dtype: str | None = None) -> dict:
+    """The mergekit-style mapping for a merge of ``experts`` onto ``base``.
+
+    Model paths are the checkpoints' resolved directories; ``checkpoint_ids`` maps each path
+    back to its row (MergeHub's own key, removed before the engine parses the mapping).
+    """
+    mapping: dict[str, Any] = {
+        "merge_method": method,
+        "base_model": base.path,
+        "models": [{"model": ckpt.path, "parameters": _clean_params(params)} for ckpt, params in experts],
+    }
+    global_params = _clean_params(parameters)
+    if global_params:
+        mapping["parameters"] = global_params
+    if dtype:
+        mapping["dtype"] = dtype
+    if out_dtype:
+        mapping["out_dtype"] = out_dtype
+    mapping["checkpoint_ids"] = {base.path: base.pk, **{ckpt.path: ckpt.pk for ckpt, _ in experts}}
+    return mapping
+
+
+def engine_mapping(config: dict) -> dict:
+    """The config as the engine reads it (MergeHub's bookkeeping keys removed)."""
+    return {k: v for k, v in config.items() if k != "checkpoint_ids"}
+
+
+def _as_validation_error(err: errors.MergeHubError) -> ValidationError:
+    for cls, field in ERROR_FIELDS:
+        if isinstance(err, cls):
+            return ValidationError({field: str(err)})
+    return ValidationError(str(err))
+
+
+def _check_inputs(team: Team, base: Checkpoint | None, experts: list[ExpertSpec]) -> None:
+    """Inputs must be the team's own, ready, and of one family."""
+    if base is None:
+        raise ValidationError({"base": "Choose a base model."})
+    for ckpt in [base, *(c for c, _ in experts)]:
+        if ckpt.team_id != team.pk:
+            raise Http404("No such checkpoint.")  # another team's object: do not leak it
+    if base.role != Checkpoint.Role.BASE:
+        raise ValidationError({"base": f"{base.name} is registered as an expert, not a base."})
+    if not base.is_ready:
+        raise ValidationError({"base": f"{base.name} is not ready yet ({base.index_status})."})
+    if not experts:
+        raise ValidationError({"experts": "Choose at least one expert."})
+    seen = set()
+    for ckpt, _ in experts:
+        if ckpt.pk in seen:
+            raise ValidationError({"experts": f"{ckpt.name} is listed twice; list each expert once."})
+        seen.add(ckpt.pk)
+        if ckpt.role != Checkpoint.Role.EXPERT:
+            raise ValidationError({"experts": f"{ckpt.name} is a base, not an expert."})
+        if ckpt.family_id != base.family_id:
+            raise ValidationError({"experts": f"{ckpt.name} belongs to another family than {base.name}."})
+        if not ckpt.is_ready:
+            state = "failed" if ckpt.index_status == Checkpoint.IndexStatus.FAILED else "not indexed yet"
+            raise ValidationError({"experts": f"{ckpt.name} is {state}; wait for its index (or re-index it)."})
+
+
+def _check_budget(budget) -> str:
+    text = str(budget if budget is not None else "").strip()
+    if not text:
+        raise ValidationError({"budget": "Enter a budget: a fraction like 0.5 or a size like 512MB."})
+    return text
+
+
+def _plan(config: dict, budget: str, block_size: int | None, seed: int = 0) -> dict:
+    try:
+        parsed = engine.load_config_mapping(engine_mapping(config))
+        report = engine.plan_merge(parsed, budget=budget, catalog_dir=catalog_dir(),
+                                   block_size=block_size, seed=seed)
+    except errors.MergeHubError as err:
+        raise _as_validation_error(err) from None
+    return report.to_dict()
+
+
+def preview_plan(*, user, team: Team, method: str, base: Checkpoint, experts: list[ExpertSpec],
+                 parameters: dict[str, Any] | None = None, budget, block_size: int | None = None,
+                 dtype: str | None = None, out_dtype: str | None = None) -> dict:
+    """The engine's plan for these inputs (PlanReport.to_dict()); computed from the index only."""
+    require_role(user=user, team=team, role=Role.VIEWER, action="preview merges")
+    _check_inputs(team, base, experts)
+    budget = _check_budget(budget)
+    config = build_config(method=method, base=base, experts=experts, parameters=parameters,
+                          dtype=dtype, out_dtype=out_dtype)
+    return _plan(config, budget, block_size or default_block_size())
+
+
+# --- queueing ---------------------------------------------------------------------------------
+
+def _queue(run: MergeRun) -> None:
+    """Queue the merge job after commit and remember its task id."""
+    pk = run.pk
+
+    def enqueue() -> None:
+        task_id = async_task("jobs.tasks.run_merge", pk, task_name=f"merge-run-{pk}",
+                             timeout=settings.MERGEHUB_JOB_TIMEOUT)
+        MergeRun.objects.filter(pk=pk).update(task_id=task_id or "")
+
+    transaction.on_commit(enqueue)
+
+
+def _default_name(method: str, n_experts: int, budget: str) -> str:
+    return f"{method}: {n_experts} expert{'s' if n_experts != 1 else ''} at budget {budget}"
+
+
+def _check_seed(seed) -> int:
+    try:
+        value = int(seed if seed is not None else 0)
+    except (TypeError, ValueError):
+        raise ValidationError({"seed": f"Seed must be a whole number, not {seed!r}."}) from None
+    if not 0 <= value <= MAX_SEED:
+        raise ValidationError({"seed": f"Seed must be between 0 and {MAX_SEED}."})
+    return value
+
+
+@transaction.atomic
+def create_run(*, user, team: Team, name: str = "", method: str, base: Checkpoint,
+               experts: list[ExpertSpec], parameters: dict[str, Any] | None = None, budget,
+               seed: int = 0, dtype: str | None = None, out_dtype: str | None = None,
+               measure_deviation: bool = False, block_size: int | None = None) -> MergeRun:
+    """Validate, plan and queue a merge. Members and admins only."""
+    require_role(user=user, team=team, role=Role.MEMBER, action="start merges")
+    _check_inputs(team, base, experts)
+    budget = _check_budget(budget)
+    seed = _check_seed(seed)
+    block_size = block_size or default_block_size()
+    config = build_config(method=method, base=base, experts=experts, parameters=parameters,
+                          dtype=dtype, out_dtype=out_dtype)
+    plan = _plan(config, budget, block_size, seed)
+    return _insert(team=team, author=user, name=(name or "").strip() or _default_name(method, len(experts), budget),
+                   method=method, config=config, base=base, experts=[c for c, _ in experts], budget=budget,
+                   seed=seed, block_size=block_size, measure_deviation=bool(measure_deviation), plan=plan)
+
+
+def _insert(*, team, author, name, method, config, base, experts, budget, seed, block_size,
+            measure_deviation, plan, retry_of: MergeRun | None = None) -> MergeRun:
+    run = MergeRun.objects.create(
+        team=team, author=author, name=name[:200], method=method, config=config, base=base,
+        budget=budget, seed=seed, block_size=block_size, measure_deviation=measure_deviation,
+        plan=plan, status=Status.QUEUED, stage="queued", retry_of=retry_of,
+        log=[log_entry(f"queued by {author}" + (f" as a retry of run #{retry_of.pk}" if retry_of else ""))],
+    )
+    run.experts.set(experts)
+    _queue(run)
+    return run
+
+
+@transaction.atomic
+def cancel_run(*, run: MergeRun, user) -> MergeRun:
+    """A queued run is cancelled at once; a running one stops at its next block."""
+    require_role(user=user, team=run.team, role=Role.MEMBER, action="cancel merges")
+    run = MergeRun.objects.select_for_update().get(pk=run.pk)
+    if run.status == Status.QUEUED:
+        now = timezone.now()
+        run.status, run.cancel_requested, run.finished_at, run.stage = Status.CANCELLED, True, now, "cancelled"
+        run.save(update_fields=["status", "cancel_requested", "finished_at", "stage"])
+        append_log(run.pk, f"cancelled by {user} before it started")
+    elif run.status == Status.RUNNING:
+        if not run.cancel_requested:
+            run.cancel_requested = True
+            run.save(update_fields=["cancel_requested"])
+            append_log(run.pk, f"cancel requested by {user}; stopping at the next block")
+    else:
+        raise ValidationError(f"Run #{run.pk} already {run.status}; there is nothing to cancel.")
+    run.refresh_from_db()
+    return run
+
+
+@transaction.atomic
+def retry_run(*, run: MergeRun, user) -> MergeRun:
+    """A new queued run with the same config, budget and seed (re-planned: the index may have moved)."""
+    require_role(user=user, team=run.team, role=Role.MEMBER, action="retry merges")
+    if run.is_active:
+        raise ValidationError(f"Run #{run.pk} is still {run.status}; cancel it or wait before retrying.")
+    ids = set((run.config.get("checkpoint_ids") or {}).values())
+    found = {c.pk: c for c in Checkpoint.objects.filter(pk__in=ids, team=run.team)}
+    missing = ids - set(found)
+    if missing or run.base_id is None:
+        raise ValidationError("A checkpoint of this run was deleted; start a new merge instead.")
+    base = found[run.base_id]
+    experts = [(found[pk], {}) for pk in run.experts.values_list("pk", flat=True)]
+    _check_inputs(run.team, base, experts)
+    plan = _plan(run.config, run.budget, run.block_size, run.seed)
+    return _insert(team=run.team, author=user, name=run.name, method=run.method, config=run.config,
+                   base=base, experts=[c for c, _ in experts], budget=run.budget, seed=run.seed,
+                   block_size=run.block_size, measure_deviation=run.measure_deviation, plan=plan,
+                   retry_of=run)
+
+
+# --- the reaper -------------------------------------------------------------------------------
+
+def _stale_message(run: MergeRun, now, silence: int) -> str:
+    limit = int(settings.MERGEHUB_JOB_TIMEOUT)
+    if run.started_at and (now - run.started_at).total_seconds() >= limit:
+        return (f"the job ran past its time limit of {limit} s (MERGEHUB_JOB_TIMEOUT) and was stopped; "
+                "raise the limit or lower the budget, then retry")
+    return (f"the worker stopped responding (no heartbeat for {silence} s): it was killed or crashed; "
+            "nothing was published — retry the run")
+
+
+def remove_staging(run_id: int) -> None:
+    """Delete what a dead worker left in the outputs dir (the engine's staging directories)."""
+    for path in outputs_dir().glob(f".run-{run_id}.staging-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_stale_runs(now=None) -> int:
+    """Mark "running" runs whose heartbeat is older than MERGEHUB_HEARTBEAT_TIMEOUT failed.
+
+    Returns how many were reaped. Runs at the start of every job and once a minute from the
+    django-q schedule, so a killed worker never leaves a run "running" for ever.
+    """
+    now = now or timezone.now()
+    timeout = int(settings.MERGEHUB_HEARTBEAT_TIMEOUT)
+    cutoff = now - timedelta(seconds=timeout)
+    reaped = 0
+    candidates = MergeRun.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff).values_list("pk", flat=True)
+    for pk in list(candidates):
+        with transaction.atomic():
+            run = MergeRun.objects.select_for_update().filter(pk=pk, status=Status.RUNNING,
+                                                              heartbeat_at__lt=cutoff).first()
+            if run is None:  # it beat again, or finished, meanwhile
+                continue
+            silence = int((now - run.heartbeat_at).total_seconds())
+            run.status, run.finished_at = Status.FAILED, now
+            run.error = _stale_message(run, now, silence)
+            run.save(update_fields=["status", "finished_at", "error"])
+            append_log(run.pk, f"reaper: {run.error}")
+        remove_staging(pk)
+        log.warning("reaped run %s: %s", pk, run.error)
+        reaped += 1
+    return reaped
+
+
+def output_dir_for(run: MergeRun) -> Path:
+    return outputs_dir() / f"run-{run.pk}"

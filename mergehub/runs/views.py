@@ -1,0 +1,208 @@
+"""Run pages: list with filters, merge form with live plan preview, detail with live progress
+and report, cancel and retry. Views parse input, call a service or selector, and render."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from mergehub.accounts.models import Role
+from mergehub.accounts.selectors import has_role
+from mergehub.engine.errors import MergeHubError
+from mergehub.registry.models import Checkpoint
+from mergehub.registry.selectors import checkpoints_for
+from mergehub.web.charts import run_report_charts
+from mergehub.web.errors import add_service_errors
+from mergehub.web.reports import savings_of, served_from_cache, with_checkpoint_names
+from mergehub.web.teams import current_team
+
+from . import selectors, services
+from .forms import MergeForm, initial_from_query, operator_names
+from .models import MergeRun
+
+LOG_LINES_SHOWN = 300
+
+
+# --- list -------------------------------------------------------------------------------------
+
+@login_required
+def run_list(request):
+    team = current_team(request)
+    status = request.GET.get("status", "")
+    method = request.GET.get("method", "")
+    author = request.GET.get("author", "")
+    runs = (selectors.runs_for(user=request.user, team=team, status=status or None,
+                               method=method or None, author=author or None)
+            if team else MergeRun.objects.none())
+    authors = (get_user_model().objects.filter(memberships__team=team).order_by("username")
+               if team else [])
+    return render(request, "runs/list.html", {
+        "team": team, "runs": runs[:200], "statuses": MergeRun.Status.choices,
+        "methods": operator_names(), "authors": authors,
+        "filters": {"status": status, "method": method, "author": author},
+        "can_run": bool(team) and has_role(user=request.user, team=team, role=Role.MEMBER)})
+
+
+# --- the merge form ---------------------------------------------------------------------------
+
+def _merge_form(request, team, data=None, initial=None) -> MergeForm:
+    team_checkpoints = checkpoints_for(user=request.user, team=team)
+    bases = team_checkpoints.filter(role=Checkpoint.Role.BASE).order_by("name")
+
+    def experts_for(base):
+        if base.family_id is None:
+            return team_checkpoints.none()
+        return team_checkpoints.filter(role=Checkpoint.Role.EXPERT, family=base.family_id).order_by("name")
+
+    return MergeForm(data, bases=bases, experts_for=experts_for, initial=initial)
+
+
+@login_required
+def run_new(request):
+    team = current_team(request)
+    if team is None:
+        return render(request, "web/no_team.html", status=403)
+    form = _merge_form(request, team, data=request.POST if request.method == "POST" else None,
+                       initial=None if request.method == "POST" else initial_from_query(request.GET))
+    if request.method == "POST" and form.is_valid():
+        try:
+            run = services.create_run(user=request.user, team=team, **form.run_kwargs())
+        except (ValidationError, MergeHubError) as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"Queued run #{run.pk}.")
+            return redirect("runs:detail", pk=run.pk)
+    return render(request, "runs/new.html", {
+        "form": form, "team": team,
+        "can_run": has_role(user=request.user, team=team, role=Role.MEMBER)})
+
+
+@login_required
+def operator_fields(request):
+    """htmx: the operator-dependent part of the merge form, for the method and base chosen now.
+    Values already typed are kept (as initial values, so no errors show for unfilled fields)."""
+    team = current_team(request)
+    if team is None:
+        return render(request, "web/no_team.html", status=403)
+    form = _merge_form(request, team, initial=initial_from_query(request.GET))
+    response = render(request, "runs/_operator_fields.html", {"form": form})
+    response["HX-Trigger"] = "fields-swapped"  # the plan preview listens and refreshes
+    return response
+
+
+@login_required
+@require_POST
+def preview(request):
+    """htmx: the plan for the form's current values, from the index only (reads no weights)."""
+    team = current_team(request)
+    if team is None:
+        return render(request, "web/no_team.html", status=403)
+    form = _merge_form(request, team, data=request.POST)
+    plan, problems = None, []
+    if form.is_valid():
+        try:
+            plan = services.preview_plan(user=request.user, team=team, **form.merge_inputs())
+        except (ValidationError, MergeHubError) as error:
+            problems = _messages_of(error)
+        else:
+            names = {c.path: c.name for c in form.chosen_experts}
+            plan = {**plan, "per_expert": with_checkpoint_names(plan.get("per_expert"), names)}
+    else:
+        problems = [f"{_label(form, field)}: {' '.join(errs)}" if field != "__all__" else " ".join(errs)
+                    for field, errs in form.errors.items()]
+    return render(request, "runs/_preview.html", {"plan": plan, "savings": savings_of(plan),
+                                                  "problems": problems})
+
+
+def _run_checkpoint_names(request, run: MergeRun) -> dict[str, str]:
+    """{model path in the run's config: checkpoint name} for the run's inputs."""
+    ids = (run.config or {}).get("checkpoint_ids") or {}
+    by_pk = dict(checkpoints_for(user=request.user, team=run.team).filter(pk__in=ids.values())
+                 .values_list("pk", "name"))
+    return {path: by_pk[pk] for path, pk in ids.items() if pk in by_pk}
+
+
+def _messages_of(error) -> list[str]:
+    if isinstance(error, MergeHubError):
+        return [str(error)]
+    return list(error.messages)
+
+
+def _label(form, field: str) -> str:
+    if field in form.fields:
+        label = form.fields[field].label or field
+        if field.startswith("expert_") and "__" in field:
+            pk = field.split("__")[0].removeprefix("expert_")
+            names = {str(c.pk): c.name for c in form.candidates}
+            return f"{names.get(pk, 'expert')} {label}"
+        return str(label)
+    return field
+
+
+# --- detail, live part, actions ---------------------------------------------------------------
+
+@login_required
+def run_detail(request, pk):
+    run = selectors.get_run(user=request.user, pk=pk)
+    names = _run_checkpoint_names(request, run)
+    metrics = dict(run.metrics or {})
+    if "per_expert" in metrics:
+        metrics["per_expert"] = with_checkpoint_names(metrics["per_expert"], names)
+    plan = dict(run.plan or {})
+    if "per_expert" in plan:
+        plan["per_expert"] = with_checkpoint_names(plan["per_expert"], names)
+    return render(request, "runs/detail.html", {
+        "run": run, "metrics": metrics, "plan": plan,
+        "charts": run_report_charts(metrics) if run.status == MergeRun.Status.SUCCEEDED else [],
+        "savings": savings_of(metrics if "planned_expert_bytes" in metrics else run.plan),
+        "from_cache": served_from_cache(metrics),
+        "config_text": json.dumps({k: v for k, v in (run.config or {}).items() if k != "checkpoint_ids"},
+                                  indent=2),
+        "log": (run.log or [])[-LOG_LINES_SHOWN:],
+        "can_run": has_role(user=request.user, team=run.team, role=Role.MEMBER)})
+
+
+@login_required
+def run_live(request, pk):
+    """htmx poll target (every second while the run is queued or running). Once the run has
+    finished it tells htmx to reload the page, which then shows the report and stops polling."""
+    run = selectors.get_run(user=request.user, pk=pk)
+    if not run.is_active:
+        response = HttpResponse(status=204)
+        response["HX-Refresh"] = "true"
+        return response
+    return render(request, "runs/_live.html", {"run": run, "log": (run.log or [])[-LOG_LINES_SHOWN:]})
+
+
+@login_required
+@require_POST
+def cancel(request, pk):
+    run = selectors.get_run(user=request.user, pk=pk)
+    try:
+        run = services.cancel_run(run=run, user=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, "Cancelled." if run.status == MergeRun.Status.CANCELLED
+                         else "Cancel requested; the run stops at its next block.")
+    return redirect("runs:detail", pk=run.pk)
+
+
+@login_required
+@require_POST
+def retry(request, pk):
+    run = selectors.get_run(user=request.user, pk=pk)
+    try:
+        new_run = services.retry_run(run=run, user=request.user)
+    except (ValidationError, MergeHubError) as error:
+        messages.error(request, " ".join(_messages_of(error)))
+        return redirect("runs:detail", pk=run.pk)
+    messages.success(request, f"Queued run #{new_run.pk}, a retry of #{run.pk}.")
+    return redirect("runs:detail", pk=new_run.pk)

@@ -1,0 +1,226 @@
+"""Django settings, read from the environment through small helpers (Healthchecks style).
+
+Every setting has a safe default: with nothing set, MergeHub runs on SQLite in ``<repo>/data``
+with the django-q2 ORM broker. Production sets SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL and
+REDIS_URL (see docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean; use true or false")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a whole number") from None
+
+
+def env_list(name: str, default: list[str], separators: str = ",") -> list[str]:
+    """Split on any of ``separators``; blank items are dropped."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    for sep in separators[1:]:
+        value = value.replace(sep, separators[0])
+    return [item.strip() for item in value.split(separators[0]) if item.strip()]
+
+
+# --- core -------------------------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", False)
+MERGEHUB_DATA_DIR = Path(env_str("MERGEHUB_DATA_DIR", str(BASE_DIR / "data"))).resolve()
+
+
+def secret_key_file(path: Path) -> str:
+    """The key stored in ``path``, created (random, mode 0600, atomically) on first use, so an
+    unconfigured install never runs on a published key. Web and workers share it through the
+    data directory (django-q2 signs queued tasks with it)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(50))
+    try:
+        os.link(tmp, path)  # fails if another process won the race: then use theirs
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+SECRET_KEY = env_str("SECRET_KEY", "") or secret_key_file(MERGEHUB_DATA_DIR / "secret_key")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_q",
+    "mergehub.accounts",
+    "mergehub.registry",
+    "mergehub.runs",
+    "mergehub.web",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mergehub.urls"
+WSGI_APPLICATION = "mergehub.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- storage ----------------------------------------------------------------------------------
+
+MERGEHUB_CHECKPOINT_ROOTS = [
+    Path(p) for p in env_list("MERGEHUB_CHECKPOINT_ROOTS",
+                              [str(MERGEHUB_DATA_DIR / "checkpoints")], separators="," + os.pathsep)
+]
+
+DATABASE_URL = env_str("DATABASE_URL", "")
+if not DATABASE_URL:
+    MERGEHUB_DATA_DIR.mkdir(parents=True, exist_ok=True)  # SQLite cannot create its directory
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL or f"sqlite:///{MERGEHUB_DATA_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web and worker processes write to the same file: wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- jobs (django-q2) -------------------------------------------------------------------------
+
+MERGEHUB_WORKERS = env_int("MERGEHUB_WORKERS", 1)
+MERGEHUB_JOB_TIMEOUT = env_int("MERGEHUB_JOB_TIMEOUT", 6 * 3600)  # seconds a job may run
+MERGEHUB_HEARTBEAT_TIMEOUT = env_int("MERGEHUB_HEARTBEAT_TIMEOUT", 120)  # silence before the reaper
+# Block size (bytes) for indexing and planning; 0 = the engine's default (1 MiB).
+MERGEHUB_BLOCK_SIZE = env_int("MERGEHUB_BLOCK_SIZE", 0)
+REDIS_URL = env_str("REDIS_URL", "")
+
+Q_CLUSTER = {
+    "name": "mergehub",
+    "workers": MERGEHUB_WORKERS,
+    "timeout": MERGEHUB_JOB_TIMEOUT,
+    "retry": MERGEHUB_JOB_TIMEOUT + 600,  # must exceed timeout or jobs get delivered twice
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 500,
+    "recycle": 50,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["poll"] = 0.5
+
+# --- auth -------------------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+if env_bool("BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+
+REST_FRAMEWORK = {
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- i18n, static -----------------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Compressed copies made by collectstatic; no hashed-name manifest, so pages (and tests)
+    # render whether or not collectstatic has run.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,15 @@
+"""URL map: pages per app, Django's auth views with our templates, and the admin."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("mergehub.web.urls")),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("teams/", include("mergehub.accounts.urls")),
+    path("checkpoints/", include("mergehub.registry.urls")),
+    path("runs/", include("mergehub.runs.urls")),
+    path("admin/", admin.site.urls),
+]

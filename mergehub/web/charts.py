@@ -1,0 +1,199 @@
+"""Plotly figures for the checkpoint and run pages.
+
+Each builder takes the plain dicts the services store (a run's ``metrics``, a checkpoint's delta
+norms) and returns a ``Chart``: a figure plus the id, title and caption the page shows. Pages embed
+``Chart.json`` in a ``<script type="application/json">`` element and static/js/app.js draws it with
+the plotly.min.js served from static (the figure never carries plotly.js itself, like
+``include_plotlyjs=False``). A builder returns ``None`` when the data it needs is absent, so a page
+simply shows fewer charts for an older or partial run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import plotly.graph_objects as go
+
+from .formatting import human_bytes, human_seconds
+
+PALETTE = {
+    "full": "#c3cad8",
+    "planned": "#2458c6",
+    "read": "#e07b00",
+    "base": "#7a8599",
+    "written": "#1f7a4d",
+    "skipped": "#d6e2f8",
+}
+TIME_STAGES = ("plan", "read", "compute", "write")
+TIME_COLOURS = {"plan": "#7a5cc6", "read": "#e07b00", "compute": "#2458c6", "write": "#1f7a4d"}
+
+# Escapes that keep JSON inert inside a <script> element (as django.utils.html.json_script does).
+_SCRIPT_ESCAPES = {ord(">"): "\\u003E", ord("<"): "\\u003C", ord("&"): "\\u0026"}
+
+
+@dataclass(frozen=True)
+class Chart:
+    id: str
+    title: str
+    caption: str
+    figure: go.Figure
+
+    @property
+    def json(self) -> str:
+        """The figure as JSON that is safe to place verbatim inside a <script> element."""
+        return self.figure.to_json().translate(_SCRIPT_ESCAPES)
+
+
+def _layout(fig: go.Figure, *, height: int = 320, **extra: Any) -> go.Figure:
+    layout: dict[str, Any] = {
+        "template": "plotly_white",
+        "height": height,
+        "margin": {"l": 60, "r": 20, "t": 20, "b": 50},
+        "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, Arial, sans-serif", "size": 12},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+    }
+    fig.update_layout(**(layout | extra))
+    return fig
+
+
+def _bytes_axis() -> dict[str, Any]:
+    # "~s" is an SI prefix without trailing zeros: 1.5M + "B" -> "1.5MB".
+    return {"tickformat": "~s", "ticksuffix": "B", "rangemode": "tozero"}
+
+
+def _int(value: Any) -> int:
+    return int(value or 0)
+
+
+def expert_bytes_chart(per_expert: Iterable[dict[str, Any]]) -> Chart | None:
+    """Per expert: full bytes, bytes the plan chose and (when measured) bytes read from storage."""
+    rows = list(per_expert or [])
+    if not rows:
+        return None
+    names = [str(r.get("name") or f"expert {i + 1}") for i, r in enumerate(rows)]
+    series = [("Full", "full_bytes", PALETTE["full"]), ("Planned", "planned_bytes", PALETTE["planned"])]
+    if any("read_bytes" in r for r in rows):
+        series.append(("Read from storage", "read_bytes", PALETTE["read"]))
+    fig = go.Figure()
+    for label, key, colour in series:
+        values = [_int(r.get(key)) for r in rows]
+        fig.add_bar(name=label, x=names, y=values, marker_color=colour,
+                    customdata=[human_bytes(v) for v in values],
+                    hovertemplate="%{x}<br>" + label + ": %{customdata}<extra></extra>")
+    _layout(fig, barmode="group", yaxis=_bytes_axis(), xaxis={"type": "category"})
+    return Chart("chart-expert-bytes", "Expert bytes: planned vs full",
+                 "What each expert would cost to read in full, what the plan chose under the budget"
+                 " and, when measured, what was read from storage.", fig)
+
+
+def io_chart(metrics: dict[str, Any]) -> Chart | None:
+    """Bytes moved by the run: planned expert reads next to what storage actually served."""
+    if not metrics or "planned_expert_bytes" not in metrics:
+        return None
+    bars = [
+        ("Full expert bytes", metrics.get("full_expert_bytes"), PALETTE["full"]),
+        ("Budget", metrics.get("budget_bytes"), PALETTE["skipped"]),
+        ("Planned expert reads", metrics.get("planned_expert_bytes"), PALETTE["planned"]),
+        ("Expert bytes read from storage", metrics.get("expert_bytes_read"), PALETTE["read"]),
+        ("Base bytes read from storage", metrics.get("base_bytes_read"), PALETTE["base"]),
+        ("Bytes written", metrics.get("bytes_written"), PALETTE["written"]),
+    ]
+    bars = [(label, _int(v), colour) for label, v, colour in bars if v is not None]
+    labels = [b[0] for b in bars]
+    values = [b[1] for b in bars]
+    fig = go.Figure(go.Bar(
+        x=values, y=labels, orientation="h", marker_color=[b[2] for b in bars],
+        customdata=[human_bytes(v) for v in values], text=[human_bytes(v) for v in values],
+        textposition="outside", cliponaxis=False, hovertemplate="%{y}: %{customdata}<extra></extra>"))
+    # Room on the right for the labels printed outside the bars (zero bars included).
+    axis = _bytes_axis() | {"range": [0, 1.25 * max(values + [1])]}
+    _layout(fig, xaxis=axis, yaxis={"autorange": "reversed", "type": "category"},
+            margin={"l": 210, "r": 20, "t": 10, "b": 40}, showlegend=False)
+    return Chart("chart-io", "Bytes read from storage vs planned",
+                 "Storage reads are measured by the kernel (/proc/self/io read_bytes); pages already"
+                 " in the page cache cost no storage read, so they can be below the plan.", fig)
+
+
+def savings_chart(metrics: dict[str, Any]) -> Chart | None:
+    """Share of the full expert bytes the plan read vs skipped."""
+    if not metrics or not metrics.get("full_expert_bytes"):
+        return None
+    full = _int(metrics.get("full_expert_bytes"))
+    planned = min(_int(metrics.get("planned_expert_bytes")), full)
+    skipped = full - planned
+    fig = go.Figure(go.Pie(
+        labels=["Expert bytes read (planned)", "Expert bytes skipped"], values=[planned, skipped],
+        hole=0.6, sort=False, marker={"colors": [PALETTE["planned"], PALETTE["skipped"]]},
+        customdata=[human_bytes(planned), human_bytes(skipped)],
+        hovertemplate="%{label}: %{customdata} (%{percent})<extra></extra>", textinfo="percent"))
+    _layout(fig, showlegend=True,
+            annotations=[{"text": f"{skipped / full:.1%}<br>saved", "showarrow": False,
+                          "font": {"size": 18}}])
+    return Chart("chart-savings", "Savings",
+                 f"{human_bytes(skipped)} of {human_bytes(full)} expert bytes were never read.", fig)
+
+
+def time_split_chart(seconds: dict[str, Any]) -> Chart | None:
+    """Wall time split into plan / read / compute / write (one stacked bar)."""
+    if not seconds or not any(seconds.get(s) for s in TIME_STAGES):
+        return None
+    fig = go.Figure()
+    for stage in TIME_STAGES:
+        value = float(seconds.get(stage) or 0.0)
+        fig.add_bar(name=stage, x=[value], y=["run"], orientation="h",
+                    marker_color=TIME_COLOURS[stage], customdata=[human_seconds(value)],
+                    hovertemplate=stage + ": %{customdata}<extra></extra>")
+    _layout(fig, height=190, barmode="stack", xaxis={"ticksuffix": " s", "rangemode": "tozero"},
+            legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0,
+                    "traceorder": "normal"},
+            yaxis={"showticklabels": False}, margin={"l": 20, "r": 20, "t": 30, "b": 40})
+    caption = f"Total {human_seconds(float(seconds.get('total') or 0.0))}."
+    if seconds.get("index"):
+        caption += (f" Indexing the experts took {human_seconds(float(seconds['index']))},"
+                    " paid once and reused by later merges.")
+    return Chart("chart-time", "Time split", caption, fig)
+
+
+def deviation_chart(deviation: dict[str, Any] | None) -> Chart | None:
+    """Per layer: ‖Δ_A − Δ_full‖ / ‖Δ_full‖ against the full-read merge."""
+    per_layer = (deviation or {}).get("per_layer") or {}
+    if not per_layer:
+        return None
+    layers = [str(k) for k in per_layer]
+    values = [float(v) for v in per_layer.values()]
+    fig = go.Figure(go.Bar(x=layers, y=values, marker_color=PALETTE["planned"],
+                           hovertemplate="layer %{x}: %{y:.3g}<extra></extra>"))
+    _layout(fig, xaxis={"type": "category", "title": "layer"},
+            yaxis={"title": "relative to update", "rangemode": "tozero", "tickformat": ".2~e"})
+    return Chart("chart-deviation", "Deviation per layer",
+                 "‖Δ_A − Δ_full‖ / ‖Δ_full‖ per layer: how far the budgeted update is from the"
+                 " full-read merge's update.", fig)
+
+
+def delta_norms_chart(data: dict[str, Any] | None) -> Chart | None:
+    """‖θ_expert − θ_base‖₂ per layer (from the checkpoint's index)."""
+    layers = (data or {}).get("layers") or []
+    norms = (data or {}).get("norms") or []
+    if not layers or len(layers) != len(norms):
+        return None
+    fig = go.Figure(go.Bar(x=[str(layer) for layer in layers], y=[float(n) for n in norms],
+                           marker_color=PALETTE["planned"],
+                           hovertemplate="layer %{x}: ‖δ‖₂ = %{y:.4g}<extra></extra>"))
+    _layout(fig, xaxis={"type": "category", "title": "layer"},
+            yaxis={"title": "‖δ‖₂", "rangemode": "tozero"})
+    return Chart("chart-delta-norms", "Delta norm per layer",
+                 "L2 norm of the difference to the base, per layer, from the index.", fig)
+
+
+def run_report_charts(metrics: dict[str, Any] | None) -> list[Chart]:
+    """The charts a finished run's report shows, in page order."""
+    metrics = metrics or {}
+    charts = [
+        expert_bytes_chart(metrics.get("per_expert")),
+        io_chart(metrics),
+        savings_chart(metrics),
+        time_split_chart(metrics.get("seconds")),
+        deviation_chart(metrics.get("deviation")),
+    ]
+    return [c for c in charts if c is not None]

@@ -1,0 +1,64 @@
+/* MergeHub page glue: CSRF for htmx requests and Plotly charts from embedded figure JSON.
+ *
+ * A chart is a <div class="chart" data-figure="ID"> next to <script type="application/json" id="ID">
+ * holding the figure ({data, layout}) that mergehub/web/charts.py wrote. Charts are drawn on page
+ * load and whenever htmx swaps new content in, so partials may carry charts too.
+ */
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") : "";
+  }
+
+  document.addEventListener("htmx:configRequest", function (event) {
+    event.detail.headers["X-CSRFToken"] = csrfToken();
+  });
+
+  var plotConfig = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+
+  function drawCharts(root) {
+    if (typeof Plotly === "undefined") { return; }
+    var nodes = root.querySelectorAll ? root.querySelectorAll("[data-figure]") : [];
+    nodes.forEach(function (node) {
+      if (node.dataset.drawn === "1") { return; }
+      var source = document.getElementById(node.dataset.figure);
+      if (!source) { return; }
+      var figure = JSON.parse(source.textContent);
+      node.dataset.drawn = "1";
+      Plotly.newPlot(node, figure.data || [], figure.layout || {}, plotConfig);
+    });
+  }
+
+  /* <div data-show-when="source=local"> is shown only while the radio/select "source" is "local". */
+  function applyShowWhen(root) {
+    var scope = root.closest ? (root.closest("form") || document) : document;
+    scope.querySelectorAll("[data-show-when]").forEach(function (node) {
+      var rule = node.dataset.showWhen.split("="), form = node.closest("form");
+      if (!form) { return; }
+      var chosen = form.querySelector('[name="' + rule[0] + '"]:checked') ||
+                   form.querySelector('select[name="' + rule[0] + '"]');
+      node.hidden = !!chosen && chosen.value !== rule[1];
+    });
+  }
+  document.addEventListener("change", function (event) { applyShowWhen(event.target); });
+
+  /* Keep live logs scrolled to their newest line. */
+  function scrollLogs(root) {
+    var nodes = root.querySelectorAll ? root.querySelectorAll("[data-autoscroll]") : [];
+    nodes.forEach(function (node) { node.scrollTop = node.scrollHeight; });
+  }
+
+  function onLoad(root) {
+    drawCharts(root);
+    applyShowWhen(root);
+    scrollLogs(root);
+  }
+
+  if (typeof htmx !== "undefined") {
+    htmx.onLoad(onLoad);  // runs for the initial document and for every swapped-in fragment
+  } else {
+    document.addEventListener("DOMContentLoaded", function () { onLoad(document.body); });
+  }
+})();

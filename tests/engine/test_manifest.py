@@ -1,0 +1,164 @@
+"""The manifest written next to every merge, and replay: bit-identical or a non-zero exit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from conftest import BLOCK, listing, load_model, run_cli, save_model
+
+from mergehub import __version__
+from mergehub.engine import api, manifest
+from mergehub.engine.config import parse_config
+from mergehub.engine.errors import InvalidCheckpoint, ReplayMismatch
+from mergehub.engine.planner import expand_ranges
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _merge(family, out, catalog, mapping=None, **kwargs):
+    kwargs.setdefault("block_size", BLOCK)
+    return api.run_merge(parse_config(mapping or family.config()), out, catalog_dir=catalog,
+                         device="cpu", **kwargs)
+
+
+def test_the_manifest_records_everything_replay_needs(tmp_path, family, catalog):
+    result = _merge(family, tmp_path / "out", catalog, budget=0.4, seed=5)
+    doc = json.loads((tmp_path / "out" / manifest.FILENAME).read_text())
+    assert doc == result.manifest and doc["format"] == manifest.FORMAT
+    # inputs with the sha256 of every file
+    assert doc["inputs"]["base"]["files"] == {"model.safetensors": _sha(family.base / "model.safetensors")}
+    assert [m["files"] for m in doc["inputs"]["models"]] == [
+        {"model.safetensors": _sha(e / "model.safetensors")} for e in family.experts]
+    # operator, parameters, seed, budget
+    assert doc["merge_method"] == "task_arithmetic" and doc["seed"] == 5
+    assert doc["config"]["models"][0]["parameters"] == {"weight": 0.5}
+    assert doc["budget"] == {"spec": "0.4", "bytes": result.plan.budget_bytes}
+    # plan digest and the access set it covers
+    assert doc["plan"]["digest"] == result.plan.digest and len(doc["plan"]["digest"]) == 64
+    assert expand_ranges(doc["plan"]["access"]) == result.plan.access
+    assert doc["plan"]["block_size"] == BLOCK
+    # output hashes, metrics and versions
+    assert doc["outputs"]["files"] == {"model.safetensors": _sha(tmp_path / "out" / "model.safetensors")}
+    for key in ("planned_expert_bytes", "expert_bytes_read", "expert_bytes_requested", "certificate",
+                "seconds", "base_bytes_read", "bytes_written"):
+        assert key in doc["metrics"]
+    assert doc["versions"]["mergehub"] == __version__ and doc["versions"]["torch"] == torch.__version__
+    assert {"python", "safetensors", "numpy"} <= set(doc["versions"])
+
+
+def test_sharded_output_hashes_every_file(tmp_path, family, catalog):
+    result = _merge(family, tmp_path / "out", catalog, shard_bytes=400)
+    files = result.manifest["outputs"]["files"]
+    assert len(files) > 2 and "model.safetensors.index.json" in files
+    for name, digest in files.items():
+        assert _sha(tmp_path / "out" / name) == digest
+
+
+@pytest.mark.parametrize("kwargs", [dict(budget=0.3), dict(budget=1.0), dict(budget=0.5, shard_bytes=400)])
+def test_replay_is_bit_identical(tmp_path, family, catalog, kwargs):
+    _merge(family, tmp_path / "out", catalog, **kwargs)
+    result = api.replay(tmp_path / "out" / manifest.FILENAME, tmp_path / "again", catalog_dir=catalog)
+    assert result.manifest["outputs"] == json.loads((tmp_path / "out" / manifest.FILENAME).read_text())["outputs"]
+    for name in result.manifest["outputs"]["files"]:
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
+
+
+def test_replay_of_a_random_operator_from_the_cli(tmp_path, family, catalog, capsys):
+    mapping = family.config("dare_ties", parameters={"density": 0.5})
+    _merge(family, tmp_path / "out", catalog, mapping, budget=0.6, seed=11)
+    rc, out, err = run_cli(capsys, "replay", tmp_path / "out", tmp_path / "again", "--catalog", catalog)
+    assert rc == 0 and "bit-identical" in out and err == ""
+    a, b = load_model(tmp_path / "out"), load_model(tmp_path / "again")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_replay_keeps_parameters_written_as_yaml_strings(tmp_path, family, catalog):
+    """YAML reads 5e-1 as a string; the replayed config must give the same plan digest."""
+    path = tmp_path / "merge.yaml"
+    text = family.write_config(parameters={"lambda": 1.0}).read_text().replace("lambda: 1.0", "lambda: 5e-1")
+    path.write_text(text)
+    api.run_merge(api.load_config(path), tmp_path / "out", catalog_dir=catalog, block_size=BLOCK, budget=0.5)
+    api.replay(tmp_path / "out", tmp_path / "again", catalog_dir=catalog)
+    assert load_model(tmp_path / "again")
+
+
+def test_tampered_output_hash_fails_and_publishes_nothing(tmp_path, family, catalog, capsys):
+    _merge(family, tmp_path / "out", catalog, budget=0.5)
+    path = tmp_path / "out" / manifest.FILENAME
+    doc = json.loads(path.read_text())
+    doc["outputs"]["files"]["model.safetensors"] = "0" * 64
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ReplayMismatch, match="model.safetensors"):
+        api.replay(path, tmp_path / "again", catalog_dir=catalog)
+    assert not (tmp_path / "again").exists()
+    rc, out, err = run_cli(capsys, "replay", path, tmp_path / "again", "--catalog", catalog)
+    assert rc != 0 and "differs" in err and len(err.strip().splitlines()) == 1
+    assert [p for p in listing(tmp_path) if p.startswith(".again") or p.startswith("again")] == []
+
+
+def test_changed_inputs_fail_the_replay(tmp_path, family, catalog, capsys):
+    _merge(family, tmp_path / "out", catalog, budget=0.5)
+    tensors = dict(family.expert_tensors[1])
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 1.5
+    save_model(family.experts[1], tensors)
+    rc, out, err = run_cli(capsys, "replay", tmp_path / "out", tmp_path / "again", "--catalog", catalog)
+    assert rc != 0 and "input files differ" in err and "Traceback" not in err
+    assert not (tmp_path / "again").exists()
+
+
+def test_replay_into_an_existing_directory_needs_force(tmp_path, family, catalog, capsys):
+    _merge(family, tmp_path / "out", catalog)
+    (tmp_path / "again").mkdir()
+    rc, _, err = run_cli(capsys, "replay", tmp_path / "out", tmp_path / "again", "--catalog", catalog)
+    assert rc == 2 and "--force" in err
+    rc, _, _ = run_cli(capsys, "replay", tmp_path / "out", tmp_path / "again", "--catalog", catalog, "--force")
+    assert rc == 0 and (tmp_path / "again" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("content, match", [(None, "no such manifest"), ("{oops", "not a readable"),
+                                            ('{"format": "other"}', "not a MergeHub manifest")])
+def test_unreadable_manifests(tmp_path, content, match):
+    path = tmp_path / "m.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(InvalidCheckpoint, match=match):
+        manifest.read(path)
+
+
+def _tamper(doc: dict, case: str) -> None:
+    if case == "unknown tensor":
+        doc["plan"]["access"][0]["model.nope.weight"] = [[0, 0]]
+    elif case == "block out of range":
+        doc["plan"]["access"][0]["model.norm.weight"] = [[5, 9]]
+    elif case == "missing plan":
+        del doc["plan"]
+    elif case == "budget not a spec":
+        doc["budget"] = "x"
+    elif case == "access of the wrong shape":
+        doc["plan"]["access"] = {"a": 1}
+    elif case == "config not a mapping":
+        doc["config"] = [1]
+    elif case == "expert count":
+        doc["plan"]["access"].append({})
+    elif case == "shard size":
+        doc["shard_bytes"] = "big"
+
+
+@pytest.mark.parametrize("case", ["unknown tensor", "block out of range", "missing plan", "budget not a spec",
+                                  "access of the wrong shape", "config not a mapping", "expert count",
+                                  "shard size"])
+def test_a_malformed_manifest_is_a_one_line_error(tmp_path, family, catalog, capsys, case):
+    _merge(family, tmp_path / "out", catalog, budget=0.5)
+    doc = json.loads((tmp_path / "out" / manifest.FILENAME).read_text())
+    _tamper(doc, case)
+    path = tmp_path / "tampered.json"
+    path.write_text(json.dumps(doc))
+    rc, out, err = run_cli(capsys, "replay", path, tmp_path / "again", "--catalog", catalog)
+    assert rc == 2 and err.startswith("mergehub: error: ") and err.count("\n") == 1, err
+    assert "replay needs" in err and "Traceback" not in err
+    assert not (tmp_path / "again").exists()

@@ -1,0 +1,38 @@
+from io import StringIO
+
+import pytest
+from django.contrib.auth import authenticate
+from django.core.management import CommandError, call_command
+
+from mergehub.accounts.models import Membership
+from mergehub.registry.models import Checkpoint, Family
+
+
+def _demo(tmp_path, **kw):
+    out = StringIO()
+    call_command("demo_setup", "--size", "2MB", "--experts", "2", "--dir", str(tmp_path / "demo"),
+                 "--password", kw.get("password", "demo-pass-1"), stdout=out)
+    return out.getvalue()
+
+
+def test_demo_setup_creates_an_indexed_family_and_is_idempotent(db, tmp_path):
+    out = _demo(tmp_path)
+    assert "log in as admin / demo-pass-1" in out
+    admin = authenticate(username="admin", password="demo-pass-1")
+    assert admin is not None and admin.is_superuser and admin.is_staff
+    assert Membership.objects.get(user=admin, team__slug="demo").role == "admin"
+    family = Family.objects.get(name="demo")
+    assert family.base.name == "demo-base"
+    experts = Checkpoint.objects.filter(role="expert", family=family)
+    assert experts.count() == 2 and all(e.index_status == "ready" for e in experts)
+
+    out = _demo(tmp_path, password="demo-pass-2")  # again: nothing duplicated
+    assert "Kept the demo family" in out and "Expert demo-expert-1 is ready" in out
+    assert "Registering" not in out and "Indexing" not in out
+    assert Checkpoint.objects.count() == 3 and Family.objects.count() == 1
+    assert authenticate(username="admin", password="demo-pass-2") is not None
+
+
+def test_demo_setup_refuses_a_directory_outside_the_roots(db, tmp_path_factory):
+    with pytest.raises(CommandError, match="outside MERGEHUB_CHECKPOINT_ROOTS"):
+        call_command("demo_setup", "--dir", str(tmp_path_factory.mktemp("elsewhere") / "demo"), stdout=StringIO())

@@ -1,0 +1,90 @@
+import pytest
+
+from mergehub.engine.control import Progress
+from mergehub.runs.models import MergeRun
+from mergehub.runs.runner import MergeRunner
+
+Status = MergeRun.Status
+
+
+@pytest.fixture
+def queued_run(alice, acme):
+    return MergeRun.objects.create(team=acme, author=alice, name="r", method="ties", config={}, budget="1")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(MergeRunner, "clock", staticmethod(c))
+    return c
+
+
+def test_claim_moves_queued_to_running_once(queued_run):
+    runner = MergeRunner.claim(queued_run.pk)
+    assert runner is not None
+    queued_run.refresh_from_db()
+    assert queued_run.status == Status.RUNNING and queued_run.started_at and queued_run.heartbeat_at
+    assert queued_run.log[-1]["msg"].startswith("started on")
+    assert MergeRunner.claim(queued_run.pk) is None  # a redelivered task does not run it twice
+
+
+def test_execute_skips_runs_that_are_not_queued(queued_run):
+    MergeRun.objects.filter(pk=queued_run.pk).update(status=Status.CANCELLED)
+    assert MergeRunner.execute(queued_run.pk) == "cancelled"
+    assert MergeRunner.execute(987654) == "missing"
+
+
+def test_progress_writes_are_throttled(queued_run, clock):
+    runner = MergeRunner.claim(queued_run.pk)
+    runner.on_progress(Progress("merge", 0, 100))  # a new stage is written at once
+    queued_run.refresh_from_db()
+    assert queued_run.stage == "merge" and queued_run.progress == 0.0
+    for done in range(1, 50):
+        runner.on_progress(Progress("merge", done, 100))  # same instant: no writes
+    queued_run.refresh_from_db()
+    assert queued_run.progress == 0.0
+    clock.now += runner.progress_interval
+    runner.on_progress(Progress("merge", 60, 100))
+    queued_run.refresh_from_db()
+    assert queued_run.progress == pytest.approx(0.6)
+    assert queued_run.heartbeat_at is not None
+
+
+def test_progress_logs_stage_starts_and_every_tenth(queued_run, clock):
+    runner = MergeRunner.claim(queued_run.pk)
+    runner.on_progress(Progress("merge", 0, 1000, message="3 tensors"))
+    for done in range(1, 1001):
+        runner.on_progress(Progress("merge", done, 1000))
+    queued_run.refresh_from_db()
+    msgs = [line["msg"] for line in queued_run.log]
+    assert "stage merge: 3 tensors" in msgs
+    assert sum(m.startswith("merge ") for m in msgs) == 10
+
+
+def test_cancel_is_read_at_most_once_per_interval(queued_run, clock, django_assert_num_queries):
+    runner = MergeRunner.claim(queued_run.pk)
+    assert runner.should_cancel() is False
+    MergeRun.objects.filter(pk=queued_run.pk).update(cancel_requested=True)
+    with django_assert_num_queries(0):
+        for _ in range(100):
+            assert runner.should_cancel() is False  # within the interval: no query
+    clock.now += runner.cancel_interval
+    assert runner.should_cancel() is True
+    with django_assert_num_queries(0):
+        assert runner.should_cancel() is True  # stays cancelled without asking again
+
+
+def test_finishing_states(queued_run):
+    runner = MergeRunner.claim(queued_run.pk)
+    runner.fail("disk full; free space")
+    queued_run.refresh_from_db()
+    assert queued_run.status == Status.FAILED and queued_run.error == "disk full; free space"
+    assert queued_run.finished_at and queued_run.log[-1]["msg"] == "failed: disk full; free space"

@@ -1,0 +1,143 @@
+"""Team isolation and roles through the pages: another team's user gets 404 on every page and
+action for acme's objects; a viewer cannot start, cancel, retry, register or re-index."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from mergehub.registry.models import Checkpoint
+from mergehub.runs.models import MergeRun
+from tests.web.conftest import merge_post
+
+pytestmark = pytest.mark.django_db
+
+
+def _acme_urls(registered_family, run):
+    expert, base = registered_family["experts"][0], registered_family["base"]
+    gets = [reverse("registry:detail", args=[expert.pk]), reverse("registry:detail", args=[base.pk]),
+            reverse("registry:status", args=[expert.pk]), reverse("runs:detail", args=[run.pk]),
+            reverse("runs:live", args=[run.pk]), reverse("accounts:team", args=["acme"])]
+    posts = [reverse("registry:reindex", args=[expert.pk]), reverse("runs:cancel", args=[run.pk]),
+             reverse("runs:retry", args=[run.pk]), reverse("accounts:team", args=["acme"])]
+    return gets, posts
+
+
+def test_other_team_gets_404_on_every_page_and_action(mallory_client, registered_family, queued_run,
+                                                      django_capture_on_commit_callbacks):
+    gets, posts = _acme_urls(registered_family, queued_run)
+    for url in gets:
+        assert mallory_client.get(url).status_code == 404, url
+    with django_capture_on_commit_callbacks() as queued:
+        for url in posts:
+            assert mallory_client.post(url, {"username": "mallory", "role": "admin"}).status_code == 404, url
+        assert mallory_client.post(reverse("accounts:switch_team"), {"team": "acme"}).status_code == 404
+    assert queued == []
+    queued_run.refresh_from_db()
+    assert queued_run.status == "queued" and not queued_run.cancel_requested
+    assert MergeRun.objects.count() == 1
+
+
+def test_other_team_sees_none_of_acmes_objects_in_lists(mallory_client, registered_family, succeeded_run):
+    for name in ("web:dashboard", "registry:list", "runs:list", "runs:new"):
+        html = mallory_client.get(reverse(name)).content.decode()
+        assert "tiny-llama" not in html and succeeded_run.name not in html, name
+        assert "expert-1" not in html, name
+    assert mallory_client.get(reverse("web:dashboard")).context["stats"]["bytes_saved_total"] == 0
+
+
+def test_other_team_cannot_merge_or_preview_acmes_checkpoints(mallory_client, registered_family,
+                                                             django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as queued:
+        response = mallory_client.post(reverse("runs:new"), merge_post(registered_family))
+        preview = mallory_client.post(reverse("runs:preview"), merge_post(registered_family))
+    assert response.status_code == 200 and response.context["form"].errors  # not a choice for her team
+    assert preview.context["plan"] is None
+    assert queued == [] and MergeRun.objects.count() == 0
+
+
+def test_other_team_cannot_register_into_acme(mallory_client, family, rival):
+    """Registration always goes to the user's own current team."""
+    response = mallory_client.post(reverse("registry:register"), {
+        "name": "sneaky", "role": "base", "family_name": "tiny-llama", "source": "local",
+        "local_path": str(family["base"])})
+    assert response.status_code == 302
+    assert Checkpoint.objects.get(name="sneaky").team == rival
+
+
+def test_viewer_cannot_start_a_merge(bob_client, registered_family, django_capture_on_commit_callbacks):
+    page = bob_client.get(reverse("runs:new"))
+    assert page.status_code == 200 and b"Viewers cannot start merges" in page.content
+    with django_capture_on_commit_callbacks() as queued:
+        response = bob_client.post(reverse("runs:new"), merge_post(registered_family))
+    assert response.status_code == 403
+    assert queued == [] and MergeRun.objects.count() == 0
+
+
+def test_viewer_may_preview_a_plan(bob_client, registered_family):
+    response = bob_client.post(reverse("runs:preview"), merge_post(registered_family))
+    assert response.context["plan"]["planned_expert_bytes"] > 0
+
+
+def test_viewer_cannot_cancel_or_retry(bob_client, queued_run, succeeded_run, django_capture_on_commit_callbacks):
+    html = bob_client.get(reverse("runs:detail", args=[queued_run.pk])).content.decode()
+    assert reverse("runs:cancel", args=[queued_run.pk]) not in html
+    with django_capture_on_commit_callbacks() as queued:
+        assert bob_client.post(reverse("runs:cancel", args=[queued_run.pk])).status_code == 403
+        assert bob_client.post(reverse("runs:retry", args=[succeeded_run.pk])).status_code == 403
+    queued_run.refresh_from_db()
+    assert queued_run.status == "queued" and not queued_run.cancel_requested
+    assert queued == [] and MergeRun.objects.count() == 2
+
+
+def test_viewer_cannot_register_or_reindex(bob_client, registered_family, family, django_capture_on_commit_callbacks):
+    before = Checkpoint.objects.count()
+    with django_capture_on_commit_callbacks() as queued:
+        response = bob_client.post(reverse("registry:register"), {
+            "name": "bobs", "role": "expert", "family_name": "tiny-llama", "source": "local",
+            "local_path": str(family["experts"][1])})
+        assert response.status_code == 403
+        expert = registered_family["experts"][0]
+        assert bob_client.post(reverse("registry:reindex", args=[expert.pk])).status_code == 403
+    assert queued == [] and Checkpoint.objects.count() == before
+    expert.refresh_from_db()
+    assert expert.index_status == "ready"
+
+
+def test_viewer_cannot_add_members(bob_client, acme):
+    assert bob_client.post(reverse("accounts:team", args=["acme"]),
+                           {"username": "bob", "role": "admin"}).status_code == 403
+    assert acme.memberships.get(user__username="bob").role == "viewer"
+
+
+def test_csrf_is_enforced(alice, registered_family, queued_run):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    assert client.post(reverse("runs:cancel", args=[queued_run.pk])).status_code == 403
+    assert client.post(reverse("runs:new"), merge_post(registered_family)).status_code == 403
+    queued_run.refresh_from_db()
+    assert queued_run.status == "queued"
+    # The page hands htmx the token it needs for its POSTs.
+    page = client.get(reverse("runs:new"))
+    assert b'<meta name="csrf-token" content="' in page.content
+
+
+def test_not_found_page_does_not_say_whose_object_it_is(mallory_client, queued_run):
+    response = mallory_client.get(reverse("runs:detail", args=[queued_run.pk]))
+    assert response.status_code == 404
+    assert b"belongs to a team you are not a member of" in response.content
+    assert queued_run.name.encode() not in response.content
+
+
+def test_user_without_a_team_sees_nothing_and_cannot_act(django_user_model, registered_family, queued_run):
+    loner = django_user_model.objects.create_user(username="loner", password="x")
+    client = Client()
+    client.force_login(loner)
+    dashboard = client.get(reverse("web:dashboard"))
+    assert b"not in a team yet" in dashboard.content and queued_run.name.encode() not in dashboard.content
+    assert client.get(reverse("registry:register")).status_code == 403
+    assert client.get(reverse("runs:new")).status_code == 403
+    assert client.post(reverse("runs:preview"), merge_post(registered_family)).status_code == 403
+    assert client.get(reverse("runs:detail", args=[queued_run.pk])).status_code == 404
+    assert list(client.get(reverse("runs:list")).context["runs"]) == []
