@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from . import api
 from .blocks import DEFAULT_BLOCK_SIZE, parse_size

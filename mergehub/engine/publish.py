@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -55,6 +56,36 @@ def check_target(out_dir: Path, force: bool) -> None:
         raise OutputExists(f"{out_dir} exists and is not a directory; remove it or choose another path")
 
 
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Delete staging directories of processes on this host that died (e.g. a SIGKILLed
+    worker). Other hosts' staging directories on a shared filesystem are left alone."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        parts = entry.name.rsplit(".staging-", 1)
+        if not entry.name.startswith(".") or len(parts) != 2:
+            continue
+        fields = parts[1].split("-")
+        if len(fields) != 3 or fields[0] != _HOST or not fields[1].isdigit():
+            continue
+        try:
+            os.kill(int(fields[1]), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, owned by someone else
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
 class Staging:
     """``with Staging(out_dir, force) as stage: write into stage.path; stage.publish()``."""
 
@@ -65,7 +96,9 @@ class Staging:
         # parents we create are ours to remove again if nothing gets published
         self.created = [p for p in self.out_dir.parents if not p.exists()]
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.path = self.out_dir.parent / f".{self.out_dir.name}.staging-{uuid.uuid4().hex[:12]}"
+        remove_stale_staging(self.out_dir.parent)
+        self.path = self.out_dir.parent / (f".{self.out_dir.name}.staging-{_HOST}-{os.getpid()}-"
+                                           f"{uuid.uuid4().hex[:8]}")
         self.published = False
 
     def __enter__(self) -> "Staging":

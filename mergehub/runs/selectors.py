@@ -8,7 +8,7 @@ from django.http import Http404
 from mergehub.accounts.models import Team
 from mergehub.accounts.selectors import teams_for
 
-from .models import MergeRun
+from .models import MergeRun, bytes_saved
 
 Status = MergeRun.Status
 
@@ -49,20 +49,12 @@ def run_methods(*, user) -> list[str]:
     return sorted(set(runs_for(user=user).values_list("method", flat=True)))
 
 
-def bytes_saved(metrics: dict) -> int:
-    """Expert bytes a run did not read: full expert bytes minus bytes actually read."""
-    full, read = metrics.get("full_expert_bytes"), metrics.get("expert_bytes_read")
-    if full is None or read is None:
-        return 0
-    return max(0, int(full) - int(read))
-
-
 def dashboard_stats(*, user, recent: int = 10) -> dict:
     """Recent runs, total expert bytes saved by succeeded runs, and the queue state."""
     runs = runs_for(user=user)
     counts = runs.aggregate(queued=Count("pk", filter=Q(status=Status.QUEUED)),
                             running=Count("pk", filter=Q(status=Status.RUNNING)))
-    saved = sum(bytes_saved(m or {}) for m in runs.filter(status=Status.SUCCEEDED).values_list("metrics", flat=True))
+    saved = sum(bytes_saved(m or {}) or 0 for m in runs.filter(status=Status.SUCCEEDED).values_list("metrics", flat=True))
     return {
         "recent_runs": list(runs[:recent]),
         "bytes_saved_total": saved,

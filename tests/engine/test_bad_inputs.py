@@ -231,6 +231,13 @@ def test_missing_model_path_and_config(tmp_path, family, outputs, catalog, capsy
              match="invalid YAML")
 
 
+def test_cuda_without_a_gpu_is_refused(family, outputs, catalog, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is available here")
+    _refused(capsys, outputs, catalog, *_merge_args(family.write_config(), outputs, catalog, "--device", "cuda"),
+             match="no CUDA device")
+
+
 def test_bad_block_size(family, outputs, catalog, capsys):
     _refused(capsys, outputs, catalog, "merge", family.write_config(), outputs / "merged", "--catalog", catalog,
              "--block-size", "0", match="block-size")

@@ -122,6 +122,15 @@ def test_merge_reports_the_index_cost_on_its_own_line(tmp_path, family, catalog,
     assert load_model(tmp_path / "out2")
 
 
+def test_a_progress_bar_is_drawn_on_a_terminal(tmp_path, family, catalog, capsys, monkeypatch):
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    rc, out, err = run_cli(capsys, "merge", family.write_config(), tmp_path / "out", "--catalog", catalog,
+                           "--block-size", BLOCK)
+    assert rc == 0 and "merged task_arithmetic" in out
+    assert "index" in err and "merge" in err and "\r" in err  # tqdm bars for both stages, on stderr
+
+
 def test_merge_options(tmp_path, family, catalog, capsys):
     config = family.write_config("dare_linear", parameters={"density": 0.5})
     rc, out, _ = run_cli(capsys, "merge", config, tmp_path / "a", "--catalog", catalog, "--block-size", "64B",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 from conftest import BLOCK, listing, load_model, snapshot
@@ -112,3 +113,24 @@ def test_a_crash_mid_merge_publishes_nothing(tmp_path, family, catalog, monkeypa
         api.run_merge(parse_config(family.config()), tmp_path / "out", catalog_dir=catalog,
                       block_size=BLOCK)
     assert [p for p in listing(tmp_path) if not p.startswith("catalog")] == before
+
+
+def test_staging_of_a_dead_process_is_removed_and_a_live_ones_kept(tmp_path):
+    import subprocess
+
+    from mergehub.engine import publish
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".old.staging-{publish._HOST}-{dead.pid}-deadbeef"
+    live = tmp_path / f".other.staging-{publish._HOST}-{os.getpid()}-cafebabe"
+    foreign = tmp_path / f".x.staging-otherhost-{dead.pid}-00000000"
+    for d in (stale, live, foreign):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+    with publish.Staging(tmp_path / "new") as stage:
+        (stage.path / "f").write_text("x")
+        stage.publish()
+    assert not stale.exists()
+    assert live.exists() and foreign.exists()
+    assert (tmp_path / "new" / "f").read_text() == "x"

@@ -334,9 +334,19 @@ def test_dashboard_stats(registered_family, alice, mallory, acme, run_on_commit,
     with django_capture_on_commit_callbacks():
         _create(registered_family, alice, acme)  # stays queued
     stats = dashboard_stats(user=alice)
-    saved = done.metrics["full_expert_bytes"] - done.metrics["expert_bytes_read"]
+    saved = done.metrics["full_expert_bytes"] - done.metrics["expert_bytes_requested"]
     assert saved > 0 and stats["bytes_saved_total"] == saved
     assert stats["queue"] == {"queued": 1, "running": 0}
     assert len(stats["recent_runs"]) == 2
     assert dashboard_stats(user=mallory) == {"recent_runs": [], "bytes_saved_total": 0,
                                              "queue": {"queued": 0, "running": 0}}
+
+
+def test_jobs_are_queued_with_the_configured_timeout(registered_family, alice, acme, settings, monkeypatch,
+                                                     run_on_commit):
+    settings.MERGEHUB_JOB_TIMEOUT = 77
+    calls = []
+    monkeypatch.setattr(services, "async_task", lambda func, *a, **kw: calls.append((func, a, kw)) or "tid-1")
+    run = _create(registered_family, alice, acme, run_on_commit)
+    assert calls == [("jobs.tasks.run_merge", (run.pk,), {"task_name": f"merge-run-{run.pk}", "timeout": 77})]
+    assert run.task_id == "tid-1" and run.status == Status.QUEUED
