@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from mergehub.engine import api as engine
@@ -28,6 +31,7 @@ from .services import append_log, engine_mapping, output_dir_for
 
 log = logging.getLogger(__name__)
 Status = MergeRun.Status
+HEARTBEAT_MIN_INTERVAL = 5.0  # seconds between beats of the background heartbeat, at least
 
 
 def _fmt_bytes(n) -> str:
@@ -85,11 +89,12 @@ class MergeRunner:
         out_dir = output_dir_for(run)
         try:
             config = engine.load_config_mapping(engine_mapping(run.config))
-            result = engine.run_merge(
-                config, out_dir, budget=run.budget, seed=run.seed, device="auto",
-                block_size=run.block_size, catalog_dir=catalog_dir(), force=False,
-                measure_deviation=run.measure_deviation, progress=self.on_progress,
-                cancel=self.should_cancel)
+            with self._heartbeat():
+                result = engine.run_merge(
+                    config, out_dir, budget=run.budget, seed=run.seed, device="auto",
+                    block_size=run.block_size, catalog_dir=catalog_dir(), force=False,
+                    measure_deviation=run.measure_deviation, progress=self.on_progress,
+                    cancel=self.should_cancel)
         except Cancelled:
             self.cancelled()
         except MergeHubError as err:
@@ -101,6 +106,31 @@ class MergeRunner:
         else:
             self.succeed(result.metrics, result.manifest, Path(result.out_dir))
         return self.run.status
+
+    @contextmanager
+    def _heartbeat(self):
+        """Beat from a thread while the engine works, so one long tensor (a whole-tensor
+        operator on a huge embedding) never makes a live run look dead to the reaper."""
+        interval = max(HEARTBEAT_MIN_INTERVAL, settings.MERGEHUB_HEARTBEAT_TIMEOUT / 4)
+        stop = threading.Event()
+
+        def beat():
+            try:
+                while not stop.wait(interval):
+                    try:
+                        self._beat()
+                    except Exception:  # a busy database must not kill the merge
+                        log.warning("heartbeat of run %s failed", self.run.pk, exc_info=True)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-run-{self.run.pk}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     # -- callbacks the engine calls ------------------------------------------------------------
 

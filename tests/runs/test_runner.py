@@ -88,3 +88,19 @@ def test_finishing_states(queued_run):
     queued_run.refresh_from_db()
     assert queued_run.status == Status.FAILED and queued_run.error == "disk full; free space"
     assert queued_run.finished_at and queued_run.log[-1]["msg"] == "failed: disk full; free space"
+
+
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread has its own connection
+def test_heartbeat_thread_beats_while_the_engine_is_silent(alice, acme, settings, monkeypatch):
+    import time
+
+    from mergehub.runs import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "HEARTBEAT_MIN_INTERVAL", 0.05)
+    settings.MERGEHUB_HEARTBEAT_TIMEOUT = 0.1
+    run = MergeRun.objects.create(team=acme, author=alice, name="r", method="ties", config={}, budget="1")
+    runner = MergeRunner.claim(run.pk)
+    first = MergeRun.objects.get(pk=run.pk).heartbeat_at
+    with runner._heartbeat():
+        time.sleep(0.5)  # the engine reports nothing for a while
+    assert MergeRun.objects.get(pk=run.pk).heartbeat_at > first
