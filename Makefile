@@ -11,7 +11,17 @@ PYTEST_ARGS ?=
 
 include mk/web.mk
 
-.PHONY: test test-engine install browser-deps bench clean
+.PHONY: test test-engine install browser-deps mergekit-venv bench clean
+
+# mergekit 0.1.5 in its own venv: the parity reference for tests/engine (skipped without it)
+# and the benchmark's peer. torch 2.13.0 first, as everywhere.
+MERGEKIT_VENV ?= .venv-mergekit
+mergekit-venv: $(MERGEKIT_VENV)/.installed
+$(MERGEKIT_VENV)/.installed: constraints.txt
+	test -x $(MERGEKIT_VENV)/bin/python || $(PYTHON) -m venv $(MERGEKIT_VENV)
+	$(MERGEKIT_VENV)/bin/pip install -q $(TORCH_PIP_ARGS) torch==2.13.0
+	$(MERGEKIT_VENV)/bin/pip install -q -c constraints.txt mergekit==0.1.5
+	touch $@
 
 install: demo-install
 
