@@ -166,7 +166,7 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
         metrics = _metrics(plan, stats, inputs, executor, plan_s, total_s, dev, warnings, writer)
         doc = manifest_mod.build(config=_config_mapping(config), plan=plan, seed=seed,
                                  device=str(dev), outputs=output_files, metrics=metrics,
-                                 inputs=_input_hashes(config, inputs), shard_bytes=shard_bytes)
+                                 inputs=_input_hashes(config, inputs, plan), shard_bytes=shard_bytes)
         manifest_mod.write(stage.path, doc)
         if verify is not None:
             verify(doc)
@@ -213,14 +213,13 @@ def _warnings(config: MergeConfig, inputs: _Inputs) -> list[str]:
     return out
 
 
-def _input_hashes(config: MergeConfig, inputs: _Inputs) -> dict:
-    files = lambda layout: {f.path.name: f"size:{f.size}" for f in layout.files}  # noqa: E731
-    if inputs.entries:
-        return {"base": {"path": str(inputs.base.root), "files": inputs.entries[0].base_files},
-                "models": [{"name": m.name, "path": str(e.root), "files": entry.expert_files}
-                           for m, e, entry in zip(config.models, inputs.experts, inputs.entries)]}
-    return {"base": None, "models": [{"name": m.name, "path": str(e.root), "files": files(e)}
-                                     for m, e in zip(config.models, inputs.experts)]}
+def _input_hashes(config: MergeConfig, inputs: _Inputs, plan: Plan) -> dict:
+    """The file identities the plan digest covers (sha256 from the catalog, or sizes for
+    models read whole without one), with the paths they were found at."""
+    base = {"path": str(inputs.base.root), "files": plan.inputs["base"]} if inputs.entries else None
+    return {"base": base,
+            "models": [{"name": m.name, "path": str(e.root), "files": files}
+                       for m, e, files in zip(config.models, inputs.experts, plan.inputs["experts"])]}
 
 
 def _config_mapping(config: MergeConfig) -> dict:

@@ -32,7 +32,7 @@ from .errors import MismatchedCheckpoints
 from .layout import ModelLayout
 from .reader import RangeReader
 
-CATALOG_FORMAT = 1
+CATALOG_FORMAT = 2
 CHUNK_BYTES = 64 << 20  # rows read per step while indexing
 
 
@@ -77,8 +77,10 @@ class IndexEntry:
     expert_files: dict[str, str]  # file name -> sha256
     base_files: dict[str, str]
     tensors: dict[str, TensorStats]
-    seconds: float = 0.0
-    storage_bytes_read: int = 0
+    seconds: float = 0.0  # the indexing pass, shared by the experts indexed in it
+    storage_bytes_read: int = 0  # read from this expert's files (measured)
+    base_storage_bytes_read: int = 0  # read from the base in that pass (shared)
+    pass_experts: int = 1  # experts indexed in the same pass over the base
     format: int = CATALOG_FORMAT
     nonfinite: list[str] = field(default_factory=list)
 
@@ -112,7 +114,8 @@ class IndexEntry:
             }
         return {"file_hashes": self.expert_files, "base_file_hashes": self.base_files,
                 "tensors": tensors, "nonfinite": self.nonfinite, "seconds": self.seconds,
-                "bytes_read": self.storage_bytes_read, "block_size": self.block_size}
+                "bytes_read": self.storage_bytes_read, "base_bytes_read": self.base_storage_bytes_read,
+                "pass_experts": self.pass_experts, "block_size": self.block_size}
 
 
 def check_compatible(base: ModelLayout, expert: ModelLayout) -> None:
@@ -210,7 +213,9 @@ def build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
     stats: list[dict[str, TensorStats]] = [{} for _ in experts]
     total = base.weight_bytes * (1 + len(experts))
     done = 0
-    with RangeReader(sequential=True) as reader:
+    base_reader = RangeReader(sequential=True)
+    readers = [RangeReader(sequential=True) for _ in experts]  # one each: per-expert storage bytes
+    try:
         for name, binfo in base.tensors.items():
             rpb = rows_per_block(binfo, block_size)
             for st in stats:
@@ -219,18 +224,20 @@ def build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
             for r0 in range(0, max(binfo.rows, 1), step):
                 control.check()
                 r1 = min(r0 + step, binfo.rows)
-                base_rows = reader.read_rows(binfo, r0, r1)
+                base_rows = base_reader.read_rows(binfo, r0, r1)
                 base_bytes = memoryview(base_rows.view(-1).view(torch.uint8).numpy())
                 base_hash.feed(binfo.file, binfo.start + r0 * binfo.row_bytes, base_bytes)
                 for k, expert in enumerate(experts):
                     einfo = expert.tensors[name]
-                    rows = reader.read_rows(einfo, r0, r1)
+                    rows = readers[k].read_rows(einfo, r0, r1)
                     ebytes = memoryview(rows.view(-1).view(torch.uint8).numpy())
                     expert_hash[k].feed(einfo.file, einfo.start + r0 * einfo.row_bytes, ebytes)
                     _block_stats(stats[k][name], base_rows, rows, base_bytes, ebytes, rpb, binfo.row_bytes)
                 done += (r1 - r0) * binfo.row_bytes * (1 + len(experts))
                 control.report("index", done, total)
-        storage = reader.storage_bytes
+    finally:
+        for r in (base_reader, *readers):
+            r.close()
     seconds = time.perf_counter() - started
     base_files = base_hash.digests()
     entries = []
@@ -240,7 +247,8 @@ def build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
             expert=str(expert.root), base=str(base.root), block_size=block_size,
             expert_fingerprint=fingerprint(expert), base_fingerprint=fingerprint(base),
             expert_files=expert_hash[k].digests(), base_files=base_files, tensors=stats[k],
-            seconds=seconds / len(experts), storage_bytes_read=storage // len(experts),
+            seconds=seconds, storage_bytes_read=readers[k].storage_bytes,
+            base_storage_bytes_read=base_reader.storage_bytes, pass_experts=len(experts),
             nonfinite=nonfinite))
     return entries
 

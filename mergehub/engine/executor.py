@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .blocks import rows_per_block
+from .blocks import block_count, rows_per_block
 from .config import count_layers, layer_index
 from .config_types import MergeConfig
 from .control import Control
@@ -143,7 +143,7 @@ class Executor:
         for name, info in self.ref_layout.tensors.items():
             p = self.config.resolve(name, self.layers)
             rpb = rows_per_block(info, self.block_size)
-            nblocks = -(-max(info.rows, 1) // rpb)
+            nblocks = block_count(info, self.block_size)
             floating = torch_dtype(info.dtype).is_floating_point
             if not floating or not self.op.block_local(p, len(info.shape)) or len(info.shape) < 2:
                 yield Unit(name, 0, info.rows, range(nblocks), True), p
@@ -198,11 +198,12 @@ class Executor:
         return Loaded(unit, base_rows, experts, read_blocks)
 
     # ----- computing -------------------------------------------------------------------------
-    def _merge(self, loaded: Loaded, p, inputs_for) -> torch.Tensor:
+    def _merge(self, loaded: Loaded, p, inputs_for, base: torch.Tensor | None) -> torch.Tensor:
+        """Run the operator; ``base`` is the unit's base already in the working dtype (converted
+        once per unit, however many access sets are evaluated)."""
         unit = loaded.unit
         info = self.ref_layout.tensors[unit.tensor]
         work = self._work_dtype(info)
-        base = loaded.base.to(self.device, work) if loaded.base is not None else None
         inputs = [base if x is None else x.to(self.device, work) for x in inputs_for]
         ctx = MergeContext(unit.tensor, self.seed, unit.row_start, unit.row_end, info.rows,
                            rows_per_block(info, self.block_size), self.device)
@@ -223,9 +224,10 @@ class Executor:
         if self.uses_base and nothing_read and self.op.zero_delta_identity and not self.evaluate:
             return loaded.base.to(self._work_dtype(info)).to(out_dtype)
         inputs = [self._restrict(loaded, k, self.access[k]) for k in range(len(self.experts))]
-        merged = self._merge(loaded, p, inputs)
+        base = loaded.base.to(self.device, self._work_dtype(info)) if loaded.base is not None else None
+        merged = self._merge(loaded, p, inputs, base)
         if self.evaluate:
-            self._evaluate(loaded, p, merged)
+            self._evaluate(loaded, p, merged, base)
         return merged.to(out_dtype).cpu()
 
     def _in_access(self, k: int, unit: Unit) -> bool:
@@ -251,9 +253,9 @@ class Executor:
             rows[r0 - unit.row_start:r1 - unit.row_start] = x[r0 - unit.row_start:r1 - unit.row_start]
         return rows
 
-    def _evaluate(self, loaded: Loaded, p, merged: torch.Tensor) -> None:
+    def _evaluate(self, loaded: Loaded, p, merged: torch.Tensor, work_base: torch.Tensor | None) -> None:
         full_inputs = [self._restrict(loaded, k, self.full[k]) for k in range(len(self.experts))]
-        full = self._merge(loaded, p, full_inputs).double()
+        full = self._merge(loaded, p, full_inputs, work_base).double()
         base = loaded.base.to(self.device, torch.float64) if loaded.base is not None else torch.zeros_like(full)
         update_sq = float(((full - base) ** 2).sum())
         weight_sq = float((full ** 2).sum())
@@ -263,7 +265,7 @@ class Executor:
                 merged_ref = merged
             else:
                 merged_ref = self._merge(loaded, p, [self._restrict(loaded, k, ref[k])
-                                                     for k in range(len(self.experts))])
+                                                     for k in range(len(self.experts))], work_base)
             diff_sq = float(((merged_ref.double() - full) ** 2).sum())
             dev.diff_sq += diff_sq
             dev.update_sq += update_sq

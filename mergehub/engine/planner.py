@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .blocks import partition, parse_size
+from .blocks import block_count, partition, parse_size
 from .catalog import IndexEntry
 from .config import count_layers
 from .config_types import MergeConfig
@@ -219,7 +219,7 @@ def _check_access(access, sizes_of: dict[str, list[int]], n_experts: int) -> Non
 def _full_read_plan(config, experts, budget, budget_bytes, block_size, full) -> Plan:
     access, total = [], 0
     for e in experts:
-        per = {n: list(range(len(partition(t, block_size)))) for n, t in e.tensors.items()}
+        per = {n: list(range(block_count(t, block_size))) for n, t in e.tensors.items()}
         total += sum(len(v) for v in per.values())
         access.append(per)
     per_expert = [{"name": m.name or str(e.root), "path": str(e.root), "full_bytes": e.weight_bytes,
