@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:
         bar.close()
-        print(f"mergehub: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mergehub: error: {where}{exc.strerror or exc}; check that the path exists and is "
+              "readable (inputs) or writable (output)", file=sys.stderr)
         return 2
 
 

@@ -217,3 +217,14 @@ def test_the_console_script_exits_2_with_one_line(tmp_path):
     assert help_proc.returncode == 0
     for command in ("merge", "index", "plan", "replay", "sweep"):
         assert command in help_proc.stdout
+
+
+def test_an_unwritable_output_path_is_one_line_that_says_what_to_check(tmp_path, family, catalog, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    rc, out, err = run_cli(capsys, "merge", family.write_config(), blocker / "out", "--catalog", catalog,
+                           "--block-size", BLOCK)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("mergehub: error: ")
+    assert "writable (output)" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a directory"
