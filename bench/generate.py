@@ -42,7 +42,6 @@ from .tokenizer import tokenizer_files
 FAMILY_FILE = "family.json"
 GENERATOR_VERSION = 1
 DELTA_KINDS = ("dense", "lora")
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 ProgressFn = Callable[[int, int], None]  # (bytes written, bytes to write)
 
@@ -62,7 +61,7 @@ def generate_family(out_dir: str | os.PathLike, *, size: str | int = "200MB", ex
     model_bytes = parse_size(size, "size")
     shard_bytes = parse_size(shard_size, "shard size")
     _check_args(experts, delta, sigma, spread, lora_rank, lora_layers)
-    element_size = torch.empty((), dtype=torch_dtype).element_size()
+    element_size = torch_dtype.itemsize
     shape = choose_shape(model_bytes // element_size, tied_embeddings=tied_embeddings,
                          hidden=hidden, layers=layers, vocab=vocab)
     _check_destination(root, force, (experts + 1) * shape.params * element_size)
@@ -106,9 +105,10 @@ def generate_family(out_dir: str | os.PathLike, *, size: str | int = "200MB", ex
 
 
 def _float_dtype(name: str) -> torch.dtype:
+    """parse_config_dtype knows only float types and names them when ``name`` is unknown."""
     dtype = parse_config_dtype(name)
-    if dtype not in FLOAT_DTYPES:
-        raise ConfigError(f"dtype {name!r} is not a float type: use bfloat16, float16 or float32")
+    if dtype is None:
+        raise ConfigError("dtype is missing: use bfloat16, float16 or float32")
     return dtype
 
 

@@ -87,9 +87,7 @@ def run_child(argv: list[str], *, log: Path, sample_proc_io: bool = False,
                 if exited is not None:
                     break
                 time.sleep(SAMPLE_INTERVAL_S)
-            _, status, usage = os.wait4(proc.pid, 0)
-        else:
-            _, status, usage = os.wait4(proc.pid, 0)
+        _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen (no kill after)
         if timer is not None:

@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mergehub.engine.errors import ConfigError, MergeHubError
+from mergehub.engine.planner import parse_budget
 
 from .generate import FAMILY_FILE
 from .measure import ChildResult, evict, files_under, inblock_works, raw_read_throughput, run_child
@@ -55,24 +56,13 @@ def load_family(root: Path) -> dict:
 
 
 def parse_budgets(text: str) -> list[str]:
+    """Comma-separated budgets, each checked by MergeHub's own parser before any run."""
     budgets = [b.strip() for b in text.split(",") if b.strip()]
-    for b in budgets:
-        try:
-            value = float(b)
-        except ValueError:
-            continue  # a byte size such as 500MB: MergeHub parses it
-        if not 0 < value <= 1:
-            raise ConfigError(f"budget {b!r} must be a fraction in (0, 1] or a byte size like 500MB")
     if not budgets:
         raise ConfigError("--budgets needs at least one budget, e.g. 1,0.1")
+    for b in budgets:
+        parse_budget(b)
     return budgets
-
-
-def is_full_budget(budget: str) -> bool:
-    try:
-        return float(budget) == 1.0
-    except ValueError:
-        return False
 
 
 class Bench:

@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 
 from mergehub.engine.dtypes import TORCH_TO_SAFETENSORS
-
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
+from mergehub.engine.layout import INDEX_NAME, SINGLE_NAME
 
 TensorSpec = tuple[str, tuple[int, ...]]
 
@@ -63,7 +61,7 @@ class CheckpointWriter:
         self.root = Path(root)
         self.dtype = dtype
         self.st_dtype = TORCH_TO_SAFETENSORS[dtype]
-        self.element_size = torch.empty((), dtype=dtype).element_size()
+        self.element_size = dtype.itemsize
         self.shards = plan_shards(tensors, self.element_size, shard_size)
         self.file_names = shard_file_names(len(self.shards))
         self._queue = [(s, name, math.prod(shape) * self.element_size)

@@ -57,16 +57,15 @@ def kth_smallest(values: torch.Tensor, r: int) -> torch.Tensor:
         if below < r <= below + at_lo:
             return lo
         below += at_lo
+    inside = None  # lo < flat < hi (the flat < hi mask counted just below is reused)
     if hi is not None:
-        below_hi = int((flat < hi).sum())
+        inside = flat < hi
+        below_hi = int(inside.sum())
         if below_hi < r <= below_hi + int((flat == hi).sum()):
             return hi
-    inside = torch.ones_like(flat, dtype=torch.bool)
     if lo is not None:
-        torch.gt(flat, lo, out=inside)
-    if hi is not None:
-        inside &= flat < hi
-    candidates = flat[inside]
+        inside = flat > lo if inside is None else inside.logical_and_(flat > lo)
+    candidates = flat if inside is None else flat[inside]
     if below < r <= below + candidates.numel():
         return _sorted_pick(candidates, r - below)
     return _sorted_pick(flat, r)  # the sample missed (NaNs or an adversarial layout)

@@ -29,9 +29,9 @@ Sparsifier = Callable[[torch.Tensor, float, bool, dict, MergeContext, int], torc
 
 
 def _apply(delta: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:
-    """δ ← keep·δ, then the optional L1 rescale."""
+    """δ ← keep·δ, then the optional L1 rescale. ``keep`` (always a fresh mask) is consumed."""
     before = delta.abs().sum() if rescale else None
-    delta.masked_fill_(~keep, 0)
+    delta.masked_fill_(keep.logical_not_(), 0)
     if rescale:
         after = delta.abs().sum()
         if before >= RESCALE_EPS and after >= RESCALE_EPS:
