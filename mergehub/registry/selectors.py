@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import re
 
 from django.db.models import QuerySet
 from django.http import Http404
 
 from mergehub.accounts.models import Team
 from mergehub.accounts.selectors import teams_for
+from mergehub.engine.config import layer_index
 
 from .models import Checkpoint, Family
-
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
 
 
 def checkpoints_for(*, user, team: Team | None = None) -> QuerySet[Checkpoint]:
@@ -37,26 +35,6 @@ def families_for(*, user, team: Team | None = None) -> QuerySet[Family]:
     if team is not None:
         qs = qs.filter(team=team)
     return qs
-
-
-def get_family(*, user, pk) -> Family:
-    family = families_for(user=user).filter(pk=pk).first()
-    if family is None:
-        raise Http404("No such family.")
-    return family
-
-
-def ready_experts(*, user, team: Team, family: Family | None = None) -> QuerySet[Checkpoint]:
-    """Indexed experts a merge form may offer."""
-    qs = checkpoints_for(user=user, team=team).filter(role=Checkpoint.Role.EXPERT,
-                                                      index_status=Checkpoint.IndexStatus.READY)
-    return qs.filter(family=family) if family is not None else qs
-
-
-def layer_of(tensor: str) -> int | None:
-    """Transformer layer index of a tensor name ("model.layers.7.mlp..." -> 7), None if none."""
-    m = _LAYER.search(tensor)
-    return int(m.group(1)) if m else None
 
 
 def _group_label(tensor: str, layer) -> str:
@@ -84,7 +62,7 @@ def delta_norms_by_layer(*, checkpoint: Checkpoint) -> dict:
     for name in sorted(stats):
         entry = stats[name]
         norm = float(entry.get("delta_norm", 0.0) or 0.0)
-        layer = entry.get("layer", layer_of(name))
+        layer = entry.get("layer", layer_index(name))
         label = _group_label(name, layer)
         group = groups.setdefault(label, {"order": _group_order(label, layer), "sq": 0.0})
         group["sq"] += norm * norm

@@ -236,12 +236,12 @@ def _finish_base(checkpoint: Checkpoint, layout) -> None:
     checkpoint.save(update_fields=["index_status", "indexed_at"])
 
 
-def _index_expert(checkpoint: Checkpoint, layout, progress) -> None:
+def _index_expert(checkpoint: Checkpoint, progress) -> None:
     family = checkpoint.family
     base = family.base if family is not None else None
     if base is None or base.index_status != Status.READY or not base.path:
         raise ValidationError("its family's base is not ready; index the base first, then re-index")
-    engine.check_compatible(engine.inspect_model(Path(base.path)), layout)
+    # index_model checks the expert against the base (MismatchedCheckpoints) before indexing.
     summary = engine.index_model(Path(checkpoint.path), Path(base.path), catalog_dir=catalog_dir(),
                                  block_size=block_size(), progress=progress).to_dict()
     checkpoint.index_stats = summary
@@ -268,7 +268,7 @@ def index_checkpoint(*, checkpoint_id: int, progress=None) -> Checkpoint | None:
         if checkpoint.role == Checkpoint.Role.BASE:
             _finish_base(checkpoint, layout)
         else:
-            _index_expert(checkpoint, layout, progress)
+            _index_expert(checkpoint, progress)
     except MergeHubError as err:
         _fail(checkpoint, str(err))
     except ValidationError as err:

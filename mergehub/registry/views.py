@@ -38,7 +38,7 @@ def checkpoint_list(request):
 @login_required
 def checkpoint_detail(request, pk):
     checkpoint = selectors.get_checkpoint(user=request.user, pk=pk)
-    norms = selectors.delta_norms_by_layer(checkpoint=checkpoint) if checkpoint.role == "expert" else None
+    norms = selectors.delta_norms_by_layer(checkpoint=checkpoint) if checkpoint.role == Checkpoint.Role.EXPERT else None
     stats = checkpoint.index_stats or {}
     tensors = sorted((norms or {}).get("tensors", []), key=lambda t: -t["delta_norm"])
     return render(request, "registry/detail.html", {

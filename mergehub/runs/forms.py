@@ -75,11 +75,10 @@ class MergeForm(forms.Form):
         self.operator = self._chosen_operator()
         self.chosen_base = self._chosen_base(bases)
         self.candidates = list(experts_for(self.chosen_base)) if self.chosen_base else []
-        self.global_names = [p.name for p in self.operator.params if p.scope == "global"]
+        self.global_params = [p for p in self.operator.params if p.scope == "global"]
         self.model_params = [p for p in self.operator.params if p.scope == "model"]
-        for p in self.operator.params:
-            if p.scope == "global":
-                self.fields[f"param__{p.name}"] = param_field(p, required=p.default is REQUIRED)
+        for p in self.global_params:
+            self.fields[f"param__{p.name}"] = param_field(p, required=p.default is REQUIRED)
         for ckpt in self.candidates:
             if not ckpt.is_ready:
                 continue
@@ -117,7 +116,7 @@ class MergeForm(forms.Form):
     # --- rendering helpers -------------------------------------------------------------------
 
     def global_fields(self) -> list[forms.BoundField]:
-        return [self[f"param__{n}"] for n in self.global_names]
+        return [self[f"param__{p.name}"] for p in self.global_params]
 
     def expert_rows(self) -> list[ExpertRow]:
         rows = []
@@ -157,12 +156,11 @@ class MergeForm(forms.Form):
 
     def merge_inputs(self) -> dict[str, Any]:
         """Keyword arguments shared by runs.services.preview_plan and create_run."""
-        globals_ = [p for p in self.operator.params if p.scope == "global"]
         return {
             "method": self.operator.name,
             "base": self.cleaned_data["base"],
             "experts": [(c, self._params(f"expert_{c.pk}__", self.model_params)) for c in self.chosen_experts],
-            "parameters": self._params("param__", globals_),
+            "parameters": self._params("param__", self.global_params),
             "budget": self.cleaned_data["budget"],
             "dtype": self.cleaned_data.get("dtype") or None,
             "out_dtype": self.cleaned_data.get("out_dtype") or None,

@@ -24,23 +24,15 @@ from django.utils import timezone
 from mergehub.engine import api as engine
 from mergehub.engine.control import Progress
 from mergehub.engine.errors import Cancelled, MergeHubError
-from mergehub.registry.roots import catalog_dir
+from mergehub.registry.roots import catalog_dir, run_output_dir
+from mergehub.web.formatting import human_bytes
 
 from .models import MergeRun
-from .services import append_log, engine_mapping, output_dir_for
+from .services import append_log, engine_mapping
 
 log = logging.getLogger(__name__)
 Status = MergeRun.Status
 HEARTBEAT_MIN_INTERVAL = 5.0  # seconds between beats of the background heartbeat, at least
-
-
-def _fmt_bytes(n) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 class MergeRunner:
@@ -86,7 +78,7 @@ class MergeRunner:
 
     def run_merge(self) -> str:
         run = self.run
-        out_dir = output_dir_for(run)
+        out_dir = run_output_dir(run.pk)
         try:
             config = engine.load_config_mapping(engine_mapping(run.config))
             with self._heartbeat():
@@ -184,7 +176,7 @@ class MergeRunner:
     def succeed(self, metrics: dict, manifest: dict, out_dir: Path) -> None:
         read = metrics.get("expert_bytes_read")
         full = metrics.get("full_expert_bytes")
-        self.append_log(f"succeeded: read {_fmt_bytes(read)} of {_fmt_bytes(full)} expert bytes; "
+        self.append_log(f"succeeded: read {human_bytes(read)} of {human_bytes(full)} expert bytes; "
                         f"output in {out_dir}")
         for warning in metrics.get("warnings") or []:
             self.append_log(f"warning: {warning}")

@@ -44,11 +44,6 @@ def get_run(*, user, pk) -> MergeRun:
     return run
 
 
-def run_methods(*, user) -> list[str]:
-    """Methods used by the user's teams' runs (for the run list filter)."""
-    return sorted(set(runs_for(user=user).values_list("method", flat=True)))
-
-
 def dashboard_stats(*, user, recent: int = 10) -> dict:
     """Recent runs, total expert bytes saved by succeeded runs, and the queue state."""
     runs = runs_for(user=user)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import shutil
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -314,7 +313,3 @@ def reap_stale_runs(now=None) -> int:
         log.warning("reaped run %s: %s", pk, run.error)
         reaped += 1
     return reaped
-
-
-def output_dir_for(run: MergeRun) -> Path:
-    return outputs_dir() / f"run-{run.pk}"

@@ -163,8 +163,7 @@ def run_detail(request, pk):
         "charts": run_report_charts(metrics) if run.status == MergeRun.Status.SUCCEEDED else [],
         "savings": savings_of(metrics if "planned_expert_bytes" in metrics else run.plan),
         "from_cache": served_from_cache(metrics),
-        "config_text": json.dumps({k: v for k, v in (run.config or {}).items() if k != "checkpoint_ids"},
-                                  indent=2),
+        "config_text": json.dumps(services.engine_mapping(run.config or {}), indent=2),
         "log": (run.log or [])[-LOG_LINES_SHOWN:],
         "can_run": has_role(user=request.user, team=run.team, role=Role.MEMBER)})
 

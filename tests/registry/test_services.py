@@ -7,8 +7,7 @@ from django.http import Http404
 from mergehub.registry import hf
 from mergehub.registry.models import Checkpoint, Family
 from mergehub.registry.roots import hf_cache_dir
-from mergehub.registry.selectors import (checkpoints_for, delta_norms_by_layer, families_for, get_checkpoint,
-                                         layer_of)
+from mergehub.registry.selectors import checkpoints_for, delta_norms_by_layer, families_for, get_checkpoint
 from mergehub.registry.services import register_checkpoint, reindex_checkpoint
 from tests.fixtures.family import make_family, make_mismatched_expert
 from tests.registry.hf_cache import fill_cache
@@ -232,12 +231,6 @@ def test_index_job_failure_is_recorded(alice, acme, family, run_on_commit):
 
 
 # --- chart data -------------------------------------------------------------------------------
-
-def test_layer_of():
-    assert layer_of("model.layers.12.mlp.up_proj.weight") == 12
-    assert layer_of("transformer.h.3.attn.c_attn.weight") == 3
-    assert layer_of("model.embed_tokens.weight") is None
-
 
 def test_delta_norms_by_layer(registered_family):
     expert = registered_family["experts"][0]
