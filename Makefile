@@ -32,7 +32,7 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	fi
 
-test: install browser-deps
+test: install browser-deps mergekit-venv
 	DJANGO_ALLOW_ASYNC_UNSAFE=true $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-engine: install
