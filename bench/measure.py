@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
@@ -131,4 +132,29 @@ def raw_read_throughput(paths: list[Path]) -> tuple[int, float]:
         with open(path, "rb", buffering=0) as f:
             while n := f.readinto(view):
                 total += n
+    return total, time.perf_counter() - started
+
+
+def raw_direct_read_throughput(paths: list[Path]) -> tuple[int, float] | None:
+    """The same sequential read around the page cache (O_DIRECT, as MergeHub reads cold
+    ranges); None where the filesystem refuses O_DIRECT."""
+    evict(paths)
+    buf = mmap.mmap(-1, READ_CHUNK)  # page-aligned, as O_DIRECT needs
+    view = memoryview(buf)
+    total = 0
+    started = time.perf_counter()
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        except OSError:
+            return None
+        try:
+            offset = 0
+            while n := os.preadv(fd, [view], offset):
+                total += n
+                offset += n
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
     return total, time.perf_counter() - started

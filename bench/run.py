@@ -29,7 +29,8 @@ from mergehub.engine.errors import ConfigError, MergeHubError
 from mergehub.engine.planner import parse_budget
 
 from .generate import FAMILY_FILE
-from .measure import ChildResult, evict, files_under, inblock_works, raw_read_throughput, run_child
+from .measure import (ChildResult, evict, files_under, inblock_works, raw_direct_read_throughput,
+                      raw_read_throughput, run_child)
 from .mergekit_env import BenchSetupError, mergekit_version, mergekit_yaml
 from .table import format_table
 
@@ -171,11 +172,15 @@ class Bench:
         self.inblock_ok = inblock_works(max(self.weight_files, key=lambda p: p.stat().st_size), self.work)
         progress("read counter: " + ("wait4 ru_inblock (checked against /proc/self/io)"
                                      if self.inblock_ok else "/proc/PID/io sampling (ru_inblock is empty here)"))
-        raw = []
+        raw, raw_direct = [], []
         for _ in range(self.args.runs):
             nbytes, seconds = raw_read_throughput(self.weight_files)
             raw.append(nbytes / seconds)
-        progress(f"raw cold sequential read: {statistics.median(raw) / 1e9:.3f} GB/s")
+            direct = raw_direct_read_throughput(self.weight_files)
+            if direct is not None:
+                raw_direct.append(direct[0] / direct[1])
+        progress(f"raw cold sequential read: {statistics.median(raw) / 1e9:.3f} GB/s"
+                 + (f", {statistics.median(raw_direct) / 1e9:.3f} GB/s uncached" if raw_direct else ""))
         index = self.index_experts() if "mergehub" in self.tools else []
         for run in range(self.args.runs):
             for method in self.methods:
@@ -187,7 +192,7 @@ class Bench:
         results = {
             "command": command_line(self.argv), "family": str(self.family_root),
             "family_summary": self.family.get("shape"), "full_read_bytes": self.full_read_bytes,
-            "raw_read_bytes_per_s": raw, "read_counter": "ru_inblock" if self.inblock_ok else "proc_io",
+            "raw_read_bytes_per_s": raw, "raw_direct_read_bytes_per_s": raw_direct, "read_counter": "ru_inblock" if self.inblock_ok else "proc_io",
             "index": index, "runs": self.runs, "machine": machine(),
             "versions": {"mergekit": mergekit_version(self.mergekit_venv) if "mergekit" in self.tools else None},
         }
@@ -229,6 +234,10 @@ def report(results: dict, methods: list[str], budgets: list[str], tools: list[st
         f"raw cold sequential read of those files: {raw / 1e9:.3f} GB/s; medians of {n_runs} runs, "
         f"page cache evicted before each; read counter: {results['read_counter']}",
     ]
+    direct = results.get("raw_direct_read_bytes_per_s")
+    if direct:
+        notes.append(f"the same read around the page cache (O_DIRECT, as MergeHub reads cold ranges): "
+                     f"{statistics.median(direct) / 1e9:.3f} GB/s")
     if results["index"]:
         total = sum(r["wall_s"] for r in results["index"])
         read = sum(r["read_bytes"] for r in results["index"])

@@ -27,6 +27,7 @@ import torch
 import xxhash
 
 from .blocks import DEFAULT_BLOCK_SIZE, partition, rows_per_block
+from .buffers import retained_heap
 from .control import Control
 from .errors import MismatchedCheckpoints
 from .layout import ModelLayout
@@ -206,6 +207,12 @@ class _FileHasher:
 def build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
                 control: Control) -> list[IndexEntry]:
     """One sequential pass over the base and each expert, computing per-block delta stats."""
+    with retained_heap():  # per-chunk buffers are reused instead of faulted in again
+        return _build_index(experts, base, block_size, control)
+
+
+def _build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
+                 control: Control) -> list[IndexEntry]:
     for e in experts:
         check_compatible(base, e)
     started = time.perf_counter()
@@ -213,8 +220,11 @@ def build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
     stats: list[dict[str, TensorStats]] = [{} for _ in experts]
     total = base.weight_bytes * (1 + len(experts))
     done = 0
-    base_reader = RangeReader(sequential=True)
-    readers = [RangeReader(sequential=True) for _ in experts]  # one each: per-expert storage bytes
+    # Through the page cache: this pass reads everything in order, and the kernel's readahead
+    # overlaps its I/O with the hashing (uncached reads would leave the disk idle meanwhile).
+    # The pages it leaves behind also serve a merge that follows at once.
+    base_reader = RangeReader(sequential=True, direct=False)
+    readers = [RangeReader(sequential=True, direct=False) for _ in experts]  # per-expert storage bytes
     try:
         for name, binfo in base.tensors.items():
             rpb = rows_per_block(binfo, block_size)

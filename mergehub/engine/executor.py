@@ -7,9 +7,12 @@ other operators a unit is a whole tensor. An expert block that is not read takes
 values (δ = 0); if no expert was read in a unit and the operator is the identity on zero
 deltas, the base rows are copied without computing.
 
-Three threads overlap the stages: a loader does all reads (so the per-thread storage counter
-attributes every byte), the caller's thread computes, a writer appends the output. Queues of
-two units bound memory.
+Three threads overlap the stages: a loader does all reads (its small read pool splits large
+ranges into concurrent pieces, each measured by the storage counter of the thread reading
+it), the caller's thread computes, a writer appends the output. A unit's inputs and output
+live in a slab from a pool of ``POOL_SLABS`` (buffers.py), returned once the unit is written:
+that bounds memory and spares the kernel re-faulting fresh buffers. On the CPU a block-local
+unit is computed in tiles of a few rows, so each operator's temporaries stay in cache.
 
 Optionally the same pass evaluates *reference* access sets (every changed block, and the
 budgets of a sweep): the extra blocks come from a separate verification reader, so the
@@ -22,11 +25,13 @@ import math
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from .blocks import block_count, rows_per_block
+from .buffers import TILE_ELEMENTS, Slab, SlabPool, retained_heap
 from .config import count_layers, layer_index
 from .config_types import MergeConfig
 from .control import Control
@@ -36,7 +41,9 @@ from .operators.base import MergeContext
 from .reader import RangeReader
 from .writer import OutSpec
 
-UNIT_BYTES = 32 << 20
+UNIT_BYTES = 16 << 20
+POOL_SLABS = 4  # units in flight: loading, queued, computing, writing
+READ_THREADS = 4  # concurrent pieces of one read (see reader.PIECE_BYTES)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -61,6 +68,7 @@ class Unit:
 @dataclass
 class Loaded:
     unit: Unit
+    slab: Slab | None  # holds base, experts and the output; back to the pool once written
     base: torch.Tensor  # stored dtype, CPU
     experts: list[torch.Tensor | None]  # stored dtype; None = nothing read (equals base)
     read_blocks: list[set[int]]  # per expert: blocks whose real bytes are in experts[k]
@@ -159,12 +167,12 @@ class Executor:
                 b0 = b1
 
     # ----- loading ---------------------------------------------------------------------------
-    def _load(self, unit: Unit, readers) -> Loaded:
+    def _load(self, unit: Unit, readers, slab: Slab | None = None) -> Loaded:
         base_reader, expert_readers, verify_reader = readers
         info = self.ref_layout.tensors[unit.tensor]
         rpb = rows_per_block(info, self.block_size)
         t0 = time.perf_counter()
-        base_rows = base_reader.read_rows(self.base.tensors[unit.tensor], unit.row_start, unit.row_end) \
+        base_rows = base_reader.read_rows(self.base.tensors[unit.tensor], unit.row_start, unit.row_end, slab) \
             if self.uses_base else None
         experts, read_blocks = [], []
         for k, layout in enumerate(self.experts):
@@ -174,7 +182,7 @@ class Executor:
                      and b not in self.access[k].get(unit.tensor, ())] if self.evaluate else []
             blocks = sorted(want + extra)
             if not self.uses_base:  # no base: inputs are read whole
-                experts.append(expert_readers[k].read_rows(einfo, unit.row_start, unit.row_end))
+                experts.append(expert_readers[k].read_rows(einfo, unit.row_start, unit.row_end, slab))
                 read_blocks.append(set(unit.blocks))
                 continue
             if not blocks:
@@ -182,12 +190,12 @@ class Executor:
                 read_blocks.append(set())
                 continue
             if len(blocks) == len(unit.blocks) and not extra:
-                experts.append(expert_readers[k].read_rows(einfo, unit.row_start, unit.row_end))
+                experts.append(expert_readers[k].read_rows(einfo, unit.row_start, unit.row_end, slab))
             else:
-                rows = base_rows.clone()
+                rows = _take_like(slab, base_rows).copy_(base_rows)
                 for reader, chosen in ((expert_readers[k], want), (verify_reader, extra)):
                     for r0, r1 in _runs(chosen, rpb, unit, info.rows):
-                        part = reader.read_rows(einfo, r0, r1)
+                        part = reader.read_rows(einfo, r0, r1, slab)
                         if rows.dim() < 2:  # a 0-D/1-D tensor is one row: part is all of it
                             rows = part
                         else:
@@ -195,17 +203,27 @@ class Executor:
                 experts.append(rows)
             read_blocks.append(set(blocks))
         self.stats.read_s += time.perf_counter() - t0
-        return Loaded(unit, base_rows, experts, read_blocks)
+        return Loaded(unit, slab, base_rows, experts, read_blocks)
 
     # ----- computing -------------------------------------------------------------------------
-    def _merge(self, loaded: Loaded, p, inputs_for, base: torch.Tensor | None) -> torch.Tensor:
-        """Run the operator; ``base`` is the unit's base already in the working dtype (converted
-        once per unit, however many access sets are evaluated)."""
+    def _input(self, x: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+        """Expert rows as the operator takes them: on the device, in the working dtype, or left
+        in their stored dtype when the operator promotes them itself and that is exact."""
+        if self.op.stored_dtype_inputs and torch.promote_types(x.dtype, work) == work:
+            return x.to(self.device)
+        return x.to(self.device, work)
+
+    def _merge(self, loaded: Loaded, p, inputs_for, base: torch.Tensor | None,
+               rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Run the operator; ``base`` is the base's rows already in the working dtype (converted
+        once, however many access sets are evaluated). ``rows``: the tensor rows this call
+        covers, when it is a tile of the unit (``inputs_for`` and ``base`` are then that tile)."""
         unit = loaded.unit
         info = self.ref_layout.tensors[unit.tensor]
         work = self._work_dtype(info)
-        inputs = [base if x is None else x.to(self.device, work) for x in inputs_for]
-        ctx = MergeContext(unit.tensor, self.seed, unit.row_start, unit.row_end, info.rows,
+        inputs = [base if x is None else self._input(x, work) for x in inputs_for]
+        row_start, row_end = rows or (unit.row_start, unit.row_end)
+        ctx = MergeContext(unit.tensor, self.seed, row_start, row_end, info.rows,
                            rows_per_block(info, self.block_size), self.device)
         return self.op.merge(base, inputs, p, ctx)
 
@@ -217,18 +235,46 @@ class Executor:
         unit = loaded.unit
         info = self.ref_layout.tensors[unit.tensor]
         out_dtype = torch_dtype(self._out_dtype(info))
+        work = self._work_dtype(info)
         if not torch_dtype(info.dtype).is_floating_point:
             src = loaded.base if loaded.base is not None else loaded.experts[0]
             return src
         nothing_read = all(not self._in_access(k, unit) for k in range(len(self.experts)))
         if self.uses_base and nothing_read and self.op.zero_delta_identity and not self.evaluate:
-            return loaded.base.to(self._work_dtype(info)).to(out_dtype)
+            if loaded.base.dtype == out_dtype and torch.promote_types(out_dtype, work) == work:
+                return loaded.base  # the round trip through the working dtype is exact
+            return loaded.base.to(work).to(out_dtype)
         inputs = [self._restrict(loaded, k, self.access[k]) for k in range(len(self.experts))]
-        base = loaded.base.to(self.device, self._work_dtype(info)) if loaded.base is not None else None
-        merged = self._merge(loaded, p, inputs, base)
-        if self.evaluate:
-            self._evaluate(loaded, p, merged, base)
-        return merged.to(out_dtype).cpu()
+        if self.evaluate or unit.whole or self.device.type != "cpu":
+            base = loaded.base.to(self.device, work) if loaded.base is not None else None
+            merged = self._merge(loaded, p, inputs, base)
+            if self.evaluate:
+                self._evaluate(loaded, p, merged, base)
+            if self.device.type != "cpu":
+                return merged.to(out_dtype).cpu()
+            return _take_like(loaded.slab, merged, out_dtype).copy_(merged)
+        return self._compute_tiled(loaded, p, inputs, out_dtype, work)
+
+    def _compute_tiled(self, loaded: Loaded, p, inputs: list, out_dtype: torch.dtype,
+                       work: torch.dtype) -> torch.Tensor:
+        """A block-local unit on the CPU, merged a few rows at a time: each tile's temporaries
+        stay in cache (5x faster than whole-unit torch ops on 2 cores), and merging a slice of
+        rows equals slicing the merge, which is what ``block_local`` promises."""
+        unit = loaded.unit
+        info = self.ref_layout.tensors[unit.tensor]
+        like = loaded.base if loaded.base is not None else next(x for x in inputs if x is not None)
+        step = max(1, TILE_ELEMENTS // max(1, like[0].numel()))
+        if self.op.random:  # random draws are made per block: tiles of whole blocks
+            rpb = rows_per_block(info, self.block_size)
+            step = max(rpb, step // rpb * rpb)
+        out = _take_like(loaded.slab, like, out_dtype)
+        for r0 in range(0, like.shape[0], step):
+            r1 = min(r0 + step, like.shape[0])
+            base = loaded.base[r0:r1].to(self.device, work) if loaded.base is not None else None
+            tile = [None if x is None else x[r0:r1] for x in inputs]
+            rows = (unit.row_start + r0, unit.row_start + r1)
+            out[r0:r1].copy_(self._merge(loaded, p, tile, base, rows))
+        return out
 
     def _in_access(self, k: int, unit: Unit) -> bool:
         chosen = self.access[k].get(unit.tensor, ())
@@ -277,6 +323,10 @@ class Executor:
     # ----- the pipeline ----------------------------------------------------------------------
     def run(self, sink) -> ExecStats:
         """Run all units; ``sink(name, rows_tensor)`` receives output rows in order (or None)."""
+        with retained_heap():
+            return self._run(sink)
+
+    def _run(self, sink) -> ExecStats:
         units = list(self.units())
         total = sum((u.row_end - u.row_start) * self.ref_layout.tensors[u.tensor].row_bytes for u, _ in units)
         loaded_q: queue.Queue = queue.Queue(maxsize=2)
@@ -284,15 +334,19 @@ class Executor:
         stop = threading.Event()
         errors: list[BaseException] = []
 
+        pool = SlabPool(POOL_SLABS)
+
         def loader():
-            readers = (RangeReader(sequential=True),
-                       [RangeReader(sequential=not self.uses_base) for _ in self.experts],
-                       RangeReader(sequential=False))
+            io_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="mergehub-read")
+            readers = (RangeReader(sequential=True, pool=io_pool),
+                       [RangeReader(sequential=not self.uses_base, pool=io_pool) for _ in self.experts],
+                       RangeReader(sequential=False, pool=io_pool))
             try:
                 for unit, p in units:
-                    if stop.is_set():
+                    slab = None if stop.is_set() else pool.get(stop)
+                    if slab is None:
                         break
-                    loaded_q.put((self._load(unit, readers), p))
+                    loaded_q.put((self._load(unit, readers, slab), p))
             except BaseException as exc:  # surfaced in the caller's thread
                 errors.append(exc)
             finally:
@@ -306,19 +360,21 @@ class Executor:
                 self.stats.verify_logical, self.stats.verify_storage = verify_r.logical_bytes, verify_r.storage_bytes
                 for r in (base_r, *expert_rs, verify_r):
                     r.close()
+                io_pool.shutdown()
 
         def writer():
             try:
                 while (item := out_q.get()) is not None:
-                    if errors:
-                        continue  # drain so the producer never blocks
-                    t0 = time.perf_counter()
-                    sink(*item)
-                    self.stats.write_s += time.perf_counter() - t0
+                    name, rows, slab = item
+                    if not errors:  # after an error: drain, so the producer never blocks
+                        t0 = time.perf_counter()
+                        sink(name, rows)
+                        self.stats.write_s += time.perf_counter() - t0
+                    pool.put(slab)
             except BaseException as exc:
                 errors.append(exc)
-                while out_q.get() is not None:
-                    pass
+                while (item := out_q.get()) is not None:
+                    pool.put(item[2])
 
         threads = [threading.Thread(target=loader, daemon=True)]
         if sink is not None:
@@ -341,14 +397,19 @@ class Executor:
                 rows = self.compute(loaded, p)
                 self.stats.compute_s += time.perf_counter() - t0
                 if sink is not None:
-                    out_q.put((loaded.unit.tensor, rows))
+                    out_q.put((loaded.unit.tensor, rows, loaded.slab))
+                else:
+                    pool.put(loaded.slab)
                 u = loaded.unit
                 done += (u.row_end - u.row_start) * self.ref_layout.tensors[u.tensor].row_bytes
                 self.control.report("merge", done, total)
         finally:
             stop.set()
             while not loader_done:  # unblock and finish the loader
-                loader_done = loaded_q.get() is None
+                item = loaded_q.get()
+                loader_done = item is None
+                if item is not None:
+                    pool.put(item[0].slab)
             if sink is not None:
                 out_q.put(None)
             for t in threads:
@@ -356,6 +417,12 @@ class Executor:
         if errors:
             raise errors[0]
         return self.stats
+
+
+def _take_like(slab: Slab | None, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised tensor shaped like ``like``, from the unit's slab when it has one."""
+    dtype = dtype or like.dtype
+    return slab.take_tensor(like.shape, dtype) if slab is not None else torch.empty(like.shape, dtype=dtype)
 
 
 def _runs(blocks: list[int], rpb: int, unit: Unit, total_rows: int) -> list[tuple[int, int]]:

@@ -20,6 +20,10 @@ from .dtypes import TORCH_TO_SAFETENSORS, element_size
 from .layout import INDEX_NAME, SINGLE_NAME
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3  # HF's default "5GB"
+# Every this many bytes, ask the kernel to start writing the shard out (fadvise DONTNEED starts
+# writeback of dirty pages without waiting): the fsync at publish then has little left to do,
+# and the merge's output does not crowd its inputs out of the page cache.
+WRITEBACK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class ShardedWriter:
         self._fd: int | None = None
         self._shard = -1
         self._hash = None
+        self._offset = self._synced = 0  # bytes written to the open shard; handed to writeback
         self.hashes: dict[str, str] = {}
         self.bytes_written = 0
 
@@ -79,6 +84,7 @@ class ShardedWriter:
         self._shard = i
         self._fd = os.open(self.directory / self.names[i], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._hash = hashlib.sha256()
+        self._offset = self._synced = 0
         self._write(_header(self.shards[i]))
 
     def _close_shard(self) -> None:
@@ -94,6 +100,10 @@ class ShardedWriter:
         while done < len(view):
             done += os.write(self._fd, view[done:])
         self.bytes_written += len(view)
+        self._offset += len(view)
+        if self._offset - self._synced >= WRITEBACK_BYTES:
+            os.posix_fadvise(self._fd, self._synced, self._offset - self._synced, os.POSIX_FADV_DONTNEED)
+            self._synced = self._offset
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the next rows of tensor ``name`` (rows must arrive in order)."""

@@ -49,14 +49,14 @@ def _forbid_expert_weight_reads(monkeypatch, family) -> list:
             violations.append((str(file), "open"))
         return real_open(file, *args, **kwargs)
 
-    def no_range_reads(self, path, offset, out):
+    def no_range_reads(self, path, offset, nbytes, slab=None):
         violations.append((str(path), offset, "RangeReader"))
         raise AssertionError("plan read expert weights")
 
     monkeypatch.setattr(os, "pread", pread)
     monkeypatch.setattr(os, "preadv", preadv)
     monkeypatch.setattr(builtins, "open", guarded_open)
-    monkeypatch.setattr(RangeReader, "read_into", no_range_reads)
+    monkeypatch.setattr(RangeReader, "read_range", no_range_reads)
     return violations
 
 
@@ -159,13 +159,13 @@ def test_sweep_json(tmp_path, family, catalog, capsys, monkeypatch):
     config = family.write_config()
     _index_all(family, catalog)
     reads: list = []
-    real = RangeReader.read_into
+    real = RangeReader.read_range
 
-    def spy(self, path, offset, out):
-        reads.append((str(path), offset, len(out)))
-        return real(self, path, offset, out)
+    def spy(self, path, offset, nbytes, slab=None):
+        reads.append((str(path), offset, nbytes))
+        return real(self, path, offset, nbytes, slab)
 
-    monkeypatch.setattr(RangeReader, "read_into", spy)
+    monkeypatch.setattr(RangeReader, "read_range", spy)
     rc, out, err = run_cli(capsys, "sweep", config, "--budgets", "1,0.5,0.25,0.1", "--json", "--catalog", catalog,
                            "--block-size", BLOCK, "--device", "cpu")
     monkeypatch.undo()

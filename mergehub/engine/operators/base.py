@@ -11,8 +11,10 @@ the executor treat it correctly:
 * ``coefficients`` returns fixed c_k with out = base + Σ c_k·δ_k when the operator is additive
   with fixed coefficients (task arithmetic and friends); the planner then certifies
   ‖θ_A − θ_full‖₂ ≤ Σ_{(k,b)∉A} |c_k|·‖δ_kb‖₂. Otherwise ``None`` (no certificate).
-* ``merge`` receives the base (or None) and the non-base inputs already cast to the working
-  dtype on the working device. Under a budget, an expert block that was not read holds the
+* ``merge`` receives the base (or None) and the non-base inputs on the working device, cast
+  to the working dtype (left in their stored dtype when the operator sets
+  ``stored_dtype_inputs`` and the working dtype holds them exactly, e.g. bf16 under float32).
+  Under a budget, an expert block that was not read holds the
   base's values there (δ = 0), so operators never see "missing" data. ``merge`` must not
   modify its arguments in place (they may be views of read buffers shared with the caller).
 * A ``Param`` whose default is ``None`` is optional: ``None`` means "not given".
@@ -145,6 +147,9 @@ class Operator:
     # True when merge(base, [base]*n) == base: rows where no expert changed are then copied
     # from the base without computing (the executor's fast path for LoRA-style experts).
     zero_delta_identity: ClassVar[bool] = False
+    # True when merge() accepts the non-base inputs in their stored dtype (e.g. bf16 next to a
+    # float32 base) and promotes them exactly itself: the executor then skips a conversion pass.
+    stored_dtype_inputs: ClassVar[bool] = False
     help: ClassVar[str] = ""
 
     def validate(self, p: TensorParams, where: str) -> None:

@@ -26,6 +26,7 @@ from . import params as P
 from .base import MergeContext, Operator, Param, TensorParams
 from .consensus import DIVISOR_EPS, PlainSum, SignConsensus
 from .registry import register
+from .selection import TopKRule, tiles, topk_rule
 from .sparsify import SPARSIFIERS
 
 _DENSITY_HELP = {
@@ -42,6 +43,7 @@ class TaskArithmeticFamily(Operator):
     min_inputs = 1
     sparsifier: ClassVar[str | None] = None
     zero_delta_identity = True  # all deltas zero -> mixed = 0 -> out = base
+    stored_dtype_inputs = True  # torch.sub(x, base) promotes x exactly
     consensus: ClassVar[bool] = False
     default_normalize: ClassVar[bool] = False
     default_rescale: ClassVar[bool] = False
@@ -119,8 +121,20 @@ class TaskArithmeticFamily(Operator):
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
-        normalize, rescale = p.shared["normalize"], p.shared["rescale"]
+        if self.sparsifier == "magnitude" and not p.shared["rescale"] and any(self._sparsifies(p)):
+            return self._merge_top_k(base, inputs, p)
         sparsify = SPARSIFIERS[self.sparsifier] if self.sparsifier else None
+
+        def whole_tensor(delta: torch.Tensor, k: int, model: dict) -> torch.Tensor:
+            return sparsify(delta, model["density"], p.shared["rescale"], model, ctx, k)
+
+        return self._combine(base, inputs, p, whole_tensor if sparsify else None)
+
+    def _combine(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                 sparsify) -> torch.Tensor:
+        """base + λ·combine_k(w_k·sparsify(x_k − base)) over whatever rows ``base`` holds.
+        ``inputs`` may be in their stored dtype: the subtraction promotes them exactly."""
+        normalize = p.shared["normalize"]
         combine = SignConsensus(base, normalize) if self.consensus else PlainSum(base)
         delta = torch.empty_like(base)
         for k, (x, model) in enumerate(zip(inputs, p.models)):
@@ -131,7 +145,7 @@ class TaskArithmeticFamily(Operator):
                 continue
             torch.sub(x, base, out=delta)
             if sparsify is not None:
-                delta = sparsify(delta, model["density"], rescale, model, ctx, k)
+                delta = sparsify(delta, k, model)
             delta.mul_(model["weight"])
             combine.add(delta, model["weight"])
         del delta
@@ -141,6 +155,38 @@ class TaskArithmeticFamily(Operator):
         if p.shared["lambda"] != 1:
             mixed.mul_(p.shared["lambda"])
         return mixed.add_(base)
+
+    def _merge_top_k(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams) -> torch.Tensor:
+        """TIES-style magnitude pruning without materialising whole-tensor deltas: one streaming
+        pass per model finds the rule that keeps its k largest |δ| (selection.topk_rule), then
+        the masked combine runs tile by tile, each tile's temporaries staying in cache."""
+        flat_base = base.reshape(-1)
+        # None marks a model that adds nothing: unread (passed as the base) or pruned to nothing
+        flat_inputs = [None if x is base or m["density"] <= 0 else x.reshape(-1)
+                       for x, m in zip(inputs, p.models)]
+        rules = [None if x is None else _magnitude_rule(x, flat_base, m["density"])
+                 for x, m in zip(flat_inputs, p.models)]
+        out = torch.empty_like(flat_base)
+        for start, stop in tiles(flat_base.numel()):
+            tile_base = flat_base[start:stop]
+
+            def prune(delta: torch.Tensor, k: int, model: dict, start=start) -> torch.Tensor:
+                rule = rules[k]
+                return delta if rule is None else rule.prune(delta, start)
+
+            tile_inputs = [tile_base if x is None else x[start:stop] for x in flat_inputs]
+            out[start:stop] = self._combine(tile_base, tile_inputs, p, prune)
+        return out.view(base.shape)
+
+
+def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float) -> TopKRule | None:
+    """The rule keeping the k = max(1, int(density·n)) largest |x − base| (flat tensors, density
+    in (0, 1]); None when that keeps everything."""
+    n = base.numel()
+    k = max(1, int(density * n))
+    if k >= n:
+        return None
+    return topk_rule(n, k, lambda a, b: (x[a:b] - base[a:b]).abs_(), lambda at: (x[at] - base[at]).abs_())
 
 
 @register

@@ -14,8 +14,12 @@ largest, and among values equal to the threshold again the ones first in flatten
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from ..buffers import TILE_ELEMENTS
 
 _SMALL = 1 << 18  # below this, sorting the whole tensor is already cheap
 _SAMPLE = 1 << 16
@@ -106,3 +110,113 @@ def smallest_mask(values: torch.Tensor, r: int) -> torch.Tensor:
     threshold = kth_smallest(values, r)
     mask = values < threshold
     return _complete(mask, values == threshold, r - int(mask.sum()))
+
+
+# --- Streaming top-k over a tensor too large to handle at once -----------------------------
+
+_KEY_BINS = 1 << 15  # top 16 bits of a non-negative float32: sign (0), exponent, 7 mantissa bits
+
+
+def tiles(n: int, size: int | None = None):
+    """[start, stop) ranges of at most ``size`` (default ``TILE_ELEMENTS``) covering range(n)."""
+    size = size or TILE_ELEMENTS
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+@dataclass(frozen=True)
+class TopKRule:
+    """Which entries of a tensor are among its k largest, as an elementwise test: keep
+    v > threshold, and v == threshold at flat positions before ``cut`` (the tie rule above).
+    When the k largest include zeros the rule may keep every zero: it is made for pruning,
+    where a kept zero and a dropped one are the same."""
+
+    threshold: float
+    cut: int
+
+    def keep(self, values: torch.Tensor, start: int) -> torch.Tensor:
+        """Mask for ``values``, the flat slice of the tensor beginning at position ``start``."""
+        stop = start + values.numel()
+        if stop <= self.cut:
+            return values >= self.threshold
+        if start >= self.cut:
+            return values > self.threshold
+        mask = values >= self.threshold
+        split = self.cut - start
+        mask.view(-1)[split:] = values.reshape(-1)[split:] > self.threshold
+        return mask
+
+    def prune(self, delta: torch.Tensor, start: int) -> torch.Tensor:
+        """``delta`` (a flat slice from ``start``) with entries whose |δ| the rule drops set to 0.
+
+        hardshrink(x, λ) keeps x where |x| > λ: with λ the float just below the threshold that is
+        |x| ≥ threshold, with λ = threshold it is |x| > threshold. It is a float op, several times
+        faster on CPU than building a bool mask and filling through it."""
+        stop = start + delta.numel()
+        if stop <= self.cut:
+            return self._at_least(delta)
+        if start >= self.cut:
+            return F.hardshrink(delta, self.threshold)
+        split = self.cut - start
+        out = self._at_least(delta)
+        out[split:] = F.hardshrink(delta[split:], self.threshold)
+        return out
+
+    def _at_least(self, delta: torch.Tensor) -> torch.Tensor:
+        if self.threshold <= 0:
+            return delta
+        below = torch.nextafter(torch.tensor(self.threshold, dtype=delta.dtype),
+                                torch.tensor(-math.inf, dtype=delta.dtype))
+        return F.hardshrink(delta, float(below))
+
+
+def topk_rule(n: int, k: int, tile_values, values_at) -> TopKRule:
+    """The rule selecting exactly the k largest of n non-negative float values (1 ≤ k < n).
+
+    ``tile_values(start, stop)`` returns the flat slice [start, stop) of the values (called
+    once per tile); ``values_at(positions)`` the values at a few flat positions. The float32
+    bit pattern of a non-negative number orders like the number, so a histogram of its top 16 bits finds
+    the bin holding the k-th largest in one pass; a histogram of the low bits of that bin's
+    members finds the exact value (``_kth_largest_in_bin``).
+    """
+    keys = torch.empty(n, dtype=torch.int16)
+    for start, stop in tiles(n):
+        # float32 rounding is monotone, so other dtypes bin correctly through it; the final
+        # choice inside the bin compares the exact values
+        keys[start:stop] = tile_values(start, stop).reshape(-1).float().view(torch.int32) >> 16
+    hist = torch.bincount(keys, minlength=_KEY_BINS)
+    from_top = hist.flip(0).cumsum(0)
+    position = int(torch.searchsorted(from_top, k))  # first bin from the top reaching k
+    key = _KEY_BINS - 1 - position
+    above = int(from_top[position]) - int(hist[key])
+    need = k - above  # 1 ≤ need ≤ hist[key]
+    if key == 0:
+        # The k-th largest is 0 or a tiny subnormal, and bin 0 is mostly zeros (an expert read in
+        # part under a budget). If bin 0 has at most `need` non-zero values, keeping every entry
+        # keeps the same non-zero values as the top k: kept or dropped, a zero adds nothing.
+        nonzero = sum(int(torch.count_nonzero(tile_values(a, b))) for a, b in tiles(n))
+        if nonzero - above <= need:
+            return TopKRule(0.0, n)
+    candidates = (keys == key).nonzero().squeeze(1)  # ascending flat positions
+    del keys
+    values = values_at(candidates)
+    threshold = _kth_largest_in_bin(values, need)
+    ties_kept = need - int((values > threshold).sum())
+    tie_positions = candidates[values == threshold]
+    cut = int(tie_positions[ties_kept]) if ties_kept < tie_positions.numel() else n
+    return TopKRule(float(threshold), cut)
+
+
+def _kth_largest_in_bin(values: torch.Tensor, r: int) -> torch.Tensor:
+    """The r-th largest of non-negative ``values`` whose float32 patterns share their top 16
+    bits: a histogram of the low 16 bits finds its exact pattern without sorting."""
+    low = values.float().view(torch.int32) & 0xFFFF
+    hist = torch.bincount(low, minlength=1 << 16)
+    from_top = hist.flip(0).cumsum(0)
+    position = int(torch.searchsorted(from_top, r))
+    pattern = (1 << 16) - 1 - position
+    same = values[low == pattern]
+    if values.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return same[0]  # the float32 pattern is the exact value
+    rank = r - (int(from_top[position]) - int(hist[pattern]))  # float64: order within the pattern
+    return torch.sort(same, descending=True).values[rank - 1]

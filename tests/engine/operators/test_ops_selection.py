@@ -64,3 +64,76 @@ def test_large_mask_counts_are_exact_with_ties():
 def test_rank_out_of_range_is_an_error():
     with pytest.raises(ValueError):
         kth_smallest(torch.zeros(3), 4)
+
+
+def assert_same_top_k(mask: torch.Tensor, values: torch.Tensor, k: int) -> None:
+    """The rule's mask is the stable top-k mask on every non-zero value; it may keep zeros the
+    top k leaves out (for pruning, a kept zero and a dropped one are the same)."""
+    expected = stable_largest(values, k)
+    nonzero = values != 0
+    assert torch.equal(mask[nonzero], expected[nonzero]), k
+    if not (values[expected] == 0).any() and k < int(nonzero.sum()):
+        assert int(mask.sum()) == k
+
+
+def _rule_mask(values: torch.Tensor, k: int, tile: int) -> torch.Tensor:
+    """The streaming rule applied tile by tile, as the TIES fast path applies it."""
+    flat = values.reshape(-1)
+    rule = selection.topk_rule(flat.numel(), k, lambda a, b: flat[a:b], lambda at: flat[at])
+    parts = [rule.keep(flat[a:b], a) for a, b in selection.tiles(flat.numel(), tile)]
+    return torch.cat(parts).reshape(values.shape)
+
+
+@pytest.mark.parametrize("n", [2, 7, 50, 1000, 5000])
+@pytest.mark.parametrize("levels", [2, 3, 40, 1000000])  # ties at the threshold, or almost none
+@pytest.mark.parametrize("tile", [1, 16, 333, 1 << 20])
+def test_streaming_top_k_rule_matches_a_stable_sort(n, levels, tile):
+    g = torch.Generator().manual_seed(n * 7 + levels)
+    values = torch.randint(0, levels, (n,), generator=g).float() * 0.37
+    for k in {1, n // 3, n // 2, n - 1} - {0}:
+        assert_same_top_k(_rule_mask(values, k, tile), values, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_streaming_top_k_rule_in_other_dtypes(dtype):
+    """Bins come from float32 rounding (monotone); the final choice uses the exact values."""
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(4000, generator=g, dtype=torch.float64).abs().to(dtype)
+    values[::7] = values[1]  # plenty of exact ties
+    for k in (1, 999, 2000, 3999):
+        assert_same_top_k(_rule_mask(values, k, 256), values.double(), k)
+
+
+@pytest.mark.parametrize("tile", [64, 1 << 20])
+def test_pruning_with_the_rule_equals_masking_with_the_top_k(tile):
+    """prune() (hardshrink on signed deltas) keeps exactly what the top-k mask of |δ| keeps,
+    including when the k largest run into zeros (an expert read in part under a budget)."""
+    g = torch.Generator().manual_seed(tile)
+    delta = torch.randn(3000, generator=g)
+    delta[::3] = 0.0
+    delta[5::7] = delta[4]  # ties at many magnitudes, both signs
+    delta[6::7] = -delta[4]
+    for k in (1, 700, 1500, 1999, 2000, 2001, 2500, 2999):
+        rule = selection.topk_rule(delta.numel(), k, lambda a, b: delta[a:b].abs(), lambda at: delta[at].abs())
+        pruned = torch.cat([rule.prune(delta[a:b].clone(), a) for a, b in selection.tiles(delta.numel(), tile)])
+        assert torch.equal(pruned, delta * stable_largest(delta.abs(), k)), k
+
+
+def test_streaming_top_k_rule_values_spanning_every_exponent():
+    g = torch.Generator().manual_seed(4)
+    values = torch.exp(torch.randn(20000, generator=g) * 30).clamp(max=3e38)
+    values[:5] = 0.0
+    for k in (1, 10, 10000, 19999):
+        assert_same_top_k(_rule_mask(values, k, 4096), values, k)
+
+
+def test_streaming_top_k_rule_among_zeros_and_subnormals():
+    """Bin 0 of the histogram holds zeros and the tiniest subnormals: when the k-th largest
+    lies there, subnormals must still be ranked exactly, zeros need not be."""
+    g = torch.Generator().manual_seed(5)
+    values = torch.zeros(5000)
+    values[:300] = torch.randint(1, 40, (300,), generator=g).float() * 1e-44  # subnormals < 2^-133
+    values[300:400] = torch.rand(100, generator=g) + 0.5
+    values = values[torch.randperm(5000, generator=g)]
+    for k in (50, 100, 150, 250, 399, 400, 401, 4000):
+        assert_same_top_k(_rule_mask(values, k, 512), values, k)

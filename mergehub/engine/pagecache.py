@@ -1,0 +1,51 @@
+"""Is a byte range of a file already in the page cache? Answered without any I/O.
+
+The file range is mapped but never touched, and ``mincore`` reports which of its pages are
+resident; then the mapping is dropped. Where that is unavailable (not Linux/glibc) every range
+counts as not cached, which only means it is read from storage.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+
+PAGE = mmap.PAGESIZE
+
+
+def _bind():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _bind()
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def fully_cached(fd: int, offset: int, length: int) -> bool:
+    """True when every page of bytes [offset, offset + length) of ``fd`` is resident."""
+    if length <= 0:
+        return True
+    if _LIBC is None:
+        return False
+    start = offset - offset % PAGE
+    size = offset + length - start
+    addr = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+    if addr is None or addr == _MAP_FAILED:
+        return False
+    try:
+        resident = (ctypes.c_ubyte * (-(-size // PAGE)))()
+        if _LIBC.mincore(addr, size, resident) != 0:
+            return False
+        return 0 not in bytes(resident)  # the low bit of each byte: page resident
+    finally:
+        _LIBC.munmap(addr, size)
