@@ -91,6 +91,8 @@ class SlabPool:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 _MAX_MMAP_THRESHOLD = 32 << 20  # glibc refuses more on 64-bit
+_retained_lock = threading.Lock()
+_retained_depth = 0
 
 
 def _libc():
@@ -111,15 +113,22 @@ def retained_heap():
     the mmap threshold at its maximum and no trimming, freed blocks are reused instead; at the
     end the thresholds go back to glibc's defaults and ``malloc_trim`` returns the memory, so a
     long-lived worker does not keep its peak."""
+    global _retained_depth
     libc = _libc()
     if libc is None:
         yield
         return
-    libc.mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    with _retained_lock:  # process-wide setting: the outermost user sets and restores it
+        _retained_depth += 1
+        if _retained_depth == 1:
+            libc.mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     try:
         yield
     finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_DEFAULT_THRESHOLD)
-        libc.malloc_trim(0)
+        with _retained_lock:
+            _retained_depth -= 1
+            if _retained_depth == 0:
+                libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+                libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_DEFAULT_THRESHOLD)
+                libc.malloc_trim(0)

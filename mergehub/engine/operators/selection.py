@@ -135,7 +135,8 @@ class TopKRule:
     cut: int
 
     def keep(self, values: torch.Tensor, start: int) -> torch.Tensor:
-        """Mask for ``values``, the flat slice of the tensor beginning at position ``start``."""
+        """Mask for ``values``, the flat slice of the tensor beginning at position ``start``
+        (the rule as a mask: what ``prune`` must agree with)."""
         stop = start + values.numel()
         if stop <= self.cut:
             return values >= self.threshold
@@ -175,9 +176,9 @@ def topk_rule(n: int, k: int, tile_values, values_at) -> TopKRule:
 
     ``tile_values(start, stop)`` returns the flat slice [start, stop) of the values (called
     once per tile); ``values_at(positions)`` the values at a few flat positions. The float32
-    bit pattern of a non-negative number orders like the number, so a histogram of its top 16 bits finds
-    the bin holding the k-th largest in one pass; a histogram of the low bits of that bin's
-    members finds the exact value (``_kth_largest_in_bin``).
+    bit pattern of a non-negative number orders like the number, so a histogram of its top
+    16 bits finds the bin holding the k-th largest in one pass; a histogram of the low bits of
+    that bin's members finds the exact value (``_kth_largest_in_bin``).
     """
     keys = torch.empty(n, dtype=torch.int16)
     for start, stop in tiles(n):
