@@ -164,10 +164,11 @@ class TaskArithmeticFamily(Operator):
         # None marks a model that adds nothing: unread (passed as the base) or pruned to nothing
         flat_inputs = [None if x is base or m["density"] <= 0 else x.reshape(-1)
                        for x, m in zip(inputs, p.models)]
-        rules = [None if x is None else _magnitude_rule(x, flat_base, m["density"])
+        tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
+        rules = [None if x is None else _magnitude_rule(x, flat_base, m["density"], tile)
                  for x, m in zip(flat_inputs, p.models)]
         out = torch.empty_like(flat_base)
-        for start, stop in tiles(flat_base.numel()):
+        for start, stop in tiles(flat_base.numel(), tile):
             tile_base = flat_base[start:stop]
 
             def prune(delta: torch.Tensor, k: int, model: dict, start=start) -> torch.Tensor:
@@ -179,14 +180,14 @@ class TaskArithmeticFamily(Operator):
         return out.view(base.shape)
 
 
-def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float) -> TopKRule | None:
+def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None) -> TopKRule | None:
     """The rule keeping the k = max(1, int(density·n)) largest |x − base| (flat tensors, density
     in (0, 1]); None when that keeps everything."""
     n = base.numel()
     k = max(1, int(density * n))
     if k >= n:
         return None
-    return topk_rule(n, k, lambda a, b: (x[a:b] - base[a:b]).abs_(), lambda at: (x[at] - base[at]).abs_())
+    return topk_rule(n, k, lambda a, b: (x[a:b] - base[a:b]).abs_(), lambda at: (x[at] - base[at]).abs_(), tile)
 
 
 @register

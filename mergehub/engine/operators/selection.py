@@ -171,17 +171,18 @@ class TopKRule:
         return F.hardshrink(delta, float(below))
 
 
-def topk_rule(n: int, k: int, tile_values, values_at) -> TopKRule:
+def topk_rule(n: int, k: int, tile_values, values_at, tile: int | None = None) -> TopKRule:
     """The rule selecting exactly the k largest of n non-negative float values (1 ≤ k < n).
 
     ``tile_values(start, stop)`` returns the flat slice [start, stop) of the values (called
     once per tile); ``values_at(positions)`` the values at a few flat positions. The float32
     bit pattern of a non-negative number orders like the number, so a histogram of its top
     16 bits finds the bin holding the k-th largest in one pass; a histogram of the low bits of
-    that bin's members finds the exact value (``_kth_largest_in_bin``).
+    that bin's members finds the exact value (``_kth_largest_in_bin``). ``tile``: elements
+    per ``tile_values`` call (default ``TILE_ELEMENTS``).
     """
     keys = torch.empty(n, dtype=torch.int16)
-    for start, stop in tiles(n):
+    for start, stop in tiles(n, tile):
         # float32 rounding is monotone, so other dtypes bin correctly through it; the final
         # choice inside the bin compares the exact values
         keys[start:stop] = tile_values(start, stop).reshape(-1).float().view(torch.int32) >> 16
@@ -195,7 +196,7 @@ def topk_rule(n: int, k: int, tile_values, values_at) -> TopKRule:
         # The k-th largest is 0 or a tiny subnormal, and bin 0 is mostly zeros (an expert read in
         # part under a budget). If bin 0 has at most `need` non-zero values, keeping every entry
         # keeps the same non-zero values as the top k: kept or dropped, a zero adds nothing.
-        nonzero = sum(int(torch.count_nonzero(tile_values(a, b))) for a, b in tiles(n))
+        nonzero = sum(int(torch.count_nonzero(tile_values(a, b))) for a, b in tiles(n, tile))
         if nonzero - above <= need:
             return TopKRule(0.0, n)
     candidates = (keys == key).nonzero().squeeze(1)  # ascending flat positions
