@@ -121,40 +121,31 @@ def inblock_works(probe: Path, scratch: Path) -> bool:
     return proc_bytes >= 0.9 * size and result.read_bytes >= 0.9 * proc_bytes
 
 
-def raw_read_throughput(paths: list[Path]) -> tuple[int, float]:
-    """Read every file sequentially in 16 MiB chunks, cold; return (bytes, seconds)."""
+def raw_read_throughput(paths: list[Path], direct: bool = False) -> tuple[int, float] | None:
+    """Read every file sequentially in 16 MiB chunks, cold; return (bytes, seconds). With
+    ``direct`` the reads go around the page cache (O_DIRECT, as MergeHub reads cold ranges);
+    then None where the filesystem refuses it."""
     evict(paths)
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
-    total = 0
-    started = time.perf_counter()
-    for path in paths:
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                total += n
-    return total, time.perf_counter() - started
-
-
-def raw_direct_read_throughput(paths: list[Path]) -> tuple[int, float] | None:
-    """The same sequential read around the page cache (O_DIRECT, as MergeHub reads cold
-    ranges); None where the filesystem refuses O_DIRECT."""
-    evict(paths)
-    buf = mmap.mmap(-1, READ_CHUNK)  # page-aligned, as O_DIRECT needs
-    view = memoryview(buf)
+    view = memoryview(mmap.mmap(-1, READ_CHUNK))  # page-aligned, as O_DIRECT needs
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECT", 0) if direct else 0)
     total = 0
     started = time.perf_counter()
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+            fd = os.open(path, flags)
         except OSError:
-            return None
+            if direct:
+                return None
+            raise
         try:
             offset = 0
             while n := os.preadv(fd, [view], offset):
-                total += n
                 offset += n
+            total += offset
         except OSError:
-            return None
+            if direct:
+                return None
+            raise
         finally:
             os.close(fd)
     return total, time.perf_counter() - started

@@ -29,8 +29,7 @@ from mergehub.engine.errors import ConfigError, MergeHubError
 from mergehub.engine.planner import parse_budget
 
 from .generate import FAMILY_FILE
-from .measure import (ChildResult, evict, files_under, inblock_works, raw_direct_read_throughput,
-                      raw_read_throughput, run_child)
+from .measure import ChildResult, evict, files_under, inblock_works, raw_read_throughput, run_child
 from .mergekit_env import BenchSetupError, mergekit_version, mergekit_yaml
 from .table import format_table
 
@@ -176,7 +175,7 @@ class Bench:
         for _ in range(self.args.runs):
             nbytes, seconds = raw_read_throughput(self.weight_files)
             raw.append(nbytes / seconds)
-            direct = raw_direct_read_throughput(self.weight_files)
+            direct = raw_read_throughput(self.weight_files, direct=True)
             if direct is not None:
                 raw_direct.append(direct[0] / direct[1])
         progress(f"raw cold sequential read: {statistics.median(raw) / 1e9:.3f} GB/s"
@@ -192,7 +191,8 @@ class Bench:
         results = {
             "command": command_line(self.argv), "family": str(self.family_root),
             "family_summary": self.family.get("shape"), "full_read_bytes": self.full_read_bytes,
-            "raw_read_bytes_per_s": raw, "raw_direct_read_bytes_per_s": raw_direct, "read_counter": "ru_inblock" if self.inblock_ok else "proc_io",
+            "raw_read_bytes_per_s": raw, "raw_direct_read_bytes_per_s": raw_direct,
+            "read_counter": "ru_inblock" if self.inblock_ok else "proc_io",
             "index": index, "runs": self.runs, "machine": machine(),
             "versions": {"mergekit": mergekit_version(self.mergekit_venv) if "mergekit" in self.tools else None},
         }

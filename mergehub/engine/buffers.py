@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import ctypes.util
 import queue
 import threading
@@ -51,10 +52,7 @@ class Slab:
         return out
 
     def take_tensor(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        n = 1
-        for d in shape:
-            n *= d
-        return self.take(n * dtype.itemsize).view(dtype).view(tuple(shape))
+        return self.take(math.prod(shape) * dtype.itemsize).view(dtype).view(tuple(shape))
 
     def reset(self) -> None:
         if self._buffer.numel() < self._wanted <= MAX_KEPT_BYTES:
@@ -65,10 +63,10 @@ class Slab:
 class SlabPool:
     """``size`` slabs shared by the pipeline's threads; ``get`` blocks until one is free."""
 
-    def __init__(self, size: int, capacity: int = 0):
+    def __init__(self, size: int):
         self._free: queue.Queue[Slab] = queue.Queue()
         for _ in range(size):
-            self._free.put(Slab(capacity))
+            self._free.put(Slab())
 
     def get(self, stop: threading.Event | None = None) -> Slab | None:
         """A reset slab, or None once ``stop`` is set while waiting."""
@@ -95,12 +93,15 @@ _retained_lock = threading.Lock()
 _retained_depth = 0
 
 
-def _libc():
+def _load_glibc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:  # not glibc (musl, macOS): nothing to tune
         return None
+
+
+_GLIBC = _load_glibc()
 
 
 @contextlib.contextmanager
@@ -114,7 +115,7 @@ def retained_heap():
     end the thresholds go back to glibc's defaults and ``malloc_trim`` returns the memory, so a
     long-lived worker does not keep its peak."""
     global _retained_depth
-    libc = _libc()
+    libc = _GLIBC
     if libc is None:
         yield
         return

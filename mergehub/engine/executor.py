@@ -68,7 +68,7 @@ class Unit:
 @dataclass
 class Loaded:
     unit: Unit
-    slab: Slab | None  # holds base, experts and the output; back to the pool once written
+    slab: Slab  # holds base, experts and the output; back to the pool once written
     base: torch.Tensor  # stored dtype, CPU
     experts: list[torch.Tensor | None]  # stored dtype; None = nothing read (equals base)
     read_blocks: list[set[int]]  # per expert: blocks whose real bytes are in experts[k]
@@ -167,7 +167,7 @@ class Executor:
                 b0 = b1
 
     # ----- loading ---------------------------------------------------------------------------
-    def _load(self, unit: Unit, readers, slab: Slab | None = None) -> Loaded:
+    def _load(self, unit: Unit, readers, slab: Slab) -> Loaded:
         base_reader, expert_readers, verify_reader = readers
         info = self.ref_layout.tensors[unit.tensor]
         rpb = rows_per_block(info, self.block_size)
@@ -192,7 +192,7 @@ class Executor:
             if len(blocks) == len(unit.blocks) and not extra:
                 experts.append(expert_readers[k].read_rows(einfo, unit.row_start, unit.row_end, slab))
             else:
-                rows = _take_like(slab, base_rows).copy_(base_rows)
+                rows = slab.take_tensor(base_rows.shape, base_rows.dtype).copy_(base_rows)
                 for reader, chosen in ((expert_readers[k], want), (verify_reader, extra)):
                     for r0, r1 in _runs(chosen, rpb, unit, info.rows):
                         part = reader.read_rows(einfo, r0, r1, slab)
@@ -252,7 +252,7 @@ class Executor:
                 self._evaluate(loaded, p, merged, base)
             if self.device.type != "cpu":
                 return merged.to(out_dtype).cpu()
-            return _take_like(loaded.slab, merged, out_dtype).copy_(merged)
+            return loaded.slab.take_tensor(merged.shape, out_dtype).copy_(merged)
         return self._compute_tiled(loaded, p, inputs, out_dtype, work)
 
     def _compute_tiled(self, loaded: Loaded, p, inputs: list, out_dtype: torch.dtype,
@@ -267,7 +267,7 @@ class Executor:
         if self.op.random:  # random draws are made per block: tiles of whole blocks
             rpb = rows_per_block(info, self.block_size)
             step = max(rpb, step // rpb * rpb)
-        out = _take_like(loaded.slab, like, out_dtype)
+        out = loaded.slab.take_tensor(like.shape, out_dtype)
         for r0 in range(0, like.shape[0], step):
             r1 = min(r0 + step, like.shape[0])
             base = loaded.base[r0:r1].to(self.device, work) if loaded.base is not None else None
@@ -417,12 +417,6 @@ class Executor:
         if errors:
             raise errors[0]
         return self.stats
-
-
-def _take_like(slab: Slab | None, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """An uninitialised tensor shaped like ``like``, from the unit's slab when it has one."""
-    dtype = dtype or like.dtype
-    return slab.take_tensor(like.shape, dtype) if slab is not None else torch.empty(like.shape, dtype=dtype)
 
 
 def _runs(blocks: list[int], rpb: int, unit: Unit, total_rows: int) -> list[tuple[int, int]]:

@@ -118,13 +118,13 @@ class RangeReader:
         when given (a view into it: valid until the slab is reset)."""
         fd = self._direct_fd(path)
         if fd is None or fully_cached(self._cached_fd(path), offset, nbytes):
-            buf = slab.take(nbytes) if slab is not None else torch.empty(nbytes, dtype=torch.uint8)
+            buf = _buffer(slab, nbytes)
             if nbytes:
                 self.read_into(path, offset, memoryview(buf.numpy()))
             return buf
         start = offset - offset % ALIGN
         stop = -(-(offset + nbytes) // ALIGN) * ALIGN
-        buf = slab.take(stop - start) if slab is not None else aligned_empty(stop - start)
+        buf = _buffer(slab, stop - start)
         read_from = start
         tail = self._tails.get(path)
         if tail is not None and tail[0] == start:
@@ -168,3 +168,8 @@ class RangeReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _buffer(slab: Slab | None, nbytes: int) -> torch.Tensor:
+    """``nbytes`` of page-aligned memory: from the unit's slab, or a buffer of its own."""
+    return slab.take(nbytes) if slab is not None else aligned_empty(nbytes)

@@ -72,7 +72,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(buffers._libc() is None or not os.path.exists("/proc/self/statm"),
+@pytest.mark.skipif(buffers._GLIBC is None or not os.path.exists("/proc/self/statm"),
                     reason="needs glibc and /proc")
 def test_retained_heap_keeps_freed_memory_then_gives_it_back():
     """Inside: freed 16 MB blocks stay in the heap (reused, never faulted in again). After:
@@ -88,7 +88,7 @@ def test_retained_heap_keeps_freed_memory_then_gives_it_back():
     assert released > 8 * chunk
 
 
-@pytest.mark.skipif(buffers._libc() is None or not os.path.exists("/proc/self/statm"),
+@pytest.mark.skipif(buffers._GLIBC is None or not os.path.exists("/proc/self/statm"),
                     reason="needs glibc and /proc")
 def test_nested_retained_heaps_give_memory_back_only_at_the_outermost_exit():
     chunk = 16 << 20

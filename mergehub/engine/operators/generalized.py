@@ -27,7 +27,7 @@ from .base import MergeContext, Operator, Param, TensorParams
 from .consensus import DIVISOR_EPS, PlainSum, SignConsensus
 from .registry import register
 from .selection import TopKRule, tiles, topk_rule
-from .sparsify import SPARSIFIERS
+from .sparsify import SPARSIFIERS, magnitude_count
 
 _DENSITY_HELP = {
     None: "Unused without sparsification (kept for mergekit compatibility).",
@@ -181,10 +181,10 @@ class TaskArithmeticFamily(Operator):
 
 
 def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None) -> TopKRule | None:
-    """The rule keeping the k = max(1, int(density·n)) largest |x − base| (flat tensors, density
-    in (0, 1]); None when that keeps everything."""
+    """The rule keeping the ``magnitude_count`` largest |x − base| (flat tensors, density in
+    (0, 1]); None when that keeps everything."""
     n = base.numel()
-    k = max(1, int(density * n))
+    k = magnitude_count(density, n)
     if k >= n:
         return None
     return topk_rule(n, k, lambda a, b: (x[a:b] - base[a:b]).abs_(), lambda at: (x[at] - base[at]).abs_(), tile)

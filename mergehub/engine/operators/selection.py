@@ -134,19 +134,6 @@ class TopKRule:
     threshold: float
     cut: int
 
-    def keep(self, values: torch.Tensor, start: int) -> torch.Tensor:
-        """Mask for ``values``, the flat slice of the tensor beginning at position ``start``
-        (the rule as a mask: what ``prune`` must agree with)."""
-        stop = start + values.numel()
-        if stop <= self.cut:
-            return values >= self.threshold
-        if start >= self.cut:
-            return values > self.threshold
-        mask = values >= self.threshold
-        split = self.cut - start
-        mask.view(-1)[split:] = values.reshape(-1)[split:] > self.threshold
-        return mask
-
     def prune(self, delta: torch.Tensor, start: int) -> torch.Tensor:
         """``delta`` (a flat slice from ``start``) with entries whose |δ| the rule drops set to 0.
 

@@ -39,6 +39,11 @@ def _apply(delta: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tens
     return delta
 
 
+def magnitude_count(density: float, n: int) -> int:
+    """Entries TIES keeps of n at ``density`` in (0, 1): mergekit's k = max(1, int(density·n))."""
+    return max(1, int(density * n))
+
+
 def magnitude(delta: torch.Tensor, density: float, rescale: bool, model: dict,
               ctx: MergeContext, k: int) -> torch.Tensor:
     n = delta.numel()
@@ -46,7 +51,7 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, model: dict,
         return delta
     if density <= 0:
         return delta.zero_()
-    keep = largest_mask(delta.abs(), max(1, int(density * n)))
+    keep = largest_mask(delta.abs(), magnitude_count(density, n))
     return _apply(delta, keep, rescale)
 
 

@@ -77,11 +77,13 @@ def assert_same_top_k(mask: torch.Tensor, values: torch.Tensor, k: int) -> None:
 
 
 def _rule_mask(values: torch.Tensor, k: int, tile: int) -> torch.Tensor:
-    """The streaming rule applied tile by tile, as the TIES fast path applies it."""
+    """The rule found by the streaming pass (values read ``tile`` at a time), as a mask: keep
+    v > threshold, and v == threshold at flat positions before ``cut``."""
     flat = values.reshape(-1)
-    rule = selection.topk_rule(flat.numel(), k, lambda a, b: flat[a:b], lambda at: flat[at])
-    parts = [rule.keep(flat[a:b], a) for a, b in selection.tiles(flat.numel(), tile)]
-    return torch.cat(parts).reshape(values.shape)
+    rule = selection.topk_rule(flat.numel(), k, lambda a, b: flat[a:b], lambda at: flat[at], tile)
+    before_cut = torch.arange(flat.numel()) < rule.cut
+    mask = (flat > rule.threshold) | ((flat == rule.threshold) & before_cut)
+    return mask.reshape(values.shape)
 
 
 @pytest.mark.parametrize("n", [2, 7, 50, 1000, 5000])
