@@ -17,14 +17,20 @@ WORKDIR /app
 # torch first, from the CPU wheel index (the default PyPI wheel pulls in CUDA, several GB).
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY mergehub ./mergehub
 COPY jobs ./jobs
 COPY bench ./bench
 COPY templates ./templates
 COPY static ./static
 COPY manage.py ./
-RUN pip install -c constraints.txt -e . \
+# gcc only to build the compiled TIES loops (setup.py); removed again in the same layer
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install -c constraints.txt -e . \
+    && test -n "$(find mergehub/engine/native -name '_ties*.so')" \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
     && SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --verbosity 0 \
     && useradd --create-home --uid 1000 mergehub \
     && mkdir -p /data \

@@ -18,7 +18,8 @@ DEMO_MANAGE = $(DEMO_ENV) $(DEMO_VENV)/bin/python manage.py
 $(DEMO_VENV)/bin/python:
 	$(DEMO_PYTHON) -m venv $(DEMO_VENV)
 
-$(DEMO_VENV)/.mergehub-installed: $(DEMO_VENV)/bin/python pyproject.toml constraints.txt
+# setup.py builds the compiled TIES loops (mergehub/engine/native/ties.c) with the C compiler
+$(DEMO_VENV)/.mergehub-installed: $(DEMO_VENV)/bin/python pyproject.toml setup.py mergehub/engine/native/ties.c constraints.txt
 	$(DEMO_VENV)/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
 		|| $(DEMO_VENV)/bin/pip install $(TORCH_PIP_ARGS) torch==2.13.0
 	$(DEMO_VENV)/bin/pip install -c constraints.txt -e '.[test]'

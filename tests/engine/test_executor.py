@@ -258,13 +258,18 @@ def test_non_block_local_operators_get_whole_tensors(tmp_path, catalog, monkeypa
     fam = make_family(tmp_path / "f")
     config = parse_config(_mapping(fam, "ties"))
     seen = {}
-    real = config.operator.merge
+    real, real_stored = config.operator.merge, config.operator.merge_stored
 
     def spy(base, inputs, p, ctx):
         seen[ctx.tensor] = (ctx.row_start, ctx.row_end, base.shape)
         return real(base, inputs, p, ctx)
 
+    def spy_stored(base, inputs, p, ctx, work, out_dtype):  # TIES through the compiled loops
+        seen[ctx.tensor] = (ctx.row_start, ctx.row_end, base.shape)
+        return real_stored(base, inputs, p, ctx, work, out_dtype)
+
     monkeypatch.setattr(config.operator, "merge", spy)
+    monkeypatch.setattr(config.operator, "merge_stored", spy_stored)
     api.run_merge(config, tmp_path / "out", catalog_dir=catalog, block_size=BLOCK, device="cpu")
     for name, shape in SHAPES.items():
         if name != "model.norm.weight":  # unchanged everywhere: copied without computing

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 
@@ -105,6 +105,14 @@ class MergeContext:
     total_rows: int  # rows of the full tensor (see TensorInfo.rows)
     rows_per_block: int  # block geometry of the tensor: the unit random draws are made in
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # empty(shape, dtype): where an operator may put its output; the executor hands out slab
+    # memory (buffers.py), which spares the kernel re-faulting tens of MB per tensor
+    empty: Callable[[Sequence[int], torch.dtype], torch.Tensor] | None = None
+
+    def empty_like(self, like: torch.Tensor) -> torch.Tensor:
+        if self.empty is None or like.device.type != "cpu":
+            return torch.empty_like(like)
+        return self.empty(like.shape, like.dtype)
 
     def uniform(self, model: int, shape: Sequence[int]) -> torch.Tensor:
         """U[0,1) draws shaped like this call's slice (``shape``), made of one stream per block
@@ -157,6 +165,14 @@ class Operator:
 
     def block_local(self, p: TensorParams, ndim: int) -> bool:
         return False
+
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """Optional fast path for a whole tensor on the CPU: ``base`` and ``inputs`` in their
+        stored dtypes (an input that ``is base`` was not read), the result in ``out_dtype``.
+        It must equal ``merge`` on everything widened to ``work``, rounded to ``out_dtype``.
+        None: not handled here, the executor calls ``merge``."""
+        return None
 
     def coefficients(self, p: TensorParams) -> list[float] | None:
         return None

@@ -17,6 +17,7 @@ if normalize: mixed /= divisor; mixed *= λ; out = base + mixed.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -26,7 +27,8 @@ from . import params as P
 from .base import MergeContext, Operator, Param, TensorParams
 from .consensus import DIVISOR_EPS, PlainSum, SignConsensus
 from .registry import register
-from .selection import TopKRule, tiles, topk_rule
+from .. import native
+from .selection import TopKRule, bin_from_top, rule_from_histogram, tiles, topk_rule
 from .sparsify import SPARSIFIERS, magnitude_count
 
 _DENSITY_HELP = {
@@ -118,11 +120,28 @@ class TaskArithmeticFamily(Operator):
         return [0.0 if z else abs(m["weight"]) for m, z in zip(p.models, self._zeroed(p))]
 
     # -- computation -----------------------------------------------------------------
+    def _top_k(self, p: TensorParams) -> bool:
+        """Is this tensor's sparsification a plain top-k by magnitude (``_merge_top_k``)?"""
+        return self.sparsifier == "magnitude" and not p.shared["rescale"] and any(self._sparsifies(p))
+
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """TIES straight from the checkpoints' dtype to the output's, through the compiled loops
+        (engine/native): no float32 copies of the base or the result."""
+        if not (self.consensus and self._top_k(p) and work == torch.float32 and out_dtype in native.DTYPES):
+            return None
+        flat_base = base.reshape(-1)
+        flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
+        if not native.supports(flat_base, *[x for x in flat_inputs if x is not None]):
+            return None
+        out = ctx.empty(base.shape, out_dtype).view(-1)
+        return self._merge_top_k_native(flat_base, flat_inputs, p, out).view(base.shape)
+
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
-        if self.sparsifier == "magnitude" and not p.shared["rescale"] and any(self._sparsifies(p)):
-            return self._merge_top_k(base, inputs, p)
+        if self._top_k(p):
+            return self._merge_top_k(base, inputs, p, ctx)
         sparsify = SPARSIFIERS[self.sparsifier] if self.sparsifier else None
 
         def whole_tensor(delta: torch.Tensor, k: int, model: dict) -> torch.Tensor:
@@ -156,18 +175,22 @@ class TaskArithmeticFamily(Operator):
             mixed.mul_(p.shared["lambda"])
         return mixed.add_(base)
 
-    def _merge_top_k(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams) -> torch.Tensor:
+    def _merge_top_k(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext) -> torch.Tensor:
         """TIES-style magnitude pruning without materialising whole-tensor deltas: one streaming
         pass per model finds the rule that keeps its k largest |δ| (selection.topk_rule), then
-        the masked combine runs tile by tile, each tile's temporaries staying in cache."""
+        the masked combine runs tile by tile, each tile's temporaries staying in cache. With the
+        compiled loops (engine/native) both passes run fused and on all cores."""
         flat_base = base.reshape(-1)
-        # None marks a model that adds nothing: unread (passed as the base) or pruned to nothing
-        flat_inputs = [None if x is base or m["density"] <= 0 else x.reshape(-1)
-                       for x, m in zip(inputs, p.models)]
+        flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
+        used = [x for x in flat_inputs if x is not None]
+        if self.consensus and flat_base.dtype == torch.float32 and native.supports(flat_base, *used):
+            out = ctx.empty_like(flat_base)
+            return self._merge_top_k_native(flat_base, flat_inputs, p, out).view(base.shape)
         tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
         rules = [None if x is None else _magnitude_rule(x, flat_base, m["density"], tile)
                  for x, m in zip(flat_inputs, p.models)]
-        out = torch.empty_like(flat_base)
+        out = ctx.empty_like(flat_base)
         for start, stop in tiles(flat_base.numel(), tile):
             tile_base = flat_base[start:stop]
 
@@ -179,6 +202,22 @@ class TaskArithmeticFamily(Operator):
             out[start:stop] = self._combine(tile_base, tile_inputs, p, prune)
         return out.view(base.shape)
 
+    @staticmethod
+    def _contributing(base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams) -> list[torch.Tensor | None]:
+        """``inputs`` with None for models that add nothing: unread (passed as the base itself)
+        or pruned to nothing."""
+        return [None if x.data_ptr() == base.data_ptr() or m["density"] <= 0 else x
+                for x, m in zip(inputs, p.models)]
+
+    def _merge_top_k_native(self, base: torch.Tensor, inputs: list[torch.Tensor | None],
+                            p: TensorParams, out: torch.Tensor) -> torch.Tensor:
+        """``_merge_top_k`` through the compiled loops (same bits on finite inputs), into ``out``."""
+        used = [(x, m) for x, m in zip(inputs, p.models) if x is not None]
+        rules = native.map_parallel(lambda xm: _native_magnitude_rule(xm[0], base, xm[1]["density"]), used)
+        levels = [(-math.inf, -math.inf, 0) if rule is None else rule.levels() for rule in rules]
+        return native.ties_combine(base, [x for x, _ in used], [m["weight"] for _, m in used], levels,
+                                   p.shared["normalize"], p.shared["lambda"], out)
+
 
 def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None) -> TopKRule | None:
     """The rule keeping the ``magnitude_count`` largest |x − base| (flat tensors, density in
@@ -188,6 +227,28 @@ def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: i
     if k >= n:
         return None
     return topk_rule(n, k, lambda a, b: (x[a:b] - base[a:b]).abs_(), lambda at: (x[at] - base[at]).abs_(), tile)
+
+
+def _native_magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float) -> TopKRule | None:
+    """``_magnitude_rule`` through the compiled loops: a histogram of the top 16 bits of
+    |δ|'s float32 pattern, one of the low 16 bits inside the chosen bin, which pins the exact
+    threshold, then a scan to the first tie not kept. Same rule as the torch path."""
+    n = base.numel()
+    k = magnitude_count(density, n)
+    if k >= n:
+        return None
+
+    def pick_in_bin(key: int, need: int) -> TopKRule:
+        low, above = bin_from_top(native.magnitude_low_histogram(x, base, key), need)
+        pattern = (key << 16) | low
+        cut = native.magnitude_position(x, base, pattern, need - above)  # n when every tie is kept
+        threshold = torch.tensor(pattern, dtype=torch.int32).view(torch.float32).item()
+        return TopKRule(threshold, cut)
+
+    def count_nonzero() -> int:
+        return sum(int(torch.count_nonzero(x[a:b].float() - base[a:b].float())) for a, b in tiles(n))
+
+    return rule_from_histogram(n, k, native.magnitude_histogram(x, base), pick_in_bin, count_nonzero)
 
 
 @register

@@ -114,7 +114,7 @@ def smallest_mask(values: torch.Tensor, r: int) -> torch.Tensor:
 
 # --- Streaming top-k over a tensor too large to handle at once -----------------------------
 
-_KEY_BINS = 1 << 15  # top 16 bits of a non-negative float32: sign (0), exponent, 7 mantissa bits
+KEY_BINS = 1 << 15  # top 16 bits of a non-negative float32: sign (0), exponent, 7 mantissa bits
 
 
 def tiles(n: int, size: int | None = None):
@@ -153,9 +153,16 @@ class TopKRule:
     def _at_least(self, delta: torch.Tensor) -> torch.Tensor:
         if self.threshold <= 0:
             return delta
-        below = torch.nextafter(torch.tensor(self.threshold, dtype=delta.dtype),
-                                torch.tensor(-math.inf, dtype=delta.dtype))
-        return F.hardshrink(delta, float(below))
+        return F.hardshrink(delta, self.below(delta.dtype))
+
+    def below(self, dtype: torch.dtype = torch.float32) -> float:
+        """The largest ``dtype`` value under the threshold: |x| > it means |x| ≥ threshold."""
+        return float(torch.nextafter(torch.tensor(self.threshold, dtype=dtype),
+                                     torch.tensor(-math.inf, dtype=dtype)))
+
+    def levels(self) -> tuple[float, float, int]:
+        """(λ before ``cut``, λ from ``cut`` on, cut) for float32 deltas: keep where |δ| > λ."""
+        return (self.below() if self.threshold > 0 else -math.inf), self.threshold, self.cut
 
 
 def topk_rule(n: int, k: int, tile_values, values_at, tile: int | None = None) -> TopKRule:
@@ -164,48 +171,61 @@ def topk_rule(n: int, k: int, tile_values, values_at, tile: int | None = None) -
     ``tile_values(start, stop)`` returns the flat slice [start, stop) of the values (called
     once per tile); ``values_at(positions)`` the values at a few flat positions. The float32
     bit pattern of a non-negative number orders like the number, so a histogram of its top
-    16 bits finds the bin holding the k-th largest in one pass; a histogram of the low bits of
-    that bin's members finds the exact value (``_kth_largest_in_bin``). ``tile``: elements
-    per ``tile_values`` call (default ``TILE_ELEMENTS``).
+    16 bits finds the bin holding the k-th largest in one pass (``rule_from_histogram``).
+    ``tile``: elements per ``tile_values`` call (default ``TILE_ELEMENTS``).
     """
     keys = torch.empty(n, dtype=torch.int16)
     for start, stop in tiles(n, tile):
         # float32 rounding is monotone, so other dtypes bin correctly through it; the final
         # choice inside the bin compares the exact values
         keys[start:stop] = tile_values(start, stop).reshape(-1).float().view(torch.int32) >> 16
-    hist = torch.bincount(keys, minlength=_KEY_BINS)
-    from_top = hist.flip(0).cumsum(0)
-    position = int(torch.searchsorted(from_top, k))  # first bin from the top reaching k
-    key = _KEY_BINS - 1 - position
-    above = int(from_top[position]) - int(hist[key])
+
+    def pick_in_bin(key: int, need: int) -> TopKRule:
+        positions = (keys == key).nonzero().squeeze(1)  # ascending flat positions
+        values = values_at(positions)
+        threshold = _kth_largest_in_bin(values, need)
+        ties_kept = need - int((values > threshold).sum())
+        tie_positions = positions[values == threshold]
+        cut = int(tie_positions[ties_kept]) if ties_kept < tie_positions.numel() else n
+        return TopKRule(float(threshold), cut)
+
+    def count_nonzero() -> int:
+        return sum(int(torch.count_nonzero(tile_values(a, b))) for a, b in tiles(n, tile))
+
+    return rule_from_histogram(n, k, torch.bincount(keys, minlength=KEY_BINS), pick_in_bin, count_nonzero)
+
+
+def rule_from_histogram(n: int, k: int, hist: torch.Tensor, pick_in_bin, count_nonzero) -> TopKRule:
+    """The k-largest rule (1 ≤ k < n) from ``hist``, the counts of the values' top 16 float32
+    bits: finds the bin holding the k-th largest, then ``pick_in_bin(key, need)`` returns the
+    rule keeping everything above that bin and its ``need`` largest members.
+    ``count_nonzero()`` gives the number of non-zero values (asked only when that bin is 0).
+    """
+    key, above = bin_from_top(hist, k)
     need = k - above  # 1 ≤ need ≤ hist[key]
     if key == 0:
         # The k-th largest is 0 or a tiny subnormal, and bin 0 is mostly zeros (an expert read in
         # part under a budget). If bin 0 has at most `need` non-zero values, keeping every entry
         # keeps the same non-zero values as the top k: kept or dropped, a zero adds nothing.
-        nonzero = sum(int(torch.count_nonzero(tile_values(a, b))) for a, b in tiles(n, tile))
-        if nonzero - above <= need:
+        if count_nonzero() - above <= need:
             return TopKRule(0.0, n)
-    candidates = (keys == key).nonzero().squeeze(1)  # ascending flat positions
-    del keys
-    values = values_at(candidates)
-    threshold = _kth_largest_in_bin(values, need)
-    ties_kept = need - int((values > threshold).sum())
-    tie_positions = candidates[values == threshold]
-    cut = int(tie_positions[ties_kept]) if ties_kept < tie_positions.numel() else n
-    return TopKRule(float(threshold), cut)
+    return pick_in_bin(key, need)
+
+
+def bin_from_top(hist: torch.Tensor, r: int) -> tuple[int, int]:
+    """(the bin holding the r-th largest value, how many values lie in higher bins)."""
+    from_top = hist.flip(0).cumsum(0)
+    position = int(torch.searchsorted(from_top, r))  # first bin from the top reaching r
+    index = hist.numel() - 1 - position
+    return index, int(from_top[position]) - int(hist[index])
 
 
 def _kth_largest_in_bin(values: torch.Tensor, r: int) -> torch.Tensor:
     """The r-th largest of non-negative ``values`` whose float32 patterns share their top 16
     bits: a histogram of the low 16 bits finds its exact pattern without sorting."""
     low = values.float().view(torch.int32) & 0xFFFF
-    hist = torch.bincount(low, minlength=1 << 16)
-    from_top = hist.flip(0).cumsum(0)
-    position = int(torch.searchsorted(from_top, r))
-    pattern = (1 << 16) - 1 - position
+    pattern, above = bin_from_top(torch.bincount(low, minlength=1 << 16), r)
     same = values[low == pattern]
     if values.dtype in (torch.float32, torch.bfloat16, torch.float16):
         return same[0]  # the float32 pattern is the exact value
-    rank = r - (int(from_top[position]) - int(hist[pattern]))  # float64: order within the pattern
-    return torch.sort(same, descending=True).values[rank - 1]
+    return torch.sort(same, descending=True).values[r - above - 1]  # float64: order within the pattern

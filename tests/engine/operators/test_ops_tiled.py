@@ -1,5 +1,6 @@
 """The streaming TIES path (per-model top-k rule, then a tiled combine) gives the same bits as
-the whole-tensor path (a top-k mask per model, then one combine), whatever the tile size."""
+the whole-tensor path (a top-k mask per model, then one combine), whatever the tile size, in
+torch and through the compiled loops (engine/native)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from operator_refs import make_ctx, make_params
 
+from mergehub.engine import native
 from mergehub.engine.operators import selection
 from mergehub.engine.operators.registry import get_operator
 from mergehub.engine.operators.sparsify import magnitude
@@ -30,10 +32,19 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["torch", "native"])
+def path(request, monkeypatch):
+    if request.param == "torch":
+        monkeypatch.setattr(native, "supports", lambda *tensors: False)
+    elif not native.available():
+        pytest.skip("the compiled loops are not built (tests/engine/test_native.py says why)")
+    return request.param
+
+
 @pytest.mark.parametrize("method, shared, models", CASES)
 @pytest.mark.parametrize("tile", [7, 64, 1 << 20])
 @pytest.mark.parametrize("quantised", [False, True])  # bf16 inputs: heavy ties in |δ|
-def test_streaming_ties_equals_the_whole_tensor_merge(monkeypatch, method, shared, models, tile, quantised):
+def test_streaming_ties_equals_the_whole_tensor_merge(monkeypatch, path, method, shared, models, tile, quantised):
     monkeypatch.setattr(selection, "TILE_ELEMENTS", tile)
     g = torch.Generator().manual_seed(tile)
     shape = (37, 11)
@@ -51,7 +62,7 @@ def test_streaming_ties_equals_the_whole_tensor_merge(monkeypatch, method, share
     assert torch.equal(out, op.merge(base, [x.float() for x in xs], p, make_ctx(shape)))
 
 
-def test_an_unread_expert_passed_as_the_base_contributes_nothing(monkeypatch):
+def test_an_unread_expert_passed_as_the_base_contributes_nothing(monkeypatch, path):
     monkeypatch.setattr(selection, "TILE_ELEMENTS", 50)
     g = torch.Generator().manual_seed(0)
     base = torch.randn(20, 10, generator=g)

@@ -1,0 +1,169 @@
+"""The compiled TIES loops (mergehub/engine/native) give the torch path's bits.
+
+Each test runs the same merge twice: through the loops, and with ``native.supports`` patched
+to refuse so the torch path runs; torch.equal must hold (finite inputs)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "operators"))
+from operator_refs import make_ctx, make_params  # noqa: E402
+
+from mergehub.engine import native  # noqa: E402
+from mergehub.engine.operators import generalized  # noqa: E402
+from mergehub.engine.operators.base import MergeContext  # noqa: E402
+from mergehub.engine.operators.registry import get_operator  # noqa: E402
+
+if os.environ.get("MERGEHUB_NATIVE") == "0":
+    pytest.skip("MERGEHUB_NATIVE=0: the compiled loops are switched off", allow_module_level=True)
+
+
+def test_the_loops_are_built():
+    # `pip install -e .` builds them (setup.py); without a C compiler they are missing and
+    # TIES silently takes its slower torch path, which this test turns into a failure.
+    assert native.available(), "mergehub/engine/native/_ties*.so is missing: install a C compiler, rerun pip install -e ."
+
+
+def torch_path(fn, *args):
+    """fn(*args) with the compiled loops refused, so the torch path runs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "supports", lambda *tensors: False)
+        return fn(*args)
+
+
+def family(n: int, experts: int, seed: int, quantised: bool, scale: float = 0.01):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g)
+    xs = [base + scale * torch.randn(n, generator=g) for _ in range(experts)]
+    if quantised:  # bf16 checkpoints: |δ| takes few distinct values, so the top-k cut falls in ties
+        return base.bfloat16(), [x.bfloat16() for x in xs]
+    return base, xs
+
+
+MODELS = [
+    ({}, [{"weight": 1.0, "density": 0.5}, {"weight": 0.6, "density": 0.3}, {"weight": 0.8, "density": 0.9}]),
+    ({"normalize": False, "lambda": 0.7},
+     [{"weight": -0.5, "density": 0.2}, {"weight": 1.0, "density": 1.0}, {"weight": 0.3, "density": 0.0}]),
+    ({"lambda": 1.3}, [{"weight": 0.0, "density": 0.4}, {"weight": 2.0, "density": 0.01}, {"weight": 1.0, "density": 0.999}]),
+]
+
+
+@pytest.mark.parametrize("shared, models", MODELS)
+@pytest.mark.parametrize("n", [1, 1000, 1025, 300_007])  # one element, under/over a chunk, split over threads
+@pytest.mark.parametrize("quantised", [False, True])
+def test_ties_through_the_loops_equals_the_torch_path(shared, models, n, quantised):
+    base, xs = family(n, 3, seed=n, quantised=quantised)
+    shape = (n,)
+    work_base = base.float()
+    p = make_params("ties", 3, shared, models)
+    op = get_operator("ties")
+    out = op.merge(work_base, xs, p, make_ctx(shape))
+    ref = torch_path(op.merge, work_base, xs, p, make_ctx(shape))
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("quantised", [False, True])
+def test_merge_stored_reads_the_stored_dtype_and_rounds_like_torch(out_dtype, quantised):
+    base, xs = family(70_001, 4, seed=3, quantised=quantised)
+    p = make_params("ties", 4, {}, [{"weight": w, "density": d} for w, d in
+                                    [(0.3, 0.5), (0.2, 0.7), (0.4, 0.3), (0.1, 0.5)]])
+    op = get_operator("ties")
+    ctx = MergeContext("w", 0, 0, 1, 1, 1, empty=lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    out = op.merge_stored(base, xs, p, ctx, torch.float32, out_dtype)
+    assert out is not None and out.dtype == out_dtype
+    ref = torch_path(op.merge, base.float(), xs, p, make_ctx(base.shape)).to(out_dtype)
+    assert torch.equal(out, ref)
+    # an expert that was not read is passed as the base itself and adds nothing
+    unread = op.merge_stored(base, [xs[0], base, xs[2], xs[3]], p, ctx, torch.float32, out_dtype)
+    assert torch.equal(unread, torch_path(op.merge, base.float(), [xs[0], base.float(), xs[2], xs[3]], p,
+                                          make_ctx(base.shape)).to(out_dtype))
+
+
+def test_merge_stored_declines_what_the_loops_do_not_cover():
+    base, xs = family(100, 2, seed=1, quantised=False)
+    op = get_operator("ties")
+    p = make_params("ties", 2, {}, {"weight": 1.0, "density": 0.5})
+    ctx = MergeContext("w", 0, 0, 1, 1, 1, empty=lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    assert op.merge_stored(base, xs, p, ctx, torch.float64, torch.float32) is None  # work dtype
+    assert op.merge_stored(base, xs, p, ctx, torch.float32, torch.float16) is None  # out dtype
+    assert op.merge_stored(base.half(), [x.half() for x in xs], p, ctx, torch.float32, torch.float32) is None
+    dense = make_params("ties", 2, {}, {"weight": 1.0, "density": 1.0})  # nothing to prune: the planner's path
+    assert op.merge_stored(base, xs, dense, ctx, torch.float32, torch.float32) is None
+    assert get_operator("task_arithmetic").merge_stored(base, xs, p, ctx, torch.float32, torch.float32) is None
+
+
+@pytest.mark.parametrize("density", [0.05, 0.5, 0.95])
+@pytest.mark.parametrize("quantised", [False, True])
+def test_the_rule_matches_the_torch_rule(density, quantised):
+    base, xs = family(200_003, 1, seed=7, quantised=quantised)
+    rule = generalized._native_magnitude_rule(xs[0], base, density)
+    assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
+
+
+def test_the_rule_when_the_kth_largest_is_zero():
+    # an expert read in part: most of its delta is exactly zero, so the k-th largest is 0
+    base, xs = family(50_000, 1, seed=2, quantised=True)
+    x = base.clone()
+    x[:1000] = xs[0][:1000]
+    for density in (0.01, 0.5):
+        assert generalized._native_magnitude_rule(x, base, density) == \
+            generalized._magnitude_rule(x.float(), base.float(), density, None)
+
+
+def test_bfloat16_rounding_matches_torch_on_special_values():
+    # no experts: out = base + 0, rounded to bf16, which exercises the rounding alone
+    values = torch.tensor([0.0, -0.0, 1.0, -1.5, math.inf, -math.inf, math.nan, 3.4e38, 1e-40, -1e-45,
+                           1.00390625, 1.01171875, 1.0078125 + 2 ** -24, 65504.0, 2 ** -126])
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (100_000,), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.int64).to(torch.int32).view(torch.float32)
+    base = torch.cat([values, bits, 1 + torch.arange(-300, 300) * 2.0 ** -9])  # halfway cases
+    out = native.ties_combine(base, [], [], [], True, 1.0, torch.empty_like(base, dtype=torch.bfloat16))
+    ref = (torch.zeros_like(base) + base).to(torch.bfloat16)
+    nan = ref.isnan()
+    assert nan.sum() > 100 and torch.equal(out.isnan(), nan)  # NaN payloads may differ: a NaN is a NaN
+    assert torch.equal(out[~nan].view(torch.int16), ref[~nan].view(torch.int16))
+
+
+def test_a_large_tensor_splits_over_threads_without_seams(monkeypatch):
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1000)
+    base, xs = family(10_007, 2, seed=5, quantised=True)
+    p = make_params("ties", 2, {}, {"weight": 1.0, "density": 0.3})
+    op = get_operator("ties")
+    out = op.merge(base.float(), xs, p, make_ctx(base.shape))
+    assert torch.equal(out, torch_path(op.merge, base.float(), xs, p, make_ctx(base.shape)))
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.5])
+def test_a_bf16_ties_merge_writes_the_same_bytes_either_way(tmp_path, budget):
+    from conftest import load_model, make_family
+
+    from mergehub.engine import api
+    from mergehub.engine.config import parse_config
+
+    fam = make_family(tmp_path / "f", experts=3, dtype=torch.bfloat16, change="dense")
+    mapping = fam.config("ties", weights=[1.0, 0.5, -0.3], parameters={"density": 0.4})
+    mapping.update(dtype="float32", out_dtype="bfloat16")
+
+    def merge(out):
+        api.run_merge(parse_config(mapping), out, catalog_dir=tmp_path / "catalog", budget=budget,
+                      block_size=64, device="cpu")
+        return load_model(out)
+
+    calls = []
+    real = native.ties_combine
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "ties_combine", lambda *args: calls.append(args[0].dtype) or real(*args))
+        fast = merge(tmp_path / "native")
+    assert calls and set(calls) == {torch.bfloat16}  # the loops ran, on the stored bf16 base
+    slow = torch_path(merge, tmp_path / "torch")
+    assert fast.keys() == slow.keys()
+    for name in fast:
+        assert fast[name].dtype == torch.bfloat16 and torch.equal(fast[name], slow[name]), name
