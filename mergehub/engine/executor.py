@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .blocks import block_count, rows_per_block
-from .buffers import TILE_ELEMENTS, Slab, SlabPool, retained_heap
+from .buffers import MAX_KEPT_BYTES, TILE_ELEMENTS, Slab, SlabPool, retained_heap
 from .config import count_layers, layer_index
 from .config_types import MergeConfig
 from .control import Control
@@ -352,6 +352,12 @@ class Executor:
             if collecting:
                 gc.enable()
 
+    def _unit_bytes(self, unit: Unit) -> int:
+        """About what a unit takes from its slab: the stored rows of every input, a working
+        copy and the output."""
+        rows = (unit.row_end - unit.row_start) * self.ref_layout.tensors[unit.tensor].row_bytes
+        return rows * (len(self.experts) + 4)
+
     def _run(self, sink) -> ExecStats:
         units = list(self.units())
         total = sum((u.row_end - u.row_start) * self.ref_layout.tensors[u.tensor].row_bytes for u, _ in units)
@@ -360,7 +366,10 @@ class Executor:
         stop = threading.Event()
         errors: list[BaseException] = []
 
-        pool = SlabPool(POOL_SLABS)
+        # Slabs start as large as the largest unit is likely to need (inputs, a working copy,
+        # the output), so that the first units do not overflow into memory of their own.
+        largest = max((self._unit_bytes(u) for u, _ in units), default=0)
+        pool = SlabPool(POOL_SLABS, min(MAX_KEPT_BYTES, largest))
 
         def loader():
             io_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="mergehub-read")
@@ -369,7 +378,7 @@ class Executor:
                        RangeReader(sequential=False, pool=io_pool))
             try:
                 for unit, p in units:
-                    slab = None if stop.is_set() else pool.get(stop)
+                    slab = None if stop.is_set() else pool.get(stop, self._unit_bytes(unit))
                     if slab is None:
                         break
                     loaded_q.put((self._load(unit, readers, slab), p))

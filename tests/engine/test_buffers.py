@@ -41,6 +41,7 @@ def test_overflow_is_served_and_the_slab_grows_at_reset():
     views = [slab.take(ALIGN), slab.take(3 * ALIGN)]
     base = views[0].data_ptr()
     assert views[1].data_ptr() == base + ALIGN  # both now inside the grown slab
+    assert slab._buffer.numel() == buffers.MAX_KEPT_BYTES  # reserved once, touched as used
 
 
 def test_a_huge_unit_does_not_stay_resident(monkeypatch):

@@ -108,6 +108,24 @@ def test_the_rule_matches_the_torch_rule(density, quantised):
     assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
 
 
+@pytest.mark.parametrize("guess", ["sampled", "wrong", "zero"])
+@pytest.mark.parametrize("density", [0.05, 0.5, 0.95])
+def test_both_routes_to_the_rule_agree(monkeypatch, guess, density):
+    """A confirmed sample guess, and the two histograms when the guess is refuted (or is 0,
+    which leaves the zero shortcut to rule_from_histogram), give the torch path's rule."""
+    base, xs = family(200_003, 1, seed=11, quantised=True)
+    histograms = []
+    real_histogram = native.magnitude_histogram
+    monkeypatch.setattr(native, "magnitude_histogram", lambda *a: histograms.append(1) or real_histogram(*a))
+    if guess != "sampled":
+        pattern = 0x3F800000 if guess == "wrong" else 0  # |δ| = 1.0 is far above any of these deltas
+        monkeypatch.setattr(generalized, "_sampled_pattern", lambda x, base, k: pattern)
+    rule = generalized._native_magnitude_rule(xs[0], base, density)
+    assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
+    # bf16 deltas: the sample lands in the run of ties, unless the k-th largest is 0
+    assert bool(histograms) == (guess != "sampled" or rule.threshold == 0)
+
+
 def test_the_rule_when_the_kth_largest_is_zero():
     # an expert read in part: most of its delta is exactly zero, so the k-th largest is 0
     base, xs = family(50_000, 1, seed=2, quantised=True)

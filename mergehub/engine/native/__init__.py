@@ -37,6 +37,8 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_magnitude_histogram.restype = i32
     lib.mh_magnitude_low_histogram.argtypes = [ptr, i32, ptr, i32, i64, i32, ptr]
     lib.mh_magnitude_low_histogram.restype = i32
+    lib.mh_magnitude_count.argtypes = [ptr, i32, ptr, i32, i64, ctypes.c_uint32, ptr]
+    lib.mh_magnitude_count.restype = i32
     lib.mh_magnitude_position.argtypes = [ptr, i32, ptr, i32, i64, ctypes.c_uint32, i64]
     lib.mh_magnitude_position.restype = i64
     lib.mh_ties_combine.argtypes = [ptr, i32, i64, i64, i32, ptr, ptr, ptr, ptr, ptr, ptr, i32,
@@ -88,6 +90,13 @@ def magnitude_low_histogram(x: torch.Tensor, base: torch.Tensor, key: int) -> to
     hist = torch.zeros(LOW_BINS, dtype=torch.int64)
     _check(_LIB.mh_magnitude_low_histogram(*_ref(x), *_ref(base), base.numel(), key, hist.data_ptr()))
     return hist
+
+
+def magnitude_count(x: torch.Tensor, base: torch.Tensor, pattern: int) -> tuple[int, int]:
+    """(#entries whose |x − base| is above, #equal to) the float32 with bit pattern ``pattern``."""
+    counts = torch.zeros(2, dtype=torch.int64)
+    _check(_LIB.mh_magnitude_count(*_ref(x), *_ref(base), base.numel(), pattern, counts.data_ptr()))
+    return int(counts[0]), int(counts[1])
 
 
 def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: int) -> int:

@@ -163,6 +163,31 @@ int mh_magnitude_low_histogram(const void *x, int x_dtype, const void *b, int b_
     return histogram(x, x_dtype, b, b_dtype, n, key, hist, LOW_BINS);
 }
 
+MULTIVERSION
+static void count_against(const uint32_t *restrict bits, int64_t len, uint32_t pattern, int64_t *above,
+                          int64_t *equal) {
+    int64_t a = 0, e = 0;
+    for (int64_t j = 0; j < len; j++) {
+        a += bits[j] > pattern;
+        e += bits[j] == pattern;
+    }
+    *above += a, *equal += e;
+}
+
+/* counts[0] = #entries with |x − b| above the float32 bit pattern `pattern`, counts[1] = #equal
+ * to it: one vectorised pass that confirms a threshold guessed from a sample. 0, or -1 when
+ * out of memory. */
+int mh_magnitude_count(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n,
+                       uint32_t pattern, int64_t *counts) {
+    magnitudes *m = malloc(sizeof *m);
+    if (!m) return -1;
+    counts[0] = counts[1] = 0;
+    begin(m, x, x_dtype, b, b_dtype, n);
+    while (next(m)) count_against(m->bits, m->len, pattern, &counts[0], &counts[1]);
+    free(m);
+    return 0;
+}
+
 /* The flat position of the entry numbered `rank` (from 0, in flat order) among those whose
  * |x − b| has float32 bit pattern `pattern`; n when there are not that many; -1 when out of
  * memory. The third pass: where the ties that are kept end. */
