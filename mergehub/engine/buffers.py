@@ -51,7 +51,7 @@ class Slab:
         self._buffer = aligned_empty(capacity)
         self._used = 0
         self._wanted = 0  # bytes the current unit asked for, overflow included
-        self._touched = 0  # high-water mark of earlier units in this buffer
+        self.served = 0  # the largest unit (SlabPool.get's nbytes) this slab was handed for
 
     def take(self, nbytes: int) -> torch.Tensor:
         size = -(-nbytes // ALIGN) * ALIGN
@@ -65,14 +65,8 @@ class Slab:
     def take_tensor(self, shape, dtype: torch.dtype) -> torch.Tensor:
         return self.take(math.prod(shape) * dtype.itemsize).view(dtype).view(tuple(shape))
 
-    def touched(self) -> int:
-        """Bytes of the buffer used so far, i.e. (roughly) already faulted in."""
-        return max(self._touched, self._used)
-
     def reset(self) -> None:
-        self._touched = self.touched()
         if self._buffer.numel() < self._wanted <= MAX_KEPT_BYTES:
-            self._touched = 0
             # Reserve the most a slab may keep at once: pages cost memory only once touched, so
             # this costs no more than the high-water mark, and a slab whose units keep growing
             # is not replaced (and its fresh pages faulted in and zeroed) again and again.
@@ -89,18 +83,21 @@ class SlabPool:
         self._changed = threading.Condition()
 
     def get(self, stop: threading.Event | None = None, nbytes: int = 0) -> Slab | None:
-        """A reset slab, or None once ``stop`` is set while waiting. Of the free slabs, the
-        smallest whose memory already faulted in holds ``nbytes``, else the one with the most:
-        fresh pages are costly (zeroed by the kernel, and by a VM's host too), so a big unit
-        goes where the last big unit went."""
+        """A reset slab for a unit of about ``nbytes``, or None once ``stop`` is set while
+        waiting. Fresh pages are costly (zeroed by the kernel, and by a VM's host too), so of
+        the free slabs this takes the one that served the smallest units at least this large,
+        or else the one that served the largest: a big tensor goes where the last big tensor
+        went, and small ones leave that slab free for the next big one."""
         with self._changed:
             while not self._free:
                 if stop is not None and stop.is_set():
                     return None
                 self._changed.wait(0.05)
-            fits = [s for s in self._free if s.touched() >= nbytes]
-            slab = min(fits, key=Slab.touched) if fits else max(self._free, key=Slab.touched)
+            fits = [s for s in self._free if s.served >= nbytes]
+            served = lambda s: s.served  # noqa: E731
+            slab = min(fits, key=served) if fits else max(self._free, key=served)
             self._free.remove(slab)
+            slab.served = max(slab.served, nbytes)
         slab.reset()
         return slab
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .blocks import block_count, rows_per_block
-from .buffers import MAX_KEPT_BYTES, TILE_ELEMENTS, Slab, SlabPool, retained_heap
+from .buffers import ALIGN, MAX_KEPT_BYTES, TILE_ELEMENTS, Slab, SlabPool, retained_heap
 from .config import count_layers, layer_index
 from .config_types import MergeConfig
 from .control import Control
@@ -353,10 +353,11 @@ class Executor:
                 gc.enable()
 
     def _unit_bytes(self, unit: Unit) -> int:
-        """About what a unit takes from its slab: the stored rows of every input, a working
-        copy and the output."""
+        """About what a unit takes from its slab: the stored rows of every input and an output
+        of the same size (working copies in a wider dtype take more; the slab then grows)."""
         rows = (unit.row_end - unit.row_start) * self.ref_layout.tensors[unit.tensor].row_bytes
-        return rows * (len(self.experts) + 4)
+        per_input = (-(-rows // ALIGN) + 2) * ALIGN  # whole pages, and a read widened to pages
+        return per_input * (len(self.experts) + 2)
 
     def _run(self, sink) -> ExecStats:
         units = list(self.units())
@@ -366,8 +367,8 @@ class Executor:
         stop = threading.Event()
         errors: list[BaseException] = []
 
-        # Slabs start as large as the largest unit is likely to need (inputs, a working copy,
-        # the output), so that the first units do not overflow into memory of their own.
+        # Slabs start as large as the largest unit is likely to need, so that the first units
+        # do not overflow into memory of their own (untouched capacity costs nothing).
         largest = max((self._unit_bytes(u) for u, _ in units), default=0)
         pool = SlabPool(POOL_SLABS, min(MAX_KEPT_BYTES, largest))
 

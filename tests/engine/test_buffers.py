@@ -101,3 +101,15 @@ def test_nested_retained_heaps_give_memory_back_only_at_the_outermost_exit():
         still_kept = _rss() - before
     assert still_kept > 8 * chunk
     assert before + still_kept - _rss() > 8 * chunk
+
+
+def test_pool_hands_each_unit_the_slab_that_served_units_its_size():
+    """Fresh memory is costly: a big unit goes to the slab that held the last big one, and
+    small units leave that slab free."""
+    pool = SlabPool(3)
+    big, small = pool.get(nbytes=1000), pool.get(nbytes=10)
+    pool.put(big)
+    pool.put(small)
+    assert pool.get(nbytes=10) is small  # the smallest slab that served units this large
+    assert pool.get(nbytes=2000) is big  # none did: the one that served the largest
+    assert big.served == 2000
