@@ -26,7 +26,7 @@ if os.environ.get("MERGEHUB_NATIVE") == "0":
     pytest.skip("MERGEHUB_NATIVE=0: the compiled loops are switched off", allow_module_level=True)
 
 
-needs_loops = pytest.mark.skipif(not native.available(), reason="the compiled loops are not built (see the test above)")
+needs_loops = pytest.mark.skipif(not native.available(), reason="the compiled loops are not built (see below)")
 
 
 def test_the_loops_are_built():
@@ -84,7 +84,7 @@ def test_merge_stored_reads_the_stored_dtype_and_rounds_like_torch(out_dtype, qu
     p = make_params("ties", 4, {}, [{"weight": w, "density": d} for w, d in
                                     [(0.3, 0.5), (0.2, 0.7), (0.4, 0.3), (0.1, 0.5)]])
     op = get_operator("ties")
-    ctx = MergeContext("w", 0, 0, 1, 1, 1, empty=lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    ctx = MergeContext("w", 0, 0, 1, 1, 1)
     out = op.merge_stored(base, xs, p, ctx, torch.float32, out_dtype)
     assert out is not None and out.dtype == out_dtype
     ref = torch_path(op.merge, base.float(), xs, p, make_ctx(base.shape)).to(out_dtype)
@@ -100,7 +100,7 @@ def test_merge_stored_declines_what_the_loops_do_not_cover():
     base, xs = family(100, 2, seed=1, quantised=False)
     op = get_operator("ties")
     p = make_params("ties", 2, {}, {"weight": 1.0, "density": 0.5})
-    ctx = MergeContext("w", 0, 0, 1, 1, 1, empty=lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    ctx = MergeContext("w", 0, 0, 1, 1, 1)
     assert op.merge_stored(base, xs, p, ctx, torch.float64, torch.float32) is None  # work dtype
     assert op.merge_stored(base, xs, p, ctx, torch.float32, torch.float16) is None  # out dtype
     assert op.merge_stored(base.half(), [x.half() for x in xs], p, ctx, torch.float32, torch.float32) is None

@@ -28,7 +28,7 @@ def _load() -> ctypes.CDLL | None:
     if os.environ.get("MERGEHUB_NATIVE", "1") == "0":
         return None
     here = Path(__file__).parent
-    found = [here / f"_ties{s}" for s in importlib.machinery.EXTENSION_SUFFIXES if (here / f"_ties{s}").exists()]
+    found = [path for suffix in importlib.machinery.EXTENSION_SUFFIXES if (path := here / f"_ties{suffix}").exists()]
     if not found:
         return None
     lib = ctypes.CDLL(str(found[0]))

@@ -105,14 +105,17 @@ class MergeContext:
     total_rows: int  # rows of the full tensor (see TensorInfo.rows)
     rows_per_block: int  # block geometry of the tensor: the unit random draws are made in
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    # empty(shape, dtype): where an operator may put its output; the executor hands out slab
-    # memory (buffers.py), which spares the kernel re-faulting tens of MB per tensor
-    empty: Callable[[Sequence[int], torch.dtype], torch.Tensor] | None = None
+    # allocate(shape, dtype) -> CPU tensor: where an operator may put its output; the executor
+    # hands out slab memory (buffers.py), which spares the kernel re-faulting tens of MB per tensor
+    allocate: Callable[[Sequence[int], torch.dtype], torch.Tensor] | None = None
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised CPU tensor for an operator's output."""
+        return torch.empty(tuple(shape), dtype=dtype) if self.allocate is None else self.allocate(shape, dtype)
 
     def empty_like(self, like: torch.Tensor) -> torch.Tensor:
-        if self.empty is None or like.device.type != "cpu":
-            return torch.empty_like(like)
-        return self.empty(like.shape, like.dtype)
+        """``empty`` shaped like ``like``; on another device, plain ``torch.empty_like``."""
+        return self.empty(like.shape, like.dtype) if like.device.type == "cpu" else torch.empty_like(like)
 
     def uniform(self, model: int, shape: Sequence[int]) -> torch.Tensor:
         """U[0,1) draws shaped like this call's slice (``shape``), made of one stream per block

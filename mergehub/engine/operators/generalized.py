@@ -203,7 +203,8 @@ class TaskArithmeticFamily(Operator):
         return out.view(base.shape)
 
     @staticmethod
-    def _contributing(base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams) -> list[torch.Tensor | None]:
+    def _contributing(base: torch.Tensor, inputs: list[torch.Tensor],
+                      p: TensorParams) -> list[torch.Tensor | None]:
         """``inputs`` with None for models that add nothing: unread (passed as the base itself)
         or pruned to nothing."""
         return [None if x.data_ptr() == base.data_ptr() or m["density"] <= 0 else x
