@@ -28,7 +28,8 @@ def _load() -> ctypes.CDLL | None:
     if os.environ.get("MERGEHUB_NATIVE", "1") == "0":
         return None
     here = Path(__file__).parent
-    found = [path for suffix in importlib.machinery.EXTENSION_SUFFIXES if (path := here / f"_ties{suffix}").exists()]
+    found = [here / f"_ties{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    found = [path for path in found if path.exists()]
     if not found:
         return None
     lib = ctypes.CDLL(str(found[0]))
