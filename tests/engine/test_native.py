@@ -200,3 +200,11 @@ def test_a_bf16_ties_merge_writes_the_same_bytes_either_way(tmp_path, budget):
     assert fast.keys() == slow.keys()
     for name in fast:
         assert fast[name].dtype == torch.bfloat16 and torch.equal(fast[name], slow[name]), name
+
+
+@needs_loops
+def test_an_empty_tensor():
+    base, xs = family(0, 2, seed=0, quantised=True)
+    p = make_params("ties", 2, {}, {"weight": 1.0, "density": 0.5})
+    out = get_operator("ties").merge_stored(base, xs, p, MergeContext("w", 0, 0, 1, 1, 1), torch.float32, torch.bfloat16)
+    assert out is not None and out.numel() == 0

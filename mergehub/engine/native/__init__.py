@@ -127,6 +127,8 @@ def ties_combine(base: torch.Tensor, inputs: list[torch.Tensor], weights: list[f
         _LIB.mh_ties_combine(*_ref(base), span[0], span[1], models, c_inputs, c_dtypes, c_weights,
                              c_before, c_after, c_cuts, int(normalize), lam, *_ref(out))
 
+    if n == 0:
+        return out
     parts = max(1, min(THREADS, n // _MIN_SPLIT))
     step = -(-n // parts)
     map_parallel(run, [(a, min(a + step, n)) for a in range(0, n, step)])
