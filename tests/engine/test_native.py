@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent / "operators"))
 from operator_refs import make_ctx, make_params  # noqa: E402
 
 from mergehub.engine import native  # noqa: E402
-from mergehub.engine.operators import generalized  # noqa: E402
+from mergehub.engine.operators import generalized, selection  # noqa: E402
 from mergehub.engine.operators.base import MergeContext  # noqa: E402
 from mergehub.engine.operators.registry import get_operator  # noqa: E402
 
@@ -130,7 +130,7 @@ def test_both_routes_to_the_rule_agree(monkeypatch, guess, density):
     monkeypatch.setattr(native, "magnitude_histogram", lambda *a: histograms.append(1) or real_histogram(*a))
     if guess != "sampled":
         pattern = 0x3F800000 if guess == "wrong" else 0  # |δ| = 1.0 is far above any of these deltas
-        monkeypatch.setattr(generalized, "_sampled_pattern", lambda x, base, k: pattern)
+        monkeypatch.setattr(selection, "_sampled_pattern", lambda x, base, k: pattern)
     rule = generalized._native_magnitude_rule(xs[0], base, density)
     assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
     # bf16 deltas: the sample lands in the run of ties, unless the k-th largest is 0

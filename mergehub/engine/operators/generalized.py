@@ -28,7 +28,7 @@ from .base import MergeContext, Operator, Param, TensorParams
 from .consensus import DIVISOR_EPS, PlainSum, SignConsensus
 from .registry import register
 from .. import native
-from .selection import TopKRule, bin_from_top, rule_from_histogram, tiles, topk_rule
+from .selection import TopKRule, delta_topk_rule, tiles, topk_rule
 from .sparsify import SPARSIFIERS, magnitude_count
 
 _DENSITY_HELP = {
@@ -231,49 +231,10 @@ def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: i
 
 
 def _native_magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float) -> TopKRule | None:
-    """``_magnitude_rule`` through the compiled loops; the same rule as the torch path.
-
-    Deltas of bf16 checkpoints take few distinct values, so the k-th largest |δ| usually sits
-    in a large run of equal values that a strided sample hits: one counting pass confirms the
-    guess (#above < k ≤ #above + #equal). Otherwise a histogram of the top 16 bits of |δ|'s
-    float32 pattern finds its bin and one of the low 16 bits inside that bin the exact value.
-    Either way a last scan finds the first tie not kept, unless all are."""
+    """``_magnitude_rule`` through the compiled loops (selection.delta_topk_rule)."""
     n = base.numel()
     k = magnitude_count(density, n)
-    if k >= n:
-        return None
-
-    def rule(pattern: int, need: int, ties: int) -> TopKRule:
-        cut = n if need == ties else native.magnitude_position(x, base, pattern, need)
-        return TopKRule(torch.tensor(pattern, dtype=torch.int32).view(torch.float32).item(), cut)
-
-    guess = _sampled_pattern(x, base, k)
-    if guess >> 16:  # bin 0 (zeros, tiny subnormals) keeps rule_from_histogram's shortcut
-        above, equal = native.magnitude_count(x, base, guess)
-        if above < k <= above + equal:
-            return rule(guess, k - above, equal)
-
-    def pick_in_bin(key: int, need: int) -> TopKRule:
-        low_hist = native.magnitude_low_histogram(x, base, key)
-        low, above = bin_from_top(low_hist, need)
-        return rule((key << 16) | low, need - above, int(low_hist[low]))
-
-    def count_nonzero() -> int:
-        return sum(int(torch.count_nonzero(x[a:b].float() - base[a:b].float())) for a, b in tiles(n))
-
-    return rule_from_histogram(n, k, native.magnitude_histogram(x, base), pick_in_bin, count_nonzero)
-
-
-_SAMPLE = 1 << 14
-
-
-def _sampled_pattern(x: torch.Tensor, base: torch.Tensor, k: int) -> int:
-    """The float32 bit pattern of the k-th largest |x − base| estimated from a strided sample."""
-    n = base.numel()
-    step = max(1, n // _SAMPLE)
-    sample = (x[::step].float() - base[::step].float()).abs_()
-    rank = min(sample.numel() - 1, int(k / n * sample.numel()))
-    return int(torch.sort(sample, descending=True).values[rank].view(torch.int32))
+    return None if k >= n else delta_topk_rule(x, base, k)
 
 
 @register

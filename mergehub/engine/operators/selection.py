@@ -4,6 +4,9 @@ mergekit ranks |δ| with a full ``argsort`` (O(n log n), single-threaded on CPU)
 k-th order statistic is found on a small candidate set bracketed by a strided sample, so a
 selection costs a few vectorised passes over the tensor.
 
+``delta_topk_rule`` is the same streaming selection for TIES on the CPU, run by the compiled
+loops of engine/native.
+
 Tie rule (documented in docs/operators.md): elements are ordered by (value, flat index), as
 a stable sort would order them. ``smallest_mask(v, r)`` keeps the r smallest, and among values
 equal to the threshold the ones first in flattened order; ``largest_mask(v, k)`` keeps the k
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import native
 from ..buffers import TILE_ELEMENTS
 
 _SMALL = 1 << 18  # below this, sorting the whole tensor is already cheap
@@ -115,6 +119,7 @@ def smallest_mask(values: torch.Tensor, r: int) -> torch.Tensor:
 # --- Streaming top-k over a tensor too large to handle at once -----------------------------
 
 KEY_BINS = 1 << 15  # top 16 bits of a non-negative float32: sign (0), exponent, 7 mantissa bits
+_SAMPLE_DELTAS = 1 << 14  # entries sampled to guess the k-th largest |δ|
 
 
 def tiles(n: int, size: int | None = None):
@@ -210,6 +215,47 @@ def rule_from_histogram(n: int, k: int, hist: torch.Tensor, pick_in_bin, count_n
         if count_nonzero() - above <= need:
             return TopKRule(0.0, n)
     return pick_in_bin(key, need)
+
+
+def delta_topk_rule(x: torch.Tensor, base: torch.Tensor, k: int) -> TopKRule:
+    """The rule keeping the k largest |x − base| (flat CPU tensors, 1 ≤ k < numel), through the
+    compiled loops (engine/native); the same rule as ``topk_rule``.
+
+    Deltas of bf16 checkpoints take few distinct values, so the k-th largest |δ| usually sits
+    in a long run of equal values that a strided sample hits: one counting pass confirms the
+    guess (#above < k ≤ #above + #equal). Otherwise a histogram of the top 16 bits of |δ|'s
+    float32 pattern finds its bin and one of the low 16 bits inside that bin the exact value.
+    Either way a last scan finds the first tie not kept, unless all are."""
+    n = base.numel()
+
+    def rule(pattern: int, need: int, ties: int) -> TopKRule:
+        cut = n if need == ties else native.magnitude_position(x, base, pattern, need)
+        return TopKRule(torch.tensor(pattern, dtype=torch.int32).view(torch.float32).item(), cut)
+
+    guess = _sampled_pattern(x, base, k)
+    if guess >> 16:  # bin 0 (zeros, tiny subnormals) keeps rule_from_histogram's shortcut
+        above, equal = native.magnitude_count(x, base, guess)
+        if above < k <= above + equal:
+            return rule(guess, k - above, equal)
+
+    def pick_in_bin(key: int, need: int) -> TopKRule:
+        low_hist = native.magnitude_low_histogram(x, base, key)
+        low, above = bin_from_top(low_hist, need)
+        return rule((key << 16) | low, need - above, int(low_hist[low]))
+
+    def count_nonzero() -> int:
+        return sum(int(torch.count_nonzero(x[a:b].float() - base[a:b].float())) for a, b in tiles(n))
+
+    return rule_from_histogram(n, k, native.magnitude_histogram(x, base), pick_in_bin, count_nonzero)
+
+
+def _sampled_pattern(x: torch.Tensor, base: torch.Tensor, k: int) -> int:
+    """The float32 bit pattern of the k-th largest |x − base| estimated from a strided sample."""
+    n = base.numel()
+    step = max(1, n // _SAMPLE_DELTAS)
+    sample = (x[::step].float() - base[::step].float()).abs_()
+    rank = min(sample.numel() - 1, int(k / n * sample.numel()))
+    return int(torch.sort(sample, descending=True).values[rank].view(torch.int32))
 
 
 def bin_from_top(hist: torch.Tensor, r: int) -> tuple[int, int]:
