@@ -130,22 +130,18 @@ def raw_read_throughput(paths: list[Path], direct: bool = False) -> tuple[int, f
     flags = os.O_RDONLY | (getattr(os, "O_DIRECT", 0) if direct else 0)
     total = 0
     started = time.perf_counter()
-    for path in paths:
-        try:
+    try:
+        for path in paths:
             fd = os.open(path, flags)
-        except OSError:
-            if direct:
-                return None
-            raise
-        try:
-            offset = 0
-            while n := os.preadv(fd, [view], offset):
-                offset += n
-            total += offset
-        except OSError:
-            if direct:
-                return None
-            raise
-        finally:
-            os.close(fd)
+            try:
+                offset = 0
+                while n := os.preadv(fd, [view], offset):
+                    offset += n
+                total += offset
+            finally:
+                os.close(fd)
+    except OSError:
+        if direct:
+            return None  # this filesystem refuses O_DIRECT (at open or at the first read)
+        raise
     return total, time.perf_counter() - started

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import ctypes.util
 import threading
 
 import torch
+
+from .libc import LIBC
 
 ALIGN = 4096  # O_DIRECT needs offsets, lengths and addresses aligned to the logical block size
 MAX_KEPT_BYTES = 768 << 20
@@ -117,15 +118,8 @@ _retained_lock = threading.Lock()
 _retained_depth = 0
 
 
-def _load_glibc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:  # not glibc (musl, macOS): nothing to tune
-        return None
-
-
-_GLIBC = _load_glibc()
+# glibc's allocator controls (not in musl or macOS: then there is nothing to tune)
+_GLIBC = LIBC if LIBC is not None and hasattr(LIBC, "mallopt") and hasattr(LIBC, "malloc_trim") else None
 
 
 @contextlib.contextmanager

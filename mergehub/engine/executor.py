@@ -353,16 +353,19 @@ class Executor:
             if collecting:
                 gc.enable()
 
+    def _rows_bytes(self, unit: Unit) -> int:
+        """Stored bytes of the unit's rows in one model."""
+        return (unit.row_end - unit.row_start) * self.ref_layout.tensors[unit.tensor].row_bytes
+
     def _unit_bytes(self, unit: Unit) -> int:
         """About what a unit takes from its slab: the stored rows of every input and an output
         of the same size (working copies in a wider dtype take more; the slab then grows)."""
-        rows = (unit.row_end - unit.row_start) * self.ref_layout.tensors[unit.tensor].row_bytes
-        per_input = (-(-rows // ALIGN) + 2) * ALIGN  # whole pages, and a read widened to pages
+        per_input = (-(-self._rows_bytes(unit) // ALIGN) + 2) * ALIGN  # whole pages; a read widened to pages
         return per_input * (len(self.experts) + 2)
 
     def _run(self, sink) -> ExecStats:
         units = list(self.units())
-        total = sum((u.row_end - u.row_start) * self.ref_layout.tensors[u.tensor].row_bytes for u, _ in units)
+        total = sum(self._rows_bytes(u) for u, _ in units)
         loaded_q: queue.Queue = queue.Queue(maxsize=2)
         out_q: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
@@ -437,8 +440,7 @@ class Executor:
                     out_q.put((loaded.unit.tensor, rows, loaded.slab))
                 else:
                     pool.put(loaded.slab)
-                u = loaded.unit
-                done += (u.row_end - u.row_start) * self.ref_layout.tensors[u.tensor].row_bytes
+                done += self._rows_bytes(loaded.unit)
                 self.control.report("merge", done, total)
         finally:
             stop.set()

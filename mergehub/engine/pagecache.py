@@ -8,22 +8,24 @@ counts as not cached, which only means it is read from storage.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
+
+from .libc import LIBC
 
 PAGE = mmap.PAGESIZE
 
 
 def _bind():
+    if LIBC is None:
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        LIBC.mmap.restype = ctypes.c_void_p
+        LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                               ctypes.c_long]
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-        return libc
-    except (OSError, AttributeError):
+        LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        LIBC.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        return LIBC
+    except AttributeError:  # no mincore (not Linux)
         return None
 
 

@@ -127,8 +127,14 @@ class ShardedWriter:
         self.bytes_written += len(view)
         if self._direct:
             self._stage_bytes(view)
-            return
-        self._write_all(view)
+        else:
+            self._write_cached(view)
+
+    def _write_cached(self, view: memoryview) -> None:
+        """Write through the page cache, handing finished stretches to writeback as it goes."""
+        done = 0
+        while done < len(view):
+            done += os.write(self._fd, view[done:])
         self._offset += len(view)
         if self._offset - self._synced >= WRITEBACK_BYTES:
             os.posix_fadvise(self._fd, self._synced, self._offset - self._synced, os.POSIX_FADV_DONTNEED)
@@ -143,8 +149,7 @@ class ShardedWriter:
             if self._staged == STAGE_BYTES:
                 self._flush_stage()
         if len(view):  # the flush gave up on O_DIRECT: the rest goes through the page cache
-            self._write_all(view)
-            self._offset += len(view)
+            self._write_cached(view)
 
     def _flush_stage(self) -> None:
         """Write out the staged bytes: whole blocks around the page cache, a partial last block
@@ -163,15 +168,10 @@ class ShardedWriter:
             # the file offset unaligned): write the rest through the page cache
             if exc.errno != errno.EINVAL:
                 raise
+        self._offset += done
         if done < len(staged):
             self._direct = self._set_direct(False)
-            self._write_all(staged[done:])
-        self._offset += len(staged)
-
-    def _write_all(self, view: memoryview) -> None:
-        done = 0
-        while done < len(view):
-            done += os.write(self._fd, view[done:])
+            self._write_cached(staged[done:])
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the next rows of tensor ``name`` (rows must arrive in order)."""

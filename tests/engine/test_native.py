@@ -114,7 +114,7 @@ def test_merge_stored_declines_what_the_loops_do_not_cover():
 @pytest.mark.parametrize("quantised", [False, True])
 def test_the_rule_matches_the_torch_rule(density, quantised):
     base, xs = family(200_003, 1, seed=7, quantised=quantised)
-    rule = generalized._native_magnitude_rule(xs[0], base, density)
+    rule = generalized._magnitude_rule(xs[0], base, density, fused=True)
     assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
 
 
@@ -131,7 +131,7 @@ def test_both_routes_to_the_rule_agree(monkeypatch, guess, density):
     if guess != "sampled":
         pattern = 0x3F800000 if guess == "wrong" else 0  # |δ| = 1.0 is far above any of these deltas
         monkeypatch.setattr(selection, "_sampled_pattern", lambda x, base, k: pattern)
-    rule = generalized._native_magnitude_rule(xs[0], base, density)
+    rule = generalized._magnitude_rule(xs[0], base, density, fused=True)
     assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
     # bf16 deltas: the sample lands in the run of ties, unless the k-th largest is 0
     assert bool(histograms) == (guess != "sampled" or rule.threshold == 0)
@@ -144,7 +144,7 @@ def test_the_rule_when_the_kth_largest_is_zero():
     x = base.clone()
     x[:1000] = xs[0][:1000]
     for density in (0.01, 0.5):
-        assert generalized._native_magnitude_rule(x, base, density) == \
+        assert generalized._magnitude_rule(x, base, density, fused=True) == \
             generalized._magnitude_rule(x.float(), base.float(), density, None)
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-KEY_BINS = 1 << 15
-LOW_BINS = 1 << 16
+KEY_BINS = 1 << 15  # bins of the top 16 bits of a non-negative float32 (ties.c's KEY_BINS)
+LOW_BINS = 1 << 16  # bins of its low 16 bits (ties.c's LOW_BINS)
 THREADS = max(1, min(4, os.cpu_count() or 1))
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _MIN_SPLIT = 1 << 16  # elements per thread below which one thread does the whole range
@@ -76,7 +76,8 @@ def _ref(t: torch.Tensor) -> tuple[int, int]:
 
 def _check(status: int) -> None:
     if status < 0:
-        raise MemoryError("out of memory in the compiled TIES loops")
+        raise MemoryError("out of memory in the compiled TIES loops (they need under 1 MB): "
+                          "free memory, or run fewer merges at once, and retry")
 
 
 def magnitude_histogram(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

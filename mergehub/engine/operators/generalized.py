@@ -214,27 +214,26 @@ class TaskArithmeticFamily(Operator):
                             p: TensorParams, out: torch.Tensor) -> torch.Tensor:
         """``_merge_top_k`` through the compiled loops (same bits on finite inputs), into ``out``."""
         used = [(x, m) for x, m in zip(inputs, p.models) if x is not None]
-        rules = native.map_parallel(lambda xm: _native_magnitude_rule(xm[0], base, xm[1]["density"]), used)
-        levels = [(-math.inf, -math.inf, 0) if rule is None else rule.levels() for rule in rules]
+        rules = native.map_parallel(
+            lambda used_k: _magnitude_rule(used_k[0], base, used_k[1]["density"], fused=True), used)
+        keep_all = (-math.inf, -math.inf, 0)
+        levels = [keep_all if rule is None else rule.levels() for rule in rules]
         return native.ties_combine(base, [x for x, _ in used], [m["weight"] for _, m in used], levels,
                                    p.shared["normalize"], p.shared["lambda"], out)
 
 
-def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None) -> TopKRule | None:
+def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None = None,
+                    fused: bool = False) -> TopKRule | None:
     """The rule keeping the ``magnitude_count`` largest |x − base| (flat tensors, density in
-    (0, 1]); None when that keeps everything."""
+    (0, 1]); None when that keeps everything. ``fused``: through the compiled loops
+    (selection.delta_topk_rule), which give the same rule."""
     n = base.numel()
     k = magnitude_count(density, n)
     if k >= n:
         return None
+    if fused:
+        return delta_topk_rule(x, base, k)
     return topk_rule(n, k, lambda a, b: (x[a:b] - base[a:b]).abs_(), lambda at: (x[at] - base[at]).abs_(), tile)
-
-
-def _native_magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float) -> TopKRule | None:
-    """``_magnitude_rule`` through the compiled loops (selection.delta_topk_rule)."""
-    n = base.numel()
-    k = magnitude_count(density, n)
-    return None if k >= n else delta_topk_rule(x, base, k)
 
 
 @register

@@ -118,7 +118,9 @@ def smallest_mask(values: torch.Tensor, r: int) -> torch.Tensor:
 
 # --- Streaming top-k over a tensor too large to handle at once -----------------------------
 
-KEY_BINS = 1 << 15  # top 16 bits of a non-negative float32: sign (0), exponent, 7 mantissa bits
+# histograms of the top 16 bits of a non-negative float32 (sign 0, exponent, 7 mantissa bits)
+# and of the low 16: the same bins as the compiled loops
+KEY_BINS, LOW_BINS = native.KEY_BINS, native.LOW_BINS
 _SAMPLE_DELTAS = 1 << 14  # entries sampled to guess the k-th largest |δ|
 
 
@@ -270,7 +272,7 @@ def _kth_largest_in_bin(values: torch.Tensor, r: int) -> torch.Tensor:
     """The r-th largest of non-negative ``values`` whose float32 patterns share their top 16
     bits: a histogram of the low 16 bits finds its exact pattern without sorting."""
     low = values.float().view(torch.int32) & 0xFFFF
-    pattern, above = bin_from_top(torch.bincount(low, minlength=1 << 16), r)
+    pattern, above = bin_from_top(torch.bincount(low, minlength=LOW_BINS), r)
     same = values[low == pattern]
     if values.dtype in (torch.float32, torch.bfloat16, torch.float16):
         return same[0]  # the float32 pattern is the exact value
