@@ -28,7 +28,7 @@ COPY manage.py ./
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install -c constraints.txt -e . \
-    && test -n "$(find mergehub/engine/native -name '_ties*.so')" \
+    && test -n "$(find mergehub/engine/native -name '_loops*.so')" \
     && apt-get purge -y --auto-remove gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --verbosity 0 \

@@ -12,7 +12,7 @@ and renamed into place when complete.
 Layout of OUT_DIR::
 
     base/  expert_0/ ... expert_{n-1}/   HF model dirs (weights, config, tokenizer, generation config)
-    task_arithmetic.yaml  ties.yaml      mergekit-style configs with absolute model paths
+    METHOD.yaml                          a mergekit-style config per method, absolute model paths
     family.json                          what was generated and with which arguments
 """
 
@@ -187,29 +187,51 @@ def _write_extra_files(model_dir: Path, shape: LlamaShape, dtype_name: str) -> N
 
 
 def _write_configs(staging: Path, paths: dict, dtype_name: str) -> dict[str, Path]:
-    """Example merge configs in mergekit's YAML schema, pointing at the final (absolute) paths."""
-    experts = [str(p) for p in paths["experts"]]
+    """Example merge configs in mergekit's YAML schema, one per method, pointing at the final
+    (absolute) paths. Methods that take exactly one or two models use the first experts."""
+    base, experts = str(paths["base"]), [str(p) for p in paths["experts"]]
     weight = round(1.0 / len(experts), 6)
+
+    def config(method: str, per_model: dict, shared: dict | None = None, models: list[str] = experts,
+               with_base: bool = True) -> dict:
+        out = {"merge_method": method}
+        if with_base:
+            out["base_model"] = base
+        out["models"] = [{"model": e, "parameters": dict(per_model)} if per_model else {"model": e} for e in models]
+        if shared:
+            out["parameters"] = shared
+        out.update(dtype="float32", out_dtype=dtype_name)
+        return out
+
+    sparse = {"weight": 1.0, "density": 0.5}
     configs = {
-        "task_arithmetic": {
-            "merge_method": "task_arithmetic",
-            "base_model": str(paths["base"]),
-            "models": [{"model": e, "parameters": {"weight": weight}} for e in experts],
-            "dtype": "float32",
-            "out_dtype": dtype_name,
-        },
-        "ties": {
-            "merge_method": "ties",
-            "base_model": str(paths["base"]),
-            "models": [{"model": e, "parameters": {"weight": 1.0, "density": 0.5}} for e in experts],
-            "parameters": {"normalize": True},
-            "dtype": "float32",
-            "out_dtype": dtype_name,
-        },
+        "task_arithmetic": config("task_arithmetic", {"weight": weight}),
+        "ties": config("ties", sparse, {"normalize": True}),
+        "dare_ties": config("dare_ties", sparse),
+        "dare_linear": config("dare_linear", {"weight": weight, "density": 0.5}),
+        "breadcrumbs": config("breadcrumbs", {"weight": weight, "density": 0.5, "gamma": 0.01}),
+        "breadcrumbs_ties": config("breadcrumbs_ties", {"weight": 1.0, "density": 0.5, "gamma": 0.01}),
+        "della": config("della", {"weight": 1.0, "density": 0.5, "epsilon": 0.15}),
+        "della_linear": config("della_linear", {"weight": weight, "density": 0.5, "epsilon": 0.15}),
+        "linear": config("linear", {"weight": weight}, with_base=False),
+        "slerp": config("slerp", {}, {"t": 0.5}, models=experts[:1]),
+        "nuslerp": config("nuslerp", {"weight": 0.5}, models=experts[:2]),
+        "multislerp": config("multislerp", {"weight": weight}),
+        "karcher": config("karcher", {}, models=[base] + experts, with_base=False),
+        "model_stock": config("model_stock", {}),
+        "sce": config("sce", {}, {"select_topk": 0.1}),
+        "ram": config("ram", {}),
+        "ramplus_tl": config("ramplus_tl", {}),
+        "nearswap": config("nearswap", {}, {"t": 0.001}, models=experts[:1]),
+        "arcee_fusion": config("arcee_fusion", {}, models=experts[:1]),
+        "passthrough": config("passthrough", {}, models=experts[:1], with_base=False),
     }
+    if len(experts) < 2:
+        for method in ("nuslerp", "model_stock"):  # they need two models
+            del configs[method]
     out = {}
-    for method, config in configs.items():
-        (staging / f"{method}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for method, mapping in configs.items():
+        (staging / f"{method}.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
         out[method] = paths["root"] / f"{method}.yaml"
     return out
 

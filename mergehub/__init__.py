@@ -1,3 +1,3 @@
 """MergeHub: budget-aware merging of LLM checkpoints (engine in ``mergehub.engine``)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

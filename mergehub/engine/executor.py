@@ -229,8 +229,7 @@ class Executor:
         unit = loaded.unit
         info = self.ref_layout.tensors[unit.tensor]
         row_start, row_end = rows or (unit.row_start, unit.row_end)
-        return MergeContext(unit.tensor, self.seed, row_start, row_end, info.rows,
-                            rows_per_block(info, self.block_size), self.device,
+        return MergeContext(unit.tensor, self.seed, row_start, row_end, info.rows, self.device,
                             allocate=loaded.slab.take_tensor)
 
     def _work_dtype(self, info: TensorInfo) -> torch.dtype:
@@ -283,9 +282,6 @@ class Executor:
         info = self.ref_layout.tensors[unit.tensor]
         like = loaded.base if loaded.base is not None else next(x for x in inputs if x is not None)
         step = max(1, TILE_ELEMENTS // max(1, like[0].numel()))
-        if self.op.random:  # random draws are made per block: tiles of whole blocks
-            rpb = rows_per_block(info, self.block_size)
-            step = max(rpb, step // rpb * rpb)
         out = loaded.slab.take_tensor(like.shape, out_dtype)
         for r0 in range(0, like.shape[0], step):
             r1 = min(r0 + step, like.shape[0])

@@ -14,7 +14,9 @@ from bench.deltas import DenseDelta
 from bench.generate import generate_family, main
 from bench.shapes import choose_shape
 from bench.stwriter import CheckpointWriter
+from mergehub.engine.config import parse_config
 from mergehub.engine.errors import ConfigError
+from mergehub.engine.operators.registry import OPERATORS, get_operator
 from mergehub.engine.layout import read_model_layout
 
 TINY = dict(hidden=128, layers=4, vocab=256, experts=2)  # about 1 MB per model in bf16
@@ -156,6 +158,14 @@ def test_merge_configs_point_at_the_family(dense):
     assert (ties["dtype"], ties["out_dtype"]) == ("float32", "bfloat16")
     ta = yaml.safe_load(dense["configs"]["task_arithmetic"].read_text())
     assert ta["merge_method"] == "task_arithmetic" and len(ta["models"]) == 2
+
+
+def test_there_is_a_valid_config_for_every_method(dense):
+    get_operator("ties")  # loads every operator module
+    assert set(dense["configs"]) == set(OPERATORS)
+    for method, path in dense["configs"].items():
+        config = parse_config(yaml.safe_load(path.read_text()))  # raises on anything invalid
+        assert config.operator.name == method
 
 
 @pytest.mark.parametrize("target", [2_000_000, 50_000_000, 1_000_000_000, 7_000_000_000])

@@ -11,7 +11,7 @@ from conftest import BLOCK, SHAPES, assert_bit_identical, load_model, make_famil
 from safetensors import safe_open
 
 from mergehub.engine import api, executor
-from mergehub.engine.blocks import partition, rows_per_block
+from mergehub.engine.blocks import partition
 from mergehub.engine.config import count_layers, parse_config
 from mergehub.engine.dtypes import torch_dtype
 from mergehub.engine.layout import INDEX_NAME, read_model_layout
@@ -20,7 +20,7 @@ from mergehub.engine.operators.base import MergeContext
 from mergehub.engine.reader import RangeReader
 
 
-def reference_merge(mapping: dict, block_size: int = BLOCK, seed: int = 0) -> dict[str, torch.Tensor]:
+def reference_merge(mapping: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """The unbudgeted merge on whole tensors: every input loaded with safetensors, the operator
     applied once per tensor, the result cast like the engine casts (out_dtype for floats)."""
     config = parse_config(mapping)
@@ -36,7 +36,7 @@ def reference_merge(mapping: dict, block_size: int = BLOCK, seed: int = 0) -> di
             out[name] = (base or inputs[0])[name]
             continue
         work = config.dtype or stored
-        ctx = MergeContext(name, seed, 0, info.rows, info.rows, rows_per_block(info, block_size))
+        ctx = MergeContext(name, seed, 0, info.rows, info.rows)
         merged = op.merge(None if base is None else base[name].to(work),
                           [x[name].to(work) for x in inputs], config.resolve(name, layers), ctx)
         out[name] = merged.to(config.out_dtype or stored)

@@ -1,4 +1,5 @@
-"""The compiled TIES loops (mergehub/engine/native) give the torch path's bits.
+"""The compiled loops (mergehub/engine/native) give the torch path's bits: ties, dare_ties,
+dare_linear, breadcrumbs and breadcrumbs_ties, with and without rescale.
 
 Each test runs the same merge twice: through the loops, and with ``native.supports`` patched
 to refuse so the torch path runs; torch.equal must hold (finite inputs)."""
@@ -34,7 +35,7 @@ def test_the_loops_are_built():
     # missing library means the build failed and TIES silently runs its slower torch path.
     if not native.available() and not shutil.which("cc"):
         pytest.skip("no C compiler (cc): the compiled TIES loops were not built; TIES runs its torch path")
-    assert native.available(), "mergehub/engine/native/_ties*.so is missing: rerun pip install -e . and read its errors"
+    assert native.available(), "mergehub/engine/native/_loops*.so is missing: rerun pip install -e . and read its errors"
 
 
 def torch_path(fn, *args):
@@ -61,19 +62,44 @@ MODELS = [
 ]
 
 
+NATIVE_METHODS = ["ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties"]
+RESCALE = [None, True, False]  # the method's default, or forced
+
+
 @needs_loops
+@pytest.mark.parametrize("method", NATIVE_METHODS)
+@pytest.mark.parametrize("rescale", RESCALE)
 @pytest.mark.parametrize("shared, models", MODELS)
 @pytest.mark.parametrize("n", [1, 1000, 1025, 300_007])  # one element, under/over a chunk, split over threads
 @pytest.mark.parametrize("quantised", [False, True])
-def test_ties_through_the_loops_equals_the_torch_path(shared, models, n, quantised):
+def test_the_loops_equal_the_torch_path(method, rescale, shared, models, n, quantised):
     base, xs = family(n, 3, seed=n, quantised=quantised)
     shape = (n,)
     work_base = base.float()
-    p = make_params("ties", 3, shared, models)
-    op = get_operator("ties")
+    shared = shared if rescale is None else {**shared, "rescale": rescale}
+    if method in ("dare_linear", "breadcrumbs"):
+        shared = {**shared, "normalize": False}  # a normalised plain sum stays in torch
+    p = make_params(method, 3, shared, models)
+    op = get_operator(method)
     out = op.merge(work_base, xs, p, make_ctx(shape))
     ref = torch_path(op.merge, work_base, xs, p, make_ctx(shape))
     assert torch.equal(out, ref)
+
+
+@needs_loops
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+def test_random_drops_of_a_row_slice_are_the_whole_tensors(method):
+    """Without rescale DARE is block-local: the loops, given rows 5-12 of a tensor, draw what
+    the torch path draws for those rows of the whole tensor."""
+    shape = (13, 1031)
+    base, xs = family(shape[0] * shape[1], 2, seed=4, quantised=False)
+    base, xs = base.view(shape), [x.view(shape) for x in xs]
+    p = make_params(method, 2, {"rescale": False}, {"weight": 0.7, "density": 0.4})
+    op = get_operator(method)
+    assert op.block_local(p, 2)
+    whole = torch_path(op.merge, base, xs, p, make_ctx(shape))
+    part = op.merge(base[5:], [x[5:] for x in xs], p, make_ctx(shape, rows=(5, 13)))
+    assert torch.equal(part, whole[5:])
 
 
 @needs_loops
@@ -84,7 +110,7 @@ def test_merge_stored_reads_the_stored_dtype_and_rounds_like_torch(out_dtype, qu
     p = make_params("ties", 4, {}, [{"weight": w, "density": d} for w, d in
                                     [(0.3, 0.5), (0.2, 0.7), (0.4, 0.3), (0.1, 0.5)]])
     op = get_operator("ties")
-    ctx = MergeContext("w", 0, 0, 1, 1, 1)
+    ctx = MergeContext("w", 0, 0, 1, 1)
     out = op.merge_stored(base, xs, p, ctx, torch.float32, out_dtype)
     assert out is not None and out.dtype == out_dtype
     ref = torch_path(op.merge, base.float(), xs, p, make_ctx(base.shape)).to(out_dtype)
@@ -100,7 +126,7 @@ def test_merge_stored_declines_what_the_loops_do_not_cover():
     base, xs = family(100, 2, seed=1, quantised=False)
     op = get_operator("ties")
     p = make_params("ties", 2, {}, {"weight": 1.0, "density": 0.5})
-    ctx = MergeContext("w", 0, 0, 1, 1, 1)
+    ctx = MergeContext("w", 0, 0, 1, 1)
     assert op.merge_stored(base, xs, p, ctx, torch.float64, torch.float32) is None  # work dtype
     assert op.merge_stored(base, xs, p, ctx, torch.float32, torch.float16) is None  # out dtype
     assert op.merge_stored(base.half(), [x.half() for x in xs], p, ctx, torch.float32, torch.float32) is None
@@ -156,7 +182,7 @@ def test_bfloat16_rounding_matches_torch_on_special_values():
     bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (100_000,), generator=torch.Generator().manual_seed(0),
                          dtype=torch.int64).to(torch.int32).view(torch.float32)
     base = torch.cat([values, bits, 1 + torch.arange(-300, 300) * 2.0 ** -9])  # halfway cases
-    out = native.ties_combine(base, [], [], [], True, 1.0, torch.empty_like(base, dtype=torch.bfloat16))
+    out = native.family_combine(base, [], True, False, 1.0, torch.empty_like(base, dtype=torch.bfloat16))
     ref = (torch.zeros_like(base) + base).to(torch.bfloat16)
     nan = ref.isnan()
     assert nan.sum() > 100 and torch.equal(out.isnan(), nan)  # NaN payloads may differ: a NaN is a NaN
@@ -174,15 +200,16 @@ def test_a_large_tensor_splits_over_threads_without_seams(monkeypatch):
 
 
 @needs_loops
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs"])
 @pytest.mark.parametrize("budget", [1.0, 0.5])
-def test_a_bf16_ties_merge_writes_the_same_bytes_either_way(tmp_path, budget):
+def test_a_bf16_merge_writes_the_same_bytes_either_way(tmp_path, method, budget):
     from conftest import load_model, make_family
 
     from mergehub.engine import api
     from mergehub.engine.config import parse_config
 
     fam = make_family(tmp_path / "f", experts=3, dtype=torch.bfloat16, change="dense")
-    mapping = fam.config("ties", weights=[1.0, 0.5, -0.3], parameters={"density": 0.4})
+    mapping = fam.config(method, weights=[1.0, 0.5, -0.3], parameters={"density": 0.4})
     mapping.update(dtype="float32", out_dtype="bfloat16")
 
     def merge(out):
@@ -191,9 +218,9 @@ def test_a_bf16_ties_merge_writes_the_same_bytes_either_way(tmp_path, budget):
         return load_model(out)
 
     calls = []
-    real = native.ties_combine
+    real = native.family_combine
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native, "ties_combine", lambda *args: calls.append(args[0].dtype) or real(*args))
+        mp.setattr(native, "family_combine", lambda *args: calls.append(args[0].dtype) or real(*args))
         fast = merge(tmp_path / "native")
     assert calls and set(calls) == {torch.bfloat16}  # the loops ran, on the stored bf16 base
     slow = torch_path(merge, tmp_path / "torch")
@@ -206,5 +233,5 @@ def test_a_bf16_ties_merge_writes_the_same_bytes_either_way(tmp_path, budget):
 def test_an_empty_tensor():
     base, xs = family(0, 2, seed=0, quantised=True)
     p = make_params("ties", 2, {}, {"weight": 1.0, "density": 0.5})
-    out = get_operator("ties").merge_stored(base, xs, p, MergeContext("w", 0, 0, 1, 1, 1), torch.float32, torch.bfloat16)
+    out = get_operator("ties").merge_stored(base, xs, p, MergeContext("w", 0, 0, 1, 1), torch.float32, torch.bfloat16)
     assert out is not None and out.numel() == 0

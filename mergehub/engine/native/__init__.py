@@ -1,9 +1,10 @@
-"""Compiled loops for magnitude-pruned TIES on the CPU (ties.c), loaded with ctypes.
+"""Compiled loops for the task-arithmetic family on the CPU (loops.c), loaded with ctypes:
+ties, dare_ties, dare_linear, breadcrumbs and breadcrumbs_ties (operators/generalized.py).
 
 They are optional: ``pip install`` builds them when a C compiler is present (setup.py), and
 without them, or with ``MERGEHUB_NATIVE=0``, the engine runs its torch path, which gives the
 same bits on finite inputs, only slower. Tensors are flat, contiguous, on the CPU, float32 or
-bfloat16. ctypes releases the GIL during each call, so ``map_parallel`` and ``ties_combine``
+bfloat16. ctypes releases the GIL during each call, so ``map_parallel``, ``prune_sums`` and ``family_combine``
 spread their work over ``THREADS`` Python threads.
 """
 
@@ -11,24 +12,50 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-KEY_BINS = 1 << 15  # bins of the top 16 bits of a non-negative float32 (ties.c's KEY_BINS)
-LOW_BINS = 1 << 16  # bins of its low 16 bits (ties.c's LOW_BINS)
+KEY_BINS = 1 << 15  # bins of the top 16 bits of a non-negative float32 (loops.c's KEY_BINS)
+LOW_BINS = 1 << 16  # bins of its low 16 bits (loops.c's LOW_BINS)
 THREADS = max(1, min(4, os.cpu_count() or 1))
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _MIN_SPLIT = 1 << 16  # elements per thread below which one thread does the whole range
+
+
+class ModelSpec(ctypes.Structure):
+    """How one expert is pruned and weighted (loops.c's mh_model). An entry is kept when
+    |δ| > keep level, |δ| ≤ drop level (each level is *_before at flat positions below *_cut,
+    *_after from there on) and its draw u24 (operators/random_stream.py, key0/key1) is below
+    ``threshold``; a kept entry contributes (δ·factor)·weight."""
+
+    _fields_ = [
+        ("x", ctypes.c_void_p), ("dtype", ctypes.c_int32),
+        ("weight", ctypes.c_float), ("factor", ctypes.c_float),
+        ("keep_before", ctypes.c_float), ("keep_after", ctypes.c_float),
+        ("drop_before", ctypes.c_float), ("drop_after", ctypes.c_float),
+        ("keep_cut", ctypes.c_int64), ("drop_cut", ctypes.c_int64), ("offset", ctypes.c_int64),
+        ("key0", ctypes.c_uint32), ("key1", ctypes.c_uint32), ("threshold", ctypes.c_uint32),
+    ]
+
+
+def model_spec(x: torch.Tensor, weight: float, keep: tuple[float, float, int] = (-math.inf, -math.inf, 0),
+               drop: tuple[float, float, int] = (math.inf, math.inf, 0), key: tuple[int, int] = (0, 0),
+               offset: int = 0, threshold: int = 1 << 24, factor: float = 1.0) -> ModelSpec:
+    """A ModelSpec for flat tensor ``x`` (which must outlive the spec); the defaults keep everything.
+    ``offset``: the flat index of x[0] in the full tensor, which the draws are keyed by."""
+    return ModelSpec(x.data_ptr(), DTYPES[x.dtype], weight, factor, keep[0], keep[1], drop[0], drop[1],
+                     keep[2], drop[2], offset, key[0], key[1], threshold)
 
 
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("MERGEHUB_NATIVE", "1") == "0":
         return None
     here = Path(__file__).parent
-    found = [here / f"_ties{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    found = [here / f"_loops{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
     found = [path for path in found if path.exists()]
     if not found:
         return None
@@ -42,9 +69,11 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_magnitude_count.restype = i32
     lib.mh_magnitude_position.argtypes = [ptr, i32, ptr, i32, i64, ctypes.c_uint32, i64]
     lib.mh_magnitude_position.restype = i64
-    lib.mh_ties_combine.argtypes = [ptr, i32, i64, i64, i32, ptr, ptr, ptr, ptr, ptr, ptr, i32,
-                                    ctypes.c_float, ptr, i32]
-    lib.mh_ties_combine.restype = None
+    lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
+    lib.mh_prune_sums.restype = i32
+    lib.mh_family_combine.argtypes = [ptr, i32, i64, i64, i32, ctypes.POINTER(ModelSpec), i32, i32,
+                                      ctypes.c_float, ptr, i32]
+    lib.mh_family_combine.restype = None
     return lib
 
 
@@ -109,28 +138,36 @@ def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: 
     return position
 
 
-def ties_combine(base: torch.Tensor, inputs: list[torch.Tensor], weights: list[float],
-                 levels: list[tuple[float, float, int]], normalize: bool, lam: float,
-                 out: torch.Tensor) -> torch.Tensor:
-    """``out`` ← base + λ·(TIES consensus of the pruned, weighted deltas), computed in float32
-    and rounded to ``out``'s dtype. ``levels[m]`` = (before, after, cut): model m keeps entries
-    with |δ| > before at flat positions below ``cut`` and |δ| > after from there on."""
-    assert supports(base, out, *inputs)
-    n, models = base.numel(), len(inputs)
-    c_inputs = (ctypes.c_void_p * models)(*[x.data_ptr() for x in inputs])
-    c_dtypes = (ctypes.c_int * models)(*[DTYPES[x.dtype] for x in inputs])
-    c_weights = (ctypes.c_float * models)(*weights)
-    c_before = (ctypes.c_float * models)(*[level[0] for level in levels])
-    c_after = (ctypes.c_float * models)(*[level[1] for level in levels])
-    c_cuts = (ctypes.c_int64 * models)(*[level[2] for level in levels])
-
-    def run(span: tuple[int, int]) -> None:
-        _LIB.mh_ties_combine(*_ref(base), span[0], span[1], models, c_inputs, c_dtypes, c_weights,
-                             c_before, c_after, c_cuts, int(normalize), lam, *_ref(out))
-
-    if n == 0:
-        return out
+def _spans(n: int) -> list[tuple[int, int]]:
+    """[start, stop) pieces of range(n), one per thread (one when n is small)."""
     parts = max(1, min(THREADS, n // _MIN_SPLIT))
     step = -(-n // parts)
-    map_parallel(run, [(a, min(a + step, n)) for a in range(0, n, step)])
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def prune_sums(base: torch.Tensor, spec: ModelSpec) -> tuple[list[int], list[int]]:
+    """Exact L1 sums (operators/exact_sum.py slots) of |δ| over all entries and over the kept ones.
+    One thread: callers run one expert per thread (``map_parallel``), which must not nest."""
+    assert supports(base)
+    sums = torch.zeros(512, dtype=torch.int64)
+    _check(_LIB.mh_prune_sums(*_ref(base), 0, base.numel(), ctypes.byref(spec), sums.data_ptr()))
+    kept, dropped = sums[:256].tolist(), sums[256:].tolist()
+    return [a + b for a, b in zip(kept, dropped)], kept
+
+
+def family_combine(base: torch.Tensor, specs: list[ModelSpec], consensus: bool, normalize: bool,
+                   lam: float, out: torch.Tensor) -> torch.Tensor:
+    """``out`` ← base + λ·combine(pruned, weighted deltas), computed in float32 and rounded to
+    ``out``'s dtype: the TIES sign consensus (with ``normalize``: divided by the agreeing weights)
+    or a plain sum (``normalize`` must then be False)."""
+    assert supports(base, out) and not (normalize and not consensus)
+    n = base.numel()
+    c_specs = (ModelSpec * len(specs))(*specs)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_family_combine(*_ref(base), span[0], span[1], len(specs), c_specs, int(consensus),
+                               int(normalize), lam, *_ref(out))
+
+    if n:
+        map_parallel(run, _spans(n))
     return out

@@ -19,8 +19,9 @@ the executor treat it correctly:
   modify its arguments in place (they may be views of read buffers shared with the caller).
 * A ``Param`` whose default is ``None`` is optional: ``None`` means "not given".
 
-Random operators draw only through ``ctx.uniform`` / ``ctx.generator`` so that the draw for a
-block depends on (seed, tensor, model, block) alone, never on budget or execution order.
+Random operators draw only through ``ctx.draws24`` / ``ctx.random_keep`` / ``ctx.uniform``
+(a counter-based stream: an entry's draw depends on (seed, tensor, model, entry) alone, never on
+budget, slicing or execution order) or ``ctx.generator`` for tensor-global sampling.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 import torch
 
 from ..errors import ConfigError
+from . import random_stream
 
 
 class _Required:
@@ -103,7 +105,6 @@ class MergeContext:
     row_start: int  # first row of the full tensor covered by this call
     row_end: int  # exclusive
     total_rows: int  # rows of the full tensor (see TensorInfo.rows)
-    rows_per_block: int  # block geometry of the tensor: the unit random draws are made in
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # allocate(shape, dtype) -> CPU tensor: where an operator may put its output; the executor
     # hands out slab memory (buffers.py), which spares the kernel re-faulting tens of MB per tensor
@@ -117,27 +118,32 @@ class MergeContext:
         """``empty`` shaped like ``like``; on another device, plain ``torch.empty_like``."""
         return self.empty(like.shape, like.dtype) if like.device.type == "cpu" else torch.empty_like(like)
 
-    def uniform(self, model: int, shape: Sequence[int]) -> torch.Tensor:
-        """U[0,1) draws shaped like this call's slice (``shape``), made of one stream per block
-        seeded by (seed, tensor, model, block): a block's draw never depends on how the executor
-        sliced the tensor, on the budget, or on execution order."""
-        shape = tuple(shape)
-        if len(shape) < 2:  # 0-D/1-D tensors are one row, one block
-            return self._draw(model, 0, shape)
-        rpb, parts, r = self.rows_per_block, [], self.row_start
-        while r < self.row_end:
-            b = r // rpb
-            first, last = b * rpb, min((b + 1) * rpb, self.total_rows)
-            block = self._draw(model, b, (last - first,) + shape[1:])
-            stop = min(last, self.row_end)
-            parts.append(block[r - first:stop - first])
-            r = stop
-        return torch.cat(parts, dim=0)
+    def stream_key(self, model: int) -> tuple[int, int]:
+        """The key of ``model``'s random stream in this tensor (random_stream.py)."""
+        return random_stream.stream_key(self.seed, self.tensor, model)
 
-    def _draw(self, model: int, block: int, shape: tuple[int, ...]) -> torch.Tensor:
-        g = torch.Generator(device="cpu")
-        g.manual_seed(_seed64(self.seed, self.tensor, model, block))
-        return torch.rand(shape, generator=g, dtype=torch.float32).to(self.device)
+    def flat_start(self, shape: Sequence[int]) -> int:
+        """Flat index, in the full tensor, of the first entry of this call's slice (``shape``)."""
+        shape = tuple(shape)
+        if len(shape) < 2:  # 0-D/1-D tensors are handed over whole
+            return 0
+        return self.row_start * math.prod(shape[1:])
+
+    def draws24(self, model: int, shape: Sequence[int]) -> torch.Tensor:
+        """int32 draws u24 ∈ [0, 2^24) shaped like this call's slice: entry i's draw is a hash of
+        (seed, tensor, model, i), so it never depends on how the executor sliced the tensor, on
+        the budget, or on execution order (random_stream.py)."""
+        shape = tuple(shape)
+        u = random_stream.draws24(self.stream_key(model), self.flat_start(shape), math.prod(shape), self.device)
+        return u.view(shape)
+
+    def random_keep(self, model: int, shape: Sequence[int], density: float) -> torch.Tensor:
+        """Bool mask keeping each entry with probability ``density`` (DARE's drop)."""
+        return self.draws24(model, shape) < random_stream.keep_threshold(density)
+
+    def uniform(self, model: int, shape: Sequence[int]) -> torch.Tensor:
+        """U[0,1) float32 draws u24·2^-24 (exact) shaped like this call's slice (DELLA)."""
+        return self.draws24(model, shape).to(torch.float32).mul_(2.0 ** -random_stream.DRAW_BITS)
 
     def generator(self, purpose: str, model: int = -1) -> torch.Generator:
         """A CPU generator for tensor-global sampling, seeded by (seed, tensor, purpose, model)."""

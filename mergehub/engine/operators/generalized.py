@@ -28,8 +28,10 @@ from .base import MergeContext, Operator, Param, TensorParams
 from .consensus import DIVISOR_EPS, PlainSum, SignConsensus
 from .registry import register
 from .. import native
-from .selection import TopKRule, delta_topk_rule, tiles, topk_rule
-from .sparsify import SPARSIFIERS, magnitude_count
+from .exact_sum import rescale_factor
+from .random_stream import keep_threshold
+from .selection import TopKRule, delta_outside_smallest, delta_topk_rule, tiles, topk_rule
+from .sparsify import RESCALE_EPS, SPARSIFIERS, magnitude_count
 
 _DENSITY_HELP = {
     None: "Unused without sparsification (kept for mergekit compatibility).",
@@ -124,22 +126,34 @@ class TaskArithmeticFamily(Operator):
         """Is this tensor's sparsification a plain top-k by magnitude (``_merge_top_k``)?"""
         return self.sparsifier == "magnitude" and not p.shared["rescale"] and any(self._sparsifies(p))
 
+    def _native_route(self, p: TensorParams) -> bool:
+        """Do the compiled loops (engine/native) handle this tensor's sparsified merge? All but
+        DELLA (its per-row ranking stays in torch) and a normalised plain sum."""
+        return (self.sparsifier in ("magnitude", "random", "magnitude_outliers") and any(self._sparsifies(p))
+                and (self.consensus or not p.shared["normalize"]))
+
     def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
-        """TIES straight from the checkpoints' dtype to the output's, through the compiled loops
+        """Straight from the checkpoints' dtype to the output's, through the compiled loops
         (engine/native): no float32 copies of the base or the result."""
-        if not (self.consensus and self._top_k(p) and work == torch.float32 and out_dtype in native.DTYPES):
+        if not (self._native_route(p) and work == torch.float32 and out_dtype in native.DTYPES):
             return None
         flat_base = base.reshape(-1)
         flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
         if not native.supports(flat_base, *[x for x in flat_inputs if x is not None]):
             return None
         out = ctx.empty(base.shape, out_dtype).view(-1)
-        return self._merge_top_k_native(flat_base, flat_inputs, p, out).view(base.shape)
+        return self._merge_native(flat_base, flat_inputs, p, ctx, out, ctx.flat_start(base.shape)).view(base.shape)
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
+        if self._native_route(p) and base.dtype == torch.float32:
+            flat_base = base.reshape(-1)
+            flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
+            if native.supports(flat_base, *[x for x in flat_inputs if x is not None]):
+                out = ctx.empty_like(flat_base)
+                return self._merge_native(flat_base, flat_inputs, p, ctx, out, ctx.flat_start(base.shape)).view(base.shape)
         if self._top_k(p):
             return self._merge_top_k(base, inputs, p, ctx)
         sparsify = SPARSIFIERS[self.sparsifier] if self.sparsifier else None
@@ -179,14 +193,10 @@ class TaskArithmeticFamily(Operator):
                      ctx: MergeContext) -> torch.Tensor:
         """TIES-style magnitude pruning without materialising whole-tensor deltas: one streaming
         pass per model finds the rule that keeps its k largest |δ| (selection.topk_rule), then
-        the masked combine runs tile by tile, each tile's temporaries staying in cache. With the
-        compiled loops (engine/native) both passes run fused and on all cores."""
+        the masked combine runs tile by tile, each tile's temporaries staying in cache. (On the
+        CPU the compiled loops do all of this fused, ``_merge_native``.)"""
         flat_base = base.reshape(-1)
         flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
-        used = [x for x in flat_inputs if x is not None]
-        if self.consensus and flat_base.dtype == torch.float32 and native.supports(flat_base, *used):
-            out = ctx.empty_like(flat_base)
-            return self._merge_top_k_native(flat_base, flat_inputs, p, out).view(base.shape)
         tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
         rules = [None if x is None else _magnitude_rule(x, flat_base, m["density"], tile)
                  for x, m in zip(flat_inputs, p.models)]
@@ -210,16 +220,42 @@ class TaskArithmeticFamily(Operator):
         return [None if x.data_ptr() == base.data_ptr() or m["density"] <= 0 else x
                 for x, m in zip(inputs, p.models)]
 
-    def _merge_top_k_native(self, base: torch.Tensor, inputs: list[torch.Tensor | None],
-                            p: TensorParams, out: torch.Tensor) -> torch.Tensor:
-        """``_merge_top_k`` through the compiled loops (same bits on finite inputs), into ``out``."""
-        used = [(x, m) for x, m in zip(inputs, p.models) if x is not None]
-        rules = native.map_parallel(
-            lambda used_k: _magnitude_rule(used_k[0], base, used_k[1]["density"], fused=True), used)
-        keep_all = (-math.inf, -math.inf, 0)
-        levels = [keep_all if rule is None else rule.levels() for rule in rules]
-        return native.ties_combine(base, [x for x, _ in used], [m["weight"] for _, m in used], levels,
-                                   p.shared["normalize"], p.shared["lambda"], out)
+    def _merge_native(self, base: torch.Tensor, inputs: list[torch.Tensor | None], p: TensorParams,
+                      ctx: MergeContext, out: torch.Tensor, offset: int) -> torch.Tensor:
+        """The merge of flat tensors through the compiled loops (same bits as the torch path on
+        finite inputs), into ``out``: each model's pruning rule (and rescale factor) is found on
+        its own thread, then one fused pass combines them all. ``offset``: the flat index of
+        ``base[0]`` in the full tensor (random draws are keyed by it)."""
+        used = [(k, x) for k, x in enumerate(inputs) if x is not None]
+        specs = native.map_parallel(lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset), used)
+        return native.family_combine(base, specs, self.consensus, p.shared["normalize"], p.shared["lambda"], out)
+
+    def _native_spec(self, x: torch.Tensor, base: torch.Tensor, k: int, p: TensorParams,
+                     ctx: MergeContext, offset: int) -> native.ModelSpec:
+        """How model k is pruned (sparsify.py's rules, as levels, draws and a rescale factor)."""
+        model = p.models[k]
+        density, n = model["density"], base.numel()
+        rule: dict = {}
+        if 0 < density < 1:
+            if self.sparsifier == "magnitude":
+                top_k = _magnitude_rule(x, base, density, fused=True)
+                if top_k is not None:
+                    rule["keep"] = top_k.levels()
+            elif self.sparsifier == "random":
+                rule.update(key=ctx.stream_key(k), offset=offset, threshold=keep_threshold(density))
+            else:  # magnitude_outliers: keep ascending ranks [n_bottom, n_bottom + target)
+                target, n_top = int(density * n), int(model["gamma"] * n)
+                n_bottom = max(0, n - target - n_top)
+                if n_bottom > 0:
+                    rule["keep"] = delta_outside_smallest(x, base, n_bottom)
+                if n_bottom + target <= 0:
+                    rule["drop"] = (-math.inf, -math.inf, 0)
+                elif n_bottom + target < n:
+                    rule["drop"] = delta_outside_smallest(x, base, n_bottom + target)
+            if p.shared["rescale"]:
+                factor = rescale_factor(*native.prune_sums(base, native.model_spec(x, 1.0, **rule)), RESCALE_EPS)
+                rule["factor"] = 1.0 if factor is None else factor
+        return native.model_spec(x, model["weight"], **rule)
 
 
 def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None = None,

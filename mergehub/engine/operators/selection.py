@@ -232,7 +232,7 @@ def delta_topk_rule(x: torch.Tensor, base: torch.Tensor, k: int) -> TopKRule:
 
     def rule(pattern: int, need: int, ties: int) -> TopKRule:
         cut = n if need == ties else native.magnitude_position(x, base, pattern, need)
-        return TopKRule(torch.tensor(pattern, dtype=torch.int32).view(torch.float32).item(), cut)
+        return TopKRule(_float32(pattern), cut)
 
     guess = _sampled_pattern(x, base, k)
     if guess >> 16:  # bin 0 (zeros, tiny subnormals) keeps rule_from_histogram's shortcut
@@ -249,6 +249,36 @@ def delta_topk_rule(x: torch.Tensor, base: torch.Tensor, k: int) -> TopKRule:
         return sum(int(torch.count_nonzero(x[a:b].float() - base[a:b].float())) for a, b in tiles(n))
 
     return rule_from_histogram(n, k, native.magnitude_histogram(x, base), pick_in_bin, count_nonzero)
+
+
+def delta_outside_smallest(x: torch.Tensor, base: torch.Tensor, r: int) -> tuple[float, float, int]:
+    """Levels (λ before cut, λ from cut on, cut) such that |x − base| > λ holds exactly for the
+    entries *not* among the r smallest (1 ≤ r < numel; ``smallest_mask``'s tie rule: the ties at
+    the threshold that are among the r smallest come first in flat order). Through the compiled
+    loops, like ``delta_topk_rule``; breadcrumbs keeps and drops with two of these."""
+    n = base.numel()
+    pattern, above, equal = _delta_kth_largest(x, base, n - r + 1)
+    ties_inside = r - (n - above - equal)  # ties at the threshold among the r smallest, ≥ 1
+    cut = n if ties_inside == equal else native.magnitude_position(x, base, pattern, ties_inside)
+    threshold = TopKRule(_float32(pattern), cut)
+    # below cut the ties are inside (|δ| > t leaves them out); from cut on outside (|δ| ≥ t)
+    return threshold.threshold, threshold.below(), cut
+
+
+def _delta_kth_largest(x: torch.Tensor, base: torch.Tensor, k: int) -> tuple[int, int, int]:
+    """(float32 pattern of the k-th largest |x − base|, #entries above it, #equal to it)."""
+    guess = _sampled_pattern(x, base, k)
+    above, equal = native.magnitude_count(x, base, guess)
+    if above < k <= above + equal:
+        return guess, above, equal
+    key, above = bin_from_top(native.magnitude_histogram(x, base), k)
+    low_hist = native.magnitude_low_histogram(x, base, key)
+    low, above_in_bin = bin_from_top(low_hist, k - above)
+    return (key << 16) | low, above + above_in_bin, int(low_hist[low])
+
+
+def _float32(pattern: int) -> float:
+    return torch.tensor(pattern, dtype=torch.int32).view(torch.float32).item()
 
 
 def _sampled_pattern(x: torch.Tensor, base: torch.Tensor, k: int) -> int:

@@ -1,11 +1,12 @@
 """Sparsifiers of the task-arithmetic family, applied to one delta δ at a time, in place.
 
 Each returns δ with the dropped entries set to 0 and, with ``rescale``, the kept entries
-multiplied by ‖δ‖₁ / ‖mask·δ‖₁ over the tensor (skipped when either norm is below 1e-7).
+multiplied by ‖δ‖₁ / ‖mask·δ‖₁ over the tensor (skipped when either norm is below 1e-7 or not
+finite; float32 norms are summed exactly, exact_sum.py).
 A density ≥ 1 leaves δ untouched (no rescale either); a density ≤ 0 zeroes it.
 
 * magnitude (TIES): keep the k = max(1, int(density·n)) largest |δ| (selection.py tie rule);
-* random (DARE): keep each entry with probability density (u < density, u ~ U[0,1));
+* random (DARE): keep each entry with probability density (random_stream.py: u24 < ⌈density·2^24⌉);
 * magnitude_outliers (breadcrumbs): order |δ| ascending, keep positions
   [n_bot, n_bot + target) with target = int(density·n), n_top = int(gamma·n),
   n_bot = max(0, n − target − n_top): the smallest and the gamma largest are dropped;
@@ -20,6 +21,7 @@ from typing import Callable
 import torch
 
 from .base import MergeContext
+from .exact_sum import exponent_sums, rescale_factor
 from .selection import largest_mask, smallest_mask
 
 RESCALE_EPS = 1e-7
@@ -29,13 +31,21 @@ Sparsifier = Callable[[torch.Tensor, float, bool, dict, MergeContext, int], torc
 
 
 def _apply(delta: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:
-    """δ ← keep·δ, then the optional L1 rescale. ``keep`` (always a fresh mask) is consumed."""
-    before = delta.abs().sum() if rescale else None
-    delta.masked_fill_(keep.logical_not_(), 0)
+    """δ ← keep·δ, then the optional L1 rescale. ``keep`` (always a fresh mask) is consumed.
+    float32 norms are exact (exact_sum.py: the compiled loops get the same factor); other
+    working dtypes sum in that dtype, as mergekit does."""
+    exact = delta.dtype == torch.float32
     if rescale:
-        after = delta.abs().sum()
-        if before >= RESCALE_EPS and after >= RESCALE_EPS:
-            delta.mul_(before / after)
+        before = exponent_sums(delta) if exact else delta.abs().sum()
+    delta.masked_fill_(keep.logical_not_(), 0)
+    if not rescale:
+        return delta
+    if exact:
+        factor = rescale_factor(before, exponent_sums(delta), RESCALE_EPS)
+        return delta if factor is None else delta.mul_(factor)
+    after = delta.abs().sum()
+    if before >= RESCALE_EPS and after >= RESCALE_EPS:
+        delta.mul_(before / after)
     return delta
 
 
@@ -59,7 +69,7 @@ def random(delta: torch.Tensor, density: float, rescale: bool, model: dict,
            ctx: MergeContext, k: int) -> torch.Tensor:
     if density >= 1:
         return delta
-    keep = ctx.uniform(k, delta.shape) < density
+    keep = ctx.random_keep(k, delta.shape, density)
     return _apply(delta, keep, rescale)
 
 

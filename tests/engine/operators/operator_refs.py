@@ -37,12 +37,12 @@ def make_params(method: str, n_models: int, shared: dict | None = None,
     return TensorParams(shared=resolved_shared, models=resolved_models)
 
 
-def make_ctx(shape, rows_per_block: int = 3, seed: int = 1234, tensor: str = "w",
+def make_ctx(shape, seed: int = 1234, tensor: str = "w",
              rows: tuple[int, int] | None = None) -> MergeContext:
     total = shape[0] if len(shape) >= 2 else 1
     start, end = rows if rows is not None else (0, total)
     return MergeContext(tensor=tensor, seed=seed, row_start=start, row_end=end,
-                        total_rows=total, rows_per_block=rows_per_block)
+                        total_rows=total)
 
 
 def run(method: str, base, inputs, p: TensorParams, ctx: MergeContext | None = None):

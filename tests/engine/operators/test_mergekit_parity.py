@@ -139,7 +139,7 @@ def _ours(case: Case, base, xs) -> torch.Tensor:
     op = get_operator(case.method)
     models = [dict(m) for m in case.models] if case.models else [{} for _ in range(case.n)]
     p = make_params(case.method, case.n, dict(case.shared), models)
-    ctx = make_ctx(case.shape, rows_per_block=4, tensor=case.id)
+    ctx = make_ctx(case.shape, tensor=case.id)
     return op.merge(base if case.with_base else None, xs, p, ctx)
 
 

@@ -44,9 +44,9 @@ def test_cuda_matches_cpu(method, n, shared, models):
     xs = [base + 0.1 * torch.randn(shape, generator=g) for _ in range(n)]
     p = make_params(method, n, shared, models)
     b = None if op.base == "ignored" else base
-    cpu = op.merge(b, xs, p, make_ctx(shape, 16))
+    cpu = op.merge(b, xs, p, make_ctx(shape))
     cuda = torch.device("cuda")
-    ctx = make_ctx(shape, 16)
+    ctx = make_ctx(shape)
     ctx.device = cuda
     gpu = op.merge(None if b is None else b.to(cuda), [x.to(cuda) for x in xs], p, ctx)
     assert gpu.device.type == "cuda"

@@ -93,11 +93,10 @@ def test_block_local_operators_agree_on_row_slices(data, method):
     op = get_operator(method)
     if not op.block_local(p, len(shape)) or len(shape) < 2:
         return
-    rpb = data.draw(st.integers(1, 5), label="rows_per_block")
-    whole = op.merge(base, xs, p, make_ctx(shape, rpb))
+    whole = op.merge(base, xs, p, make_ctx(shape))
     start = data.draw(st.integers(0, shape[0] - 1), label="start")
     end = data.draw(st.integers(start + 1, shape[0]), label="end")
-    ctx = make_ctx(shape, rpb, rows=(start, end))
+    ctx = make_ctx(shape, rows=(start, end))
     part = op.merge(None if base is None else base[start:end], [x[start:end] for x in xs], p, ctx)
     assert torch.equal(part, whole[start:end]), (method, p)
     event(f"sliced {method}")
@@ -156,9 +155,8 @@ def test_random_operators_replay(data, method):
     base, xs, shape = draw_inputs(data, method, n)
     op = get_operator(method)
     assert op.random
-    rpb = data.draw(st.integers(1, 5), label="rows_per_block")
-    first = op.merge(base, xs, p, make_ctx(shape, rpb, seed=7))
-    again = op.merge(base, [x.clone() for x in xs], p, make_ctx(shape, rpb, seed=7))
+    first = op.merge(base, xs, p, make_ctx(shape, seed=7))
+    again = op.merge(base, [x.clone() for x in xs], p, make_ctx(shape, seed=7))
     assert torch.equal(first, again)
 
 
@@ -172,11 +170,11 @@ def test_random_draw_is_the_same_whole_or_in_slices():
     p = make_params("dare_linear", 2, {"rescale": False}, {"weight": 1.0, "density": 0.5})
     op = get_operator("dare_linear")
     assert op.block_local(p, 2)
-    whole = op.merge(base, xs, p, make_ctx(shape, rows_per_block=4))
-    parts = [op.merge(base[a:b], [x[a:b] for x in xs], p, make_ctx(shape, 4, rows=(a, b)))
+    whole = op.merge(base, xs, p, make_ctx(shape))
+    parts = [op.merge(base[a:b], [x[a:b] for x in xs], p, make_ctx(shape, rows=(a, b)))
              for a, b in [(0, 5), (5, 13)]]
     assert torch.equal(torch.cat(parts), whole)
-    other = op.merge(base, xs, p, make_ctx(shape, rows_per_block=4, seed=99))
+    other = op.merge(base, xs, p, make_ctx(shape, seed=99))
     assert not torch.equal(other, whole)
     changed = (whole != base).float().mean().item()  # each expert keeps ~½: 1 − ¼ changed
     assert 0.6 < changed < 0.9

@@ -1,11 +1,16 @@
-/* Fused CPU loops for magnitude-pruned TIES (loaded with ctypes by native/__init__.py).
+/* Fused CPU loops for the task-arithmetic family (loaded with ctypes by native/__init__.py):
+ * the exact top-k / order-statistic passes behind TIES and breadcrumbs, the exact L1 sums
+ * behind the rescale of DARE and friends, and one fused combine (prune, rescale, weight, sign
+ * consensus or plain sum, λ, + base) for ties, dare_ties, dare_linear, breadcrumbs and
+ * breadcrumbs_ties.
  *
- * The torch path (operators/generalized.py, selection.py, consensus.py) runs ~20 tensor ops
- * per tile and model, each a full pass over memory; these loops make three streaming passes
- * per model to find its top-k rule and one fused pass for the whole sign consensus, reading
- * the checkpoints' bf16 directly and writing the output dtype. They compute exactly what the
- * torch path computes, in the same float32 operation order, so both give the same bits on
- * finite inputs (tests/engine/test_native.py checks it).
+ * The torch path (operators/generalized.py, sparsify.py, selection.py, consensus.py) runs ~20
+ * tensor ops per model, each a full pass over memory; these loops read the checkpoints' bf16
+ * directly, keep a chunk's temporaries in L1 and write the output dtype. They compute exactly
+ * what the torch path computes, in the same float32 operation order, so both give the same
+ * bits on finite inputs (tests/engine/test_native.py checks it). Random drops use the same
+ * counter-based stream as the torch path (operators/random_stream.py): an entry's draw is a
+ * hash of (key, flat index), so any split of the work gives the same draws.
  *
  * Built with -O3 -ffp-contract=off (no fused multiply-add: it would change roundings). The
  * loops are written branch-free so the compiler vectorises them; on x86-64 each hot function
@@ -214,16 +219,130 @@ int64_t mh_magnitude_position(const void *x, int x_dtype, const void *b, int b_d
     return found;
 }
 
-/* One model's contribution to the consensus sums over a chunk: an entry is kept when
- * |δ| > lam (hardshrink semantics: NaN is kept), and d = w·kept δ. */
+/* ---- the random stream (operators/random_stream.py is the reference) ---------------------- */
+
+/* A bijective 32-bit mixer ("lowbias32", C. Wellons' hash-prospector). */
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+/* u[j]: the 24-bit draw of flat entry start + j under key (key0, key1). */
 MULTIVERSION
-static void consensus_add(const float *restrict delta, int64_t len, float lam, float w,
-                          float *restrict total, float *restrict positive, float *restrict negative,
-                          float *restrict w_positive, float *restrict w_negative) {
+static void draws(int64_t start, int64_t len, uint32_t key0, uint32_t key1, uint32_t *restrict u) {
+    for (int64_t j = 0; j < len; j++) {
+        uint64_t i = (uint64_t)(start + j);
+        u[j] = mix32(mix32((uint32_t)i ^ key0) + ((uint32_t)(i >> 32) ^ key1)) >> 8;
+    }
+}
+
+/* ---- one expert's pruning --------------------------------------------------------------- */
+
+/* How expert x is pruned and scaled (native/__init__.py's ModelSpec mirrors this layout).
+ * An entry is kept when |δ| > keep_level, |δ| ≤ drop_level (NaN is kept: hardshrink's rule)
+ * and its draw is below `threshold`; each level is *_before at flat positions below *_cut
+ * and *_after from there on. Kept entries become (δ·factor)·weight. */
+typedef struct {
+    const void *x;
+    int32_t dtype;
+    float weight, factor;
+    float keep_before, keep_after, drop_before, drop_after;
+    int64_t keep_cut, drop_cut;
+    int64_t offset; /* flat index of x[0] (and of the base's first entry) in the full tensor */
+    uint32_t key0, key1;
+    uint32_t threshold; /* ≥ 2^24: no random drop */
+} mh_model;
+
+#define ALL_DRAWS (1u << 24)
+
+/* kept[j] = δ[j] where the entry is kept, else 0 (u: its draws, or zeros with threshold 1). */
+MULTIVERSION
+static void prune(const mh_model *m, const float *restrict delta, const uint32_t *restrict u,
+                  uint32_t threshold, int64_t start, int64_t len, float *restrict kept) {
+    float kb = m->keep_before, ka = m->keep_after, db = m->drop_before, da = m->drop_after;
+    int64_t kc = m->keep_cut - start, dc = m->drop_cut - start;
     for (int64_t j = 0; j < len; j++) {
         float x = delta[j];
         float a = x < 0 ? -x : x;
-        float d = (a <= lam ? 0.0f : x) * w;
+        float keep_level = j < kc ? kb : ka, drop_level = j < dc ? db : da;
+        int keep = !(a <= keep_level) & !(a > drop_level) & (u[j] < threshold);
+        kept[j] = keep ? x : 0.0f;
+    }
+}
+
+/* kept[0..len): expert m's pruned δ over flat [start, start + len), given the base's chunk. */
+static void pruned_chunk(const mh_model *m, const float *base, int64_t start, int64_t len,
+                         float *delta, uint32_t *u, float *kept) {
+    widen(m->x, m->dtype, start, len, delta);
+    subtract(delta, base, len);
+    uint32_t threshold = 1;
+    if (m->threshold < ALL_DRAWS) {
+        draws(m->offset + start, len, m->key0, m->key1, u);
+        threshold = m->threshold;
+    } else {
+        memset(u, 0, (size_t)len * sizeof *u);
+    }
+    prune(m, delta, u, threshold, start, len, kept);
+}
+
+/* slots[j]: |v[j]|'s float32 exponent (0-255), plus 256 when the entry was dropped. */
+MULTIVERSION
+static void exponent_slots(const float *restrict delta, const float *restrict kept, int64_t len,
+                           uint32_t *restrict slots, uint32_t *restrict mantissas) {
+    for (int64_t j = 0; j < len; j++) {
+        uint32_t bits = f32_bits(delta[j]) & 0x7fffffffu, e = bits >> 23;
+        int dropped = kept[j] == 0.0f && delta[j] != 0.0f;
+        slots[j] = e + (dropped ? 256u : 0u);
+        mantissas[j] = (bits & 0x7fffffu) | (e ? 0x800000u : 0u);
+    }
+}
+
+/* The exact L1 norms behind the rescale, as integers: sums[e] += mantissa of every kept |δ|
+ * with float32 exponent e, sums[256 + e] the same for dropped ones (|δ| = mantissa·2^(max(e,1)
+ * − 150)); int64 holds 2^39 entries per slot. operators/exact_sum.py turns them into floats.
+ * Returns 0, or -1 when out of memory. */
+int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const mh_model *m,
+                  int64_t *sums) {
+    float *buf = malloc(4 * CHUNK * sizeof *buf);
+    uint32_t *ints = malloc(3 * CHUNK * sizeof *ints);
+    int64_t *tables = calloc(2 * 512, sizeof *tables);
+    if (!buf || !ints || !tables) {
+        free(buf), free(ints), free(tables);
+        return -1;
+    }
+    float *base = buf, *delta = buf + CHUNK, *kept = buf + 2 * CHUNK;
+    uint32_t *u = ints, *slots = ints + CHUNK, *mantissas = ints + 2 * CHUNK;
+    int64_t *even = tables, *odd = tables + 512;
+    for (int64_t start = first; start < end; start += CHUNK) {
+        int64_t len = end - start < CHUNK ? end - start : CHUNK;
+        widen(b, b_dtype, start, len, base);
+        pruned_chunk(m, base, start, len, delta, u, kept);
+        exponent_slots(delta, kept, len, slots, mantissas);
+        int64_t j = 0;
+        for (; j + 1 < len; j += 2) {
+            even[slots[j]] += mantissas[j];
+            odd[slots[j + 1]] += mantissas[j + 1];
+        }
+        if (j < len) even[slots[j]] += mantissas[j];
+    }
+    for (int k = 0; k < 512; k++) sums[k] += even[k] + odd[k];
+    free(buf), free(ints), free(tables);
+    return 0;
+}
+
+/* ---- combining the experts -------------------------------------------------------------- */
+
+/* d = (kept·factor)·w, added to the consensus sums. */
+MULTIVERSION
+static void consensus_add(const float *restrict kept, int64_t len, float factor, float w,
+                          float *restrict total, float *restrict positive, float *restrict negative,
+                          float *restrict w_positive, float *restrict w_negative) {
+    for (int64_t j = 0; j < len; j++) {
+        float d = (kept[j] * factor) * w;
         int up = d > 0, down = d < 0;
         total[j] += d;
         positive[j] += up ? d : 0.0f;
@@ -233,14 +352,23 @@ static void consensus_add(const float *restrict delta, int64_t len, float lam, f
     }
 }
 
-/* out = b + λ·mixed/divisor: mixed sums the deltas agreeing with the elected sign
- * (+ where Σd ≥ 0), divisor their weights (1 where 0; used only when `normalize`). */
+/* d = (kept·factor)·w, added to the plain sum. */
 MULTIVERSION
-static void consensus_finish(const float *restrict b, int64_t len, const float *restrict total,
-                             const float *restrict positive, const float *restrict negative,
-                             const float *restrict w_positive, const float *restrict w_negative,
-                             int normalize, int scale, float lambda, float *restrict out) {
-    if (normalize) {
+static void sum_add(const float *restrict kept, int64_t len, float factor, float w, float *restrict total) {
+    for (int64_t j = 0; j < len; j++) total[j] += (kept[j] * factor) * w;
+}
+
+/* Consensus: out = b + λ·mixed[/divisor], mixed summing the deltas that agree with the elected
+ * sign (+ where Σd ≥ 0), divisor their weights (1 where 0; only when `normalize`).
+ * Plain sum: out = b + λ·total. */
+MULTIVERSION
+static void finish(const float *restrict b, int64_t len, int consensus, const float *restrict total,
+                   const float *restrict positive, const float *restrict negative,
+                   const float *restrict w_positive, const float *restrict w_negative,
+                   int normalize, int scale, float lambda, float *restrict out) {
+    if (!consensus) {
+        memcpy(out, total, (size_t)len * sizeof *out);
+    } else if (normalize) {
         for (int64_t j = 0; j < len; j++) {
             int up = total[j] >= 0;
             float divisor = up ? w_positive[j] : w_negative[j];
@@ -254,34 +382,35 @@ static void consensus_finish(const float *restrict b, int64_t len, const float *
     for (int64_t j = 0; j < len; j++) out[j] = out[j] + b[j];
 }
 
-/* TIES over flat [begin, end): expert m is (xs[m], x_dtypes[m]) with weight weights[m] and its
- * top-k rule as hardshrink levels: |δ| > lam_before[m] is kept below flat position cuts[m],
- * |δ| > lam_after[m] from there on. Base, experts and out are indexed alike. */
-void mh_ties_combine(const void *b, int b_dtype, int64_t first, int64_t end, int models,
-                     const void *const *xs, const int *x_dtypes, const float *weights,
-                     const float *lam_before, const float *lam_after, const int64_t *cuts,
-                     int normalize, float lambda, void *out, int out_dtype) {
-    float base[CHUNK], delta[CHUNK], total[CHUNK], positive[CHUNK], negative[CHUNK];
+/* The merge over flat [first, end): every expert pruned by its mh_model, then combined with
+ * the sign consensus (`consensus`) or a plain sum (then `normalize` must be 0), scaled by λ
+ * and added to the base. Base, experts and out are indexed alike. */
+void mh_family_combine(const void *b, int b_dtype, int64_t first, int64_t end, int models,
+                       const mh_model *ms, int consensus, int normalize, float lambda, void *out,
+                       int out_dtype) {
+    float base[CHUNK], delta[CHUNK], kept[CHUNK], total[CHUNK], positive[CHUNK], negative[CHUNK];
     float w_positive[CHUNK], w_negative[CHUNK], merged[CHUNK];
+    uint32_t u[CHUNK];
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
         widen(b, b_dtype, start, len, base);
         memset(total, 0, sizeof total);
-        memset(positive, 0, sizeof positive);
-        memset(negative, 0, sizeof negative);
-        memset(w_positive, 0, sizeof w_positive);
-        memset(w_negative, 0, sizeof w_negative);
-        for (int m = 0; m < models; m++) {
-            widen(xs[m], x_dtypes[m], start, len, delta);
-            subtract(delta, base, len);
-            int64_t split = cuts[m] <= start ? 0 : cuts[m] - start < len ? cuts[m] - start : len;
-            consensus_add(delta, split, lam_before[m], weights[m], total, positive, negative,
-                          w_positive, w_negative);
-            consensus_add(delta + split, len - split, lam_after[m], weights[m], total + split,
-                          positive + split, negative + split, w_positive + split, w_negative + split);
+        if (consensus) {
+            memset(positive, 0, sizeof positive);
+            memset(negative, 0, sizeof negative);
+            memset(w_positive, 0, sizeof w_positive);
+            memset(w_negative, 0, sizeof w_negative);
         }
-        consensus_finish(base, len, total, positive, negative, w_positive, w_negative, normalize,
-                         lambda != 1.0f, lambda, merged);
+        for (int m = 0; m < models; m++) {
+            pruned_chunk(&ms[m], base, start, len, delta, u, kept);
+            if (consensus)
+                consensus_add(kept, len, ms[m].factor, ms[m].weight, total, positive, negative,
+                              w_positive, w_negative);
+            else
+                sum_add(kept, len, ms[m].factor, ms[m].weight, total);
+        }
+        finish(base, len, consensus, total, positive, negative, w_positive, w_negative, normalize,
+               lambda != 1.0f, lambda, merged);
         narrow(merged, len, out, out_dtype, start);
     }
 }
