@@ -86,8 +86,31 @@ def test_the_loops_equal_the_torch_path(method, rescale, shared, models, n, quan
     assert torch.equal(out, ref)
 
 
+DELLA_MODELS = [{"weight": 1.0, "density": 0.5, "epsilon": 0.15}, {"weight": 0.6, "density": 0.3, "epsilon": 0.2},
+                {"weight": -0.4, "density": 0.9, "epsilon": 0.05}]
+
+
 @needs_loops
-@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+@pytest.mark.parametrize("rescale", RESCALE)
+@pytest.mark.parametrize("shape", [(300_007,), (37, 1031), (5, 2), (3, 1)])  # one row, rows, narrowest, torch's
+@pytest.mark.parametrize("quantised", [False, True])
+def test_della_through_the_loops_equals_the_torch_path(monkeypatch, method, rescale, shape, quantised):
+    base, xs = family(math.prod(shape), 3, seed=len(shape), quantised=quantised)
+    base, xs = base.float().view(shape), [x.view(shape) for x in xs]
+    shared = {} if rescale is None else {"rescale": rescale}
+    p = make_params(method, 3, shared, DELLA_MODELS)
+    op = get_operator(method)
+    ranked = []
+    real = native.della_masks
+    monkeypatch.setattr(native, "della_masks", lambda *a: ranked.append(1) or real(*a))
+    out = op.merge(base, xs, p, make_ctx(shape))
+    assert bool(ranked) == (shape[-1] > 1)  # a width-1 row stays in torch
+    assert torch.equal(out, torch_path(op.merge, base, xs, p, make_ctx(shape)))
+
+
+@needs_loops
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear", "della_linear"])
 def test_random_drops_of_a_row_slice_are_the_whole_tensors(method):
     """Without rescale DARE is block-local: the loops, given rows 5-12 of a tensor, draw what
     the torch path draws for those rows of the whole tensor."""
@@ -200,7 +223,7 @@ def test_a_large_tensor_splits_over_threads_without_seams(monkeypatch):
 
 
 @needs_loops
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs", "della"])
 @pytest.mark.parametrize("budget", [1.0, 0.5])
 def test_a_bf16_merge_writes_the_same_bytes_either_way(tmp_path, method, budget):
     from conftest import load_model, make_family

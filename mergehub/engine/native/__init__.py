@@ -39,16 +39,20 @@ class ModelSpec(ctypes.Structure):
         ("drop_before", ctypes.c_float), ("drop_after", ctypes.c_float),
         ("keep_cut", ctypes.c_int64), ("drop_cut", ctypes.c_int64), ("offset", ctypes.c_int64),
         ("key0", ctypes.c_uint32), ("key1", ctypes.c_uint32), ("threshold", ctypes.c_uint32),
+        ("mask", ctypes.c_void_p),
     ]
 
 
 def model_spec(x: torch.Tensor, weight: float, keep: tuple[float, float, int] = (-math.inf, -math.inf, 0),
                drop: tuple[float, float, int] = (math.inf, math.inf, 0), key: tuple[int, int] = (0, 0),
-               offset: int = 0, threshold: int = 1 << 24, factor: float = 1.0) -> ModelSpec:
-    """A ModelSpec for flat tensor ``x`` (which must outlive the spec); the defaults keep everything.
-    ``offset``: the flat index of x[0] in the full tensor, which the draws are keyed by."""
+               offset: int = 0, threshold: int = 1 << 24, factor: float = 1.0,
+               mask: torch.Tensor | None = None) -> ModelSpec:
+    """A ModelSpec for flat tensor ``x`` (which, like ``mask``, must outlive the spec); the
+    defaults keep everything. ``offset``: the flat index of x[0] in the full tensor, which the
+    draws are keyed by. ``mask``: uint8 like x, entries at 0 are dropped (``della_mask``)."""
     return ModelSpec(x.data_ptr(), DTYPES[x.dtype], weight, factor, keep[0], keep[1], drop[0], drop[1],
-                     keep[2], drop[2], offset, key[0], key[1], threshold)
+                     keep[2], drop[2], offset, key[0], key[1], threshold,
+                     None if mask is None else mask.data_ptr())
 
 
 def _load() -> ctypes.CDLL | None:
@@ -69,6 +73,11 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_magnitude_count.restype = i32
     lib.mh_magnitude_position.argtypes = [ptr, i32, ptr, i32, i64, ctypes.c_uint32, i64]
     lib.mh_magnitude_position.restype = i64
+    lib.mh_della_mask.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, i64, ctypes.c_uint32, ctypes.c_uint32,
+                                  ptr, ptr]
+    lib.mh_della_mask.restype = i32
+    lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
+    lib.mh_draws.restype = None
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
     lib.mh_prune_sums.restype = i32
     lib.mh_family_combine.argtypes = [ptr, i32, i64, i64, i32, ctypes.POINTER(ModelSpec), i32, i32,
@@ -143,6 +152,37 @@ def _spans(n: int) -> list[tuple[int, int]]:
     parts = max(1, min(THREADS, n // _MIN_SPLIT))
     step = -(-n // parts)
     return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def draws24(key: tuple[int, int], start: int, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (int32, CPU, contiguous) ← the draws u24 of flat entries start, start + 1, …
+    (operators/random_stream.py), on all cores."""
+    assert _LIB is not None and out.dtype == torch.int32 and out.is_contiguous() and out.device.type == "cpu"
+    flat = out.view(-1)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_draws(start + span[0], span[1] - span[0], key[0], key[1], flat[span[0]:].data_ptr())
+
+    if flat.numel():
+        map_parallel(run, _spans(flat.numel()))
+    return out
+
+
+def della_masks(base: torch.Tensor, jobs: list[tuple], width: int) -> None:
+    """DELLA's keep masks, all experts at once on all cores. ``base`` is flat (rows × ``width``);
+    each job is (x, offset, key, probs, mask): flat expert ``x``, the flat index of its first
+    entry in the full tensor, its stream key, float32 keep probabilities by rank in a row
+    (length ``width``), and the uint8 ``mask`` to fill."""
+    rows = base.numel() // width
+    per_task = max(1, -(-rows * len(jobs) // (4 * THREADS)))  # a few tasks per thread
+    tasks = [(job, r, min(r + per_task, rows)) for job in jobs for r in range(0, rows, per_task)]
+
+    def run(task) -> None:
+        (x, offset, key, probs, mask), r0, r1 = task
+        _check(_LIB.mh_della_mask(*_ref(x), *_ref(base), width, r0, r1, offset, key[0], key[1],
+                                  probs.data_ptr(), mask.data_ptr()))
+
+    map_parallel(run, tasks)
 
 
 def prune_sums(base: torch.Tensor, spec: ModelSpec) -> tuple[list[int], list[int]]:

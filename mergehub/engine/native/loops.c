@@ -240,6 +240,11 @@ static void draws(int64_t start, int64_t len, uint32_t key0, uint32_t key1, uint
     }
 }
 
+/* u[j] = the 24-bit draw of flat entry start + j (the torch path's random_stream.draws24). */
+void mh_draws(int64_t start, int64_t len, uint32_t key0, uint32_t key1, uint32_t *u) {
+    draws(start, len, key0, key1, u);
+}
+
 /* ---- one expert's pruning --------------------------------------------------------------- */
 
 /* How expert x is pruned and scaled (native/__init__.py's ModelSpec mirrors this layout).
@@ -254,7 +259,8 @@ typedef struct {
     int64_t keep_cut, drop_cut;
     int64_t offset; /* flat index of x[0] (and of the base's first entry) in the full tensor */
     uint32_t key0, key1;
-    uint32_t threshold; /* ≥ 2^24: no random drop */
+    uint32_t threshold;   /* ≥ 2^24: no random drop */
+    const uint8_t *mask;  /* or NULL: entries whose mask byte is 0 are dropped too (DELLA) */
 } mh_model;
 
 #define ALL_DRAWS (1u << 24)
@@ -274,6 +280,11 @@ static void prune(const mh_model *m, const float *restrict delta, const uint32_t
     }
 }
 
+MULTIVERSION
+static void apply_mask(const uint8_t *restrict mask, int64_t len, float *restrict kept) {
+    for (int64_t j = 0; j < len; j++) kept[j] = mask[j] ? kept[j] : 0.0f;
+}
+
 /* kept[0..len): expert m's pruned δ over flat [start, start + len), given the base's chunk. */
 static void pruned_chunk(const mh_model *m, const float *base, int64_t start, int64_t len,
                          float *delta, uint32_t *u, float *kept) {
@@ -287,6 +298,97 @@ static void pruned_chunk(const mh_model *m, const float *base, int64_t start, in
         memset(u, 0, (size_t)len * sizeof *u);
     }
     prune(m, delta, u, threshold, start, len, kept);
+    if (m->mask) apply_mask(m->mask + start, len, kept);
+}
+
+/* ---- DELLA's ranked random drop ----------------------------------------------------------- */
+
+#define RANK_BITS 12
+#define RANK_BUCKETS ((1 << RANK_BITS) + 1) /* bucket 0 holds the zeros */
+
+/* rank[j]: the position of entry j in the stable ascending order of key[j] (ties by index), a
+ * counting sort on a 12-bit digit: the top 12 of the bits in which the non-zero keys differ
+ * (bits above are the same in all of them), zeros in a bucket of their own. Deltas of bf16
+ * checkpoints have few significant bits, so the digit usually holds every differing bit and
+ * equal digits mean equal keys: one counting pass and one numbering pass. Otherwise entries
+ * are placed by digit and one insertion sort by key (stable) orders each bucket: buckets are
+ * already in order, so it only moves entries within their bucket. `start` (RANK_BUCKETS + 1
+ * counters) must be all zero on entry and is left so. */
+static void ranks(const uint32_t *key, int64_t w, int64_t *start, uint16_t *digit, uint32_t *order,
+                  uint32_t *rank) {
+    if (w <= 0) return;
+    uint32_t any = 0, all = 0xffffffffu, largest = 0, smallest = 0xffffffffu; /* over non-zero keys */
+    for (int64_t j = 0; j < w; j++) {
+        uint32_t k = key[j], or_none = k ? k : 0xffffffffu;
+        any |= k;
+        all &= or_none;
+        largest = k > largest ? k : largest;
+        smallest = or_none < smallest ? or_none : smallest;
+    }
+    uint32_t varying = any & ~all;
+    int top = varying ? 31 - __builtin_clz(varying) : 0;
+    int shift = top + 1 > RANK_BITS ? top + 1 - RANK_BITS : 0;
+    uint32_t digit_mask = (1u << (top + 1 - shift)) - 1u;
+    /* zeros go to bucket 0, the others to [lowest, highest] */
+    int lowest = largest ? (int)(1u + ((smallest >> shift) & digit_mask)) : 1;
+    int highest = largest ? (int)(1u + ((largest >> shift) & digit_mask)) : 0;
+    for (int64_t j = 0; j < w; j++) {
+        int d = key[j] ? (int)(1u + ((key[j] >> shift) & digit_mask)) : 0;
+        digit[j] = (uint16_t)d;
+        start[d]++;
+    }
+    int64_t before = start[0]; /* counts → first position of each bucket */
+    start[0] = 0;
+    for (int d = lowest; d <= highest; d++) {
+        int64_t count = start[d];
+        start[d] = before;
+        before += count;
+    }
+    if (shift == 0) { /* equal digits, equal keys */
+        for (int64_t j = 0; j < w; j++) rank[j] = (uint32_t)start[digit[j]]++;
+    } else {
+        for (int64_t j = 0; j < w; j++) order[start[digit[j]]++] = (uint32_t)j;
+        for (int64_t i = 1; i < w; i++) {
+            uint32_t j = order[i], k = key[j];
+            int64_t at = i;
+            for (; at > 0 && key[order[at - 1]] > k; at--) order[at] = order[at - 1];
+            order[at] = j;
+        }
+        for (int64_t r = 0; r < w; r++) rank[order[r]] = (uint32_t)r;
+    }
+    start[0] = 0;
+    if (highest >= lowest) memset(start + lowest, 0, (size_t)(highest - lowest + 1) * sizeof *start);
+}
+
+/* mask[j] = 1 where DELLA keeps entry j, for rows [r0, r1) of a rows × width tensor (mask is
+ * indexed like x): u < probs[rank of |δ| in its row], u = u24·2^-24 the entry's draw (flat
+ * index offset + j). probs[r] = density − ε + 2ε·r/(width − 1), computed by the caller with the
+ * torch path's own float32 ops. Returns 0, or -1 when out of memory. */
+int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
+                  int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
+                  uint8_t *mask) {
+    float *delta = malloc(2 * (size_t)width * sizeof *delta);
+    uint32_t *ints = malloc(4 * (size_t)width * sizeof *ints);
+    uint16_t *digit = malloc((size_t)width * sizeof *digit);
+    int64_t *buckets = calloc(RANK_BUCKETS + 1, sizeof *buckets);
+    if (!delta || !ints || !digit || !buckets) {
+        free(delta), free(ints), free(digit), free(buckets);
+        return -1;
+    }
+    float *base = delta + width;
+    uint32_t *bits = ints, *rank = ints + width, *u = ints + 2 * width, *order = ints + 3 * width;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t start = r * width;
+        widen(x, x_dtype, start, width, delta);
+        widen(b, b_dtype, start, width, base);
+        subtract(delta, base, width);
+        magnitude_bits(delta, width, bits);
+        ranks(bits, width, buckets, digit, order, rank);
+        draws(offset + start, width, key0, key1, u);
+        for (int64_t j = 0; j < width; j++) mask[start + j] = (float)u[j] * 0x1p-24f < probs[rank[j]];
+    }
+    free(delta), free(ints), free(digit), free(buckets);
+    return 0;
 }
 
 /* slots[j]: |v[j]|'s float32 exponent (0-255), plus 256 when the entry was dropped. */

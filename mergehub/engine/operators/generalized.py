@@ -31,7 +31,7 @@ from .. import native
 from .exact_sum import rescale_factor
 from .random_stream import keep_threshold
 from .selection import TopKRule, delta_outside_smallest, delta_topk_rule, tiles, topk_rule
-from .sparsify import RESCALE_EPS, SPARSIFIERS, magnitude_count
+from .sparsify import RESCALE_EPS, SPARSIFIERS, della_probabilities, magnitude_count
 
 _DENSITY_HELP = {
     None: "Unused without sparsification (kept for mergekit compatibility).",
@@ -126,34 +126,37 @@ class TaskArithmeticFamily(Operator):
         """Is this tensor's sparsification a plain top-k by magnitude (``_merge_top_k``)?"""
         return self.sparsifier == "magnitude" and not p.shared["rescale"] and any(self._sparsifies(p))
 
-    def _native_route(self, p: TensorParams) -> bool:
-        """Do the compiled loops (engine/native) handle this tensor's sparsified merge? All but
-        DELLA (its per-row ranking stays in torch) and a normalised plain sum."""
-        return (self.sparsifier in ("magnitude", "random", "magnitude_outliers") and any(self._sparsifies(p))
-                and (self.consensus or not p.shared["normalize"]))
+    def _native_route(self, p: TensorParams, shape: torch.Size) -> bool:
+        """Do the compiled loops (engine/native) handle this tensor's sparsified merge? All but a
+        normalised plain sum, and DELLA on tensors whose rows are not the last dim."""
+        if self.sparsifier is None or not any(self._sparsifies(p)):
+            return False
+        if self.sparsifier == "della_magprune" and _della_width(shape) is None:
+            return False
+        return self.consensus or not p.shared["normalize"]
 
     def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
         """Straight from the checkpoints' dtype to the output's, through the compiled loops
         (engine/native): no float32 copies of the base or the result."""
-        if not (self._native_route(p) and work == torch.float32 and out_dtype in native.DTYPES):
+        if not (self._native_route(p, base.shape) and work == torch.float32 and out_dtype in native.DTYPES):
             return None
         flat_base = base.reshape(-1)
         flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
         if not native.supports(flat_base, *[x for x in flat_inputs if x is not None]):
             return None
         out = ctx.empty(base.shape, out_dtype).view(-1)
-        return self._merge_native(flat_base, flat_inputs, p, ctx, out, ctx.flat_start(base.shape)).view(base.shape)
+        return self._merge_native(flat_base, flat_inputs, p, ctx, out, base.shape).view(base.shape)
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
-        if self._native_route(p) and base.dtype == torch.float32:
+        if self._native_route(p, base.shape) and base.dtype == torch.float32:
             flat_base = base.reshape(-1)
             flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
             if native.supports(flat_base, *[x for x in flat_inputs if x is not None]):
                 out = ctx.empty_like(flat_base)
-                return self._merge_native(flat_base, flat_inputs, p, ctx, out, ctx.flat_start(base.shape)).view(base.shape)
+                return self._merge_native(flat_base, flat_inputs, p, ctx, out, base.shape).view(base.shape)
         if self._top_k(p):
             return self._merge_top_k(base, inputs, p, ctx)
         sparsify = SPARSIFIERS[self.sparsifier] if self.sparsifier else None
@@ -221,17 +224,35 @@ class TaskArithmeticFamily(Operator):
                 for x, m in zip(inputs, p.models)]
 
     def _merge_native(self, base: torch.Tensor, inputs: list[torch.Tensor | None], p: TensorParams,
-                      ctx: MergeContext, out: torch.Tensor, offset: int) -> torch.Tensor:
+                      ctx: MergeContext, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """The merge of flat tensors through the compiled loops (same bits as the torch path on
         finite inputs), into ``out``: each model's pruning rule (and rescale factor) is found on
-        its own thread, then one fused pass combines them all. ``offset``: the flat index of
-        ``base[0]`` in the full tensor (random draws are keyed by it)."""
+        its own thread, then one fused pass combines them all. ``shape``: the tensor's (or this
+        slice's) shape, which places its entries in the full tensor for the random draws."""
         used = [(k, x) for k, x in enumerate(inputs) if x is not None]
-        specs = native.map_parallel(lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset), used)
+        offset = ctx.flat_start(shape)
+        masks = self._della_masks(base, used, p, ctx, offset, shape) if self.sparsifier == "della_magprune" else {}
+        specs = native.map_parallel(
+            lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset, masks.get(k_x[0])), used)
         return native.family_combine(base, specs, self.consensus, p.shared["normalize"], p.shared["lambda"], out)
 
+    def _della_masks(self, base: torch.Tensor, used: list[tuple[int, torch.Tensor]], p: TensorParams,
+                     ctx: MergeContext, offset: int, shape: torch.Size) -> dict[int, torch.Tensor]:
+        """DELLA's keep mask (uint8) of each model that prunes: sparsify.della_magprune's draws
+        against probabilities by rank in the row, ranked in the compiled loops."""
+        width = _della_width(shape)
+        masks, jobs = {}, []
+        for k, x in used:
+            model = p.models[k]
+            if 0 < model["density"] < 1:
+                probs = della_probabilities(model["density"], model["epsilon"], width)
+                masks[k] = torch.empty(base.numel(), dtype=torch.uint8)
+                jobs.append((x, offset, ctx.stream_key(k), probs, masks[k]))
+        native.della_masks(base, jobs, width)
+        return masks
+
     def _native_spec(self, x: torch.Tensor, base: torch.Tensor, k: int, p: TensorParams,
-                     ctx: MergeContext, offset: int) -> native.ModelSpec:
+                     ctx: MergeContext, offset: int, mask: torch.Tensor | None = None) -> native.ModelSpec:
         """How model k is pruned (sparsify.py's rules, as levels, draws and a rescale factor)."""
         model = p.models[k]
         density, n = model["density"], base.numel()
@@ -243,6 +264,8 @@ class TaskArithmeticFamily(Operator):
                     rule["keep"] = top_k.levels()
             elif self.sparsifier == "random":
                 rule.update(key=ctx.stream_key(k), offset=offset, threshold=keep_threshold(density))
+            elif self.sparsifier == "della_magprune":
+                rule["mask"] = mask
             else:  # magnitude_outliers: keep ascending ranks [n_bottom, n_bottom + target)
                 target, n_top = int(density * n), int(model["gamma"] * n)
                 n_bottom = max(0, n - target - n_top)
@@ -256,6 +279,13 @@ class TaskArithmeticFamily(Operator):
                 factor = rescale_factor(*native.prune_sums(base, native.model_spec(x, 1.0, **rule)), RESCALE_EPS)
                 rule["factor"] = 1.0 if factor is None else factor
         return native.model_spec(x, model["weight"], **rule)
+
+
+def _della_width(shape: torch.Size) -> int | None:
+    """The row width DELLA ranks over when the compiled loops can rank it (rows contiguous and
+    at least 2 wide: a 1-D tensor is one row, a 2-D one ranks along its last dim), else None."""
+    width = shape[-1] if len(shape) == 2 else math.prod(shape) if len(shape) == 1 else 0
+    return width if width >= 2 else None
 
 
 def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None = None,

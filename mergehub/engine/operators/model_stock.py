@@ -3,15 +3,19 @@
     cos θ = mean over pairs (i<j) of ⟨δ_i, δ_j⟩ / max(‖δ_i‖‖δ_j‖, 1e-6), clamped to [−1, 1]
     t = N·cos θ / (1 + (N − 1)·cos θ)   (t = 0 where |1 + (N − 1)·cos θ| < 1e-6)
     out = t·mean(x_k) + (1 − t)·base
-Over the whole tensor, or with ``filter_wise`` per vector along the last dim (per row).
+Over the whole tensor, or with ``filter_wise`` per vector along the last dim (per row). The
+whole-tensor sums are accumulated in float64, tile by tile.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .base import MergeContext, Operator, Param, TensorParams
 from .registry import register
+from .selection import tiles
 
 
 @register
@@ -21,6 +25,7 @@ class ModelStock(Operator):
     min_inputs = 2
     params = (Param("filter_wise", "global", bool, False,
                     help="Compute the interpolation factor per row instead of per tensor."),)
+    stored_dtype_inputs = True  # x − base and average += x promote bf16 inputs exactly
     help = "Model Stock: move from the base towards the experts' mean by their delta agreement."
 
     def block_local(self, p: TensorParams, ndim: int) -> bool:
@@ -29,13 +34,15 @@ class ModelStock(Operator):
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
-        shape = base.shape
-        if p.shared["filter_wise"]:
+        if p.shared["filter_wise"] or base.dim() < 2:
             view = (lambda x: x.reshape(1, -1)) if base.dim() < 2 else (lambda x: x)
-        else:
-            view = lambda x: x.reshape(-1)  # noqa: E731
-        w0 = view(base)
-        offsets = [view(x) - w0 for x in inputs]
+            return self._merge_rows(view(base), [view(x) for x in inputs]).reshape(base.shape)
+        return self._merge_tensor(base, inputs, ctx)
+
+    @staticmethod
+    def _merge_rows(w0: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Per row (vectors along the last dim) of 2-D ``w0`` and ``inputs``."""
+        offsets = [x - w0 for x in inputs]
         norms = [torch.linalg.vector_norm(o, dim=-1) for o in offsets]
         cos_sum, pairs = None, 0
         for i in range(len(offsets)):
@@ -50,8 +57,39 @@ class ModelStock(Operator):
         denominator = 1 + (n - 1) * cos_theta
         singular = denominator.abs() < 1e-6
         t = torch.where(singular, 0, n * cos_theta / torch.where(singular, 1, denominator))
-        average = view(inputs[0]).clone()
+        average = inputs[0].to(w0.dtype, copy=True)
         for x in inputs[1:]:
-            average += view(x)
+            average += x
         average /= n
-        return (t * average).add_((1 - t) * w0).reshape(shape)
+        return (t * average).add_((1 - t) * w0)
+
+    @staticmethod
+    def _merge_tensor(base: torch.Tensor, inputs: list[torch.Tensor], ctx: MergeContext) -> torch.Tensor:
+        """The whole tensor as one vector, in two streaming passes over tiles (each tile's deltas
+        stay in cache): the Gram matrix of the deltas, accumulated in float64, then the blend.
+        Inputs may be in their stored dtype (``stored_dtype_inputs``)."""
+        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
+        n = len(flat)
+        tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
+        gram = [[0.0] * n for _ in range(n)]
+        for a, b in tiles(flat_base.numel(), tile):
+            deltas = [torch.sub(x[a:b], flat_base[a:b]) for x in flat]
+            for i in range(n):
+                for j in range(i, n):
+                    gram[i][j] += float(torch.dot(deltas[i], deltas[j]))
+        cos_sum, pairs = 0.0, 0
+        for i in range(n):
+            for j in range(i + 1, n):
+                norms = math.sqrt(max(gram[i][i], 0.0)) * math.sqrt(max(gram[j][j], 0.0))
+                cos_sum += min(1.0, max(-1.0, gram[i][j] / max(norms, 1e-6)))
+                pairs += 1
+        cos_theta = cos_sum / pairs
+        denominator = 1 + (n - 1) * cos_theta
+        t = 0.0 if abs(denominator) < 1e-6 else n * cos_theta / denominator
+        out = ctx.empty_like(flat_base)
+        for a, b in tiles(flat_base.numel(), tile):
+            average = out[a:b].copy_(flat[0][a:b])
+            for x in flat[1:]:
+                average.add_(x[a:b])
+            average.div_(n).mul_(t).add_(flat_base[a:b], alpha=1 - t)
+        return out.view(base.shape)

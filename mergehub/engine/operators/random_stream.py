@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from .. import native
+
 DRAW_BITS = 24
 ALL_DRAWS = 1 << DRAW_BITS
 _MASK32 = 0xFFFFFFFF
@@ -58,8 +60,11 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def draws24(key: tuple[int, int], start: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """int32[count]: u24 of flat entries start … start + count − 1."""
+    """int32[count]: u24 of flat entries start … start + count − 1 (on the CPU through the
+    compiled loops when they are built: same numbers, ~50x faster)."""
     out = torch.empty(count, dtype=torch.int32, device=device)
+    if out.device.type == "cpu" and native.available():
+        return native.draws24(key, start, out)
     key0, key1 = key
     for a in range(0, count, _CHUNK):
         i = torch.arange(start + a, start + min(a + _CHUNK, count), dtype=torch.int64, device=device)

@@ -94,10 +94,20 @@ def della_magprune(delta: torch.Tensor, density: float, rescale: bool, model: di
         return delta
     if density <= 0:
         return delta.zero_()
-    epsilon = model["epsilon"]
-    probs = density - epsilon + (2 * epsilon) * della_rank(delta)
-    keep = ctx.uniform(k, delta.shape) < probs
+    keep = ctx.uniform(k, delta.shape) < _probabilities(density, model["epsilon"], della_rank(delta))
     return _apply(delta, keep, rescale)
+
+
+def _probabilities(density: float, epsilon: float, rank: torch.Tensor) -> torch.Tensor:
+    """DELLA's keep probability density − ε + 2ε·rank (float32 ops, the compiled loops' table)."""
+    return density - epsilon + (2 * epsilon) * rank
+
+
+def della_probabilities(density: float, epsilon: float, width: int) -> torch.Tensor:
+    """float32[width]: the keep probability of the entry ranked r (0-based) in a row of ``width``
+    ≥ 2, computed with the same ops as ``della_magprune`` (for the compiled loops)."""
+    steps = torch.arange(width, dtype=torch.float32) / (width - 1)
+    return _probabilities(density, epsilon, steps)
 
 
 def della_rank(delta: torch.Tensor) -> torch.Tensor:
