@@ -49,7 +49,7 @@ def model_spec(x: torch.Tensor, weight: float, keep: tuple[float, float, int] = 
                mask: torch.Tensor | None = None) -> ModelSpec:
     """A ModelSpec for flat tensor ``x`` (which, like ``mask``, must outlive the spec); the
     defaults keep everything. ``offset``: the flat index of x[0] in the full tensor, which the
-    draws are keyed by. ``mask``: uint8 like x, entries at 0 are dropped (``della_mask``)."""
+    draws are keyed by. ``mask``: a bit per entry of x (``della_masks``), entries at 0 are dropped."""
     return ModelSpec(x.data_ptr(), DTYPES[x.dtype], weight, factor, keep[0], keep[1], drop[0], drop[1],
                      keep[2], drop[2], offset, key[0], key[1], threshold,
                      None if mask is None else mask.data_ptr())
@@ -74,7 +74,7 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_magnitude_position.argtypes = [ptr, i32, ptr, i32, i64, ctypes.c_uint32, i64]
     lib.mh_magnitude_position.restype = i64
     lib.mh_della_mask.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, i64, ctypes.c_uint32, ctypes.c_uint32,
-                                  ptr, ptr]
+                                  ptr, ptr, ptr]
     lib.mh_della_mask.restype = i32
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
@@ -168,21 +168,38 @@ def draws24(key: tuple[int, int], start: int, out: torch.Tensor) -> torch.Tensor
     return out
 
 
-def della_masks(base: torch.Tensor, jobs: list[tuple], width: int) -> None:
+def della_masks(base: torch.Tensor, jobs: list[tuple], width: int,
+                sums: bool) -> list[tuple[list[int], list[int]] | None]:
     """DELLA's keep masks, all experts at once on all cores. ``base`` is flat (rows × ``width``);
     each job is (x, offset, key, probs, mask): flat expert ``x``, the flat index of its first
     entry in the full tensor, its stream key, float32 keep probabilities by rank in a row
-    (length ``width``), and the uint8 ``mask`` to fill."""
+    (length ``width``), and the ``mask`` to fill: uint8, a bit per entry (entry j is bit j % 8,
+    little-endian, of byte j // 8). With ``sums``, each job's exact L1
+    slots (as ``prune_sums``) come back too, measured in the same pass."""
     rows = base.numel() // width
-    per_task = max(1, -(-rows * len(jobs) // (4 * THREADS)))  # a few tasks per thread
-    tasks = [(job, r, min(r + per_task, rows)) for job in jobs for r in range(0, rows, per_task)]
+    per_task = -(-rows * len(jobs) // (4 * THREADS))  # a few tasks per thread,
+    per_task = max(8, -(-per_task // 8) * 8)  # in multiples of 8 rows: each starts on a mask byte
+    tasks = [(i, r, min(r + per_task, rows)) for i in range(len(jobs)) for r in range(0, rows, per_task)]
 
-    def run(task) -> None:
-        (x, offset, key, probs, mask), r0, r1 = task
+    def run(task) -> tuple[int, torch.Tensor | None]:
+        i, r0, r1 = task
+        x, offset, key, probs, mask = jobs[i]
+        part = torch.zeros(512, dtype=torch.int64) if sums else None
         _check(_LIB.mh_della_mask(*_ref(x), *_ref(base), width, r0, r1, offset, key[0], key[1],
-                                  probs.data_ptr(), mask.data_ptr()))
+                                  probs.data_ptr(), mask.data_ptr(), None if part is None else part.data_ptr()))
+        return i, part
 
-    map_parallel(run, tasks)
+    totals: list[torch.Tensor | None] = [torch.zeros(512, dtype=torch.int64) if sums else None for _ in jobs]
+    for i, part in map_parallel(run, tasks):
+        if part is not None:
+            totals[i] += part
+    return [None if t is None else _before_after(t) for t in totals]
+
+
+def _before_after(sums: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(slots of all entries, slots of the kept ones) from kept | dropped slots."""
+    kept, dropped = sums[:256].tolist(), sums[256:].tolist()
+    return [a + b for a, b in zip(kept, dropped)], kept
 
 
 def prune_sums(base: torch.Tensor, spec: ModelSpec) -> tuple[list[int], list[int]]:
@@ -191,8 +208,7 @@ def prune_sums(base: torch.Tensor, spec: ModelSpec) -> tuple[list[int], list[int
     assert supports(base)
     sums = torch.zeros(512, dtype=torch.int64)
     _check(_LIB.mh_prune_sums(*_ref(base), 0, base.numel(), ctypes.byref(spec), sums.data_ptr()))
-    kept, dropped = sums[:256].tolist(), sums[256:].tolist()
-    return [a + b for a, b in zip(kept, dropped)], kept
+    return _before_after(sums)
 
 
 def family_combine(base: torch.Tensor, specs: list[ModelSpec], consensus: bool, normalize: bool,

@@ -260,7 +260,7 @@ typedef struct {
     int64_t offset; /* flat index of x[0] (and of the base's first entry) in the full tensor */
     uint32_t key0, key1;
     uint32_t threshold;   /* ≥ 2^24: no random drop */
-    const uint8_t *mask;  /* or NULL: entries whose mask byte is 0 are dropped too (DELLA) */
+    const uint8_t *mask;  /* or NULL: a bit per entry (DELLA's); entries whose bit is 0 are dropped too */
 } mh_model;
 
 #define ALL_DRAWS (1u << 24)
@@ -285,6 +285,19 @@ static void apply_mask(const uint8_t *restrict mask, int64_t len, float *restric
     for (int64_t j = 0; j < len; j++) kept[j] = mask[j] ? kept[j] : 0.0f;
 }
 
+/* out[j] = bit (first + j) of `bits` (little-endian within a byte), 0 or 1; whole bytes are
+ * spread eight bits at a time (multiply, mask, and add 0x7f so a non-zero byte sets its top bit). */
+static void unpack_bits(const uint8_t *bits, int64_t first, int64_t len, uint8_t *out) {
+    int64_t j = 0;
+    for (; j < len && ((first + j) & 7); j++) out[j] = (bits[(first + j) >> 3] >> ((first + j) & 7)) & 1u;
+    for (; j + 8 <= len; j += 8) {
+        uint64_t spread = (bits[(first + j) >> 3] * 0x0101010101010101ull) & 0x8040201008040201ull;
+        uint64_t ones = ((spread + 0x7f7f7f7f7f7f7f7full) & 0x8080808080808080ull) >> 7;
+        memcpy(out + j, &ones, 8);
+    }
+    for (; j < len; j++) out[j] = (bits[(first + j) >> 3] >> ((first + j) & 7)) & 1u;
+}
+
 /* kept[0..len): expert m's pruned δ over flat [start, start + len), given the base's chunk. */
 static void pruned_chunk(const mh_model *m, const float *base, int64_t start, int64_t len,
                          float *delta, uint32_t *u, float *kept) {
@@ -298,97 +311,11 @@ static void pruned_chunk(const mh_model *m, const float *base, int64_t start, in
         memset(u, 0, (size_t)len * sizeof *u);
     }
     prune(m, delta, u, threshold, start, len, kept);
-    if (m->mask) apply_mask(m->mask + start, len, kept);
-}
-
-/* ---- DELLA's ranked random drop ----------------------------------------------------------- */
-
-#define RANK_BITS 12
-#define RANK_BUCKETS ((1 << RANK_BITS) + 1) /* bucket 0 holds the zeros */
-
-/* rank[j]: the position of entry j in the stable ascending order of key[j] (ties by index), a
- * counting sort on a 12-bit digit: the top 12 of the bits in which the non-zero keys differ
- * (bits above are the same in all of them), zeros in a bucket of their own. Deltas of bf16
- * checkpoints have few significant bits, so the digit usually holds every differing bit and
- * equal digits mean equal keys: one counting pass and one numbering pass. Otherwise entries
- * are placed by digit and one insertion sort by key (stable) orders each bucket: buckets are
- * already in order, so it only moves entries within their bucket. `start` (RANK_BUCKETS + 1
- * counters) must be all zero on entry and is left so. */
-static void ranks(const uint32_t *key, int64_t w, int64_t *start, uint16_t *digit, uint32_t *order,
-                  uint32_t *rank) {
-    if (w <= 0) return;
-    uint32_t any = 0, all = 0xffffffffu, largest = 0, smallest = 0xffffffffu; /* over non-zero keys */
-    for (int64_t j = 0; j < w; j++) {
-        uint32_t k = key[j], or_none = k ? k : 0xffffffffu;
-        any |= k;
-        all &= or_none;
-        largest = k > largest ? k : largest;
-        smallest = or_none < smallest ? or_none : smallest;
+    if (m->mask) {
+        uint8_t keep[CHUNK];
+        unpack_bits(m->mask, start, len, keep);
+        apply_mask(keep, len, kept);
     }
-    uint32_t varying = any & ~all;
-    int top = varying ? 31 - __builtin_clz(varying) : 0;
-    int shift = top + 1 > RANK_BITS ? top + 1 - RANK_BITS : 0;
-    uint32_t digit_mask = (1u << (top + 1 - shift)) - 1u;
-    /* zeros go to bucket 0, the others to [lowest, highest] */
-    int lowest = largest ? (int)(1u + ((smallest >> shift) & digit_mask)) : 1;
-    int highest = largest ? (int)(1u + ((largest >> shift) & digit_mask)) : 0;
-    for (int64_t j = 0; j < w; j++) {
-        int d = key[j] ? (int)(1u + ((key[j] >> shift) & digit_mask)) : 0;
-        digit[j] = (uint16_t)d;
-        start[d]++;
-    }
-    int64_t before = start[0]; /* counts → first position of each bucket */
-    start[0] = 0;
-    for (int d = lowest; d <= highest; d++) {
-        int64_t count = start[d];
-        start[d] = before;
-        before += count;
-    }
-    if (shift == 0) { /* equal digits, equal keys */
-        for (int64_t j = 0; j < w; j++) rank[j] = (uint32_t)start[digit[j]]++;
-    } else {
-        for (int64_t j = 0; j < w; j++) order[start[digit[j]]++] = (uint32_t)j;
-        for (int64_t i = 1; i < w; i++) {
-            uint32_t j = order[i], k = key[j];
-            int64_t at = i;
-            for (; at > 0 && key[order[at - 1]] > k; at--) order[at] = order[at - 1];
-            order[at] = j;
-        }
-        for (int64_t r = 0; r < w; r++) rank[order[r]] = (uint32_t)r;
-    }
-    start[0] = 0;
-    if (highest >= lowest) memset(start + lowest, 0, (size_t)(highest - lowest + 1) * sizeof *start);
-}
-
-/* mask[j] = 1 where DELLA keeps entry j, for rows [r0, r1) of a rows × width tensor (mask is
- * indexed like x): u < probs[rank of |δ| in its row], u = u24·2^-24 the entry's draw (flat
- * index offset + j). probs[r] = density − ε + 2ε·r/(width − 1), computed by the caller with the
- * torch path's own float32 ops. Returns 0, or -1 when out of memory. */
-int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
-                  int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
-                  uint8_t *mask) {
-    float *delta = malloc(2 * (size_t)width * sizeof *delta);
-    uint32_t *ints = malloc(4 * (size_t)width * sizeof *ints);
-    uint16_t *digit = malloc((size_t)width * sizeof *digit);
-    int64_t *buckets = calloc(RANK_BUCKETS + 1, sizeof *buckets);
-    if (!delta || !ints || !digit || !buckets) {
-        free(delta), free(ints), free(digit), free(buckets);
-        return -1;
-    }
-    float *base = delta + width;
-    uint32_t *bits = ints, *rank = ints + width, *u = ints + 2 * width, *order = ints + 3 * width;
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t start = r * width;
-        widen(x, x_dtype, start, width, delta);
-        widen(b, b_dtype, start, width, base);
-        subtract(delta, base, width);
-        magnitude_bits(delta, width, bits);
-        ranks(bits, width, buckets, digit, order, rank);
-        draws(offset + start, width, key0, key1, u);
-        for (int64_t j = 0; j < width; j++) mask[start + j] = (float)u[j] * 0x1p-24f < probs[rank[j]];
-    }
-    free(delta), free(ints), free(digit), free(buckets);
-    return 0;
 }
 
 /* slots[j]: |v[j]|'s float32 exponent (0-255), plus 256 when the entry was dropped. */
@@ -401,6 +328,182 @@ static void exponent_slots(const float *restrict delta, const float *restrict ke
         slots[j] = e + (dropped ? 256u : 0u);
         mantissas[j] = (bits & 0x7fffffu) | (e ? 0x800000u : 0u);
     }
+}
+
+/* ---- DELLA's ranked random drop ----------------------------------------------------------- */
+
+#define DIGIT_BITS 10
+#define BUCKETS ((1 << DIGIT_BITS) + 1) /* bucket 0 holds the zeros */
+
+/* One row's bucket geometry: entries are bucketed by a 10-bit digit of |δ|'s bit pattern (the
+ * top 10 of the bits in which the row's non-zero keys differ; bits above are the same in all of
+ * them), zeros in bucket 0. The digit is monotone in the key, so an entry's rank in the row
+ * lies between its bucket's first and last position. */
+typedef struct {
+    int shift, lowest, highest;
+    uint32_t digit_mask;
+    int64_t count[BUCKETS], first[BUCKETS], next[BUCKETS];
+    int8_t pure[BUCKETS]; /* does the bucket hold a single key (1, 0, or -1: not known) */
+    float p_first[BUCKETS], p_last[BUCKETS];
+} row_buckets;
+
+MULTIVERSION
+static void key_range(const uint32_t *restrict key, int64_t w, uint32_t *any, uint32_t *all,
+                      uint32_t *smallest, uint32_t *largest) {
+    uint32_t a = 0, l = 0xffffffffu, lo = 0xffffffffu, hi = 0; /* over non-zero keys */
+    for (int64_t j = 0; j < w; j++) {
+        uint32_t k = key[j], or_none = k | (0u - (uint32_t)(k == 0)); /* 0 → all ones, branch-free */
+        a |= k;
+        l &= or_none;
+        lo = or_none < lo ? or_none : lo;
+        hi = k > hi ? k : hi;
+    }
+    *any = a, *all = l, *smallest = lo, *largest = hi;
+}
+
+MULTIVERSION
+static void digits_of(const uint32_t *restrict key, int64_t w, int shift, uint32_t digit_mask,
+                      uint16_t *restrict digit) {
+    for (int64_t j = 0; j < w; j++)
+        digit[j] = key[j] ? (uint16_t)(1u + ((key[j] >> shift) & digit_mask)) : (uint16_t)0;
+}
+
+/* Fills rb for a row of keys; p_first/p_last: probs at each bucket's first and last rank. */
+static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint16_t *digit, row_buckets *rb) {
+    uint32_t any, all, smallest, largest;
+    key_range(key, w, &any, &all, &smallest, &largest);
+    uint32_t varying = any & ~all;
+    int top = varying ? 31 - __builtin_clz(varying) : 0;
+    rb->shift = top + 1 > DIGIT_BITS ? top + 1 - DIGIT_BITS : 0;
+    rb->digit_mask = (1u << (top + 1 - rb->shift)) - 1u;
+    rb->lowest = largest ? (int)(1u + ((smallest >> rb->shift) & rb->digit_mask)) : 1;
+    rb->highest = largest ? (int)(1u + ((largest >> rb->shift) & rb->digit_mask)) : 0;
+    digits_of(key, w, rb->shift, rb->digit_mask, digit);
+    rb->count[0] = 0;
+    for (int d = rb->lowest; d <= rb->highest; d++) rb->count[d] = 0;
+    for (int64_t j = 0; j < w; j++) rb->count[digit[j]]++;
+    int64_t before = 0;
+    for (int d = 0; d <= rb->highest; d = d ? d + 1 : rb->lowest) {
+        int64_t c = rb->count[d];
+        rb->first[d] = before;
+        if (c) rb->p_first[d] = probs[before], rb->p_last[d] = probs[before + c - 1];
+        before += c;
+        if (!d && rb->lowest > rb->highest) break;
+    }
+}
+
+/* The exact rank of entry j in its row: its bucket's first rank, plus the bucket's entries
+ * (order[first, first + count), in index order) with a smaller key or an equal key before j. */
+static int64_t exact_rank(const uint32_t *key, const uint32_t *order, int64_t first, int64_t count,
+                          uint32_t j) {
+    uint32_t k = key[j];
+    int64_t r = first;
+    for (int64_t i = first; i < first + count; i++) {
+        uint32_t other = order[i];
+        r += (key[other] < k) | ((key[other] == k) & (other < j));
+    }
+    return r;
+}
+
+/* Do the bucket's entries (order[first, first + count)) all have the same key? */
+static int one_key(const uint32_t *key, const uint32_t *order, int64_t first, int64_t count) {
+    for (int64_t i = first + 1; i < first + count; i++)
+        if (key[order[i]] != key[order[first]]) return 0;
+    return 1;
+}
+
+/* keep[j] = u[j] below the probability at its bucket's first rank; unsure[j] = u[j] between
+ * that and the one at its last rank (the entry's exact rank decides). */
+MULTIVERSION
+static void bucket_decisions(const uint32_t *restrict u, const uint16_t *restrict digit, int64_t w,
+                             const float *restrict p_first, const float *restrict p_last,
+                             uint8_t *restrict keep, uint8_t *restrict unsure) {
+    for (int64_t j = 0; j < w; j++) {
+        float uf = (float)u[j] * 0x1p-24f;
+        int sure_keep = uf < p_first[digit[j]], may_keep = uf < p_last[digit[j]];
+        keep[j] = (uint8_t)sure_keep;
+        unsure[j] = (uint8_t)(may_keep & !sure_keep);
+    }
+}
+
+/* Bit j of mask (little-endian within a byte) = 1 where DELLA keeps entry j, for rows [r0, r1)
+ * of a rows × width tensor (r0·width a multiple of 8; entries indexed like x): u < probs[rank of |δ| in its row (stable ascending)], u = u24·2^-24 the
+ * entry's draw (flat index offset + j). probs[r] = density − ε + 2ε·r/(width − 1), computed by
+ * the caller with the torch path's own float32 ops, is non-decreasing in r, so u below the
+ * probability at the first rank of the entry's bucket keeps it and u at or above the one at
+ * the last rank drops it: only the few entries in between (about 1%) need their exact rank:
+ * their place in a counting sort by bucket when the bucket holds one key (the zeros, and most
+ * buckets of quantised deltas), else counted within their bucket. No row is sorted. sums (512, or NULL): the
+ * exact L1 slots of mh_prune_sums for these rows, added to. Returns 0, or -1 when out of memory. */
+int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
+                  int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
+                  uint8_t *mask, int64_t *sums) {
+    float *delta = malloc(3 * (size_t)width * sizeof *delta);
+    uint32_t *ints = malloc(6 * (size_t)width * sizeof *ints);
+    uint16_t *digit = malloc((size_t)width * sizeof *digit);
+    uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
+    row_buckets *rb = malloc(sizeof *rb);
+    int64_t *odd_sums = calloc(512, sizeof *odd_sums); /* a second table: fewer stalls on one slot */
+    if (!delta || !ints || !digit || !unsure || !row_mask || !rb || !odd_sums) {
+        free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(odd_sums);
+        return -1;
+    }
+    float *base = delta + width, *kept = delta + 2 * width;
+    uint32_t *bits = ints, *u = ints + width, *slots = ints + 2 * width, *mantissas = ints + 3 * width;
+    uint32_t *order = ints + 4 * width, *placed = ints + 5 * width;
+    /* this call's bits start on a byte boundary (r0·width is a multiple of 8) and so do the next
+     * call's: it owns its bytes, the last one partly used only at the very end of the mask */
+    int64_t first_byte = r0 * width / 8, end_bit = r1 * width;
+    memset(mask + first_byte, 0, (size_t)(end_bit / 8 - first_byte));
+    if (end_bit & 7) mask[end_bit / 8] &= (uint8_t)~((1u << (end_bit & 7)) - 1u);
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t start = r * width;
+        widen(x, x_dtype, start, width, delta);
+        widen(b, b_dtype, start, width, base);
+        subtract(delta, base, width);
+        magnitude_bits(delta, width, bits);
+        bucket_row(bits, width, probs, digit, rb);
+        draws(offset + start, width, key0, key1, u);
+        bucket_decisions(u, digit, width, rb->p_first, rb->p_last, row_mask, unsure);
+        if (memchr(unsure, 1, (size_t)width)) {
+            int64_t *next = rb->next;  /* entries placed by bucket, in index order */
+            next[0] = 0;
+            for (int d = rb->lowest; d <= rb->highest; d++) next[d] = rb->first[d];
+            for (int64_t j = 0; j < width; j++) {
+                int64_t at = next[digit[j]]++;
+                order[at] = (uint32_t)j;
+                placed[j] = (uint32_t)at; /* j's rank when its bucket holds one key */
+            }
+            for (int d = 0; d <= rb->highest; d = d ? d + 1 : rb->lowest) {
+                rb->pure[d] = -1; /* not known yet */
+                if (!d && rb->lowest > rb->highest) break;
+            }
+            rb->pure[0] = 1; /* the zeros */
+            for (int64_t j = 0; j < width; j++) {
+                if (!unsure[j]) continue;
+                int d = digit[j];
+                if (rb->pure[d] < 0) rb->pure[d] = one_key(bits, order, rb->first[d], rb->count[d]);
+                int64_t rank = rb->pure[d] ? placed[j] : exact_rank(bits, order, rb->first[d], rb->count[d], (uint32_t)j);
+                row_mask[j] = (float)u[j] * 0x1p-24f < probs[rank];
+            }
+        }
+        for (int64_t j = 0; j < width; j++) mask[(start + j) >> 3] |= (uint8_t)(row_mask[j] << ((start + j) & 7));
+        if (sums) {
+            memcpy(kept, delta, (size_t)width * sizeof *kept);
+            apply_mask(row_mask, width, kept);
+            exponent_slots(delta, kept, width, slots, mantissas);
+            int64_t j = 0;
+            for (; j + 1 < width; j += 2) {
+                sums[slots[j]] += mantissas[j];
+                odd_sums[slots[j + 1]] += mantissas[j + 1];
+            }
+            if (j < width) sums[slots[j]] += mantissas[j];
+        }
+    }
+    if (sums)
+        for (int k = 0; k < 512; k++) sums[k] += odd_sums[k];
+    free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(odd_sums);
+    return 0;
 }
 
 /* The exact L1 norms behind the rescale, as integers: sums[e] += mantissa of every kept |δ|

@@ -233,26 +233,29 @@ class TaskArithmeticFamily(Operator):
         offset = ctx.flat_start(shape)
         masks = self._della_masks(base, used, p, ctx, offset, shape) if self.sparsifier == "della_magprune" else {}
         specs = native.map_parallel(
-            lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset, masks.get(k_x[0])), used)
+            lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset, *masks.get(k_x[0], (None, None))),
+            used)
         return native.family_combine(base, specs, self.consensus, p.shared["normalize"], p.shared["lambda"], out)
 
     def _della_masks(self, base: torch.Tensor, used: list[tuple[int, torch.Tensor]], p: TensorParams,
-                     ctx: MergeContext, offset: int, shape: torch.Size) -> dict[int, torch.Tensor]:
-        """DELLA's keep mask (uint8) of each model that prunes: sparsify.della_magprune's draws
-        against probabilities by rank in the row, ranked in the compiled loops."""
+                     ctx: MergeContext, offset: int, shape: torch.Size) -> dict[int, tuple]:
+        """(keep mask (a bit per entry), exact L1 slots or None) of each model that prunes:
+        sparsify.della_magprune's draws against probabilities by rank in the row, in the
+        compiled loops; the slots are measured in the same pass when ``rescale`` needs them."""
         width = _della_width(shape)
-        masks, jobs = {}, []
+        pruned, jobs = [], []
         for k, x in used:
             model = p.models[k]
             if 0 < model["density"] < 1:
                 probs = della_probabilities(model["density"], model["epsilon"], width)
-                masks[k] = torch.empty(base.numel(), dtype=torch.uint8)
-                jobs.append((x, offset, ctx.stream_key(k), probs, masks[k]))
-        native.della_masks(base, jobs, width)
-        return masks
+                pruned.append(k)
+                jobs.append((x, offset, ctx.stream_key(k), probs, ctx.empty((-(-base.numel() // 8),), torch.uint8)))
+        sums = native.della_masks(base, jobs, width, p.shared["rescale"])
+        return {k: (job[4], job_sums) for k, job, job_sums in zip(pruned, jobs, sums)}
 
     def _native_spec(self, x: torch.Tensor, base: torch.Tensor, k: int, p: TensorParams,
-                     ctx: MergeContext, offset: int, mask: torch.Tensor | None = None) -> native.ModelSpec:
+                     ctx: MergeContext, offset: int, mask: torch.Tensor | None = None,
+                     mask_sums: tuple | None = None) -> native.ModelSpec:
         """How model k is pruned (sparsify.py's rules, as levels, draws and a rescale factor)."""
         model = p.models[k]
         density, n = model["density"], base.numel()
@@ -276,7 +279,8 @@ class TaskArithmeticFamily(Operator):
                 elif n_bottom + target < n:
                     rule["drop"] = delta_outside_smallest(x, base, n_bottom + target)
             if p.shared["rescale"]:
-                factor = rescale_factor(*native.prune_sums(base, native.model_spec(x, 1.0, **rule)), RESCALE_EPS)
+                sums = mask_sums or native.prune_sums(base, native.model_spec(x, 1.0, **rule))
+                factor = rescale_factor(*sums, RESCALE_EPS)
                 rule["factor"] = 1.0 if factor is None else factor
         return native.model_spec(x, model["weight"], **rule)
 
