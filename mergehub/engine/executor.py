@@ -230,7 +230,7 @@ class Executor:
         info = self.ref_layout.tensors[unit.tensor]
         row_start, row_end = rows or (unit.row_start, unit.row_end)
         return MergeContext(unit.tensor, self.seed, row_start, row_end, info.rows, self.device,
-                            allocate=loaded.slab.take_tensor)
+                            work_dtype=self._work_dtype(info), allocate=loaded.slab.take_tensor)
 
     def _work_dtype(self, info: TensorInfo) -> torch.dtype:
         return self.config.dtype or torch_dtype(info.dtype)

@@ -76,6 +76,10 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_della_mask.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, i64, ctypes.c_uint32, ctypes.c_uint32,
                                   ptr, ptr, ptr]
     lib.mh_della_mask.restype = i32
+    lib.mh_gram_blocks.argtypes = [ptr, ptr, i32, ptr, i32, i64, i64, i64, i64, ptr]
+    lib.mh_gram_blocks.restype = i32
+    lib.mh_combine.argtypes = [ptr, ptr, ptr, i32, ptr, i32, ctypes.c_double, i64, i64, ptr, i32]
+    lib.mh_combine.restype = None
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
@@ -226,4 +230,46 @@ def family_combine(base: torch.Tensor, specs: list[ModelSpec], consensus: bool, 
 
     if n:
         map_parallel(run, _spans(n))
+    return out
+
+
+def _pointers(tensors: list[torch.Tensor]):
+    return ((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]),
+            (ctypes.c_int * len(tensors))(*[DTYPES[t.dtype] for t in tensors]))
+
+
+def gram_blocks(xs: list[torch.Tensor], base: torch.Tensor | None, block: int) -> torch.Tensor:
+    """float64[blocks, k, k]: per block of ``block`` entries (a multiple of 8), the Gram matrix
+    (upper triangle) of v_i = x_i − base (x_i without a base); operators/span.py's order."""
+    assert supports(*xs, *([] if base is None else [base])) and block % 8 == 0
+    n, k = xs[0].numel(), len(xs)
+    blocks = -(-n // block)
+    out = torch.zeros(blocks, k, k, dtype=torch.float64)
+    c_xs, c_dtypes = _pointers(xs)
+    b_ptr, b_dtype = (None, 0) if base is None else _ref(base)
+
+    def run(span: tuple[int, int]) -> None:
+        _check(_LIB.mh_gram_blocks(c_xs, c_dtypes, k, b_ptr, b_dtype, n, block, span[0], span[1],
+                                   out[span[0]:].data_ptr()))
+
+    if blocks:
+        step = -(-blocks // (4 * THREADS))
+        map_parallel(run, [(a, min(a + step, blocks)) for a in range(0, blocks, step)])
+    return out
+
+
+def combine(xs: list[torch.Tensor], coefs: list[float], base: torch.Tensor | None, base_coef: float,
+            out: torch.Tensor) -> torch.Tensor:
+    """``out`` ← Σ c_i·x_i (+ base_coef·base), summed in float64, rounded to float32 then to
+    ``out``'s dtype (operators/span.py's order)."""
+    assert supports(out, *xs, *([] if base is None else [base]))
+    c_xs, c_dtypes = _pointers(xs)
+    c_coefs = (ctypes.c_double * len(xs))(*coefs)
+    b_ptr, b_dtype = (None, 0) if base is None else _ref(base)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_combine(c_xs, c_dtypes, c_coefs, len(xs), b_ptr, b_dtype, base_coef, span[0], span[1], *_ref(out))
+
+    if out.numel():
+        map_parallel(run, _spans(out.numel()))
     return out

@@ -619,3 +619,92 @@ void mh_family_combine(const void *b, int b_dtype, int64_t first, int64_t end, i
         narrow(merged, len, out, out_dtype, start);
     }
 }
+
+/* ---- Gram matrices and linear combinations (operators/span.py is the reference) ----------- */
+
+#define LANES 8
+
+/* acc[l] += a[e]·b[e] in float64 for e ≡ l (mod 8), e ascending within each lane. */
+MULTIVERSION
+static void lane_dots(const float *restrict a, const float *restrict b, int64_t len, double *restrict acc) {
+    int64_t e = 0;
+    for (; e + LANES <= len; e += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += (double)a[e + l] * (double)b[e + l];
+    for (int l = 0; e + l < len; l++) acc[l] += (double)a[e + l] * (double)b[e + l];
+}
+
+/* total[j] += c·x[j] in float64. */
+MULTIVERSION
+static void axpy64(const float *restrict x, int64_t len, double c, double *restrict total) {
+    for (int64_t j = 0; j < len; j++) total[j] += c * (double)x[j];
+}
+
+MULTIVERSION
+static void to_float(const double *restrict total, int64_t len, float *restrict out) {
+    for (int64_t j = 0; j < len; j++) out[j] = (float)total[j];
+}
+
+
+/* gram[(b − first_block)·k·k + i·k + j] (i ≤ j) = Σ over block b of v_i·v_j in float64, for the
+ * blocks [first_block, end_block) of `block` entries of n: v_i = x_i − base (x_i without a
+ * base), widened to float32 exactly, each product exact in float64. Entry e of a block adds to
+ * lane e mod 8, in order; the lanes are then added 0..7: a fixed order that the torch path
+ * reproduces, vectorised here. Returns 0, or -1 when out of memory. */
+int mh_gram_blocks(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                   int64_t n, int64_t block, int64_t first_block, int64_t end_block, double *gram) {
+    float *v = malloc((size_t)(k + 1) * CHUNK * sizeof *v);
+    double *acc = malloc((size_t)k * k * LANES * sizeof *acc);
+    if (!v || !acc) {
+        free(v), free(acc);
+        return -1;
+    }
+    float *base = v + (size_t)k * CHUNK;
+    for (int64_t blk = first_block; blk < end_block; blk++) {
+        memset(acc, 0, (size_t)k * k * LANES * sizeof *acc);
+        int64_t end = (blk + 1) * block < n ? (blk + 1) * block : n;
+        for (int64_t start = blk * block; start < end; start += CHUNK) {
+            int64_t len = end - start < CHUNK ? end - start : CHUNK;
+            if (b) widen(b, b_dtype, start, len, base);
+            for (int i = 0; i < k; i++) {
+                widen(xs[i], x_dtypes[i], start, len, v + (size_t)i * CHUNK);
+                if (b) subtract(v + (size_t)i * CHUNK, base, len);
+            }
+            /* CHUNK and block are multiples of LANES, so lane = offset within the chunk mod 8 */
+            for (int i = 0; i < k; i++)
+                for (int j = i; j < k; j++)
+                    lane_dots(v + (size_t)i * CHUNK, v + (size_t)j * CHUNK, len, acc + ((size_t)i * k + j) * LANES);
+        }
+        double *out = gram + (blk - first_block) * k * k;
+        for (int i = 0; i < k; i++)
+            for (int j = i; j < k; j++) {
+                const double *lane = acc + ((size_t)i * k + j) * LANES;
+                double s = 0.0;
+                for (int l = 0; l < LANES; l++) s += lane[l];
+                out[i * k + j] = s;
+            }
+    }
+    free(v), free(acc);
+    return 0;
+}
+
+/* out[start..end) = Σ_i c_i·x_i (+ c_base·base), summed in float64 in that order, rounded to
+ * float32 and then to out's dtype. */
+void mh_combine(const void *const *xs, const int *x_dtypes, const double *coefs, int k, const void *b,
+                int b_dtype, double base_coef, int64_t first, int64_t end, void *out, int out_dtype) {
+    float x[CHUNK], merged[CHUNK];
+    double total[CHUNK];
+    for (int64_t start = first; start < end; start += CHUNK) {
+        int64_t len = end - start < CHUNK ? end - start : CHUNK;
+        memset(total, 0, sizeof total);
+        for (int i = 0; i < k; i++) {
+            widen(xs[i], x_dtypes[i], start, len, x);
+            axpy64(x, len, coefs[i], total);
+        }
+        if (b) {
+            widen(b, b_dtype, start, len, x);
+            axpy64(x, len, base_coef, total);
+        }
+        to_float(total, len, merged);
+        narrow(merged, len, out, out_dtype, start);
+    }
+}

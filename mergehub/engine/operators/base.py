@@ -106,6 +106,9 @@ class MergeContext:
     row_end: int  # exclusive
     total_rows: int  # rows of the full tensor (see TensorInfo.rows)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # the working dtype (the config's ``dtype`` or the stored one); None: the inputs' dtype.
+    # Operators with ``stored_dtype_inputs`` may receive inputs narrower than this.
+    work_dtype: torch.dtype | None = None
     # allocate(shape, dtype) -> CPU tensor: where an operator may put its output; the executor
     # hands out slab memory (buffers.py), which spares the kernel re-faulting tens of MB per tensor
     allocate: Callable[[Sequence[int], torch.dtype], torch.Tensor] | None = None
@@ -117,6 +120,10 @@ class MergeContext:
     def empty_like(self, like: torch.Tensor) -> torch.Tensor:
         """``empty`` shaped like ``like``; on another device, plain ``torch.empty_like``."""
         return self.empty(like.shape, like.dtype) if like.device.type == "cpu" else torch.empty_like(like)
+
+    def work(self, like: torch.Tensor) -> torch.dtype:
+        """The working dtype, or ``like``'s when the caller did not set one."""
+        return self.work_dtype or like.dtype
 
     def stream_key(self, model: int) -> tuple[int, int]:
         """The key of ``model``'s random stream in this tensor (random_stream.py)."""

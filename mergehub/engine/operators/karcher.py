@@ -15,6 +15,7 @@ import math
 import torch
 
 from . import params as P
+from . import span
 from .base import MergeContext, Operator, Param, TensorParams
 from .registry import register
 
@@ -28,6 +29,7 @@ class Karcher(Operator):
         Param("max_iter", "global", int, 10, minimum=0, help="Maximum number of iterations."),
         Param("tol", "global", float, 1e-5, minimum=0.0, help="Convergence tolerance."),
     )
+    stored_dtype_inputs = True  # the span route reads them as stored; the other promotes
     help = "Equal-weight Karcher mean on the hypersphere, scaled by the mean input norm."
 
     def block_local(self, p: TensorParams, ndim: int) -> bool:
@@ -35,8 +37,12 @@ class Karcher(Operator):
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
+        work = ctx.work(inputs[0])
         if len(inputs) == 1:
-            return inputs[0].clone()
+            return inputs[0].to(work, copy=True)
+        if work == torch.float32 and span.applies(*inputs):
+            return self._span_merge(inputs, p, ctx.empty(inputs[0].shape, torch.float32))
+        inputs = [x.to(work) for x in inputs]
         max_iter, tol = p.shared["max_iter"], p.shared["tol"]
         dtype = P.accumulation_dtype(inputs[0])
         xs = [x.reshape(-1).to(dtype) for x in inputs]
@@ -75,3 +81,42 @@ class Karcher(Operator):
             if unit_norm > tol:
                 mean.div_(unit_norm)
         return mean.mul_(scale).reshape(inputs[0].shape)
+
+    @staticmethod
+    def _span_merge(inputs: list[torch.Tensor], p: TensorParams, out: torch.Tensor) -> torch.Tensor:
+        """The iteration above on coefficients over the inputs, from their Gram matrix (every
+        mean and tangent is a combination of the inputs), then one pass."""
+        max_iter, tol, k = p.shared["max_iter"], p.shared["tol"], len(inputs)
+        g = span.gram([x.reshape(-1) for x in inputs])
+        norms = [math.sqrt(g[i][i]) for i in range(k)]
+        valid = [i for i in range(k) if norms[i] > tol]
+        scale = sum(norms) / k
+        if not valid:
+            return out.zero_()
+        alpha = 1.0 / len(valid)
+        mean = [alpha / norms[i] if i in valid else 0.0 for i in range(k)]
+        mean_norm = span.norm(g, mean)
+        if mean_norm < tol:
+            mean = [1 / norms[i] if i == valid[0] else 0.0 for i in range(k)]
+        else:
+            mean = [m / mean_norm for m in mean]
+        for _ in range(max_iter):
+            tangent = [0.0] * k
+            g_mean = [sum(g[i][j] * mean[j] for j in range(k)) for i in range(k)]  # ⟨x_i, m⟩
+            for i in valid:
+                cos = min(1.0, max(-1.0, g_mean[i] / norms[i]))
+                theta = math.acos(cos)
+                if theta < tol:
+                    continue
+                c = alpha * theta / math.sin(theta)
+                tangent[i] += c / norms[i]
+                tangent = [t - c * cos * m for t, m in zip(tangent, mean)]
+            tangent_norm = span.norm(g, tangent)
+            if tangent_norm < tol:
+                break
+            mean = [m * math.cos(tangent_norm) + t * math.sin(tangent_norm) / tangent_norm
+                    for m, t in zip(mean, tangent)]
+            unit_norm = span.norm(g, mean)
+            if unit_norm > tol:
+                mean = [m / unit_norm for m in mean]
+        return span.apply(inputs, [m * scale for m in mean], None, out, deltas=False).view(out.shape)

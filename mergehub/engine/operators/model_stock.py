@@ -3,8 +3,8 @@
     cos θ = mean over pairs (i<j) of ⟨δ_i, δ_j⟩ / max(‖δ_i‖‖δ_j‖, 1e-6), clamped to [−1, 1]
     t = N·cos θ / (1 + (N − 1)·cos θ)   (t = 0 where |1 + (N − 1)·cos θ| < 1e-6)
     out = t·mean(x_k) + (1 − t)·base
-Over the whole tensor, or with ``filter_wise`` per vector along the last dim (per row). The
-whole-tensor sums are accumulated in float64, tile by tile.
+Over the whole tensor (through span.py on the CPU: the deltas' Gram matrix in float64, then one
+pass), or with ``filter_wise`` per vector along the last dim (per row).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import math
 
 import torch
 
+from . import span
 from .base import MergeContext, Operator, Param, TensorParams
 from .registry import register
-from .selection import tiles
 
 
 @register
@@ -37,7 +37,9 @@ class ModelStock(Operator):
         if p.shared["filter_wise"] or base.dim() < 2:
             view = (lambda x: x.reshape(1, -1)) if base.dim() < 2 else (lambda x: x)
             return self._merge_rows(view(base), [view(x) for x in inputs]).reshape(base.shape)
-        return self._merge_tensor(base, inputs, ctx)
+        if span.applies(base, *inputs) and base.dtype == torch.float32:
+            return self._merge_tensor(base, inputs, ctx.empty(base.shape, torch.float32))
+        return self._merge_rows(base.reshape(1, -1), [x.reshape(1, -1) for x in inputs]).reshape(base.shape)
 
     @staticmethod
     def _merge_rows(w0: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -63,33 +65,25 @@ class ModelStock(Operator):
         average /= n
         return (t * average).add_((1 - t) * w0)
 
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        if p.shared["filter_wise"] or base.dim() < 2 or work != torch.float32 or not span.applies(base, *inputs):
+            return None
+        return self._merge_tensor(base, inputs, ctx.empty(base.shape, out_dtype))
+
     @staticmethod
-    def _merge_tensor(base: torch.Tensor, inputs: list[torch.Tensor], ctx: MergeContext) -> torch.Tensor:
-        """The whole tensor as one vector, in two streaming passes over tiles (each tile's deltas
-        stay in cache): the Gram matrix of the deltas, accumulated in float64, then the blend.
-        Inputs may be in their stored dtype (``stored_dtype_inputs``)."""
-        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
-        n = len(flat)
-        tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
-        gram = [[0.0] * n for _ in range(n)]
-        for a, b in tiles(flat_base.numel(), tile):
-            deltas = [torch.sub(x[a:b], flat_base[a:b]) for x in flat]
-            for i in range(n):
-                for j in range(i, n):
-                    gram[i][j] += float(torch.dot(deltas[i], deltas[j]))
+    def _merge_tensor(base: torch.Tensor, inputs: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """The whole tensor as one vector: the deltas' Gram matrix (span.py, float64), then
+        out = Σ (t/N)·x_k + (1 − t)·base in one pass. Inputs may be in their stored dtype."""
+        n = len(inputs)
+        g = span.gram([x.reshape(-1) for x in inputs], base.reshape(-1))
         cos_sum, pairs = 0.0, 0
         for i in range(n):
             for j in range(i + 1, n):
-                norms = math.sqrt(max(gram[i][i], 0.0)) * math.sqrt(max(gram[j][j], 0.0))
-                cos_sum += min(1.0, max(-1.0, gram[i][j] / max(norms, 1e-6)))
+                norms = math.sqrt(max(g[i][i], 0.0)) * math.sqrt(max(g[j][j], 0.0))
+                cos_sum += min(1.0, max(-1.0, g[i][j] / max(norms, 1e-6)))
                 pairs += 1
         cos_theta = cos_sum / pairs
         denominator = 1 + (n - 1) * cos_theta
         t = 0.0 if abs(denominator) < 1e-6 else n * cos_theta / denominator
-        out = ctx.empty_like(flat_base)
-        for a, b in tiles(flat_base.numel(), tile):
-            average = out[a:b].copy_(flat[0][a:b])
-            for x in flat[1:]:
-                average.add_(x[a:b])
-            average.div_(n).mul_(t).add_(flat_base[a:b], alpha=1 - t)
-        return out.view(base.shape)
+        return span.apply(inputs, [t / n] * n, base, out, deltas=True).view(base.shape)

@@ -14,6 +14,7 @@ import torch
 
 from .base import MergeContext, Operator, Param, TensorParams
 from .registry import register
+from .selection import tiles
 
 EPSILON = Param("epsilon", "global", float, 1e-5, minimum=0.0,
                 help="Deltas with magnitude at or below this count as unchanged.")
@@ -34,6 +35,7 @@ class Ram(Operator):
     base = "required"
     min_inputs = 1
     params = (EPSILON,)
+    stored_dtype_inputs = True  # x − base promotes bf16 inputs exactly
     help = "RAM: keep entries changed by a single model, average entries changed by several."
 
     def block_local(self, p: TensorParams, ndim: int) -> bool:
@@ -63,6 +65,7 @@ class RamPlusTL(Operator):
         Param("alpha", "global", float, 0.2, help="Upper clip of the shared/unique ratio."),
         EPSILON,
     )
+    stored_dtype_inputs = True  # x − base promotes bf16 inputs exactly
     help = ("RAM+ (tensor-local): like RAM, boosting each model's unique entries by its "
             "overlap ratio.")
 
@@ -71,21 +74,36 @@ class RamPlusTL(Operator):
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
+        """Two streaming passes over tiles (each tile's temporaries stay in cache): the counts
+        of unique and shared active entries per model, then the merge. Counts are integers, so
+        this gives the bits of the whole-tensor formula."""
         assert base is not None
         eps, r, alpha = p.shared["epsilon"], p.shared["r"], p.shared["alpha"]
-        delta = torch.empty_like(base)
-        counts = _active_counts(base, inputs, eps, delta)
-        unique = counts == 1
-        divisor = counts.clamp_(min=1)
-        merged = torch.zeros_like(base)
-        for x in inputs:
-            torch.sub(x, base, out=delta)
-            active = delta.abs() > eps
-            delta.masked_fill_(~active, 0)
-            n_unique = int((active & unique).sum())
-            n_shared = int(active.sum()) - n_unique
-            rho = torch.tensor(n_shared, dtype=torch.float32) / max(n_unique, eps)
-            lam = float(1 + r * rho.clamp(0, alpha))
-            delta.div_(divisor)  # divisor is 1 on unique entries
-            merged += torch.where(unique, delta * lam, delta)
-        return merged.add_(base)
+        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
+        tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
+        n_unique, n_active = [0] * len(flat), [0] * len(flat)
+        for a, b in tiles(flat_base.numel(), tile):
+            actives = [torch.sub(x[a:b], flat_base[a:b]).abs_() > eps for x in flat]
+            unique = sum(active.to(torch.uint8) for active in actives) == 1
+            for k, active in enumerate(actives):
+                n_unique[k] += int(torch.count_nonzero(active & unique))
+                n_active[k] += int(torch.count_nonzero(active))
+        boosts = []
+        for k in range(len(flat)):
+            rho = torch.tensor(n_active[k] - n_unique[k], dtype=torch.float32) / max(n_unique[k], eps)
+            boosts.append(float(1 + r * rho.clamp(0, alpha)))
+        out = ctx.empty_like(flat_base)
+        for a, b in tiles(flat_base.numel(), tile):
+            tile_base = flat_base[a:b]
+            delta = torch.empty_like(tile_base)
+            counts = _active_counts(tile_base, [x[a:b] for x in flat], eps, delta)
+            unique = counts == 1
+            divisor = counts.clamp_(min=1)
+            merged = torch.zeros_like(tile_base)
+            for x, lam in zip(flat, boosts):
+                torch.sub(x[a:b], tile_base, out=delta)
+                delta.masked_fill_(delta.abs() <= eps, 0)
+                delta.div_(divisor)  # divisor is 1 on unique entries
+                merged += torch.where(unique, delta * lam, delta)
+            out[a:b] = merged.add_(tile_base)
+        return out.view(base.shape)

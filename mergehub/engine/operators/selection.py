@@ -172,8 +172,9 @@ class TopKRule:
         return (self.below() if self.threshold > 0 else -math.inf), self.threshold, self.cut
 
 
-def topk_rule(n: int, k: int, tile_values, values_at, tile: int | None = None) -> TopKRule:
-    """The rule selecting exactly the k largest of n non-negative float values (1 ≤ k < n).
+def topk_rule(n: int, k, tile_values, values_at, tile: int | None = None) -> TopKRule | None:
+    """The rule selecting exactly the k largest of n non-negative float values (1 ≤ k < n;
+    ``k`` may be a function, called once every tile has been seen).
 
     ``tile_values(start, stop)`` returns the flat slice [start, stop) of the values (called
     once per tile); ``values_at(positions)`` the values at a few flat positions. The float32
@@ -186,6 +187,9 @@ def topk_rule(n: int, k: int, tile_values, values_at, tile: int | None = None) -
         # float32 rounding is monotone, so other dtypes bin correctly through it; the final
         # choice inside the bin compares the exact values
         keys[start:stop] = tile_values(start, stop).reshape(-1).float().view(torch.int32) >> 16
+    k = k() if callable(k) else k
+    if not 1 <= k < n:
+        return None  # a callable k asked for nothing or everything: the caller decides
 
     def pick_in_bin(key: int, need: int) -> TopKRule:
         positions = (keys == key).nonzero().squeeze(1)  # ascending flat positions

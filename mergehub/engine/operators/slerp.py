@@ -7,11 +7,14 @@ slerp(a, b, t) with cos θ = ⟨a/‖a‖, b/‖b‖⟩ (norms ≤ 1e-8 treated 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import ConfigError
 from . import params as P
 from .base import REQUIRED, MergeContext, Operator, Param, TensorParams
+from . import span
 from .registry import register
 
 DOT_THRESHOLD = 0.9995
@@ -35,14 +38,24 @@ class Slerp(Operator):
         t = p.shared["t"]
         return [t] if t in (0.0, 1.0) else None
 
+    stored_dtype_inputs = True  # the span route reads them as stored; the others promote
+
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        if p.shared["t"] in (0.0, 1.0) or work != torch.float32 or not span.applies(base, *inputs):
+            return None
+        return self._span_merge(base, inputs[0], p.shared["t"], ctx.empty(base.shape, out_dtype))
+
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
         t = p.shared["t"]
         if t == 0:  # exactly what the formula gives (sin θ / sin θ = 1, sin 0 = 0)
-            return base.clone()
+            return base.to(P.accumulation_dtype(base), copy=True)
         if t == 1:
-            return inputs[0].clone()
+            return inputs[0].to(P.accumulation_dtype(base), copy=True)
+        if span.applies(base, *inputs) and base.dtype == torch.float32:
+            return self._span_merge(base, inputs[0], t, ctx.empty(base.shape, torch.float32))
         dtype = P.accumulation_dtype(base)
         a, b = base.reshape(-1).to(dtype), inputs[0].reshape(-1).to(dtype)
         if a.numel() == 0:
@@ -52,16 +65,26 @@ class Slerp(Operator):
         norm_a = torch.where(norm_a > NORM_EPS, norm_a, 1)
         norm_b = torch.where(norm_b > NORM_EPS, norm_b, 1)
         dot = (torch.dot(a, b) / (norm_a * norm_b)).clamp(-1, 1)
-        t_ = torch.tensor(t, dtype=dtype)
-        if dot.abs() > DOT_THRESHOLD:
-            coef_a, coef_b = 1 - t_, t_
-        else:
-            theta = torch.acos(dot)
-            sin_theta = torch.sin(theta)
-            coef_a = torch.sin((1 - t_) * theta) / sin_theta
-            coef_b = torch.sin(t_ * theta) / sin_theta
-        out = torch.mul(a, coef_a).add_(b, alpha=float(coef_b))
+        coef_a, coef_b = _slerp_coefficients(float(dot), t)
+        out = torch.mul(a, coef_a).add_(b, alpha=coef_b)
         return out.reshape(base.shape)
+
+    @staticmethod
+    def _span_merge(base: torch.Tensor, x: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
+        """The same formula from the Gram matrix of (base, x), in float64, then one pass."""
+        g = span.gram([base.reshape(-1), x.reshape(-1)])
+        norm_a, norm_b = math.sqrt(g[0][0]), math.sqrt(g[1][1])
+        norm_a, norm_b = (norm_a if norm_a > NORM_EPS else 1.0), (norm_b if norm_b > NORM_EPS else 1.0)
+        dot = min(1.0, max(-1.0, g[0][1] / (norm_a * norm_b)))
+        return span.apply([base, x], list(_slerp_coefficients(dot, t)), None, out, deltas=False).view(base.shape)
+
+
+def _slerp_coefficients(dot: float, t: float) -> tuple[float, float]:
+    """(c_a, c_b) of slerp(a, b, t) = c_a·a + c_b·b given cos θ = ``dot``."""
+    if abs(dot) > DOT_THRESHOLD:
+        return 1 - t, t
+    theta = math.acos(dot)
+    return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
 
 
 def _nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool,
@@ -105,16 +128,46 @@ class NuSlerp(Operator):
     def block_local(self, p: TensorParams, ndim: int) -> bool:
         return ndim < 2 or not (p.shared["nuslerp_flatten"] or p.shared["nuslerp_row_wise"])
 
+    stored_dtype_inputs = True  # the span route reads them as stored; the others promote
+
+    @staticmethod
+    def _t(p: TensorParams) -> float:
+        w0, w1 = p.per_model("weight")
+        return 0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1)
+
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        if not p.shared["nuslerp_flatten"] or work != torch.float32 or not span.applies(base, *inputs):
+            return None
+        return self._span_merge(base, inputs, self._t(p), ctx.empty(base.shape, out_dtype))
+
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
-        w0, w1 = p.per_model("weight")
-        total = w0 + w1
-        t = 0.5 if abs(total) < 1e-6 else w1 / total
+        t = self._t(p)
         row_wise, flatten = p.shared["nuslerp_row_wise"], p.shared["nuslerp_flatten"]
         x0, x1 = inputs
+        work = ctx.work(x0 if base is None else base)
+        if flatten and work == torch.float32 and span.applies(base, *inputs):
+            return self._span_merge(base, inputs, t, ctx.empty(x0.shape, torch.float32))
+        x0, x1 = x0.to(work), x1.to(work)
         if base is None:
             return _nuslerp(t, x0, x1, row_wise, flatten)
         return _nuslerp(t, x0 - base, x1 - base, row_wise, flatten).add_(base)
+
+    @staticmethod
+    def _span_merge(base: torch.Tensor | None, inputs: list[torch.Tensor], t: float,
+                    out: torch.Tensor) -> torch.Tensor:
+        """Flattened nuslerp from the Gram matrix of the two vectors (deltas with a base)."""
+        flat = [x.reshape(-1) for x in inputs]
+        g = span.gram(flat, None if base is None else base.reshape(-1))
+        n0, n1 = max(math.sqrt(g[0][0]), 1e-7), max(math.sqrt(g[1][1]), 1e-7)
+        cos = min(1.0, max(-1.0, g[0][1] / (n0 * n1)))
+        if 1 - cos * cos <= NORM_EPS ** 2:
+            coefs = [1 - t, t]
+        else:
+            theta = math.acos(cos)
+            coefs = [math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)]
+        return span.apply(inputs, coefs, base, out, deltas=base is not None).view(out.shape)
 
 
 @register
@@ -139,10 +192,22 @@ class MultiSlerp(Operator):
     def block_local(self, p: TensorParams, ndim: int) -> bool:
         return ndim < 2 or len(p.models) == 1
 
+    stored_dtype_inputs = True  # the span route reads them as stored; the others promote
+
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        if len(inputs) == 1 or work != torch.float32 or not span.applies(base, *inputs):
+            return None
+        return self._span_merge(base, inputs, p, ctx, ctx.empty(base.shape, out_dtype))
+
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         """u_k = δ_k/(‖δ_k‖+ε); m = normalise(Σ w_k u_k); tangent τ = Σ w_k (u_k − ⟨u_k,m⟩ m);
         out = (m cos‖τ‖ + τ sin‖τ‖/‖τ‖) · Σ w_k ‖δ_k‖ (+ base); ‖τ‖ carries + ε."""
+        work = ctx.work(inputs[0] if base is None else base)
+        if len(inputs) > 1 and work == torch.float32 and span.applies(base, *inputs):
+            return self._span_merge(base, inputs, p, ctx, ctx.empty(inputs[0].shape, torch.float32))
+        inputs = [x.to(work) for x in inputs]
         if len(inputs) == 1:
             return inputs[0].clone()
         eps = p.shared["eps"]
@@ -182,4 +247,34 @@ class MultiSlerp(Operator):
         out.mul_((norms * weights).sum())
         out = out.reshape(inputs[0].shape)
         return out.add_(base) if base is not None else out
+
+    @staticmethod
+    def _span_merge(base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
+                    ctx: MergeContext, out: torch.Tensor) -> torch.Tensor:
+        """The formula above with every vector a combination of the δ_k, from their Gram matrix."""
+        eps, k = p.shared["eps"], len(inputs)
+        weights = p.per_model("weight")
+        if p.shared["normalize_weights"]:
+            total = sum(weights)
+            weights = [w / total for w in weights]
+        g = span.gram([x.reshape(-1) for x in inputs], None if base is None else base.reshape(-1))
+        norms = [math.sqrt(g[i][i]) for i in range(k)]
+        unit = [1 / (n + eps) for n in norms]  # u_k = unit_k·δ_k
+        mean = [w * u for w, u in zip(weights, unit)]
+        mean_norm = span.norm(g, mean)
+        if mean_norm < eps:
+            if k == 2:  # mergekit's fallback: linear interpolation of the deltas
+                return span.apply(inputs, weights, base, out, deltas=base is not None).view(out.shape)
+            raise ConfigError(
+                f"multislerp: the weighted mean direction is zero in tensor {ctx.tensor} "
+                f"(antipodal inputs with balancing weights); change the weights")
+        mean = [m / mean_norm for m in mean]
+        g_mean = [sum(g[i][j] * mean[j] for j in range(k)) for i in range(k)]  # ⟨δ_i, m⟩
+        pull = sum(w * u * gm for w, u, gm in zip(weights, unit, g_mean))  # Σ w_k ⟨u_k, m⟩
+        tangent = [w * u - pull * m for w, u, m in zip(weights, unit, mean)]
+        tangent_norm = span.norm(g, tangent) + eps
+        scale = sum(n * w for n, w in zip(norms, weights))
+        coefs = [scale * (m * math.cos(tangent_norm) + t * math.sin(tangent_norm) / tangent_norm)
+                 for m, t in zip(mean, tangent)]
+        return span.apply(inputs, coefs, base, out, deltas=base is not None).view(out.shape)
 
