@@ -258,3 +258,23 @@ def test_an_empty_tensor():
     p = make_params("ties", 2, {}, {"weight": 1.0, "density": 0.5})
     out = get_operator("ties").merge_stored(base, xs, p, MergeContext("w", 0, 0, 1, 1), torch.float32, torch.bfloat16)
     assert out is not None and out.numel() == 0
+
+
+@needs_loops
+@pytest.mark.parametrize("method", ["ram", "ramplus_tl"])
+@pytest.mark.parametrize("eps", [1e-5, 0.1, 0.0])  # float32(0.1) lies above 0.1: the comparison is in float32
+@pytest.mark.parametrize("models", [1, 3, 8])
+def test_ram_through_the_loops_equals_the_torch_path(method, eps, models):
+    n = 100_003
+    g = torch.Generator().manual_seed(models)
+    base = torch.randn(n, generator=g)
+    xs = [base + torch.randn(n, generator=g) * torch.rand(n, generator=g).lt(0.4) * 0.2 for _ in range(models)]
+    xs[0][:50] = base[:50] + torch.tensor(eps, dtype=torch.float32)  # exactly at the threshold
+    xs = [x.bfloat16() for x in xs]
+    p = make_params(method, models, {"epsilon": eps}, {})
+    op = get_operator(method)
+    out = op.merge(base, xs, p, make_ctx(base.shape))
+    assert torch.equal(out, torch_path(op.merge, base, xs, p, make_ctx(base.shape)))
+    if method == "ramplus_tl":
+        stored = op.merge_stored(base.bfloat16(), xs, p, make_ctx(base.shape), torch.float32, torch.bfloat16)
+        assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), xs, p, make_ctx(base.shape)).bfloat16())

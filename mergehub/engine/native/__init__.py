@@ -80,6 +80,10 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_gram_blocks.restype = i32
     lib.mh_combine.argtypes = [ptr, ptr, ptr, i32, ptr, i32, ctypes.c_double, i64, i64, ptr, i32]
     lib.mh_combine.restype = None
+    lib.mh_ram_counts.argtypes = [ptr, ptr, i32, ptr, i32, ctypes.c_float, i64, i64, ptr, ptr]
+    lib.mh_ram_counts.restype = None
+    lib.mh_ram_combine.argtypes = [ptr, ptr, i32, ptr, i32, ctypes.c_float, ptr, i64, i64, ptr, i32]
+    lib.mh_ram_combine.restype = None
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
@@ -272,4 +276,39 @@ def combine(xs: list[torch.Tensor], coefs: list[float], base: torch.Tensor | Non
 
     if out.numel():
         map_parallel(run, _spans(out.numel()))
+    return out
+
+
+RAM_MODELS = 8  # the RAM loops count active models per entry for up to this many
+
+
+def ram_counts(xs: list[torch.Tensor], base: torch.Tensor, eps: float) -> tuple[list[int], list[int]]:
+    """(#entries active in model i alone, #entries active in model i) for RAM+."""
+    assert supports(base, *xs) and len(xs) <= RAM_MODELS
+    c_xs, c_dtypes = _pointers(xs)
+
+    def run(span: tuple[int, int]) -> torch.Tensor:
+        counts = torch.zeros(2, len(xs), dtype=torch.int64)
+        _LIB.mh_ram_counts(c_xs, c_dtypes, len(xs), *_ref(base), eps, span[0], span[1],
+                           counts[0].data_ptr(), counts[1].data_ptr())
+        return counts
+
+    total = torch.zeros(2, len(xs), dtype=torch.int64)
+    for part in map_parallel(run, _spans(base.numel())) if base.numel() else []:
+        total += part
+    return total[0].tolist(), total[1].tolist()
+
+
+def ram_combine(xs: list[torch.Tensor], base: torch.Tensor, eps: float, boosts: list[float],
+                out: torch.Tensor) -> torch.Tensor:
+    """``out`` ← RAM (boosts all 1) or RAM+ merge of flat tensors (operators/ram.py's order)."""
+    assert supports(base, out, *xs) and len(xs) <= RAM_MODELS
+    c_xs, c_dtypes = _pointers(xs)
+    c_boosts = (ctypes.c_float * len(xs))(*boosts)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_ram_combine(c_xs, c_dtypes, len(xs), *_ref(base), eps, c_boosts, span[0], span[1], *_ref(out))
+
+    if base.numel():
+        map_parallel(run, _spans(base.numel()))
     return out

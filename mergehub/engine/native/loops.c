@@ -708,3 +708,90 @@ void mh_combine(const void *const *xs, const int *x_dtypes, const double *coefs,
         narrow(merged, len, out, out_dtype, start);
     }
 }
+
+/* ---- RAM helpers ---- */
+
+MULTIVERSION
+static void ram_active(const float *restrict delta, int64_t len, float eps, uint8_t *restrict active,
+                       uint8_t *restrict counts) {
+    for (int64_t j = 0; j < len; j++) {
+        float a = delta[j] < 0 ? -delta[j] : delta[j];
+        active[j] = (uint8_t)(a > eps);
+        counts[j] += active[j];
+    }
+}
+
+MULTIVERSION
+static void ram_tally(const uint8_t *restrict active, const uint8_t *restrict counts, int64_t len,
+                      int64_t *n_unique, int64_t *n_active) {
+    int64_t u = 0, a = 0;
+    for (int64_t j = 0; j < len; j++) {
+        u += active[j] & (counts[j] == 1);
+        a += active[j];
+    }
+    *n_unique += u, *n_active += a;
+}
+
+MULTIVERSION
+static void ram_divisor(const uint8_t *restrict counts, int64_t len, float *restrict divisor) {
+    for (int64_t j = 0; j < len; j++) divisor[j] = counts[j] > 1 ? (float)counts[j] : 1.0f;
+}
+
+MULTIVERSION
+static void ram_add(const float *restrict delta, const float *restrict divisor, const uint8_t *restrict counts,
+                    int64_t len, float eps, float boost, float *restrict merged) {
+    for (int64_t j = 0; j < len; j++) {
+        float a = delta[j] < 0 ? -delta[j] : delta[j];
+        float q = (a <= eps ? 0.0f : delta[j]) / divisor[j];
+        merged[j] += counts[j] == 1 ? q * boost : q;
+    }
+}
+
+/* ---- RAM (operators/ram.py is the reference) ---------------------------------------------- */
+
+/* n_unique[i] += #entries active in x_i and no other model, n_active[i] += #active in x_i, over
+ * [first, end): active means |x_i − b| > eps (eps as float32, torch's comparison). */
+void mh_ram_counts(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                   float eps, int64_t first, int64_t end, int64_t *n_unique, int64_t *n_active) {
+    float base[CHUNK], delta[CHUNK];
+    uint8_t counts[CHUNK], active[8][CHUNK];
+    for (int64_t start = first; start < end; start += CHUNK) {
+        int64_t len = end - start < CHUNK ? end - start : CHUNK;
+        widen(b, b_dtype, start, len, base);
+        memset(counts, 0, sizeof counts);
+        for (int i = 0; i < k; i++) {
+            widen(xs[i], x_dtypes[i], start, len, delta);
+            subtract(delta, base, len);
+            ram_active(delta, len, eps, active[i], counts);
+        }
+        for (int i = 0; i < k; i++) ram_tally(active[i], counts, len, &n_unique[i], &n_active[i]);
+    }
+}
+
+/* out = b + Σ_i q_i over [first, end) with d_i = x_i − b zeroed where |d_i| ≤ eps, q_i = d_i / max(c, 1)
+ * (c: how many models are active there), times boosts[i] where c == 1; in float32 in that
+ * order, as operators/ram.py. */
+void mh_ram_combine(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                    float eps, const float *boosts, int64_t first, int64_t end, void *out, int out_dtype) {
+    float base[CHUNK], delta[CHUNK], divisor[CHUNK], merged[CHUNK];
+    uint8_t counts[CHUNK], active[CHUNK];
+    for (int64_t start = first; start < end; start += CHUNK) {
+        int64_t len = end - start < CHUNK ? end - start : CHUNK;
+        widen(b, b_dtype, start, len, base);
+        memset(counts, 0, sizeof counts);
+        for (int i = 0; i < k; i++) {
+            widen(xs[i], x_dtypes[i], start, len, delta);
+            subtract(delta, base, len);
+            ram_active(delta, len, eps, active, counts);
+        }
+        ram_divisor(counts, len, divisor);
+        memset(merged, 0, sizeof merged);
+        for (int i = 0; i < k; i++) {
+            widen(xs[i], x_dtypes[i], start, len, delta);
+            subtract(delta, base, len);
+            ram_add(delta, divisor, counts, len, eps, boosts[i], merged);
+        }
+        for (int64_t j = 0; j < len; j++) merged[j] = merged[j] + base[j];
+        narrow(merged, len, out, out_dtype, start);
+    }
+}

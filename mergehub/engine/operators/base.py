@@ -184,8 +184,9 @@ class Operator:
 
     def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
-        """Optional fast path for a whole tensor on the CPU: ``base`` and ``inputs`` in their
-        stored dtypes (an input that ``is base`` was not read), the result in ``out_dtype``.
+        """Optional fast path for a unit on the CPU (the whole tensor, or rows of it for a
+        block-local operator; ``ctx`` says which): ``base`` and ``inputs`` in their stored
+        dtypes (an input that ``is base`` was not read), the result in ``out_dtype``.
         It must equal ``merge`` on everything widened to ``work``, rounded to ``out_dtype``.
         None: not handled here, the executor calls ``merge``."""
         return None

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import torch
 
+from .. import native
 from .base import MergeContext, Operator, Param, TensorParams
 from .registry import register
 from .selection import tiles
 
 EPSILON = Param("epsilon", "global", float, 1e-5, minimum=0.0,
                 help="Deltas with magnitude at or below this count as unchanged.")
+
+
+def _native(base: torch.Tensor, inputs: list[torch.Tensor], out_dtype: torch.dtype = torch.float32) -> bool:
+    """Can the compiled loops merge these flat tensors (engine/native)?"""
+    return (out_dtype in native.DTYPES and len(inputs) <= native.RAM_MODELS
+            and native.supports(base, *inputs))
 
 
 def _active_counts(base: torch.Tensor, inputs: list[torch.Tensor], eps: float,
@@ -45,6 +52,10 @@ class Ram(Operator):
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
         eps = p.shared["epsilon"]
+        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
+        if _native(flat_base, flat):
+            out = ctx.empty_like(flat_base)
+            return native.ram_combine(flat, flat_base, eps, [1.0] * len(flat), out).view(base.shape)
         delta = torch.empty_like(base)
         divisor = _active_counts(base, inputs, eps, delta).clamp_(min=1)
         merged = torch.zeros_like(base)
@@ -53,6 +64,15 @@ class Ram(Operator):
             delta.masked_fill_(delta.abs() <= eps, 0)
             merged += delta.div_(divisor)
         return merged.add_(base)
+
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """Straight from the stored dtypes to the output's, through the compiled loops."""
+        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
+        if work != torch.float32 or not _native(flat_base, flat, out_dtype):
+            return None
+        out = ctx.empty(base.shape, out_dtype)
+        return native.ram_combine(flat, flat_base, p.shared["epsilon"], [1.0] * len(flat), out.view(-1)).view(base.shape)
 
 
 @register
@@ -78,21 +98,37 @@ class RamPlusTL(Operator):
         of unique and shared active entries per model, then the merge. Counts are integers, so
         this gives the bits of the whole-tensor formula."""
         assert base is not None
+        return self._merge(base, inputs, p, ctx.empty_like(base))
+
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """Straight from the stored dtypes to the output's, through the compiled loops."""
+        if work != torch.float32 or not _native(base.reshape(-1), [x.reshape(-1) for x in inputs], out_dtype):
+            return None
+        return self._merge(base, inputs, p, ctx.empty(base.shape, out_dtype))
+
+    def _merge(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+               out: torch.Tensor) -> torch.Tensor:
         eps, r, alpha = p.shared["epsilon"], p.shared["r"], p.shared["alpha"]
-        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
+        flat_base, flat, flat_out = base.reshape(-1), [x.reshape(-1) for x in inputs], out.view(-1)
+        native_route = _native(flat_base, flat, out.dtype)
         tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
-        n_unique, n_active = [0] * len(flat), [0] * len(flat)
-        for a, b in tiles(flat_base.numel(), tile):
-            actives = [torch.sub(x[a:b], flat_base[a:b]).abs_() > eps for x in flat]
-            unique = sum(active.to(torch.uint8) for active in actives) == 1
-            for k, active in enumerate(actives):
-                n_unique[k] += int(torch.count_nonzero(active & unique))
-                n_active[k] += int(torch.count_nonzero(active))
+        if native_route:
+            n_unique, n_active = native.ram_counts(flat, flat_base, eps)
+        else:
+            n_unique, n_active = [0] * len(flat), [0] * len(flat)
+            for a, b in tiles(flat_base.numel(), tile):
+                actives = [torch.sub(x[a:b], flat_base[a:b]).abs_() > eps for x in flat]
+                unique = sum(active.to(torch.uint8) for active in actives) == 1
+                for k, active in enumerate(actives):
+                    n_unique[k] += int(torch.count_nonzero(active & unique))
+                    n_active[k] += int(torch.count_nonzero(active))
         boosts = []
         for k in range(len(flat)):
             rho = torch.tensor(n_active[k] - n_unique[k], dtype=torch.float32) / max(n_unique[k], eps)
             boosts.append(float(1 + r * rho.clamp(0, alpha)))
-        out = ctx.empty_like(flat_base)
+        if native_route:
+            return native.ram_combine(flat, flat_base, eps, boosts, flat_out).view(out.shape)
         for a, b in tiles(flat_base.numel(), tile):
             tile_base = flat_base[a:b]
             delta = torch.empty_like(tile_base)
@@ -105,5 +141,5 @@ class RamPlusTL(Operator):
                 delta.masked_fill_(delta.abs() <= eps, 0)
                 delta.div_(divisor)  # divisor is 1 on unique entries
                 merged += torch.where(unique, delta * lam, delta)
-            out[a:b] = merged.add_(tile_base)
-        return out.view(base.shape)
+            flat_out[a:b] = merged.add_(tile_base)
+        return out
