@@ -278,3 +278,19 @@ def test_ram_through_the_loops_equals_the_torch_path(method, eps, models):
     if method == "ramplus_tl":
         stored = op.merge_stored(base.bfloat16(), xs, p, make_ctx(base.shape), torch.float32, torch.bfloat16)
         assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), xs, p, make_ctx(base.shape)).bfloat16())
+
+
+@needs_loops
+@pytest.mark.parametrize("select_topk", [1.0, 0.3, 0.02, 0.0])
+@pytest.mark.parametrize("models", [1, 3, 4])
+@pytest.mark.parametrize("quantised", [False, True])  # bf16 deltas tie on the variance at the threshold
+def test_sce_through_the_loops_equals_the_torch_path(select_topk, models, quantised):
+    shape = (211, 977)  # several span blocks, an odd tail
+    base, xs = family(math.prod(shape), models, seed=models, quantised=quantised, scale=0.05)
+    base, xs = base.float().view(shape), [x.view(shape) for x in xs]
+    p = make_params("sce", models, {"select_topk": select_topk}, {})
+    op = get_operator("sce")
+    out = op.merge(base, xs, p, make_ctx(shape))
+    assert torch.equal(out, torch_path(op.merge, base, xs, p, make_ctx(shape)))
+    stored = op.merge_stored(base.bfloat16(), xs, p, make_ctx(shape), torch.float32, torch.bfloat16)
+    assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), xs, p, make_ctx(shape)).bfloat16())

@@ -84,6 +84,12 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_ram_counts.restype = None
     lib.mh_ram_combine.argtypes = [ptr, ptr, i32, ptr, i32, ctypes.c_float, ptr, i64, i64, ptr, i32]
     lib.mh_ram_combine.restype = None
+    lib.mh_sce_variance.argtypes = [ptr, ptr, i32, ptr, i32, i64, i64, ptr]
+    lib.mh_sce_variance.restype = None
+    lib.mh_sce_energy.argtypes = [ptr, ptr, i32, ptr, i32, ptr, i32, ctypes.c_float, i64, i64, i64, i64, i64, ptr]
+    lib.mh_sce_energy.restype = i32
+    lib.mh_sce_combine.argtypes = [ptr, ptr, i32, ptr, i32, ptr, i32, ctypes.c_float, i64, ptr, i64, i64, ptr, i32]
+    lib.mh_sce_combine.restype = None
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
@@ -308,6 +314,64 @@ def ram_combine(xs: list[torch.Tensor], base: torch.Tensor, eps: float, boosts: 
 
     def run(span: tuple[int, int]) -> None:
         _LIB.mh_ram_combine(c_xs, c_dtypes, len(xs), *_ref(base), eps, c_boosts, span[0], span[1], *_ref(out))
+
+    if base.numel():
+        map_parallel(run, _spans(base.numel()))
+    return out
+
+
+def sce_variance(xs: list[torch.Tensor], base: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (float32, flat) ← the population variance of the deltas x_i − base, entry by entry."""
+    assert supports(base, *xs) and out.dtype == torch.float32 and out.is_contiguous()
+    c_xs, c_dtypes = _pointers(xs)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_sce_variance(c_xs, c_dtypes, len(xs), *_ref(base), span[0], span[1], out.data_ptr())
+
+    if base.numel():
+        map_parallel(run, _spans(base.numel()))
+    return out
+
+
+def _selection_args(variance: torch.Tensor | None, selection: tuple[float, int] | None):
+    """(variance pointer, select, threshold, cut): keep entries whose variance is above the
+    threshold, or equal to it before flat position cut; ``selection`` None keeps everything."""
+    if selection is None:
+        return None, 0, 0.0, 0
+    return variance.data_ptr(), 1, selection[0], selection[1]
+
+
+def sce_energy(xs: list[torch.Tensor], base: torch.Tensor, variance: torch.Tensor | None,
+               selection: tuple[float, int] | None, block: int) -> torch.Tensor:
+    """float64[blocks, k]: per block, Σ of each selected δ_i² (operators/span.py's lane order)."""
+    assert supports(base, *xs) and block % 8 == 0
+    n, k = base.numel(), len(xs)
+    blocks = -(-n // block)
+    out = torch.zeros(blocks, k, dtype=torch.float64)
+    c_xs, c_dtypes = _pointers(xs)
+    v_ptr, select, threshold, cut = _selection_args(variance, selection)
+
+    def run(span: tuple[int, int]) -> None:
+        _check(_LIB.mh_sce_energy(c_xs, c_dtypes, k, *_ref(base), v_ptr, select, threshold, cut, n, block,
+                                  span[0], span[1], out[span[0]:].data_ptr()))
+
+    if blocks:
+        step = -(-blocks // (4 * THREADS))
+        map_parallel(run, [(a, min(a + step, blocks)) for a in range(0, blocks, step)])
+    return out
+
+
+def sce_combine(xs: list[torch.Tensor], base: torch.Tensor, variance: torch.Tensor | None,
+                selection: tuple[float, int] | None, weights: list[float], out: torch.Tensor) -> torch.Tensor:
+    """``out`` ← SCE's erase step over the selected deltas (operators/sce.py's float32 order)."""
+    assert supports(base, out, *xs)
+    c_xs, c_dtypes = _pointers(xs)
+    c_weights = (ctypes.c_float * len(xs))(*weights)
+    v_ptr, select, threshold, cut = _selection_args(variance, selection)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_sce_combine(c_xs, c_dtypes, len(xs), *_ref(base), v_ptr, select, threshold, cut, c_weights,
+                            span[0], span[1], *_ref(out))
 
     if base.numel():
         map_parallel(run, _spans(base.numel()))

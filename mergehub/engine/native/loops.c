@@ -795,3 +795,136 @@ void mh_ram_combine(const void *const *xs, const int *x_dtypes, int k, const voi
         narrow(merged, len, out, out_dtype, start);
     }
 }
+
+/* ---- SCE helpers ---- */
+
+/* out = base + Σ w_i·keep_i·d_i / max(Σ w_i·keep_i, 1e-6) for a chunk of k deltas (row i at
+ * d + i·CHUNK), keep_i: d_i has the sign of Σ d_i (≥ 0: positive); one model at a time so
+ * each loop vectorises. */
+MULTIVERSION
+static void sce_erase(const float *restrict d, int k, const float *restrict weights, const float *restrict base,
+                      int64_t len, float *restrict out) {
+    float total[CHUNK], merged[CHUNK], divisor[CHUNK];
+    memcpy(total, d, (size_t)len * sizeof *total);
+    for (int i = 1; i < k; i++)
+        for (int64_t j = 0; j < len; j++) total[j] = total[j] + d[(size_t)i * CHUNK + j];
+    memset(merged, 0, (size_t)len * sizeof *merged);
+    memset(divisor, 0, (size_t)len * sizeof *divisor);
+    for (int i = 0; i < k; i++) {
+        const float *x = d + (size_t)i * CHUNK;
+        float w = weights[i];
+        for (int64_t j = 0; j < len; j++) {
+            int keep = total[j] >= 0 ? x[j] > 0 : x[j] < 0;
+            merged[j] = merged[j] + (keep ? w * x[j] : 0.0f);
+            divisor[j] = divisor[j] + (keep ? w : 0.0f);
+        }
+    }
+    for (int64_t j = 0; j < len; j++) {
+        float div = divisor[j] < 1e-6f ? 1e-6f : divisor[j];
+        out[j] = merged[j] / div + base[j];
+    }
+}
+
+/* ---- SCE (operators/sce.py is the reference) ---------------------------------------------- */
+
+/* The k deltas of a chunk, d[i·CHUNK + j] = x_i − b. */
+static void chunk_deltas(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                         int64_t start, int64_t len, float *base, float *d) {
+    widen(b, b_dtype, start, len, base);
+    for (int i = 0; i < k; i++) {
+        widen(xs[i], x_dtypes[i], start, len, d + (size_t)i * CHUNK);
+        subtract(d + (size_t)i * CHUNK, base, len);
+    }
+}
+
+/* variance[j]: the population variance of the k deltas, as sce.py's _variance computes it:
+ * mean = ((d_0 + d_1) + …)/k, then Σ (d_i − mean)² in order, / k, all in float32; one model
+ * at a time so each loop vectorises. */
+MULTIVERSION
+static void chunk_variance(const float *restrict d, int k, int64_t len, float *restrict variance) {
+    float mean[CHUNK];
+    memcpy(mean, d, (size_t)len * sizeof *mean);
+    for (int i = 1; i < k; i++)
+        for (int64_t j = 0; j < len; j++) mean[j] = mean[j] + d[(size_t)i * CHUNK + j];
+    for (int64_t j = 0; j < len; j++) mean[j] = mean[j] / (float)k;
+    memset(variance, 0, (size_t)len * sizeof *variance);
+    for (int i = 0; i < k; i++)
+        for (int64_t j = 0; j < len; j++) {
+            float c = d[(size_t)i * CHUNK + j] - mean[j];
+            variance[j] = variance[j] + c * c;
+        }
+    for (int64_t j = 0; j < len; j++) variance[j] = variance[j] / (float)k;
+}
+
+/* variance[first..end) of the deltas of xs from b (written at variance + first). */
+void mh_sce_variance(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                     int64_t first, int64_t end, float *variance) {
+    float base[CHUNK], *d = malloc((size_t)k * CHUNK * sizeof *d);
+    if (!d) return;
+    for (int64_t start = first; start < end; start += CHUNK) {
+        int64_t len = end - start < CHUNK ? end - start : CHUNK;
+        chunk_deltas(xs, x_dtypes, k, b, b_dtype, start, len, base, d);
+        chunk_variance(d, k, len, variance + start);
+    }
+    free(d);
+}
+
+/* Zeroes the deltas of the entries SCE drops: variance below the threshold, or equal to it
+ * from flat position `cut` on. */
+MULTIVERSION
+static void sce_select(float *restrict d, int k, const float *restrict variance, int64_t start, int64_t len,
+                       float threshold, int64_t cut) {
+    uint8_t kept[CHUNK];
+    int64_t ties_end = cut - start; /* ties are kept at j < ties_end */
+    for (int64_t j = 0; j < len; j++) kept[j] = (variance[j] > threshold) | ((variance[j] == threshold) & (j < ties_end));
+    for (int i = 0; i < k; i++)
+        for (int64_t j = 0; j < len; j++) d[(size_t)i * CHUNK + j] = kept[j] ? d[(size_t)i * CHUNK + j] : 0.0f;
+}
+
+/* energy[(blk − first_block)·k + i] = Σ over block blk of the selected δ_i², in span.py's lane
+ * order (as mh_gram_blocks' diagonal). select = 0: every entry is kept. */
+int mh_sce_energy(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                  const float *variance, int select, float threshold, int64_t cut, int64_t n, int64_t block,
+                  int64_t first_block, int64_t end_block, double *energy) {
+    float base[CHUNK], *d = malloc((size_t)k * CHUNK * sizeof *d);
+    double *acc = malloc((size_t)k * LANES * sizeof *acc);
+    if (!d || !acc) {
+        free(d), free(acc);
+        return -1;
+    }
+    for (int64_t blk = first_block; blk < end_block; blk++) {
+        memset(acc, 0, (size_t)k * LANES * sizeof *acc);
+        int64_t end = (blk + 1) * block < n ? (blk + 1) * block : n;
+        for (int64_t start = blk * block; start < end; start += CHUNK) {
+            int64_t len = end - start < CHUNK ? end - start : CHUNK;
+            chunk_deltas(xs, x_dtypes, k, b, b_dtype, start, len, base, d);
+            if (select) sce_select(d, k, variance + start, start, len, threshold, cut);
+            for (int i = 0; i < k; i++)
+                lane_dots(d + (size_t)i * CHUNK, d + (size_t)i * CHUNK, len, acc + (size_t)i * LANES);
+        }
+        for (int i = 0; i < k; i++) {
+            double s = 0.0;
+            for (int l = 0; l < LANES; l++) s += acc[(size_t)i * LANES + l];
+            energy[(blk - first_block) * k + i] = s;
+        }
+    }
+    free(d), free(acc);
+    return 0;
+}
+
+/* out = b + Σ w_i·keep_i·δ_i / max(Σ w_i·keep_i, 1e-6) over [first, end), keep_i: δ_i has the
+ * sign of Σ δ_i (≥ 0: positive); the selected deltas, float32 in sce.py's order. */
+void mh_sce_combine(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                    const float *variance, int select, float threshold, int64_t cut, const float *weights,
+                    int64_t first, int64_t end, void *out, int out_dtype) {
+    float base[CHUNK], merged[CHUNK], *d = malloc((size_t)k * CHUNK * sizeof *d);
+    if (!d) return;
+    for (int64_t start = first; start < end; start += CHUNK) {
+        int64_t len = end - start < CHUNK ? end - start : CHUNK;
+        chunk_deltas(xs, x_dtypes, k, b, b_dtype, start, len, base, d);
+        if (select) sce_select(d, k, variance + start, start, len, threshold, cut);
+        sce_erase(d, k, weights, base, len, merged);
+        narrow(merged, len, out, out_dtype, start);
+    }
+    free(d);
+}

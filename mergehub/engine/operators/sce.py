@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from .. import native
 from . import params as P
+from . import span
 from .base import MergeContext, Operator, Param, TensorParams
 from .registry import register
 from .selection import largest_mask, tiles, topk_rule
@@ -41,34 +43,60 @@ class Sce(Operator):
             return [1.0 if p.shared["select_topk"] >= 1 else 0.0]
         return None
 
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """Straight from the stored dtypes to the output's, through the compiled loops."""
+        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
+        if work != torch.float32 or out_dtype not in native.DTYPES or not native.supports(flat_base, *flat):
+            return None
+        out = ctx.empty(base.shape, out_dtype)
+        return None if self._stream(flat_base, flat, p, ctx, out.view(-1)) is None else out
+
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
-        """Streaming passes over tiles, each tile's deltas staying in cache: the variance rule
-        (selection.topk_rule, counting the non-zero variances on the way), the models' energies
-        (float64 sums of per-tile float32 dot products), then the merge."""
         assert base is not None
-        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
-        n = flat_base.numel()
-        tile = None if base.device.type == "cpu" else n  # GPUs: one launch per op
-
-        def deltas_at(a, b) -> list[torch.Tensor]:
-            return [torch.sub(x[a:b], flat_base[a:b]) for x in flat]
-
-        keep = _variance_rule(flat_base, flat, p.shared["select_topk"], tile)
-        if keep is None:  # the rule would need the zero shortcut: the exact whole-tensor mask
+        out = ctx.empty_like(base)
+        if self._stream(base.reshape(-1), [x.reshape(-1) for x in inputs], p, ctx, out.view(-1)) is None:
             return self._merge_whole(base, inputs, p)
+        return out
 
-        energy = [0.0] * len(flat)
-        for a, b in tiles(n, tile):
-            for k, d in enumerate(keep(deltas_at(a, b), a)):
-                energy[k] += float(torch.dot(d, d))
+    @staticmethod
+    def _stream(base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams, ctx: MergeContext,
+                out: torch.Tensor) -> torch.Tensor | None:
+        """SCE over flat tensors in streaming passes, into ``out``: the variance rule
+        (selection.topk_rule, counting the non-zero variances on the way), the models'
+        energies (span.py's float64 lane order), then the erase step. Through the compiled
+        loops on the CPU (variances computed once and kept), else over tiles in torch; the same
+        bits either way. None when the rule needs the whole-tensor mask (``_merge_whole``)."""
+        n, fraction = base.numel(), p.shared["select_topk"]
+        fast = native.supports(base, *inputs) and out.dtype in native.DTYPES
+        tile = None if base.device.type == "cpu" else n  # GPUs: one launch per op
+        variance = None
+        if fast and 0 < fraction < 1:
+            variance = native.sce_variance(inputs, base, ctx.empty((n,), torch.float32))
+            selection = _selection(n, fraction, lambda a, b: variance[a:b], lambda at: variance[at], tile)
+        else:
+            def tile_variance(a: int, b: int) -> torch.Tensor:
+                return _variance([torch.sub(x[a:b], base[a:b]) for x in inputs])
+
+            def variance_at(positions: torch.Tensor) -> torch.Tensor:
+                return _variance([torch.sub(x[positions], base[positions]) for x in inputs])
+
+            selection = _selection(n, fraction, tile_variance, variance_at, tile)
+        if selection == "whole":
+            return None
+        if selection == "none":  # every delta dropped: base + 0
+            return out.copy_(torch.add(base, 0.0))
+
+        energy = _energies(base, inputs, variance, selection, fast)
         total = sum(energy) / n
-        weights = [1 / len(flat)] * len(flat) if abs(total) < 1e-6 else [e / n / total for e in energy]
-
-        out = ctx.empty_like(flat_base)
+        weights = [1 / len(inputs)] * len(inputs) if abs(total) < 1e-6 else [e / n / total for e in energy]
+        if fast:
+            return native.sce_combine(inputs, base, variance, selection, weights, out)
         for a, b in tiles(n, tile):
-            out[a:b] = _erase(keep(deltas_at(a, b), a), weights).add_(flat_base[a:b])
-        return out.view(base.shape)
+            deltas = _select([torch.sub(x[a:b], base[a:b]) for x in inputs], selection, a)
+            out[a:b] = _erase(deltas, weights).add_(base[a:b])
+        return out
 
     @staticmethod
     def _merge_whole(base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams) -> torch.Tensor:
@@ -119,48 +147,64 @@ def _selected_count(nonzero: int, fraction: float) -> int:
     return int(torch.tensor(nonzero) * fraction)  # a float32 product, as mergekit
 
 
-def _variance_rule(base: torch.Tensor, inputs: list[torch.Tensor], fraction: float, tile: int | None):
-    """keep(deltas, start): a tile's deltas (flat, from ``start``) with the positions outside
-    the int(#nonzero-variance·fraction) largest variances zeroed (exact count, selection.py tie
-    rule), for flat ``base`` and ``inputs``; None when that needs the whole-tensor mask (the
-    k-th largest variance is 0 or tiny, where the streaming rule may keep extra zeros)."""
+def _selection(n: int, fraction: float, tile_variance, variance_at, tile: int | None):
+    """Which positions SCE keeps: None (all), "none", "whole" (the exact rule needs the
+    whole-tensor mask: the k-th largest variance is 0 or tiny, where the streaming rule may keep
+    extra zeros), or (threshold, cut): variance above the threshold, or equal to it before flat
+    position cut (exactly int(#nonzero-variance·fraction) positions, selection.py tie rule)."""
     if fraction >= 1:
-        return lambda deltas, start: deltas
-    nothing = lambda deltas, start: [d.zero_() for d in deltas]  # noqa: E731
+        return None
     if fraction <= 0:
-        return nothing
-    n, nonzero, wanted = base.numel(), 0, []
+        return "none"
+    nonzero, wanted = 0, []
 
-    def tile_variance(a: int, b: int) -> torch.Tensor:
+    def counted(a: int, b: int) -> torch.Tensor:
         nonlocal nonzero
-        variance = _variance([torch.sub(x[a:b], base[a:b]) for x in inputs])
+        variance = tile_variance(a, b)
         nonzero += int(torch.count_nonzero(variance))
         return variance
-
-    def variance_at(positions: torch.Tensor) -> torch.Tensor:
-        return _variance([torch.sub(x[positions], base[positions]) for x in inputs])
 
     def count() -> int:
         wanted.append(_selected_count(nonzero, fraction))
         return wanted[0]
 
-    rule = topk_rule(n, count, tile_variance, variance_at, tile)
+    rule = topk_rule(n, count, counted, variance_at, tile)
     if rule is None:
-        return nothing if wanted[0] <= 0 else (lambda deltas, start: deltas)
-    if rule.threshold <= 0:
-        return None
+        return "none" if wanted[0] <= 0 else None
+    return "whole" if rule.threshold <= 0 else (rule.threshold, rule.cut)
 
-    def keep(deltas: list[torch.Tensor], start: int) -> list[torch.Tensor]:
-        variance = _variance(deltas)
-        kept = variance > rule.threshold
-        if start < rule.cut:  # ties at the threshold are kept before the cut
-            ties = variance == rule.threshold
-            ties[max(0, rule.cut - start):] = False
-            kept |= ties
-        dropped = kept.logical_not_()
-        return [d.masked_fill_(dropped, 0) for d in deltas]
 
-    return keep
+def _select(deltas: list[torch.Tensor], selection, start: int) -> list[torch.Tensor]:
+    """A tile's deltas (flat, from ``start``) with the positions ``selection`` drops zeroed."""
+    if selection is None:
+        return deltas
+    threshold, cut = selection
+    variance = _variance(deltas)
+    kept = variance > threshold
+    if start < cut:  # ties at the threshold are kept before the cut
+        ties = variance == threshold
+        ties[max(0, cut - start):] = False
+        kept |= ties
+    dropped = kept.logical_not_()
+    return [d.masked_fill_(dropped, 0) for d in deltas]
+
+
+def _energies(base: torch.Tensor, inputs: list[torch.Tensor], variance: torch.Tensor | None, selection,
+              fast: bool) -> list[float]:
+    """Σ of each model's selected δ², summed per block in span.py's lane order, blocks in order."""
+    if fast:
+        blocks = native.sce_energy(inputs, base, variance, selection, span.BLOCK).tolist()
+    else:
+        blocks = []
+        for a in range(0, base.numel(), span.BLOCK):
+            b = min(a + span.BLOCK, base.numel())
+            deltas = _select([torch.sub(x[a:b], base[a:b]) for x in inputs], selection, a)
+            blocks.append([span.lane_sum(d.double().square_()) for d in deltas])
+    energy = [0.0] * len(inputs)
+    for block in blocks:
+        for k, value in enumerate(block):
+            energy[k] += value
+    return energy
 
 
 def _high_variance(deltas: list[torch.Tensor], fraction: float) -> torch.Tensor:

@@ -51,17 +51,22 @@ def _gram_blocks(xs: list[torch.Tensor], base: torch.Tensor | None) -> torch.Ten
     out = torch.zeros(-(-n // BLOCK), k, k, dtype=torch.float64)
     for b, start in enumerate(range(0, n, BLOCK)):
         stop = min(start + BLOCK, n)
-        vs = [_vector(x[start:stop], None if base is None else base[start:stop]) for x in xs]
-        pad = -(stop - start) % LANES
-        vs = [torch.nn.functional.pad(v.double(), (0, pad)).view(-1, LANES) for v in vs]
+        vs = [_vector(x[start:stop], None if base is None else base[start:stop]).double() for x in xs]
         for i in range(k):
             for j in range(i, k):
-                lanes = torch.mul(vs[i], vs[j]).cumsum(0)[-1].tolist()  # each lane summed in order
-                total = 0.0
-                for lane in lanes:
-                    total += lane
-                out[b, i, j] = total
+                out[b, i, j] = lane_sum(torch.mul(vs[i], vs[j]))
     return out
+
+
+def lane_sum(products: torch.Tensor) -> float:
+    """The sum of a block's float64 ``products`` in the loops' order: entry e into lane e mod 8,
+    each lane in order (a cumulative sum is sequential), then the lanes 0..7."""
+    pad = -products.numel() % LANES
+    lanes = torch.nn.functional.pad(products, (0, pad)).view(-1, LANES).cumsum(0)[-1].tolist()
+    total = 0.0
+    for lane in lanes:
+        total += lane
+    return total
 
 
 def _vector(x: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
