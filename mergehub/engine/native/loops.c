@@ -426,6 +426,19 @@ static void bucket_decisions(const uint32_t *restrict u, const uint16_t *restric
     }
 }
 
+/* Bits first, first + 1, … of `bits` |= bytes[0], bytes[1], … (0 or 1; little-endian bits);
+ * whole bytes of the mask are assembled eight entries at a time. */
+static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t *bits) {
+    int64_t j = 0;
+    for (; j < len && ((first + j) & 7); j++) bits[(first + j) >> 3] |= (uint8_t)(bytes[j] << ((first + j) & 7));
+    for (; j + 8 <= len; j += 8) {
+        const uint8_t *b = bytes + j;
+        bits[(first + j) >> 3] = (uint8_t)(b[0] | b[1] << 1 | b[2] << 2 | b[3] << 3 | b[4] << 4 | b[5] << 5 |
+                                           b[6] << 6 | b[7] << 7);
+    }
+    for (; j < len; j++) bits[(first + j) >> 3] |= (uint8_t)(bytes[j] << ((first + j) & 7));
+}
+
 /* Bit j of mask (little-endian within a byte) = 1 where DELLA keeps entry j, for rows [r0, r1)
  * of a rows × width tensor (r0·width a multiple of 8; entries indexed like x): u < probs[rank of |δ| in its row (stable ascending)], u = u24·2^-24 the
  * entry's draw (flat index offset + j). probs[r] = density − ε + 2ε·r/(width − 1), computed by
@@ -443,7 +456,7 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
     row_buckets *rb = malloc(sizeof *rb);
-    int64_t *odd_sums = calloc(512, sizeof *odd_sums); /* a second table: fewer stalls on one slot */
+    int64_t *odd_sums = calloc(3 * 512, sizeof *odd_sums); /* three more tables: fewer stalls on one slot */
     if (!delta || !ints || !digit || !unsure || !row_mask || !rb || !odd_sums) {
         free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(odd_sums);
         return -1;
@@ -479,29 +492,32 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
                 if (!d && rb->lowest > rb->highest) break;
             }
             rb->pure[0] = 1; /* the zeros */
-            for (int64_t j = 0; j < width; j++) {
-                if (!unsure[j]) continue;
+            for (const uint8_t *at = memchr(unsure, 1, (size_t)width); at;
+                 at = memchr(at + 1, 1, (size_t)(unsure + width - at - 1))) {
+                int64_t j = at - unsure;
                 int d = digit[j];
                 if (rb->pure[d] < 0) rb->pure[d] = one_key(bits, order, rb->first[d], rb->count[d]);
                 int64_t rank = rb->pure[d] ? placed[j] : exact_rank(bits, order, rb->first[d], rb->count[d], (uint32_t)j);
                 row_mask[j] = (float)u[j] * 0x1p-24f < probs[rank];
             }
         }
-        for (int64_t j = 0; j < width; j++) mask[(start + j) >> 3] |= (uint8_t)(row_mask[j] << ((start + j) & 7));
+        pack_bits(row_mask, start, width, mask);
         if (sums) {
             memcpy(kept, delta, (size_t)width * sizeof *kept);
             apply_mask(row_mask, width, kept);
             exponent_slots(delta, kept, width, slots, mantissas);
             int64_t j = 0;
-            for (; j + 1 < width; j += 2) {
+            for (; j + 3 < width; j += 4) {
                 sums[slots[j]] += mantissas[j];
                 odd_sums[slots[j + 1]] += mantissas[j + 1];
+                odd_sums[512 + slots[j + 2]] += mantissas[j + 2];
+                odd_sums[1024 + slots[j + 3]] += mantissas[j + 3];
             }
-            if (j < width) sums[slots[j]] += mantissas[j];
+            for (; j < width; j++) sums[slots[j]] += mantissas[j];
         }
     }
     if (sums)
-        for (int k = 0; k < 512; k++) sums[k] += odd_sums[k];
+        for (int k = 0; k < 512; k++) sums[k] += odd_sums[k] + odd_sums[512 + k] + odd_sums[1024 + k];
     free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(odd_sums);
     return 0;
 }
