@@ -12,29 +12,35 @@ from __future__ import annotations
 
 import torch
 
+from ..buffers import TILE_ELEMENTS
 from .base import MergeContext, Operator, TensorParams
 from .registry import register
-from .selection import kth_smallest
+from .selection import smallest_values
 
 SAMPLE_SIZE = 1_000_000
 KL_EPS = 1e-8
 
 
-def importance(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+def row_divergence(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(x) ‖ softmax(base)) of each row (along the last dim), 1e-8 added to both."""
     p = torch.softmax(x, dim=-1).add_(KL_EPS)
     q = torch.softmax(base, dim=-1).add_(KL_EPS)
-    kl = (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
-    del p, q
-    return torch.sub(x, base).abs_().mul_(kl)
+    return (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
+
+
+def importance(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    return torch.sub(x, base).abs_().mul_(row_divergence(x, base))
 
 
 def fusion_threshold(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """median + 1.5·IQR of ``scores``, from a sample of SAMPLE_SIZE drawn with ``generator``
+    when there are more."""
     flat = scores.reshape(-1)
     if flat.numel() > SAMPLE_SIZE:
         index = torch.randint(flat.numel(), (SAMPLE_SIZE,), generator=generator)
         flat = flat[index.to(flat.device)]
     positions = (torch.tensor([0.25, 0.5, 0.75]) * (flat.numel() - 1)).long().tolist()
-    q1, median, q3 = (kth_smallest(flat, i + 1) for i in positions)
+    q1, median, q3 = smallest_values(flat, [i + 1 for i in positions])
     return median + 1.5 * (q3 - q1)
 
 
@@ -53,6 +59,8 @@ class ArceeFusion(Operator):
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
+        if base.dim() == 2 and base.device.type == "cpu":
+            return self._merge_rows(base, inputs[0], ctx)
         shape = base.shape
         x, b = (inputs[0].reshape(1), base.reshape(1)) if base.dim() == 0 else (inputs[0], base)
         scores = importance(x, b)
@@ -60,3 +68,23 @@ class ArceeFusion(Operator):
         del scores
         delta = torch.sub(x, b).mul_(keep)
         return delta.add_(b).reshape(shape)
+
+    @staticmethod
+    def _merge_rows(base: torch.Tensor, x: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
+        """The same merge in two streaming passes over blocks of rows, without whole-tensor
+        temporaries but the importance itself: the KL divergence of each row (softmax and KL
+        are per row, so a block of rows gives the rows' own values) and the importance, then
+        out = base + [importance ≥ threshold]·δ block by block. Bit-identical to the
+        whole-tensor computation."""
+        rows, width = base.shape
+        step = max(1, TILE_ELEMENTS // max(1, width))
+        scores = ctx.empty(base.shape, base.dtype)
+        for r in range(0, rows, step):
+            kl = row_divergence(x[r:r + step], base[r:r + step])
+            torch.sub(x[r:r + step], base[r:r + step], out=scores[r:r + step]).abs_().mul_(kl)
+        threshold = fusion_threshold(scores, ctx.generator("arcee_fusion_quantiles"))
+        out = ctx.empty_like(base)
+        for r in range(0, rows, step):
+            keep = scores[r:r + step] >= threshold
+            out[r:r + step] = torch.sub(x[r:r + step], base[r:r + step]).mul_(keep).add_(base[r:r + step])
+        return out

@@ -17,6 +17,7 @@ largest, and among values equal to the threshold again the ones first in flatten
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,37 @@ def kth_smallest(values: torch.Tensor, r: int) -> torch.Tensor:
     if below < r <= below + candidates.numel():
         return _sorted_pick(candidates, r - below)
     return _sorted_pick(flat, r)  # the sample missed (NaNs or an adversarial layout)
+
+
+def smallest_values(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
+    """The r-th smallest (1-based) of a float32 tensor for each r in ``ranks``, as 0-D tensors:
+    the values sorting gives (NaN last), from a histogram of the top 16 bits of an
+    order-preserving integer form of the values and, per rank, one of the low 16 bits inside
+    its bin: counting passes instead of a sort."""
+    flat = values.reshape(-1)
+    n = flat.numel()
+    for r in ranks:
+        if not 1 <= r <= n:
+            raise ValueError(f"rank {r} out of range for {n} elements")
+    if flat.dtype != torch.float32 or n <= _SMALL:
+        ordered = torch.sort(flat).values
+        return [ordered[r - 1] for r in ranks]
+    bits = flat.view(torch.int32).long() & 0xFFFFFFFF
+    # order-preserving: a negative float's bits all flipped, a non-negative one's sign bit set;
+    # every NaN is the largest key, as sorting puts NaN last
+    keys = torch.where(bits >= 1 << 31, bits ^ 0xFFFFFFFF, bits | (1 << 31))
+    keys.masked_fill_(flat.isnan(), 0xFFFFFFFF)
+    high = keys >> 16
+    cumulative = torch.bincount(high, minlength=1 << 16).cumsum(0)
+    out = []
+    for r in ranks:
+        key = int(torch.searchsorted(cumulative, r))
+        below = int(cumulative[key - 1]) if key else 0
+        low = torch.bincount(keys[high == key] & 0xFFFF, minlength=1 << 16).cumsum(0)
+        pattern = (key << 16) | int(torch.searchsorted(low, r - below))
+        raw = pattern ^ (1 << 31) if pattern >= 1 << 31 else pattern ^ 0xFFFFFFFF
+        out.append(torch.tensor(struct.unpack("<f", struct.pack("<I", raw))[0], dtype=torch.float32))
+    return out
 
 
 def _complete(mask: torch.Tensor, ties: torch.Tensor, need: int) -> torch.Tensor:

@@ -139,3 +139,27 @@ def test_streaming_top_k_rule_among_zeros_and_subnormals():
     values = values[torch.randperm(5000, generator=g)]
     for k in (50, 100, 150, 250, 399, 400, 401, 4000):
         assert_same_top_k(_rule_mask(values, k, 512), values, k)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "signed_zeros_and_specials"])
+def test_smallest_values_are_what_sorting_gives(kind):
+    from mergehub.engine.operators.selection import smallest_values
+
+    g = torch.Generator().manual_seed(7)
+    n = 600_000
+    if kind == "normal":
+        values = torch.randn(n, generator=g) * torch.rand(n, generator=g)
+    elif kind == "ties":
+        values = torch.randint(-3, 4, (n,), generator=g).float() * 0.125
+    else:
+        values = torch.randn(n, generator=g)
+        values[:1000] = 0.0
+        values[1000:2000] = -0.0
+        values[2000:2010] = float("inf")
+        values[2010:2020] = float("-inf")
+        values[2020:2030] = float("nan")
+    ranks = [1, 2, n // 4, n // 2, 3 * n // 4, n - 15, n]
+    ordered = torch.sort(values).values
+    for r, got in zip(ranks, smallest_values(values, ranks)):
+        want = ordered[r - 1]
+        assert (torch.isnan(got) and torch.isnan(want)) or got.item() == want.item(), (r, got, want)

@@ -59,3 +59,19 @@ def test_sce_keeps_exactly_k_when_variances_tie(monkeypatch):
     p = make_params("sce", 3, {"select_topk": 0.37}, {})
     reference = get_operator("sce")._merge_whole(base, xs, p)
     assert torch.equal(merged(monkeypatch, "sce", base, xs, p, 999) != 0, reference != 0)
+
+
+@pytest.mark.parametrize("shape", [(97, 1031), (1200, 1000)])  # under and over the 1M-entry sample
+def test_arcee_fusion_over_row_blocks_is_bit_identical(monkeypatch, shape):
+    from mergehub.engine.operators import arcee_fusion
+
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(shape, generator=g)
+    x = base + 0.05 * torch.randn(shape, generator=g)
+    op = get_operator("arcee_fusion")
+    p = make_params("arcee_fusion", 1, {}, {})
+    monkeypatch.setattr(arcee_fusion, "TILE_ELEMENTS", 20_000)  # blocks of a few rows
+    blocks = op.merge(base, [x], p, make_ctx(shape))
+    whole = op.merge(base.unsqueeze(0), [x.unsqueeze(0)], p, make_ctx((1,) + shape))[0]  # 3-D: the whole-tensor code
+    assert torch.equal(blocks, whole)
+    assert 0 < (blocks != base).float().mean() < 0.5  # some, not all, changes kept
