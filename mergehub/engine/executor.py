@@ -279,7 +279,6 @@ class Executor:
         stay in cache (5x faster than whole-unit torch ops on 2 cores), and merging a slice of
         rows equals slicing the merge, which is what ``block_local`` promises."""
         unit = loaded.unit
-        info = self.ref_layout.tensors[unit.tensor]
         like = loaded.base if loaded.base is not None else next(x for x in inputs if x is not None)
         step = max(1, TILE_ELEMENTS // max(1, like[0].numel()))
         out = loaded.slab.take_tensor(like.shape, out_dtype)

@@ -51,6 +51,7 @@ class ArceeFusion(Operator):
     min_inputs = 1
     max_inputs = 1
     random = True  # only tensors over 1M entries are sampled
+    stored_dtype_inputs = True  # x − base promotes; softmax gets x's rows converted block by block
     help = "Arcee Fusion: take the expert's change where |change|·KL divergence is an outlier."
 
     def block_local(self, p: TensorParams, ndim: int) -> bool:
@@ -61,6 +62,7 @@ class ArceeFusion(Operator):
         assert base is not None
         if base.dim() == 2 and base.device.type == "cpu":
             return self._merge_rows(base, inputs[0], ctx)
+        inputs = [x.to(base.dtype) for x in inputs]
         shape = base.shape
         x, b = (inputs[0].reshape(1), base.reshape(1)) if base.dim() == 0 else (inputs[0], base)
         scores = importance(x, b)
@@ -79,12 +81,14 @@ class ArceeFusion(Operator):
         rows, width = base.shape
         step = max(1, TILE_ELEMENTS // max(1, width))
         scores = ctx.empty(base.shape, base.dtype)
+        block = torch.empty(min(step, rows), width, dtype=base.dtype)  # x's rows in the working dtype
         for r in range(0, rows, step):
-            kl = row_divergence(x[r:r + step], base[r:r + step])
-            torch.sub(x[r:r + step], base[r:r + step], out=scores[r:r + step]).abs_().mul_(kl)
+            xs = block[:min(step, rows - r)].copy_(x[r:r + step])
+            kl = row_divergence(xs, base[r:r + step])
+            torch.sub(xs, base[r:r + step], out=scores[r:r + step]).abs_().mul_(kl)
         threshold = fusion_threshold(scores, ctx.generator("arcee_fusion_quantiles"))
         out = ctx.empty_like(base)
         for r in range(0, rows, step):
             keep = scores[r:r + step] >= threshold
-            out[r:r + step] = torch.sub(x[r:r + step], base[r:r + step]).mul_(keep).add_(base[r:r + step])
+            torch.sub(x[r:r + step], base[r:r + step], out=out[r:r + step]).mul_(keep).add_(base[r:r + step])
         return out
