@@ -24,7 +24,7 @@ COPY bench ./bench
 COPY templates ./templates
 COPY static ./static
 COPY manage.py ./
-# gcc only to build the compiled TIES loops (setup.py); removed again in the same layer
+# gcc only to build the engine's compiled loops (setup.py); removed again in the same layer
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install -c constraints.txt -e . \

@@ -1,5 +1,6 @@
-"""The compiled loops (mergehub/engine/native) give the torch path's bits: ties, dare_ties,
-dare_linear, breadcrumbs and breadcrumbs_ties, with and without rescale.
+"""The compiled loops (mergehub/engine/native) give the torch path's bits: the task-arithmetic
+family with and without rescale (ties, dare_*, breadcrumbs*, della*), RAM, RAM+ and SCE. (The
+span.py passes and the random stream have their own tests beside their modules.)
 
 Each test runs the same merge twice: through the loops, and with ``native.supports`` patched
 to refuse so the torch path runs; torch.equal must hold (finite inputs)."""
@@ -34,7 +35,7 @@ def test_the_loops_are_built():
     # `pip install -e .` builds them (setup.py) with the C compiler; where there is one, a
     # missing library means the build failed and TIES silently runs its slower torch path.
     if not native.available() and not shutil.which("cc"):
-        pytest.skip("no C compiler (cc): the compiled TIES loops were not built; TIES runs its torch path")
+        pytest.skip("no C compiler (cc): the compiled loops were not built; the engine runs its torch path")
     assert native.available(), "mergehub/engine/native/_loops*.so is missing: rerun pip install -e . and read its errors"
 
 

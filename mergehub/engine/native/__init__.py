@@ -1,5 +1,6 @@
-"""Compiled loops for the task-arithmetic family on the CPU (loops.c), loaded with ctypes:
-ties, dare_ties, dare_linear, breadcrumbs and breadcrumbs_ties (operators/generalized.py).
+"""Compiled loops on the CPU (loops.c), loaded with ctypes: the task-arithmetic family's
+pruning and combine (operators/generalized.py), span.py's Gram matrices and combinations,
+RAM and SCE (ram.py, sce.py) and the random stream (random_stream.py).
 
 They are optional: ``pip install`` builds them when a C compiler is present (setup.py), and
 without them, or with ``MERGEHUB_NATIVE=0``, the engine runs its torch path, which gives the
@@ -128,7 +129,7 @@ def _ref(t: torch.Tensor) -> tuple[int, int]:
 
 def _check(status: int) -> None:
     if status < 0:
-        raise MemoryError("out of memory in the compiled TIES loops (they need under 1 MB): "
+        raise MemoryError("out of memory in the compiled loops (they need under 1 MB per thread): "
                           "free memory, or run fewer merges at once, and retry")
 
 

@@ -1,8 +1,11 @@
-/* Fused CPU loops for the task-arithmetic family (loaded with ctypes by native/__init__.py):
- * the exact top-k / order-statistic passes behind TIES and breadcrumbs, the exact L1 sums
- * behind the rescale of DARE and friends, and one fused combine (prune, rescale, weight, sign
- * consensus or plain sum, λ, + base) for ties, dare_ties, dare_linear, breadcrumbs and
- * breadcrumbs_ties.
+/* Fused CPU loops (loaded with ctypes by native/__init__.py), in sections:
+ * - the task-arithmetic family: the exact top-k / order-statistic passes behind TIES and
+ *   breadcrumbs, the exact L1 sums behind the rescale of DARE and friends, DELLA's ranked
+ *   masks, and one fused combine (prune, rescale, weight, sign consensus or plain sum, λ,
+ *   + base) for ties, dare_*, breadcrumbs* and della*;
+ * - the random stream (operators/random_stream.py);
+ * - Gram matrices and linear combinations (operators/span.py);
+ * - RAM and SCE (operators/ram.py, operators/sce.py).
  *
  * The torch path (operators/generalized.py, sparsify.py, selection.py, consensus.py) runs ~20
  * tensor ops per model, each a full pass over memory; these loops read the checkpoints' bf16
@@ -763,6 +766,21 @@ static void ram_add(const float *restrict delta, const float *restrict divisor, 
     }
 }
 
+/* base[0..len) = b's chunk from `start`; counts[j] = how many of the k models are active at
+ * entry start + j (|x_i − b| > eps). Model i's activity goes to active + i·stride (stride 0:
+ * one scratch row, reused). */
+static void ram_chunk_counts(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                             float eps, int64_t start, int64_t len, float *base, float *delta,
+                             uint8_t *active, int64_t stride, uint8_t *counts) {
+    widen(b, b_dtype, start, len, base);
+    memset(counts, 0, (size_t)len);
+    for (int i = 0; i < k; i++) {
+        widen(xs[i], x_dtypes[i], start, len, delta);
+        subtract(delta, base, len);
+        ram_active(delta, len, eps, active + i * stride, counts);
+    }
+}
+
 /* ---- RAM (operators/ram.py is the reference) ---------------------------------------------- */
 
 /* n_unique[i] += #entries active in x_i and no other model, n_active[i] += #active in x_i, over
@@ -773,13 +791,7 @@ void mh_ram_counts(const void *const *xs, const int *x_dtypes, int k, const void
     uint8_t counts[CHUNK], active[8][CHUNK];
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
-        widen(b, b_dtype, start, len, base);
-        memset(counts, 0, sizeof counts);
-        for (int i = 0; i < k; i++) {
-            widen(xs[i], x_dtypes[i], start, len, delta);
-            subtract(delta, base, len);
-            ram_active(delta, len, eps, active[i], counts);
-        }
+        ram_chunk_counts(xs, x_dtypes, k, b, b_dtype, eps, start, len, base, delta, active[0], CHUNK, counts);
         for (int i = 0; i < k; i++) ram_tally(active[i], counts, len, &n_unique[i], &n_active[i]);
     }
 }
@@ -793,13 +805,7 @@ void mh_ram_combine(const void *const *xs, const int *x_dtypes, int k, const voi
     uint8_t counts[CHUNK], active[CHUNK];
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
-        widen(b, b_dtype, start, len, base);
-        memset(counts, 0, sizeof counts);
-        for (int i = 0; i < k; i++) {
-            widen(xs[i], x_dtypes[i], start, len, delta);
-            subtract(delta, base, len);
-            ram_active(delta, len, eps, active, counts);
-        }
+        ram_chunk_counts(xs, x_dtypes, k, b, b_dtype, eps, start, len, base, delta, active, 0, counts);
         ram_divisor(counts, len, divisor);
         memset(merged, 0, sizeof merged);
         for (int i = 0; i < k; i++) {
