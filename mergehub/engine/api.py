@@ -280,6 +280,7 @@ def replay(manifest_path, out_dir, *, force: bool = False, catalog_dir=None, dev
     unless bit-identical."""
     doc = manifest_mod.read(manifest_path)
     config = parse_config(doc["config"])
+    manifest_mod.check_replayable(doc, config.operator.uses_random_stream)
     result = run_merge(
         config, out_dir, budget=doc["budget"]["spec"], seed=doc["seed"],
         device=device or ("cuda" if str(doc.get("device", "cpu")).startswith("cuda") else "cpu"),

@@ -101,6 +101,25 @@ def _is_access(value) -> bool:
         for per in value)
 
 
+# The random stream changed in 0.2 (random_stream.py): random merges made before replay differently.
+RANDOM_STREAM_SINCE = (0, 2)
+
+
+def check_replayable(doc: dict, random_stream: bool) -> None:
+    """Refuse, before anything is written, a replay that cannot be bit-identical: a merge that
+    drew from the random stream (DARE, DELLA) recorded by a MergeHub whose draws differed."""
+    made_by = str(doc.get("versions", {}).get("mergehub", "0"))
+    try:
+        version = tuple(int(part) for part in made_by.split(".")[:2])
+    except ValueError:
+        version = (0, 0)
+    if random_stream and version < RANDOM_STREAM_SINCE:
+        raise ReplayMismatch(
+            f"this {doc['config'].get('merge_method')} merge was made by MergeHub {made_by}, whose random "
+            f"draws differ from this version's ({__version__}); replay it with MergeHub {made_by}, "
+            f"or run the merge again to get a new manifest")
+
+
 def verify_replay(original: dict, replayed: dict) -> None:
     """Inputs must be the recorded ones and every output file bit-identical."""
     if original["inputs"] != replayed["inputs"]:

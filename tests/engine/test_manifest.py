@@ -162,3 +162,23 @@ def test_a_malformed_manifest_is_a_one_line_error(tmp_path, family, catalog, cap
     assert rc == 2 and err.startswith("mergehub: error: ") and err.count("\n") == 1, err
     assert "replay needs" in err and "Traceback" not in err
     assert not (tmp_path / "again").exists()
+
+
+def test_a_random_merge_recorded_before_the_new_random_stream_is_refused(tmp_path, family, catalog, capsys):
+    mapping = family.config("dare_linear", parameters={"density": 0.5})
+    _merge(family, tmp_path / "out", catalog, mapping, seed=3)
+    path = tmp_path / "out" / manifest.FILENAME
+    doc = json.loads(path.read_text())
+    doc["versions"]["mergehub"] = "0.1.0"  # its draws were torch.rand streams per block
+    path.write_text(json.dumps(doc))
+    rc, _, err = run_cli(capsys, "replay", tmp_path / "out", tmp_path / "again", "--catalog", catalog)
+    assert rc != 0 and "MergeHub 0.1.0" in err and "run the merge again" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "again").exists()
+    # deterministic operators replay across versions
+    _merge(family, tmp_path / "ta", catalog, seed=3)
+    path = tmp_path / "ta" / manifest.FILENAME
+    doc = json.loads(path.read_text())
+    doc["versions"]["mergehub"] = "0.1.0"
+    path.write_text(json.dumps(doc))
+    rc, out, _ = run_cli(capsys, "replay", tmp_path / "ta", tmp_path / "ta-again", "--catalog", catalog)
+    assert rc == 0 and "bit-identical" in out

@@ -168,6 +168,8 @@ class Operator:
     max_inputs: ClassVar[int | None] = None
     params: ClassVar[tuple[Param, ...]] = ()
     random: ClassVar[bool] = False
+    # draws from the counter-based stream (random_stream.py, since 0.2), not only ctx.generator
+    uses_random_stream: ClassVar[bool] = False
     # True when merge(base, [base]*n) == base: rows where no expert changed are then copied
     # from the base without computing (the executor's fast path for LoRA-style experts).
     zero_delta_identity: ClassVar[bool] = False

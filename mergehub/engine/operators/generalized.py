@@ -68,7 +68,7 @@ class TaskArithmeticFamily(Operator):
                 "epsilon", "model", float, 0.15,
                 help="Spread of keep probabilities around density (density ± epsilon)."))
         cls.params = tuple(declared)
-        cls.random = cls.sparsifier in ("random", "della_magprune")
+        cls.random = cls.uses_random_stream = cls.sparsifier in ("random", "della_magprune")
 
     # -- configuration ---------------------------------------------------------------
     def validate(self, p: TensorParams, where: str) -> None:
