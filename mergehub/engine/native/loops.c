@@ -345,8 +345,7 @@ static void exponent_slots(const float *restrict delta, const float *restrict ke
 typedef struct {
     int shift, lowest, highest;
     uint32_t digit_mask;
-    int64_t count[BUCKETS], first[BUCKETS], next[BUCKETS];
-    int8_t pure[BUCKETS]; /* does the bucket hold a single key (1, 0, or -1: not known) */
+    int64_t count[BUCKETS], first[BUCKETS];
     float p_first[BUCKETS], p_last[BUCKETS];
 } row_buckets;
 
@@ -395,24 +394,15 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
     }
 }
 
-/* The exact rank of entry j in its row: its bucket's first rank, plus the bucket's entries
- * (order[first, first + count), in index order) with a smaller key or an equal key before j. */
-static int64_t exact_rank(const uint32_t *key, const uint32_t *order, int64_t first, int64_t count,
-                          uint32_t j) {
+/* The exact rank of entry j in its row (stable ascending): the keys smaller than its own, plus
+ * the equal ones before it; two vectorised counts over the row. */
+MULTIVERSION
+static int64_t row_rank(const uint32_t *restrict key, int64_t w, int64_t j) {
     uint32_t k = key[j];
-    int64_t r = first;
-    for (int64_t i = first; i < first + count; i++) {
-        uint32_t other = order[i];
-        r += (key[other] < k) | ((key[other] == k) & (other < j));
-    }
+    int64_t r = 0;
+    for (int64_t i = 0; i < j; i++) r += key[i] <= k;
+    for (int64_t i = j; i < w; i++) r += key[i] < k;
     return r;
-}
-
-/* Do the bucket's entries (order[first, first + count)) all have the same key? */
-static int one_key(const uint32_t *key, const uint32_t *order, int64_t first, int64_t count) {
-    for (int64_t i = first + 1; i < first + count; i++)
-        if (key[order[i]] != key[order[first]]) return 0;
-    return 1;
 }
 
 /* keep[j] = u[j] below the probability at its bucket's first rank; unsure[j] = u[j] between
@@ -447,15 +437,14 @@ static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t 
  * entry's draw (flat index offset + j). probs[r] = density − ε + 2ε·r/(width − 1), computed by
  * the caller with the torch path's own float32 ops, is non-decreasing in r, so u below the
  * probability at the first rank of the entry's bucket keeps it and u at or above the one at
- * the last rank drops it: only the few entries in between (about 1%) need their exact rank:
- * their place in a counting sort by bucket when the bucket holds one key (the zeros, and most
- * buckets of quantised deltas), else counted within their bucket. No row is sorted. sums (512, or NULL): the
+ * the last rank drops it: only the few entries in between (about 1%) need their exact rank,
+ * counted over the row. No row is sorted. sums (512, or NULL): the
  * exact L1 slots of mh_prune_sums for these rows, added to. Returns 0, or -1 when out of memory. */
 int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
                   int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
                   uint8_t *mask, int64_t *sums) {
     float *delta = malloc(3 * (size_t)width * sizeof *delta);
-    uint32_t *ints = malloc(6 * (size_t)width * sizeof *ints);
+    uint32_t *ints = malloc(4 * (size_t)width * sizeof *ints);
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
     row_buckets *rb = malloc(sizeof *rb);
@@ -466,7 +455,6 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     }
     float *base = delta + width, *kept = delta + 2 * width;
     uint32_t *bits = ints, *u = ints + width, *slots = ints + 2 * width, *mantissas = ints + 3 * width;
-    uint32_t *order = ints + 4 * width, *placed = ints + 5 * width;
     /* this call's bits start on a byte boundary (r0·width is a multiple of 8) and so do the next
      * call's: it owns its bytes, the last one partly used only at the very end of the mask */
     int64_t first_byte = r0 * width / 8, end_bit = r1 * width;
@@ -481,28 +469,10 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
         bucket_row(bits, width, probs, digit, rb);
         draws(offset + start, width, key0, key1, u);
         bucket_decisions(u, digit, width, rb->p_first, rb->p_last, row_mask, unsure);
-        if (memchr(unsure, 1, (size_t)width)) {
-            int64_t *next = rb->next;  /* entries placed by bucket, in index order */
-            next[0] = 0;
-            for (int d = rb->lowest; d <= rb->highest; d++) next[d] = rb->first[d];
-            for (int64_t j = 0; j < width; j++) {
-                int64_t at = next[digit[j]]++;
-                order[at] = (uint32_t)j;
-                placed[j] = (uint32_t)at; /* j's rank when its bucket holds one key */
-            }
-            for (int d = 0; d <= rb->highest; d = d ? d + 1 : rb->lowest) {
-                rb->pure[d] = -1; /* not known yet */
-                if (!d && rb->lowest > rb->highest) break;
-            }
-            rb->pure[0] = 1; /* the zeros */
-            for (const uint8_t *at = memchr(unsure, 1, (size_t)width); at;
-                 at = memchr(at + 1, 1, (size_t)(unsure + width - at - 1))) {
-                int64_t j = at - unsure;
-                int d = digit[j];
-                if (rb->pure[d] < 0) rb->pure[d] = one_key(bits, order, rb->first[d], rb->count[d]);
-                int64_t rank = rb->pure[d] ? placed[j] : exact_rank(bits, order, rb->first[d], rb->count[d], (uint32_t)j);
-                row_mask[j] = (float)u[j] * 0x1p-24f < probs[rank];
-            }
+        for (const uint8_t *at = memchr(unsure, 1, (size_t)width); at;
+             at = memchr(at + 1, 1, (size_t)(unsure + width - at - 1))) {
+            int64_t j = at - unsure;
+            row_mask[j] = (float)u[j] * 0x1p-24f < probs[row_rank(bits, width, j)];
         }
         pack_bits(row_mask, start, width, mask);
         if (sums) {
