@@ -295,3 +295,20 @@ def test_sce_through_the_loops_equals_the_torch_path(select_topk, models, quanti
     assert torch.equal(out, torch_path(op.merge, base, xs, p, make_ctx(shape)))
     stored = op.merge_stored(base.bfloat16(), xs, p, make_ctx(shape), torch.float32, torch.bfloat16)
     assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), xs, p, make_ctx(shape)).bfloat16())
+
+
+@needs_loops
+@pytest.mark.parametrize("t", [0.001, 0.3, 0.0])
+def test_nearswap_through_the_loops_equals_the_torch_path(t):
+    shape = (97, 1031)
+    g = torch.Generator().manual_seed(9)
+    base = torch.randn(shape, generator=g)
+    x = base + torch.randn(shape, generator=g) * torch.rand(shape, generator=g)
+    x[:3] = base[:3]  # |base − x| = 0: the 1e-6 floor
+    x = x.bfloat16()
+    p = make_params("nearswap", 1, {"t": t}, {})
+    op = get_operator("nearswap")
+    out = op.merge(base, [x], p, make_ctx(shape))
+    assert out.shape == shape and torch.equal(out, torch_path(op.merge, base, [x], p, make_ctx(shape)))
+    stored = op.merge_stored(base.bfloat16(), [x], p, make_ctx(shape), torch.float32, torch.bfloat16)
+    assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), [x], p, make_ctx(shape)).bfloat16())

@@ -1,6 +1,6 @@
 """Compiled loops on the CPU (loops.c), loaded with ctypes: the task-arithmetic family's
 pruning and combine (operators/generalized.py), span.py's Gram matrices and combinations,
-RAM and SCE (ram.py, sce.py) and the random stream (random_stream.py).
+RAM, SCE and nearswap (ram.py, sce.py, nearswap.py) and the random stream (random_stream.py).
 
 They are optional: ``pip install`` builds them when a C compiler is present (setup.py), and
 without them, or with ``MERGEHUB_NATIVE=0``, the engine runs its torch path, which gives the
@@ -91,6 +91,8 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_sce_energy.restype = i32
     lib.mh_sce_combine.argtypes = [ptr, ptr, i32, ptr, i32, ptr, i32, ctypes.c_float, i64, ptr, i64, i64, ptr, i32]
     lib.mh_sce_combine.restype = None
+    lib.mh_nearswap.argtypes = [ptr, i32, ptr, i32, ctypes.c_float, i64, i64, ptr, i32]
+    lib.mh_nearswap.restype = None
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
@@ -373,6 +375,18 @@ def sce_combine(xs: list[torch.Tensor], base: torch.Tensor, variance: torch.Tens
     def run(span: tuple[int, int]) -> None:
         _LIB.mh_sce_combine(c_xs, c_dtypes, len(xs), *_ref(base), v_ptr, select, threshold, cut, c_weights,
                             span[0], span[1], *_ref(out))
+
+    if base.numel():
+        map_parallel(run, _spans(base.numel()))
+    return out
+
+
+def nearswap(x: torch.Tensor, base: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
+    """``out`` ← nearswap of flat ``x`` towards ``base`` (operators/nearswap.py's float32 order)."""
+    assert supports(base, x, out)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_nearswap(*_ref(x), *_ref(base), t, span[0], span[1], *_ref(out))
 
     if base.numel():
         map_parallel(run, _spans(base.numel()))

@@ -920,3 +920,32 @@ void mh_sce_combine(const void *const *xs, const int *x_dtypes, int k, const voi
     }
     free(d);
 }
+
+/* ---- nearswap (operators/nearswap.py is the reference) ------------------------------------ */
+
+MULTIVERSION
+static void nearswap_chunk(const float *restrict x, const float *restrict b, int64_t len, float t,
+                           float *restrict out) {
+    for (int64_t j = 0; j < len; j++) {
+        float distance = b[j] - x[j];
+        distance = distance < 0 ? -distance : distance;
+        distance = distance < 1e-6f ? 1e-6f : distance;  /* clamp(min=1e-6); NaN stays NaN */
+        float w = (1.0f / distance) * t;                  /* torch's t / tensor: reciprocal, then × t */
+        w = w < 0.0f ? 0.0f : (w > 1.0f ? 1.0f : w);
+        out[j] = w * x[j] + (1.0f - w) * b[j];
+    }
+}
+
+/* out = w·x + (1 − w)·b over [first, end), w = clamp(t / max(|b − x|, 1e-6), 0, 1), in float32
+ * in nearswap.py's order of operations. */
+void mh_nearswap(const void *x, int x_dtype, const void *b, int b_dtype, float t, int64_t first, int64_t end,
+                 void *out, int out_dtype) {
+    float xs[CHUNK], base[CHUNK], merged[CHUNK];
+    for (int64_t start = first; start < end; start += CHUNK) {
+        int64_t len = end - start < CHUNK ? end - start : CHUNK;
+        widen(x, x_dtype, start, len, xs);
+        widen(b, b_dtype, start, len, base);
+        nearswap_chunk(xs, base, len, t, merged);
+        narrow(merged, len, out, out_dtype, start);
+    }
+}
