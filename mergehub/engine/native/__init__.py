@@ -5,8 +5,9 @@ RAM, SCE and nearswap (ram.py, sce.py, nearswap.py) and the random stream (rando
 They are optional: ``pip install`` builds them when a C compiler is present (setup.py), and
 without them, or with ``MERGEHUB_NATIVE=0``, the engine runs its torch path, which gives the
 same bits on finite inputs, only slower. Tensors are flat, contiguous, on the CPU, float32 or
-bfloat16. ctypes releases the GIL during each call, so ``map_parallel``, ``prune_sums`` and ``family_combine``
-spread their work over ``THREADS`` Python threads.
+bfloat16. ctypes releases the GIL during each call, so the wrappers below spread a call's
+range over ``THREADS`` Python threads (``_over_spans``), or run one model per thread
+(``map_parallel``).
 """
 
 from __future__ import annotations
@@ -86,11 +87,11 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_ram_combine.argtypes = [ptr, ptr, i32, ptr, i32, ctypes.c_float, ptr, i64, i64, ptr, i32]
     lib.mh_ram_combine.restype = None
     lib.mh_sce_variance.argtypes = [ptr, ptr, i32, ptr, i32, i64, i64, ptr]
-    lib.mh_sce_variance.restype = None
+    lib.mh_sce_variance.restype = i32
     lib.mh_sce_energy.argtypes = [ptr, ptr, i32, ptr, i32, ptr, i32, ctypes.c_float, i64, i64, i64, i64, i64, ptr]
     lib.mh_sce_energy.restype = i32
     lib.mh_sce_combine.argtypes = [ptr, ptr, i32, ptr, i32, ptr, i32, ctypes.c_float, i64, ptr, i64, i64, ptr, i32]
-    lib.mh_sce_combine.restype = None
+    lib.mh_sce_combine.restype = i32
     lib.mh_nearswap.argtypes = [ptr, i32, ptr, i32, ctypes.c_float, i64, i64, ptr, i32]
     lib.mh_nearswap.restype = None
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
@@ -131,8 +132,8 @@ def _ref(t: torch.Tensor) -> tuple[int, int]:
 
 def _check(status: int) -> None:
     if status < 0:
-        raise MemoryError("out of memory in the compiled loops (they need under 1 MB per thread): "
-                          "free memory, or run fewer merges at once, and retry")
+        raise MemoryError("out of memory in the compiled loops' working buffers: free memory, "
+                          "or run fewer merges at once, and retry")
 
 
 def magnitude_histogram(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -164,11 +165,14 @@ def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: 
     return position
 
 
-def _spans(n: int) -> list[tuple[int, int]]:
-    """[start, stop) pieces of range(n), one per thread (one when n is small)."""
-    parts = max(1, min(THREADS, n // _MIN_SPLIT))
+def _over_spans(n: int, run, per_thread: int = 1, min_split: int | None = None) -> list:
+    """run((start, stop)) over up to ``per_thread`` pieces of range(n) per thread, on the pool,
+    each at least ``min_split`` long (default ``_MIN_SPLIT`` elements). Returns the results."""
+    if n <= 0:
+        return []
+    parts = max(1, min(THREADS * per_thread, n // (_MIN_SPLIT if min_split is None else min_split)))
     step = -(-n // parts)
-    return [(a, min(a + step, n)) for a in range(0, n, step)]
+    return map_parallel(run, [(a, min(a + step, n)) for a in range(0, n, step)])
 
 
 def draws24(key: tuple[int, int], start: int, out: torch.Tensor) -> torch.Tensor:
@@ -180,8 +184,7 @@ def draws24(key: tuple[int, int], start: int, out: torch.Tensor) -> torch.Tensor
     def run(span: tuple[int, int]) -> None:
         _LIB.mh_draws(start + span[0], span[1] - span[0], key[0], key[1], flat[span[0]:].data_ptr())
 
-    if flat.numel():
-        map_parallel(run, _spans(flat.numel()))
+    _over_spans(flat.numel(), run)
     return out
 
 
@@ -241,8 +244,7 @@ def family_combine(base: torch.Tensor, specs: list[ModelSpec], consensus: bool, 
         _LIB.mh_family_combine(*_ref(base), span[0], span[1], len(specs), c_specs, int(consensus),
                                int(normalize), lam, *_ref(out))
 
-    if n:
-        map_parallel(run, _spans(n))
+    _over_spans(n, run)
     return out
 
 
@@ -265,9 +267,7 @@ def gram_blocks(xs: list[torch.Tensor], base: torch.Tensor | None, block: int) -
         _check(_LIB.mh_gram_blocks(c_xs, c_dtypes, k, b_ptr, b_dtype, n, block, span[0], span[1],
                                    out[span[0]:].data_ptr()))
 
-    if blocks:
-        step = -(-blocks // (4 * THREADS))
-        map_parallel(run, [(a, min(a + step, blocks)) for a in range(0, blocks, step)])
+    _over_spans(blocks, run, per_thread=4, min_split=1)
     return out
 
 
@@ -283,8 +283,7 @@ def combine(xs: list[torch.Tensor], coefs: list[float], base: torch.Tensor | Non
     def run(span: tuple[int, int]) -> None:
         _LIB.mh_combine(c_xs, c_dtypes, c_coefs, len(xs), b_ptr, b_dtype, base_coef, span[0], span[1], *_ref(out))
 
-    if out.numel():
-        map_parallel(run, _spans(out.numel()))
+    _over_spans(out.numel(), run)
     return out
 
 
@@ -303,7 +302,7 @@ def ram_counts(xs: list[torch.Tensor], base: torch.Tensor, eps: float) -> tuple[
         return counts
 
     total = torch.zeros(2, len(xs), dtype=torch.int64)
-    for part in map_parallel(run, _spans(base.numel())) if base.numel() else []:
+    for part in _over_spans(base.numel(), run):
         total += part
     return total[0].tolist(), total[1].tolist()
 
@@ -318,8 +317,7 @@ def ram_combine(xs: list[torch.Tensor], base: torch.Tensor, eps: float, boosts: 
     def run(span: tuple[int, int]) -> None:
         _LIB.mh_ram_combine(c_xs, c_dtypes, len(xs), *_ref(base), eps, c_boosts, span[0], span[1], *_ref(out))
 
-    if base.numel():
-        map_parallel(run, _spans(base.numel()))
+    _over_spans(base.numel(), run)
     return out
 
 
@@ -329,10 +327,9 @@ def sce_variance(xs: list[torch.Tensor], base: torch.Tensor, out: torch.Tensor) 
     c_xs, c_dtypes = _pointers(xs)
 
     def run(span: tuple[int, int]) -> None:
-        _LIB.mh_sce_variance(c_xs, c_dtypes, len(xs), *_ref(base), span[0], span[1], out.data_ptr())
+        _check(_LIB.mh_sce_variance(c_xs, c_dtypes, len(xs), *_ref(base), span[0], span[1], out.data_ptr()))
 
-    if base.numel():
-        map_parallel(run, _spans(base.numel()))
+    _over_spans(base.numel(), run)
     return out
 
 
@@ -358,9 +355,7 @@ def sce_energy(xs: list[torch.Tensor], base: torch.Tensor, variance: torch.Tenso
         _check(_LIB.mh_sce_energy(c_xs, c_dtypes, k, *_ref(base), v_ptr, select, threshold, cut, n, block,
                                   span[0], span[1], out[span[0]:].data_ptr()))
 
-    if blocks:
-        step = -(-blocks // (4 * THREADS))
-        map_parallel(run, [(a, min(a + step, blocks)) for a in range(0, blocks, step)])
+    _over_spans(blocks, run, per_thread=4, min_split=1)
     return out
 
 
@@ -373,11 +368,10 @@ def sce_combine(xs: list[torch.Tensor], base: torch.Tensor, variance: torch.Tens
     v_ptr, select, threshold, cut = _selection_args(variance, selection)
 
     def run(span: tuple[int, int]) -> None:
-        _LIB.mh_sce_combine(c_xs, c_dtypes, len(xs), *_ref(base), v_ptr, select, threshold, cut, c_weights,
-                            span[0], span[1], *_ref(out))
+        _check(_LIB.mh_sce_combine(c_xs, c_dtypes, len(xs), *_ref(base), v_ptr, select, threshold, cut,
+                                   c_weights, span[0], span[1], *_ref(out)))
 
-    if base.numel():
-        map_parallel(run, _spans(base.numel()))
+    _over_spans(base.numel(), run)
     return out
 
 
@@ -388,6 +382,5 @@ def nearswap(x: torch.Tensor, base: torch.Tensor, t: float, out: torch.Tensor) -
     def run(span: tuple[int, int]) -> None:
         _LIB.mh_nearswap(*_ref(x), *_ref(base), t, span[0], span[1], *_ref(out))
 
-    if base.numel():
-        map_parallel(run, _spans(base.numel()))
+    _over_spans(base.numel(), run)
     return out

@@ -80,6 +80,17 @@ static void subtract(float *restrict d, const float *restrict b, int64_t len) {
     for (int64_t j = 0; j < len; j++) d[j] = d[j] - b[j];
 }
 
+/* A chunk of k inputs from flat `start`: d[i·CHUNK + j] = x_i − b (base gets b's chunk), or
+ * x_i itself when b is NULL. */
+static void chunk_deltas(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                         int64_t start, int64_t len, float *base, float *d) {
+    if (b) widen(b, b_dtype, start, len, base);
+    for (int i = 0; i < k; i++) {
+        widen(xs[i], x_dtypes[i], start, len, d + (size_t)i * CHUNK);
+        if (b) subtract(d + (size_t)i * CHUNK, base, len);
+    }
+}
+
 /* bits[j]: the float32 bit pattern of |δ|, ordered like |δ| itself. */
 MULTIVERSION
 static void magnitude_bits(const float *restrict d, int64_t len, uint32_t *restrict bits) {
@@ -333,6 +344,22 @@ static void exponent_slots(const float *restrict delta, const float *restrict ke
     }
 }
 
+#define SLOT_TABLES 4 /* interleaved tables: runs of one exponent do not queue on one counter */
+
+/* tables[t·512 + slot] += mantissa, entry j into table j mod 4 (see exponent_slots). */
+static void add_slots(const uint32_t *slots, const uint32_t *mantissas, int64_t len, int64_t *tables) {
+    int64_t j = 0;
+    for (; j + SLOT_TABLES <= len; j += SLOT_TABLES)
+        for (int t = 0; t < SLOT_TABLES; t++) tables[t * 512 + slots[j + t]] += mantissas[j + t];
+    for (; j < len; j++) tables[slots[j]] += mantissas[j];
+}
+
+/* sums[slot] += the tables' totals. */
+static void fold_slots(const int64_t *tables, int64_t *sums) {
+    for (int k = 0; k < 512; k++)
+        for (int t = 0; t < SLOT_TABLES; t++) sums[k] += tables[t * 512 + k];
+}
+
 /* ---- DELLA's ranked random drop ----------------------------------------------------------- */
 
 #define DIGIT_BITS 10
@@ -433,13 +460,14 @@ static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t 
 }
 
 /* Bit j of mask (little-endian within a byte) = 1 where DELLA keeps entry j, for rows [r0, r1)
- * of a rows × width tensor (r0·width a multiple of 8; entries indexed like x): u < probs[rank of |δ| in its row (stable ascending)], u = u24·2^-24 the
- * entry's draw (flat index offset + j). probs[r] = density − ε + 2ε·r/(width − 1), computed by
- * the caller with the torch path's own float32 ops, is non-decreasing in r, so u below the
- * probability at the first rank of the entry's bucket keeps it and u at or above the one at
- * the last rank drops it: only the few entries in between (about 1%) need their exact rank,
- * counted over the row. No row is sorted. sums (512, or NULL): the
- * exact L1 slots of mh_prune_sums for these rows, added to. Returns 0, or -1 when out of memory. */
+ * of a rows × width tensor (r0·width a multiple of 8; entries indexed like x): u < probs[rank
+ * of |δ| in its row (stable ascending)], u = u24·2^-24 the entry's draw (flat index offset + j).
+ * probs[r] = density − ε + 2ε·r/(width − 1), computed by the caller with the torch path's own
+ * float32 ops, is non-decreasing in r, so u below the probability at the first rank of the
+ * entry's bucket keeps it and u at or above the one at the last rank drops it: only the few
+ * entries in between (about 1%) need their exact rank, counted over the row. No row is sorted.
+ * sums (512, or NULL): the exact L1 slots of mh_prune_sums for these rows, added to. Returns 0,
+ * or -1 when out of memory. */
 int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
                   int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
                   uint8_t *mask, int64_t *sums) {
@@ -448,9 +476,9 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
     row_buckets *rb = malloc(sizeof *rb);
-    int64_t *odd_sums = calloc(3 * 512, sizeof *odd_sums); /* three more tables: fewer stalls on one slot */
-    if (!delta || !ints || !digit || !unsure || !row_mask || !rb || !odd_sums) {
-        free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(odd_sums);
+    int64_t *tables = calloc(SLOT_TABLES * 512, sizeof *tables);
+    if (!delta || !ints || !digit || !unsure || !row_mask || !rb || !tables) {
+        free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
         return -1;
     }
     float *base = delta + width, *kept = delta + 2 * width;
@@ -479,19 +507,11 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
             memcpy(kept, delta, (size_t)width * sizeof *kept);
             apply_mask(row_mask, width, kept);
             exponent_slots(delta, kept, width, slots, mantissas);
-            int64_t j = 0;
-            for (; j + 3 < width; j += 4) {
-                sums[slots[j]] += mantissas[j];
-                odd_sums[slots[j + 1]] += mantissas[j + 1];
-                odd_sums[512 + slots[j + 2]] += mantissas[j + 2];
-                odd_sums[1024 + slots[j + 3]] += mantissas[j + 3];
-            }
-            for (; j < width; j++) sums[slots[j]] += mantissas[j];
+            add_slots(slots, mantissas, width, tables);
         }
     }
-    if (sums)
-        for (int k = 0; k < 512; k++) sums[k] += odd_sums[k] + odd_sums[512 + k] + odd_sums[1024 + k];
-    free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(odd_sums);
+    if (sums) fold_slots(tables, sums);
+    free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
     return 0;
 }
 
@@ -503,27 +523,21 @@ int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const 
                   int64_t *sums) {
     float *buf = malloc(4 * CHUNK * sizeof *buf);
     uint32_t *ints = malloc(3 * CHUNK * sizeof *ints);
-    int64_t *tables = calloc(2 * 512, sizeof *tables);
+    int64_t *tables = calloc(SLOT_TABLES * 512, sizeof *tables);
     if (!buf || !ints || !tables) {
         free(buf), free(ints), free(tables);
         return -1;
     }
     float *base = buf, *delta = buf + CHUNK, *kept = buf + 2 * CHUNK;
     uint32_t *u = ints, *slots = ints + CHUNK, *mantissas = ints + 2 * CHUNK;
-    int64_t *even = tables, *odd = tables + 512;
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
         widen(b, b_dtype, start, len, base);
         pruned_chunk(m, base, start, len, delta, u, kept);
         exponent_slots(delta, kept, len, slots, mantissas);
-        int64_t j = 0;
-        for (; j + 1 < len; j += 2) {
-            even[slots[j]] += mantissas[j];
-            odd[slots[j + 1]] += mantissas[j + 1];
-        }
-        if (j < len) even[slots[j]] += mantissas[j];
+        add_slots(slots, mantissas, len, tables);
     }
-    for (int k = 0; k < 512; k++) sums[k] += even[k] + odd[k];
+    fold_slots(tables, sums);
     free(buf), free(ints), free(tables);
     return 0;
 }
@@ -622,6 +636,13 @@ static void lane_dots(const float *restrict a, const float *restrict b, int64_t 
     for (int l = 0; e + l < len; l++) acc[l] += (double)a[e + l] * (double)b[e + l];
 }
 
+/* The lanes added 0..7: the end of a block's fixed summation order. */
+static double lane_total(const double *lane) {
+    double s = 0.0;
+    for (int l = 0; l < LANES; l++) s += lane[l];
+    return s;
+}
+
 /* total[j] += c·x[j] in float64. */
 MULTIVERSION
 static void axpy64(const float *restrict x, int64_t len, double c, double *restrict total) {
@@ -653,11 +674,7 @@ int mh_gram_blocks(const void *const *xs, const int *x_dtypes, int k, const void
         int64_t end = (blk + 1) * block < n ? (blk + 1) * block : n;
         for (int64_t start = blk * block; start < end; start += CHUNK) {
             int64_t len = end - start < CHUNK ? end - start : CHUNK;
-            if (b) widen(b, b_dtype, start, len, base);
-            for (int i = 0; i < k; i++) {
-                widen(xs[i], x_dtypes[i], start, len, v + (size_t)i * CHUNK);
-                if (b) subtract(v + (size_t)i * CHUNK, base, len);
-            }
+            chunk_deltas(xs, x_dtypes, k, b, b_dtype, start, len, base, v);
             /* CHUNK and block are multiples of LANES, so lane = offset within the chunk mod 8 */
             for (int i = 0; i < k; i++)
                 for (int j = i; j < k; j++)
@@ -665,12 +682,7 @@ int mh_gram_blocks(const void *const *xs, const int *x_dtypes, int k, const void
         }
         double *out = gram + (blk - first_block) * k * k;
         for (int i = 0; i < k; i++)
-            for (int j = i; j < k; j++) {
-                const double *lane = acc + ((size_t)i * k + j) * LANES;
-                double s = 0.0;
-                for (int l = 0; l < LANES; l++) s += lane[l];
-                out[i * k + j] = s;
-            }
+            for (int j = i; j < k; j++) out[i * k + j] = lane_total(acc + ((size_t)i * k + j) * LANES);
     }
     free(v), free(acc);
     return 0;
@@ -819,16 +831,6 @@ static void sce_erase(const float *restrict d, int k, const float *restrict weig
 
 /* ---- SCE (operators/sce.py is the reference) ---------------------------------------------- */
 
-/* The k deltas of a chunk, d[i·CHUNK + j] = x_i − b. */
-static void chunk_deltas(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
-                         int64_t start, int64_t len, float *base, float *d) {
-    widen(b, b_dtype, start, len, base);
-    for (int i = 0; i < k; i++) {
-        widen(xs[i], x_dtypes[i], start, len, d + (size_t)i * CHUNK);
-        subtract(d + (size_t)i * CHUNK, base, len);
-    }
-}
-
 /* variance[j]: the population variance of the k deltas, as sce.py's _variance computes it:
  * mean = ((d_0 + d_1) + …)/k, then Σ (d_i − mean)² in order, / k, all in float32; one model
  * at a time so each loop vectorises. */
@@ -848,17 +850,19 @@ static void chunk_variance(const float *restrict d, int k, int64_t len, float *r
     for (int64_t j = 0; j < len; j++) variance[j] = variance[j] / (float)k;
 }
 
-/* variance[first..end) of the deltas of xs from b (written at variance + first). */
-void mh_sce_variance(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
-                     int64_t first, int64_t end, float *variance) {
+/* variance[first..end) of the deltas of xs from b (written at variance + first). Returns 0,
+ * or -1 when out of memory. */
+int mh_sce_variance(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                    int64_t first, int64_t end, float *variance) {
     float base[CHUNK], *d = malloc((size_t)k * CHUNK * sizeof *d);
-    if (!d) return;
+    if (!d) return -1;
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
         chunk_deltas(xs, x_dtypes, k, b, b_dtype, start, len, base, d);
         chunk_variance(d, k, len, variance + start);
     }
     free(d);
+    return 0;
 }
 
 /* Zeroes the deltas of the entries SCE drops: variance below the threshold, or equal to it
@@ -894,23 +898,20 @@ int mh_sce_energy(const void *const *xs, const int *x_dtypes, int k, const void 
             for (int i = 0; i < k; i++)
                 lane_dots(d + (size_t)i * CHUNK, d + (size_t)i * CHUNK, len, acc + (size_t)i * LANES);
         }
-        for (int i = 0; i < k; i++) {
-            double s = 0.0;
-            for (int l = 0; l < LANES; l++) s += acc[(size_t)i * LANES + l];
-            energy[(blk - first_block) * k + i] = s;
-        }
+        for (int i = 0; i < k; i++) energy[(blk - first_block) * k + i] = lane_total(acc + (size_t)i * LANES);
     }
     free(d), free(acc);
     return 0;
 }
 
 /* out = b + Σ w_i·keep_i·δ_i / max(Σ w_i·keep_i, 1e-6) over [first, end), keep_i: δ_i has the
- * sign of Σ δ_i (≥ 0: positive); the selected deltas, float32 in sce.py's order. */
-void mh_sce_combine(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
-                    const float *variance, int select, float threshold, int64_t cut, const float *weights,
-                    int64_t first, int64_t end, void *out, int out_dtype) {
+ * sign of Σ δ_i (≥ 0: positive); the selected deltas, float32 in sce.py's order. Returns 0, or
+ * -1 when out of memory. */
+int mh_sce_combine(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
+                   const float *variance, int select, float threshold, int64_t cut, const float *weights,
+                   int64_t first, int64_t end, void *out, int out_dtype) {
     float base[CHUNK], merged[CHUNK], *d = malloc((size_t)k * CHUNK * sizeof *d);
-    if (!d) return;
+    if (!d) return -1;
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
         chunk_deltas(xs, x_dtypes, k, b, b_dtype, start, len, base, d);
@@ -919,6 +920,7 @@ void mh_sce_combine(const void *const *xs, const int *x_dtypes, int k, const voi
         narrow(merged, len, out, out_dtype, start);
     }
     free(d);
+    return 0;
 }
 
 /* ---- nearswap (operators/nearswap.py is the reference) ------------------------------------ */
