@@ -39,9 +39,9 @@ def aligned_empty(nbytes: int) -> torch.Tensor:
     raw = torch.empty(nbytes + align, dtype=torch.uint8)
     skip = -raw.data_ptr() % align
     out = raw[skip:skip + nbytes]
-    if align == HUGE_PAGE and _GLIBC is not None:
-        _GLIBC.madvise(ctypes.c_void_p(out.data_ptr()), ctypes.c_size_t(nbytes // HUGE_PAGE * HUGE_PAGE),
-                       _MADV_HUGEPAGE)  # a hint: where THP is off it fails harmlessly
+    if align == HUGE_PAGE and LIBC is not None and hasattr(LIBC, "madvise"):
+        LIBC.madvise(ctypes.c_void_p(out.data_ptr()), ctypes.c_size_t(nbytes // HUGE_PAGE * HUGE_PAGE),
+                     _MADV_HUGEPAGE)  # a hint: where THP is off it fails harmlessly
     return out
 
 

@@ -102,7 +102,7 @@ class Karcher(Operator):
             mean = [m / mean_norm for m in mean]
         for _ in range(max_iter):
             tangent = [0.0] * k
-            g_mean = [sum(g[i][j] * mean[j] for j in range(k)) for i in range(k)]  # ⟨x_i, m⟩
+            g_mean = span.inner(g, mean)  # ⟨x_i, m⟩
             for i in valid:
                 cos = min(1.0, max(-1.0, g_mean[i] / norms[i]))
                 theta = math.acos(cos)

@@ -52,10 +52,8 @@ class Ram(Operator):
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
         eps = p.shared["epsilon"]
-        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
-        if _native(flat_base, flat):
-            out = ctx.empty_like(flat_base)
-            return native.ram_combine(flat, flat_base, eps, [1.0] * len(flat), out).view(base.shape)
+        if _native(base.reshape(-1), [x.reshape(-1) for x in inputs]):
+            return self._merge_native(base, inputs, eps, ctx.empty_like(base))
         delta = torch.empty_like(base)
         divisor = _active_counts(base, inputs, eps, delta).clamp_(min=1)
         merged = torch.zeros_like(base)
@@ -68,11 +66,15 @@ class Ram(Operator):
     def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
         """Straight from the stored dtypes to the output's, through the compiled loops."""
-        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
-        if work != torch.float32 or not _native(flat_base, flat, out_dtype):
+        if work != torch.float32 or not _native(base.reshape(-1), [x.reshape(-1) for x in inputs], out_dtype):
             return None
-        out = ctx.empty(base.shape, out_dtype)
-        return native.ram_combine(flat, flat_base, p.shared["epsilon"], [1.0] * len(flat), out.view(-1)).view(base.shape)
+        return self._merge_native(base, inputs, p.shared["epsilon"], ctx.empty(base.shape, out_dtype))
+
+    @staticmethod
+    def _merge_native(base: torch.Tensor, inputs: list[torch.Tensor], eps: float, out: torch.Tensor) -> torch.Tensor:
+        flat = [x.reshape(-1) for x in inputs]
+        native.ram_combine(flat, base.reshape(-1), eps, [1.0] * len(flat), out.view(-1))
+        return out
 
 
 @register

@@ -107,7 +107,7 @@ def smallest_values(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor
         low = torch.bincount(keys[high == key] & 0xFFFF, minlength=1 << 16).cumsum(0)
         pattern = (key << 16) | int(torch.searchsorted(low, r - below))
         raw = pattern ^ (1 << 31) if pattern >= 1 << 31 else pattern ^ 0xFFFFFFFF
-        out.append(torch.tensor(struct.unpack("<f", struct.pack("<I", raw))[0], dtype=torch.float32))
+        out.append(torch.tensor(_float32(raw), dtype=torch.float32))
     return out
 
 
@@ -271,10 +271,10 @@ def delta_topk_rule(x: torch.Tensor, base: torch.Tensor, k: int) -> TopKRule:
         return TopKRule(_float32(pattern), cut)
 
     guess = _sampled_pattern(x, base, k)
-    if guess >> 16:  # bin 0 (zeros, tiny subnormals) keeps rule_from_histogram's shortcut
-        above, equal = native.magnitude_count(x, base, guess)
-        if above < k <= above + equal:
-            return rule(guess, k - above, equal)
+    confirmed = _confirm(x, base, k, guess) if guess >> 16 else None  # bin 0: the zero shortcut below
+    if confirmed is not None:
+        _, above, equal = confirmed
+        return rule(guess, k - above, equal)
 
     def pick_in_bin(key: int, need: int) -> TopKRule:
         low_hist = native.magnitude_low_histogram(x, base, key)
@@ -303,18 +303,25 @@ def delta_outside_smallest(x: torch.Tensor, base: torch.Tensor, r: int) -> tuple
 
 def _delta_kth_largest(x: torch.Tensor, base: torch.Tensor, k: int) -> tuple[int, int, int]:
     """(float32 pattern of the k-th largest |x − base|, #entries above it, #equal to it)."""
-    guess = _sampled_pattern(x, base, k)
-    above, equal = native.magnitude_count(x, base, guess)
-    if above < k <= above + equal:
-        return guess, above, equal
+    confirmed = _confirm(x, base, k, _sampled_pattern(x, base, k))
+    if confirmed is not None:
+        return confirmed
     key, above = bin_from_top(native.magnitude_histogram(x, base), k)
     low_hist = native.magnitude_low_histogram(x, base, key)
     low, above_in_bin = bin_from_top(low_hist, k - above)
     return (key << 16) | low, above + above_in_bin, int(low_hist[low])
 
 
+def _confirm(x: torch.Tensor, base: torch.Tensor, k: int, guess: int) -> tuple[int, int, int] | None:
+    """(guess, #above, #equal) when the float32 pattern ``guess`` is that of the k-th largest
+    |x − base| (one counting pass says #above < k ≤ #above + #equal), else None."""
+    above, equal = native.magnitude_count(x, base, guess)
+    return (guess, above, equal) if above < k <= above + equal else None
+
+
 def _float32(pattern: int) -> float:
-    return torch.tensor(pattern, dtype=torch.int32).view(torch.float32).item()
+    """The float32 whose bit pattern is ``pattern`` (0 ≤ pattern < 2^32)."""
+    return struct.unpack("<f", struct.pack("<I", pattern))[0]
 
 
 def _sampled_pattern(x: torch.Tensor, base: torch.Tensor, k: int) -> int:

@@ -13,8 +13,8 @@ import torch
 
 from ..errors import ConfigError
 from . import params as P
-from .base import REQUIRED, MergeContext, Operator, Param, TensorParams
 from . import span
+from .base import REQUIRED, MergeContext, Operator, Param, TensorParams
 from .registry import register
 
 DOT_THRESHOLD = 0.9995
@@ -76,15 +76,18 @@ class Slerp(Operator):
         norm_a, norm_b = math.sqrt(g[0][0]), math.sqrt(g[1][1])
         norm_a, norm_b = (norm_a if norm_a > NORM_EPS else 1.0), (norm_b if norm_b > NORM_EPS else 1.0)
         dot = min(1.0, max(-1.0, g[0][1] / (norm_a * norm_b)))
-        return span.apply([base, x], list(_slerp_coefficients(dot, t)), None, out, deltas=False).view(base.shape)
+        return span.apply([base, x], _slerp_coefficients(dot, t), None, out, deltas=False).view(base.shape)
 
 
-def _slerp_coefficients(dot: float, t: float) -> tuple[float, float]:
+def _slerp_coefficients(dot: float, t: float) -> list[float]:
     """(c_a, c_b) of slerp(a, b, t) = c_a·a + c_b·b given cos θ = ``dot``."""
-    if abs(dot) > DOT_THRESHOLD:
-        return 1 - t, t
-    theta = math.acos(dot)
-    return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+    return [1 - t, t] if abs(dot) > DOT_THRESHOLD else _arc_weights(dot, t)
+
+
+def _arc_weights(cos: float, t: float) -> list[float]:
+    """sin((1 − t)θ)/sin θ and sin(tθ)/sin θ for cos θ = ``cos``: slerp's weights off the line."""
+    theta = math.acos(cos)
+    return [math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)]
 
 
 def _nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool,
@@ -162,11 +165,7 @@ class NuSlerp(Operator):
         g = span.gram(flat, None if base is None else base.reshape(-1))
         n0, n1 = max(math.sqrt(g[0][0]), 1e-7), max(math.sqrt(g[1][1]), 1e-7)
         cos = min(1.0, max(-1.0, g[0][1] / (n0 * n1)))
-        if 1 - cos * cos <= NORM_EPS ** 2:
-            coefs = [1 - t, t]
-        else:
-            theta = math.acos(cos)
-            coefs = [math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)]
+        coefs = [1 - t, t] if 1 - cos * cos <= NORM_EPS ** 2 else _arc_weights(cos, t)
         return span.apply(inputs, coefs, base, out, deltas=base is not None).view(out.shape)
 
 
@@ -269,7 +268,7 @@ class MultiSlerp(Operator):
                 f"multislerp: the weighted mean direction is zero in tensor {ctx.tensor} "
                 f"(antipodal inputs with balancing weights); change the weights")
         mean = [m / mean_norm for m in mean]
-        g_mean = [sum(g[i][j] * mean[j] for j in range(k)) for i in range(k)]  # ⟨δ_i, m⟩
+        g_mean = span.inner(g, mean)  # ⟨δ_i, m⟩
         pull = sum(w * u * gm for w, u, gm in zip(weights, unit, g_mean))  # Σ w_k ⟨u_k, m⟩
         tangent = [w * u - pull * m for w, u, m in zip(weights, unit, mean)]
         tangent_norm = span.norm(g, tangent) + eps

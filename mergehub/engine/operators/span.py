@@ -100,15 +100,14 @@ def applies(*tensors: torch.Tensor | None) -> bool:
         t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16, torch.float16) for t in present)
 
 
-def quadratic(g: list[list[float]], a: list[float], b: list[float] | None = None) -> float:
-    """aᵀ G b (b = a by default): the inner product of Σ a_i v_i and Σ b_i v_i."""
-    b = a if b is None else b
-    return sum(a[i] * g[i][j] * b[j] for i in range(len(a)) for j in range(len(a)))
+def inner(g: list[list[float]], a: list[float]) -> list[float]:
+    """G·a: the inner products ⟨v_i, Σ_j a_j v_j⟩ of each input with a combination."""
+    return [sum(row[j] * a[j] for j in range(len(a))) for row in g]
 
 
 def norm(g: list[list[float]], a: list[float]) -> float:
-    """‖Σ a_i v_i‖ (rounding can make the quadratic form slightly negative: then 0)."""
-    return math.sqrt(max(quadratic(g, a), 0.0))
+    """‖Σ a_i v_i‖ = sqrt(aᵀ G a) (rounding can make it slightly negative: then 0)."""
+    return math.sqrt(max(sum(ai * gi for ai, gi in zip(a, inner(g, a))), 0.0))
 
 
 def apply(xs: list[torch.Tensor], coefs: list[float], base: torch.Tensor | None, out: torch.Tensor,
