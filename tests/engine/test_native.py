@@ -39,6 +39,13 @@ def test_the_loops_are_built():
     assert native.available(), "mergehub/engine/native/_loops*.so is missing: rerun pip install -e . and read its errors"
 
 
+def spy(monkeypatch, name: str) -> list:
+    """Calls of the loops' wrapper ``native.<name>`` (so a test knows the loops really ran)."""
+    calls, real = [], getattr(native, name)
+    monkeypatch.setattr(native, name, lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    return calls
+
+
 def torch_path(fn, *args):
     """fn(*args) with the compiled loops refused, so the torch path runs."""
     with pytest.MonkeyPatch.context() as mp:
@@ -73,7 +80,7 @@ RESCALE = [None, True, False]  # the method's default, or forced
 @pytest.mark.parametrize("shared, models", MODELS)
 @pytest.mark.parametrize("n", [1, 1000, 1025, 300_007])  # one element, under/over a chunk, split over threads
 @pytest.mark.parametrize("quantised", [False, True])
-def test_the_loops_equal_the_torch_path(method, rescale, shared, models, n, quantised):
+def test_the_loops_equal_the_torch_path(monkeypatch, method, rescale, shared, models, n, quantised):
     base, xs = family(n, 3, seed=n, quantised=quantised)
     shape = (n,)
     work_base = base.float()
@@ -82,7 +89,9 @@ def test_the_loops_equal_the_torch_path(method, rescale, shared, models, n, quan
         shared = {**shared, "normalize": False}  # a normalised plain sum stays in torch
     p = make_params(method, 3, shared, models)
     op = get_operator(method)
+    ran = spy(monkeypatch, "family_combine")
     out = op.merge(work_base, xs, p, make_ctx(shape))
+    assert ran
     ref = torch_path(op.merge, work_base, xs, p, make_ctx(shape))
     assert torch.equal(out, ref)
 
@@ -265,7 +274,7 @@ def test_an_empty_tensor():
 @pytest.mark.parametrize("method", ["ram", "ramplus_tl"])
 @pytest.mark.parametrize("eps", [1e-5, 0.1, 0.0])  # float32(0.1) lies above 0.1: the comparison is in float32
 @pytest.mark.parametrize("models", [1, 3, 8])
-def test_ram_through_the_loops_equals_the_torch_path(method, eps, models):
+def test_ram_through_the_loops_equals_the_torch_path(monkeypatch, method, eps, models):
     n = 100_003
     g = torch.Generator().manual_seed(models)
     base = torch.randn(n, generator=g)
@@ -274,8 +283,9 @@ def test_ram_through_the_loops_equals_the_torch_path(method, eps, models):
     xs = [x.bfloat16() for x in xs]
     p = make_params(method, models, {"epsilon": eps}, {})
     op = get_operator(method)
+    ran = spy(monkeypatch, "ram_combine")
     out = op.merge(base, xs, p, make_ctx(base.shape))
-    assert torch.equal(out, torch_path(op.merge, base, xs, p, make_ctx(base.shape)))
+    assert ran and torch.equal(out, torch_path(op.merge, base, xs, p, make_ctx(base.shape)))
     if method == "ramplus_tl":
         stored = op.merge_stored(base.bfloat16(), xs, p, make_ctx(base.shape), torch.float32, torch.bfloat16)
         assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), xs, p, make_ctx(base.shape)).bfloat16())
@@ -285,13 +295,17 @@ def test_ram_through_the_loops_equals_the_torch_path(method, eps, models):
 @pytest.mark.parametrize("select_topk", [1.0, 0.3, 0.02, 0.0])
 @pytest.mark.parametrize("models", [1, 3, 4])
 @pytest.mark.parametrize("quantised", [False, True])  # bf16 deltas tie on the variance at the threshold
-def test_sce_through_the_loops_equals_the_torch_path(select_topk, models, quantised):
+def test_sce_through_the_loops_equals_the_torch_path(monkeypatch, select_topk, models, quantised):
     shape = (211, 977)  # several span blocks, an odd tail
     base, xs = family(math.prod(shape), models, seed=models, quantised=quantised, scale=0.05)
     base, xs = base.float().view(shape), [x.view(shape) for x in xs]
     p = make_params("sce", models, {"select_topk": select_topk}, {})
     op = get_operator("sce")
+    ran = spy(monkeypatch, "sce_combine")
     out = op.merge(base, xs, p, make_ctx(shape))
+    # nothing selected (select_topk 0, or one model: its variance is 0 everywhere) is base + 0
+    # without the erase step
+    assert bool(ran) == (select_topk >= 1 or (select_topk > 0 and models > 1))
     assert torch.equal(out, torch_path(op.merge, base, xs, p, make_ctx(shape)))
     stored = op.merge_stored(base.bfloat16(), xs, p, make_ctx(shape), torch.float32, torch.bfloat16)
     assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), xs, p, make_ctx(shape)).bfloat16())
@@ -299,7 +313,7 @@ def test_sce_through_the_loops_equals_the_torch_path(select_topk, models, quanti
 
 @needs_loops
 @pytest.mark.parametrize("t", [0.001, 0.3, 0.0])
-def test_nearswap_through_the_loops_equals_the_torch_path(t):
+def test_nearswap_through_the_loops_equals_the_torch_path(monkeypatch, t):
     shape = (97, 1031)
     g = torch.Generator().manual_seed(9)
     base = torch.randn(shape, generator=g)
@@ -308,7 +322,8 @@ def test_nearswap_through_the_loops_equals_the_torch_path(t):
     x = x.bfloat16()
     p = make_params("nearswap", 1, {"t": t}, {})
     op = get_operator("nearswap")
+    ran = spy(monkeypatch, "nearswap")
     out = op.merge(base, [x], p, make_ctx(shape))
-    assert out.shape == shape and torch.equal(out, torch_path(op.merge, base, [x], p, make_ctx(shape)))
+    assert ran and out.shape == shape and torch.equal(out, torch_path(op.merge, base, [x], p, make_ctx(shape)))
     stored = op.merge_stored(base.bfloat16(), [x], p, make_ctx(shape), torch.float32, torch.bfloat16)
     assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), [x], p, make_ctx(shape)).bfloat16())
