@@ -248,7 +248,8 @@ def report(results: dict, methods: list[str], budgets: list[str], tools: list[st
         f"raw cold sequential read of those files: {raw / 1e9:.3f} GB/s; medians of {n_runs} runs, "
         f"page cache evicted before each; read counter: {results['read_counter']}",
         "% of raw: the run's bytes read from storage per second of wall time, against the raw read; "
-        "merge s: MergeHub's own time (manifest), without the ~0.7 s of interpreter start-up",
+        "merge s: MergeHub's own time (manifest), without interpreter start-up "
+        "(importing torch: 0.7–2.3 s on 2 shared cores)",
     ]
     direct = results.get("raw_direct_read_bytes_per_s")
     if direct:

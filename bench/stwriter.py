@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mergehub.engine.dtypes import TORCH_TO_SAFETENSORS
-from mergehub.engine.layout import INDEX_NAME, SINGLE_NAME
+from mergehub.engine.model_files import INDEX_NAME, SINGLE_NAME
 
 TensorSpec = tuple[str, tuple[int, ...]]
 

@@ -33,6 +33,7 @@ from .errors import MergeHubError, ReplayMismatch
 from .executor import Executor, pick_device
 from .layout import ModelLayout, read_model_layout
 from .planner import Plan, make_plan, parse_budget, expand_ranges
+from .prefetch import Prefetch
 from .publish import Staging, check_target
 from .writer import DEFAULT_SHARD_BYTES, ShardedWriter
 
@@ -131,9 +132,12 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
               measure_deviation: bool = False, progress: ProgressFn | None = None,
               cancel: CancelFn | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
               access: list[dict[str, list[int]]] | None = None,
-              verify: Callable[[dict], None] | None = None) -> MergeResult:
+              verify: Callable[[dict], None] | None = None,
+              prefetch: Prefetch | None = None) -> MergeResult:
     """Merge and publish atomically. ``access`` replays a recorded access set; ``verify`` sees
-    the manifest before publishing and may raise to publish nothing."""
+    the manifest before publishing and may raise to publish nothing. ``prefetch``: a page-cache
+    warm-up the caller started (prefetch.py, which the caller also stops on errors); it is
+    stopped before the first read, and what it read is counted with the merge's reads."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_target(out_dir.absolute(), force)  # fail before any work
@@ -152,10 +156,12 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
                         control, references=[plan.access] if evaluate else None,
                         full_access=_changed_access(inputs) if evaluate else None)
     control.check()
+    warmed = prefetch.finish() if prefetch is not None else {}
     with Staging(out_dir, force) as stage:
         writer = ShardedWriter(stage.path, executor.out_specs(), shard_bytes)
         try:
             stats = executor.run(writer.write)
+            _count_prefetched(stats, warmed, inputs, executor.uses_base)
             output_files = writer.finish()
         finally:
             writer.abort()
@@ -173,6 +179,18 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
         control.check()
         stage.publish()
     return MergeResult(out_dir, doc, metrics, plan)
+
+
+def _count_prefetched(stats, warmed: dict[Path, int], inputs: _Inputs, uses_base: bool) -> None:
+    """Add what the page-cache warm-up fetched from storage to the reads of the model it
+    belongs to (the executor then found those bytes cached and counted nothing for them)."""
+    if uses_base:
+        stats.base_storage += sum(warmed.get(f.path, 0) for f in inputs.base.files)
+        return
+    for k, layout in enumerate(inputs.experts):
+        got = sum(warmed.get(f.path, 0) for f in layout.files)
+        stats.per_expert_storage[k] += got
+        stats.expert_storage += got
 
 
 def _metrics(plan, stats, inputs, executor, plan_s, total_s, dev, warnings, writer) -> dict:

@@ -11,20 +11,30 @@ import gc
 import json
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-# Importing torch creates about a million objects, and the cyclic GC's passes over them cost
-# ~0.2 s of every command's start-up: collection is paused for these imports, and what they
-# created is moved out of the GC's sight (gc.freeze) before it resumes.
-_collecting = gc.isenabled()
-gc.disable()
-from . import api  # noqa: E402
-from .blocks import DEFAULT_BLOCK_SIZE, parse_size  # noqa: E402
-from .control import Progress  # noqa: E402
-from .errors import Cancelled, MergeHubError  # noqa: E402
+# Only torch-free modules at the top: `merge` starts warming the page cache (prefetch.py)
+# before the engine, and with it torch, is imported (_import_engine).
+from .errors import Cancelled, MergeHubError
+from .prefetch import Prefetch, start_for_config
 
-gc.freeze()
-if _collecting:
-    gc.enable()
+if TYPE_CHECKING:
+    from .control import Progress
+
+
+def _import_engine() -> None:
+    """Import the engine and torch. Importing torch creates about a million objects, and the
+    cyclic GC's passes over them cost ~0.2 s of every command's start-up: collection is paused
+    for the import, and what it created is moved out of the GC's sight (gc.freeze) after."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        from . import api  # noqa: F401
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
 
 
 def _human(n: float | None) -> str:
@@ -115,15 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _block_size(args) -> int:
+    from .blocks import DEFAULT_BLOCK_SIZE, parse_size
+
     return parse_size(args.block_size, "--block-size") if args.block_size else DEFAULT_BLOCK_SIZE
 
 
-def _cmd_merge(args, bar) -> int:
+def _cmd_merge(args, bar, prefetch: Prefetch | None = None) -> int:
+    from . import api
+    from .blocks import parse_size
+
     config = api.load_config(args.config)
     result = api.run_merge(config, args.out_dir, budget=args.budget, seed=args.seed, device=args.device,
                            block_size=_block_size(args), catalog_dir=args.catalog, force=args.force,
                            measure_deviation=args.measure_deviation, progress=bar,
-                           shard_bytes=parse_size(args.shard_size, "--shard-size"))
+                           shard_bytes=parse_size(args.shard_size, "--shard-size"), prefetch=prefetch)
     bar.close()
     m = result.metrics
     s = m["seconds"]
@@ -152,6 +167,8 @@ def _pct(a, b) -> str:
 
 
 def _cmd_index(args, bar) -> int:
+    from . import api
+
     summary = api.index_model(args.model_dir, args.base, catalog_dir=args.catalog,
                               block_size=_block_size(args), force=args.force, progress=bar)
     bar.close()
@@ -168,6 +185,8 @@ def _cmd_index(args, bar) -> int:
 
 
 def _cmd_plan(args, bar) -> int:
+    from . import api
+
     config = api.load_config(args.config)
     options = dict(budget=args.budget, catalog_dir=args.catalog, block_size=_block_size(args), seed=args.seed)
     try:
@@ -191,6 +210,8 @@ def _cmd_plan(args, bar) -> int:
 
 
 def _cmd_sweep(args, bar) -> int:
+    from . import api
+
     config = api.load_config(args.config)
     budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
     rows = api.sweep(config, budgets, seed=args.seed, device=args.device, block_size=_block_size(args),
@@ -209,6 +230,8 @@ def _cmd_sweep(args, bar) -> int:
 
 
 def _cmd_replay(args, bar) -> int:
+    from . import api
+
     result = api.replay(args.manifest, args.out_dir, force=args.force, catalog_dir=args.catalog,
                         device=args.device, progress=bar)
     bar.close()
@@ -223,7 +246,13 @@ COMMANDS = {"merge": _cmd_merge, "index": _cmd_index, "plan": _cmd_plan, "sweep"
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(sys.stderr.isatty())
+    prefetch = None
+    if args.command == "merge" and (args.force or not Path(args.out_dir).exists()):
+        prefetch = start_for_config(args.config, args.budget)
     try:
+        _import_engine()
+        if args.command == "merge":
+            return _cmd_merge(args, bar, prefetch)
         return COMMANDS[args.command](args, bar)
     except KeyboardInterrupt:
         bar.close()
@@ -239,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mergehub: error: {where}{exc.strerror or exc}; check that the path exists and is "
               "readable (inputs) or writable (output)", file=sys.stderr)
         return 2
+    finally:
+        if prefetch is not None:
+            prefetch.finish()
 
 
 if __name__ == "__main__":

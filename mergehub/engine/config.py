@@ -31,7 +31,7 @@ import yaml
 from .config_types import MergeConfig, ModelRef
 from .dtypes import CONFIG_NAME, parse_config_dtype
 from .errors import ConfigError
-from .layout import refuse_pickle
+from .model_files import refuse_pickle
 from .operators.base import REQUIRED, Operator, Param, TensorParams
 from .operators.registry import get_operator
 

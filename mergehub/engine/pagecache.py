@@ -31,23 +31,31 @@ def _bind():
 
 _LIBC = _bind()
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_LOW_BIT = bytes(i & 1 for i in range(256))  # mincore's low bit of each byte: page resident
+
+
+def resident_pages(fd: int, offset: int, length: int) -> bytes | None:
+    """One byte per page of [offset, offset + length) of ``fd`` (the page holding ``offset``
+    first): 1 where the page is in the page cache, 0 where not. None when unknown."""
+    if _LIBC is None or length <= 0:
+        return None
+    start = offset - offset % PAGE
+    size = offset + length - start
+    addr = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+    if addr is None or addr == _MAP_FAILED:
+        return None
+    try:
+        resident = (ctypes.c_ubyte * (-(-size // PAGE)))()
+        if _LIBC.mincore(addr, size, resident) != 0:
+            return None
+        return bytes(resident).translate(_LOW_BIT)
+    finally:
+        _LIBC.munmap(addr, size)
 
 
 def fully_cached(fd: int, offset: int, length: int) -> bool:
     """True when every page of bytes [offset, offset + length) of ``fd`` is resident."""
     if length <= 0:
         return True
-    if _LIBC is None:
-        return False
-    start = offset - offset % PAGE
-    size = offset + length - start
-    addr = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
-    if addr is None or addr == _MAP_FAILED:
-        return False
-    try:
-        resident = (ctypes.c_ubyte * (-(-size // PAGE)))()
-        if _LIBC.mincore(addr, size, resident) != 0:
-            return False
-        return 0 not in bytes(resident)  # the low bit of each byte: page resident
-    finally:
-        _LIBC.munmap(addr, size)
+    pages = resident_pages(fd, offset, length)
+    return pages is not None and 0 not in pages

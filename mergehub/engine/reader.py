@@ -5,8 +5,9 @@ A range that is not in the page cache is read around it (``O_DIRECT``): widened 
 I/O bound exact (at most one partial page at each end of a run of adjacent reads, since the
 last page read is remembered; never readahead) and saves the CPU time of copying every byte
 out of the page cache, which on 2 cores is a third of a merge. A range that is already
-cached (``pagecache.fully_cached``: checked without I/O) is copied from the cache instead,
-at memory speed and at no storage cost. Where ``O_DIRECT`` is refused (tmpfs, some network
+cached (``pagecache.resident_pages``: checked without I/O) is copied from the cache instead,
+at memory speed and at no storage cost; so are the cached pages of a range that is only
+partly cached. Where ``O_DIRECT`` is refused (tmpfs, some network
 filesystems) everything goes through the page cache: expert files then get
 ``POSIX_FADV_RANDOM`` so the kernel reads ahead nothing we did not plan, base files
 ``POSIX_FADV_SEQUENTIAL``.
@@ -29,7 +30,7 @@ from .dtypes import torch_dtype
 from .errors import InvalidCheckpoint
 from .iostats import thread_read_bytes
 from .layout import TensorInfo
-from .pagecache import fully_cached
+from .pagecache import PAGE, resident_pages
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 # Uncached reads are synchronous: one request in flight cannot keep a disk busy. Large ranges
@@ -108,16 +109,20 @@ class RangeReader:
 
     def read_into(self, path: Path, offset: int, out: memoryview) -> None:
         """Fill ``out`` (a writable byte view) from ``path`` at ``offset`` through the page cache."""
+        self._copy_cached(path, offset, out)
+        self.logical_bytes += len(out)
+
+    def _copy_cached(self, path: Path, offset: int, out: memoryview) -> None:
         before = thread_read_bytes()
         self._pread_all(self._cached_fd(path), path, offset, out, len(out))
         self.storage_bytes += thread_read_bytes() - before
-        self.logical_bytes += len(out)
 
     def read_range(self, path: Path, offset: int, nbytes: int, slab: Slab | None = None) -> torch.Tensor:
         """Bytes [offset, offset + nbytes) of ``path`` as a uint8 tensor, placed in ``slab``
         when given (a view into it: valid until the slab is reset)."""
         fd = self._direct_fd(path)
-        if fd is None or fully_cached(self._cached_fd(path), offset, nbytes):
+        pages = resident_pages(self._cached_fd(path), offset, nbytes) if fd is not None else None
+        if fd is None or nbytes <= 0 or (pages is not None and 0 not in pages):
             buf = _buffer(slab, nbytes)
             if nbytes:
                 self.read_into(path, offset, memoryview(buf.numpy()))
@@ -125,24 +130,35 @@ class RangeReader:
         start = offset - offset % ALIGN
         stop = -(-(offset + nbytes) // ALIGN) * ALIGN
         buf = _buffer(slab, stop - start)
-        read_from = start
-        tail = self._tails.get(path)
-        if tail is not None and tail[0] == start:
-            # this read begins in the page the previous one ended in: reuse it, so adjacent
-            # reads cost no more than one read of their union
-            buf[:ALIGN].copy_(tail[1])
-            read_from = start + ALIGN
         try:
-            if read_from < stop:
-                self.storage_bytes += self._read_pieces(fd, path, read_from, buf[read_from - start:],
-                                                        offset + nbytes - read_from)
+            # Pages already cached (a page-cache warm-up, or holes the kernel left in one) are
+            # copied; only the runs of missing pages are read from storage.
+            read_last_page = False
+            for resident, a, b in _page_runs(pages if PAGE == ALIGN else None, start, stop):
+                read_last_page = not resident
+                if resident:
+                    lo, hi = max(a, offset), min(b, offset + nbytes)
+                    self._copy_cached(path, lo, memoryview(buf[lo - start:hi - start].numpy()))
+                    continue
+                tail = self._tails.get(path)
+                if tail is not None and tail[0] == a:
+                    # this read begins in the page the previous one ended in: reuse it, so
+                    # adjacent reads cost no more than one read of their union
+                    buf[a - start:a - start + ALIGN].copy_(tail[1])
+                    a += ALIGN
+                if a < b:
+                    self.storage_bytes += self._read_pieces(fd, path, a, buf[a - start:b - start],
+                                                            offset + nbytes - a)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             self._refuse_direct(path)
             return self.read_range(path, offset, nbytes, slab)
         self.logical_bytes += nbytes
-        self._tails[path] = (stop - ALIGN, buf[stop - start - ALIGN:].clone())
+        if read_last_page:  # a copied last page holds only the bytes asked for: not reusable
+            self._tails[path] = (stop - ALIGN, buf[stop - start - ALIGN:].clone())
+        else:
+            self._tails.pop(path, None)
         return buf[offset - start:offset - start + nbytes]
 
     def read_rows(self, info: TensorInfo, row_start: int, row_end: int, slab: Slab | None = None) -> torch.Tensor:
@@ -168,6 +184,21 @@ class RangeReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _page_runs(pages: bytes | None, start: int, stop: int):
+    """(resident, begin, end) for the runs of equally resident pages of [start, stop) (page
+    aligned); one missing run when residency is unknown."""
+    if pages is None:
+        yield False, start, stop
+        return
+    i = 0
+    while i < len(pages):
+        j = i + 1
+        while j < len(pages) and pages[j] == pages[i]:
+            j += 1
+        yield bool(pages[i]), start + i * PAGE, min(stop, start + j * PAGE)
+        i = j
 
 
 def _buffer(slab: Slab | None, nbytes: int) -> torch.Tensor:

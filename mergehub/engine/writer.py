@@ -25,7 +25,7 @@ import torch
 
 from .buffers import ALIGN, aligned_empty
 from .dtypes import TORCH_TO_SAFETENSORS, element_size
-from .layout import INDEX_NAME, SINGLE_NAME
+from .model_files import INDEX_NAME, SINGLE_NAME
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3  # HF's default "5GB"
 # Every this many bytes, ask the kernel to start writing the shard out (fadvise DONTNEED starts

@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from mergehub.engine import cli
-from mergehub.engine.layout import INDEX_NAME
+from mergehub.engine.model_files import INDEX_NAME
 
 BLOCK = 64
 HIDDEN = 8

@@ -14,7 +14,8 @@ from mergehub.engine import api, executor
 from mergehub.engine.blocks import partition
 from mergehub.engine.config import count_layers, parse_config
 from mergehub.engine.dtypes import torch_dtype
-from mergehub.engine.layout import INDEX_NAME, read_model_layout
+from mergehub.engine.layout import read_model_layout
+from mergehub.engine.model_files import INDEX_NAME
 from mergehub.engine.operators import selection
 from mergehub.engine.operators.base import MergeContext
 from mergehub.engine.reader import RangeReader

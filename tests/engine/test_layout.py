@@ -12,7 +12,8 @@ from conftest import SHAPES, make_family, save_model, write_raw_safetensors
 
 from mergehub.engine.blocks import block_count, coalesce, parse_size, partition
 from mergehub.engine.errors import ConfigError, InvalidCheckpoint
-from mergehub.engine.layout import INDEX_NAME, read_file_header, read_model_layout
+from mergehub.engine.layout import read_file_header, read_model_layout
+from mergehub.engine.model_files import INDEX_NAME
 
 F32 = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
 

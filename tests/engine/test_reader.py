@@ -113,3 +113,47 @@ def test_fully_cached_sees_eviction(model):
         if on_tmpfs(info.file):
             pytest.skip("tmpfs pages cannot be evicted")
         assert not fully_cached(f.fileno(), info.start, info.nbytes)
+
+
+def test_a_partly_cached_range_reads_only_its_missing_pages(model, monkeypatch):
+    """Cached pages (a warm-up stopped inside the range, or holes in one) are copied; only the
+    runs of missing pages go to storage, so no byte is fetched twice."""
+    info, expected = model
+    evict_from_page_cache([info.file])
+    if on_tmpfs(info.file):
+        pytest.skip("tmpfs pages cannot be evicted")
+    page = 4096
+    first = info.start - info.start % page
+    warm = [(first + page, 2 * page), (first + 5 * page, page)]  # two cached runs inside the tensor
+    with open(info.file, "rb") as f:
+        for at, n in warm:
+            os.pread(f.fileno(), n, at)
+    direct: list[tuple[int, int]] = []
+    real = RangeReader._read_pieces
+
+    def spy(self, fd, path, offset, buf, need):
+        direct.append((offset, offset + buf.numel()))
+        return real(self, fd, path, offset, buf, need)
+
+    monkeypatch.setattr(RangeReader, "_read_pieces", spy)
+    with RangeReader(sequential=False) as r:
+        assert torch.equal(r.read_rows(info, 0, 300, Slab(1 << 20)), expected)
+        got = r.read_rows(info, 299, 300, Slab(1 << 20))  # the next read after a copied page
+        assert torch.equal(got, expected[299:300])
+    for a, b in direct:
+        for at, n in warm:
+            assert b <= at or a >= at + n, "a cached page was read from storage again"
+    assert direct, "the missing pages were not read around the cache"
+
+
+def test_a_copied_last_page_is_not_reused_for_the_next_read(model):
+    info, expected = model
+    evict_from_page_cache([info.file])
+    if on_tmpfs(info.file):
+        pytest.skip("tmpfs pages cannot be evicted")
+    end = info.start + 100 * info.row_bytes
+    with open(info.file, "rb") as f:  # cache the page the first read ends in
+        os.pread(f.fileno(), 4096, end - end % 4096)
+    with RangeReader(sequential=False) as r:
+        assert torch.equal(r.read_rows(info, 0, 100), expected[:100])
+        assert torch.equal(r.read_rows(info, 100, 200), expected[100:200])
