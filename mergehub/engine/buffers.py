@@ -28,6 +28,7 @@ MAX_KEPT_BYTES = 768 << 20
 TILE_ELEMENTS = 1 << 19
 HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14
+_MADVISE = getattr(LIBC, "madvise", None)  # None without a C library that has it
 
 
 def aligned_empty(nbytes: int) -> torch.Tensor:
@@ -39,9 +40,9 @@ def aligned_empty(nbytes: int) -> torch.Tensor:
     raw = torch.empty(nbytes + align, dtype=torch.uint8)
     skip = -raw.data_ptr() % align
     out = raw[skip:skip + nbytes]
-    if align == HUGE_PAGE and LIBC is not None and hasattr(LIBC, "madvise"):
-        LIBC.madvise(ctypes.c_void_p(out.data_ptr()), ctypes.c_size_t(nbytes // HUGE_PAGE * HUGE_PAGE),
-                     _MADV_HUGEPAGE)  # a hint: where THP is off it fails harmlessly
+    if align == HUGE_PAGE and _MADVISE is not None:
+        _MADVISE(ctypes.c_void_p(out.data_ptr()), ctypes.c_size_t(nbytes // HUGE_PAGE * HUGE_PAGE),
+                 _MADV_HUGEPAGE)  # a hint: where THP is off it fails harmlessly
     return out
 
 

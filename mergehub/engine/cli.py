@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 # before the engine, and with it torch, is imported (_import_engine).
 from .errors import Cancelled, MergeHubError
 from .prefetch import Prefetch, start_for_config
+from .publish import check_target
 
 if TYPE_CHECKING:
     from .control import Progress
@@ -243,12 +244,20 @@ COMMANDS = {"merge": _cmd_merge, "index": _cmd_index, "plan": _cmd_plan, "sweep"
             "replay": _cmd_replay}
 
 
+def _warm_up(args) -> Prefetch | None:
+    """Start warming the page cache for a merge that will go ahead (prefetch.py); not when its
+    output directory is refused, which the merge then reports."""
+    try:
+        check_target(Path(args.out_dir).absolute(), args.force)
+    except MergeHubError:
+        return None
+    return start_for_config(args.config, args.budget)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(sys.stderr.isatty())
-    prefetch = None
-    if args.command == "merge" and (args.force or not Path(args.out_dir).exists()):
-        prefetch = start_for_config(args.config, args.budget)
+    prefetch = _warm_up(args) if args.command == "merge" else None
     try:
         _import_engine()
         if args.command == "merge":

@@ -10,7 +10,6 @@ is removed and the target is untouched.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -19,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from .errors import DiskFull, OutputExists
+from .libc import LIBC
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -26,10 +26,8 @@ _RENAME_EXCHANGE = 2
 
 def _renameat2_exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically; False if the platform cannot."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
+    fn = getattr(LIBC, "renameat2", None)  # glibc ≥ 2.28
+    if fn is None:
         return False
     rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     if rc != 0:

@@ -26,6 +26,10 @@ LOW_BINS = 1 << 16  # bins of its low 16 bits (loops.c's LOW_BINS)
 THREADS = max(1, min(4, os.cpu_count() or 1))
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _MIN_SPLIT = 1 << 16  # elements per thread below which one thread does the whole range
+# exact L1 slots (operators/exact_sum.py) as the loops fill them: 256 exponents of the kept
+# entries, then 256 of the dropped ones (loops.c's SLOTS)
+_EXPONENTS = 256
+_SLOTS = 2 * _EXPONENTS
 
 
 class ModelSpec(ctypes.Structure):
@@ -204,12 +208,12 @@ def della_masks(base: torch.Tensor, jobs: list[tuple], width: int,
     def run(task) -> tuple[int, torch.Tensor | None]:
         i, r0, r1 = task
         x, offset, key, probs, mask = jobs[i]
-        part = torch.zeros(512, dtype=torch.int64) if sums else None
+        part = torch.zeros(_SLOTS, dtype=torch.int64) if sums else None
         _check(_LIB.mh_della_mask(*_ref(x), *_ref(base), width, r0, r1, offset, key[0], key[1],
                                   probs.data_ptr(), mask.data_ptr(), None if part is None else part.data_ptr()))
         return i, part
 
-    totals: list[torch.Tensor | None] = [torch.zeros(512, dtype=torch.int64) if sums else None for _ in jobs]
+    totals: list[torch.Tensor | None] = [torch.zeros(_SLOTS, dtype=torch.int64) if sums else None for _ in jobs]
     for i, part in map_parallel(run, tasks):
         if part is not None:
             totals[i] += part
@@ -218,7 +222,7 @@ def della_masks(base: torch.Tensor, jobs: list[tuple], width: int,
 
 def _before_after(sums: torch.Tensor) -> tuple[list[int], list[int]]:
     """(slots of all entries, slots of the kept ones) from kept | dropped slots."""
-    kept, dropped = sums[:256].tolist(), sums[256:].tolist()
+    kept, dropped = sums[:_EXPONENTS].tolist(), sums[_EXPONENTS:].tolist()
     return [a + b for a, b in zip(kept, dropped)], kept
 
 
@@ -226,7 +230,7 @@ def prune_sums(base: torch.Tensor, spec: ModelSpec) -> tuple[list[int], list[int
     """Exact L1 sums (operators/exact_sum.py slots) of |δ| over all entries and over the kept ones.
     One thread: callers run one expert per thread (``map_parallel``), which must not nest."""
     assert supports(base)
-    sums = torch.zeros(512, dtype=torch.int64)
+    sums = torch.zeros(_SLOTS, dtype=torch.int64)
     _check(_LIB.mh_prune_sums(*_ref(base), 0, base.numel(), ctypes.byref(spec), sums.data_ptr()))
     return _before_after(sums)
 

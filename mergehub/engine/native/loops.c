@@ -344,20 +344,21 @@ static void exponent_slots(const float *restrict delta, const float *restrict ke
     }
 }
 
+#define SLOTS 512     /* 256 exponents of kept entries, then 256 of dropped ones */
 #define SLOT_TABLES 4 /* interleaved tables: runs of one exponent do not queue on one counter */
 
-/* tables[t·512 + slot] += mantissa, entry j into table j mod 4 (see exponent_slots). */
+/* tables[t·SLOTS + slot] += mantissa, entry j into table j mod 4 (see exponent_slots). */
 static void add_slots(const uint32_t *slots, const uint32_t *mantissas, int64_t len, int64_t *tables) {
     int64_t j = 0;
     for (; j + SLOT_TABLES <= len; j += SLOT_TABLES)
-        for (int t = 0; t < SLOT_TABLES; t++) tables[t * 512 + slots[j + t]] += mantissas[j + t];
+        for (int t = 0; t < SLOT_TABLES; t++) tables[t * SLOTS + slots[j + t]] += mantissas[j + t];
     for (; j < len; j++) tables[slots[j]] += mantissas[j];
 }
 
 /* sums[slot] += the tables' totals. */
 static void fold_slots(const int64_t *tables, int64_t *sums) {
-    for (int k = 0; k < 512; k++)
-        for (int t = 0; t < SLOT_TABLES; t++) sums[k] += tables[t * 512 + k];
+    for (int k = 0; k < SLOTS; k++)
+        for (int t = 0; t < SLOT_TABLES; t++) sums[k] += tables[t * SLOTS + k];
 }
 
 /* ---- DELLA's ranked random drop ----------------------------------------------------------- */
@@ -466,7 +467,7 @@ static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t 
  * float32 ops, is non-decreasing in r, so u below the probability at the first rank of the
  * entry's bucket keeps it and u at or above the one at the last rank drops it: only the few
  * entries in between (about 1%) need their exact rank, counted over the row. No row is sorted.
- * sums (512, or NULL): the exact L1 slots of mh_prune_sums for these rows, added to. Returns 0,
+ * sums (SLOTS, or NULL): the exact L1 slots of mh_prune_sums for these rows, added to. Returns 0,
  * or -1 when out of memory. */
 int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
                   int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
@@ -476,7 +477,7 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
     row_buckets *rb = malloc(sizeof *rb);
-    int64_t *tables = calloc(SLOT_TABLES * 512, sizeof *tables);
+    int64_t *tables = calloc(SLOT_TABLES * SLOTS, sizeof *tables);
     if (!delta || !ints || !digit || !unsure || !row_mask || !rb || !tables) {
         free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
         return -1;
@@ -523,7 +524,7 @@ int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const 
                   int64_t *sums) {
     float *buf = malloc(4 * CHUNK * sizeof *buf);
     uint32_t *ints = malloc(3 * CHUNK * sizeof *ints);
-    int64_t *tables = calloc(SLOT_TABLES * 512, sizeof *tables);
+    int64_t *tables = calloc(SLOT_TABLES * SLOTS, sizeof *tables);
     if (!buf || !ints || !tables) {
         free(buf), free(ints), free(tables);
         return -1;
@@ -748,32 +749,29 @@ static void ram_add(const float *restrict delta, const float *restrict divisor, 
     }
 }
 
-/* base[0..len) = b's chunk from `start`; counts[j] = how many of the k models are active at
- * entry start + j (|x_i − b| > eps). Model i's activity goes to active + i·stride (stride 0:
- * one scratch row, reused). */
-static void ram_chunk_counts(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
-                             float eps, int64_t start, int64_t len, float *base, float *delta,
-                             uint8_t *active, int64_t stride, uint8_t *counts) {
-    widen(b, b_dtype, start, len, base);
+/* counts[j] = how many of the k deltas (rows of d, CHUNK apart) are active at j (|d_i| > eps).
+ * Row i's activity goes to active + i·stride (stride 0: one scratch row, reused). */
+static void ram_chunk_counts(const float *d, int k, int64_t len, float eps, uint8_t *active, int64_t stride,
+                             uint8_t *counts) {
     memset(counts, 0, (size_t)len);
-    for (int i = 0; i < k; i++) {
-        widen(xs[i], x_dtypes[i], start, len, delta);
-        subtract(delta, base, len);
-        ram_active(delta, len, eps, active + i * stride, counts);
-    }
+    for (int i = 0; i < k; i++) ram_active(d + (size_t)i * CHUNK, len, eps, active + i * stride, counts);
 }
 
 /* ---- RAM (operators/ram.py is the reference) ---------------------------------------------- */
+
+#define RAM_MODELS 8 /* the most models the RAM loops take (native/__init__.py's RAM_MODELS): a chunk
+                      * of each one's deltas and activity lives on the stack */
 
 /* n_unique[i] += #entries active in x_i and no other model, n_active[i] += #active in x_i, over
  * [first, end): active means |x_i − b| > eps (eps as float32, torch's comparison). */
 void mh_ram_counts(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
                    float eps, int64_t first, int64_t end, int64_t *n_unique, int64_t *n_active) {
-    float base[CHUNK], delta[CHUNK];
-    uint8_t counts[CHUNK], active[8][CHUNK];
+    float base[CHUNK], d[RAM_MODELS * CHUNK];
+    uint8_t counts[CHUNK], active[RAM_MODELS][CHUNK];
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
-        ram_chunk_counts(xs, x_dtypes, k, b, b_dtype, eps, start, len, base, delta, active[0], CHUNK, counts);
+        chunk_deltas(xs, x_dtypes, k, b, b_dtype, start, len, base, d);
+        ram_chunk_counts(d, k, len, eps, active[0], CHUNK, counts);
         for (int i = 0; i < k; i++) ram_tally(active[i], counts, len, &n_unique[i], &n_active[i]);
     }
 }
@@ -783,18 +781,15 @@ void mh_ram_counts(const void *const *xs, const int *x_dtypes, int k, const void
  * order, as operators/ram.py. */
 void mh_ram_combine(const void *const *xs, const int *x_dtypes, int k, const void *b, int b_dtype,
                     float eps, const float *boosts, int64_t first, int64_t end, void *out, int out_dtype) {
-    float base[CHUNK], delta[CHUNK], divisor[CHUNK], merged[CHUNK];
+    float base[CHUNK], d[RAM_MODELS * CHUNK], divisor[CHUNK], merged[CHUNK];
     uint8_t counts[CHUNK], active[CHUNK];
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
-        ram_chunk_counts(xs, x_dtypes, k, b, b_dtype, eps, start, len, base, delta, active, 0, counts);
+        chunk_deltas(xs, x_dtypes, k, b, b_dtype, start, len, base, d);
+        ram_chunk_counts(d, k, len, eps, active, 0, counts);
         ram_divisor(counts, len, divisor);
         memset(merged, 0, sizeof merged);
-        for (int i = 0; i < k; i++) {
-            widen(xs[i], x_dtypes[i], start, len, delta);
-            subtract(delta, base, len);
-            ram_add(delta, divisor, counts, len, eps, boosts[i], merged);
-        }
+        for (int i = 0; i < k; i++) ram_add(d + (size_t)i * CHUNK, divisor, counts, len, eps, boosts[i], merged);
         for (int64_t j = 0; j < len; j++) merged[j] = merged[j] + base[j];
         narrow(merged, len, out, out_dtype, start);
     }
