@@ -327,3 +327,81 @@ def test_nearswap_through_the_loops_equals_the_torch_path(monkeypatch, t):
     assert ran and out.shape == shape and torch.equal(out, torch_path(op.merge, base, [x], p, make_ctx(shape)))
     stored = op.merge_stored(base.bfloat16(), [x], p, make_ctx(shape), torch.float32, torch.bfloat16)
     assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), [x], p, make_ctx(shape)).bfloat16())
+
+
+def _assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@needs_loops
+@pytest.mark.parametrize("shape", [(97, 1031), (1200, 1000)])  # under and over the 1M-entry sample
+def test_arcee_fusion_through_the_loops_equals_the_torch_path(monkeypatch, shape):
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(shape, generator=g) * 0.02
+    x = (base + 1e-3 * torch.randn(shape, generator=g)).bfloat16()
+    x[5, 7], x[9, 0] = float("nan"), float("inf")  # those rows' KL comes from torch either way
+    p = make_params("arcee_fusion", 1, {}, {})
+    op = get_operator("arcee_fusion")
+    ran = spy(monkeypatch, "fusion_apply")
+    out = op.merge(base, [x], p, make_ctx(shape))
+    assert ran and out.dtype == torch.float32
+    _assert_same(out, torch_path(op.merge, base, [x], p, make_ctx(shape)))
+    changed = (out != base) & ~out.isnan()
+    assert 0 < changed.float().mean() < 0.5  # some, not all, changes kept
+    stored = op.merge_stored(base.bfloat16(), [x], p, make_ctx(shape), torch.float32, torch.bfloat16)
+    assert stored.dtype == torch.bfloat16
+    _assert_same(stored, torch_path(op.merge, base.bfloat16().float(), [x], p, make_ctx(shape)).bfloat16())
+
+
+@needs_loops
+def test_arcee_fusion_kl_is_accurate_where_float32_is_noise():
+    """Rows like a fine-tune's (weights ~0.02, changes ~1e-3): the loops' KL is the formula's
+    value to float32 rounding; mergekit's float32 sum of p·ln(p/q) is not."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(64, 1792, generator=g) * 0.02
+    x = base + 1e-3 * torch.randn(64, 1792, generator=g)
+    kl = native.fusion_divergence(x.reshape(-1), base.reshape(-1), 1792)
+
+    def softmax(v):
+        e = np.exp(v - v.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    p = softmax(x.numpy().astype(np.longdouble)) + np.longdouble(1e-8)  # 64-bit mantissas
+    q = softmax(base.numpy().astype(np.longdouble)) + np.longdouble(1e-8)
+    exact = (p * np.log(p / q)).sum(axis=-1).astype(np.float64)
+    assert np.abs(kl.double().numpy() / exact - 1).max() < 1e-6
+    pf, qf = torch.softmax(x, -1) + 1e-8, torch.softmax(base, -1) + 1e-8
+    float32_sum = (pf * torch.log(pf / qf)).sum(-1).double().numpy()
+    assert np.median(np.abs(float32_sum / exact - 1)) > 1e-3  # why the loops do not copy it
+
+
+@needs_loops
+def test_fusion_sample_equals_the_gather():
+    g = torch.Generator().manual_seed(5)
+    base, x = torch.randn(300, 77, generator=g), torch.randn(300, 77, generator=g).bfloat16()
+    kl = torch.rand(300, generator=g)
+    index = torch.randint(base.numel(), (50_000,), generator=g)
+    expected = torch.sub(x.reshape(-1)[index].float(), base.reshape(-1)[index]).abs_().mul_(kl[index // 77])
+    assert torch.equal(native.fusion_sample(x.reshape(-1), base.reshape(-1), 77, kl, index), expected)
+
+
+@needs_loops
+def test_order_statistics_equal_sorting():
+    g = torch.Generator().manual_seed(8)
+    values = torch.randn(300_001, generator=g) * 1e-9
+    values[::1000], values[5::777], values[7::999] = float("nan"), -0.0, 0.0
+    values[9::5000], values[11::4000] = float("-inf"), float("inf")
+    ranks = [1, 2, 150_000, 299_000, 299_700, 300_001]
+    ordered = torch.sort(values).values
+    got = selection.smallest_values(values, ranks)
+    for r, v in zip(ranks, got):
+        _assert_same(v, ordered[r - 1])
+        assert torch.signbit(v) == torch.signbit(ordered[r - 1])
+    with pytest.MonkeyPatch.context() as mp:  # the torch counting passes give the same
+        mp.setattr(native, "available", lambda: False)
+        for v, w in zip(got, selection.smallest_values(values, ranks)):
+            _assert_same(v, w)
+    with pytest.raises(ValueError):
+        native.order_statistics(values, [0])

@@ -1,6 +1,7 @@
 """Compiled loops on the CPU (loops.c), loaded with ctypes: the task-arithmetic family's
 pruning and combine (operators/generalized.py), span.py's Gram matrices and combinations,
-RAM, SCE and nearswap (ram.py, sce.py, nearswap.py) and the random stream (random_stream.py).
+RAM, SCE, nearswap and arcee_fusion (ram.py, sce.py, nearswap.py, arcee_fusion.py), order
+statistics (selection.py) and the random stream (random_stream.py).
 
 They are optional: ``pip install`` builds them when a C compiler is present (setup.py), and
 without them, or with ``MERGEHUB_NATIVE=0``, the engine runs its torch path, which gives the
@@ -98,6 +99,14 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_sce_combine.restype = i32
     lib.mh_nearswap.argtypes = [ptr, i32, ptr, i32, ctypes.c_float, i64, i64, ptr, i32]
     lib.mh_nearswap.restype = None
+    lib.mh_fusion_divergence.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, ptr]
+    lib.mh_fusion_divergence.restype = i32
+    lib.mh_fusion_apply.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, ptr, ctypes.c_float, ptr, i32]
+    lib.mh_fusion_apply.restype = None
+    lib.mh_fusion_sample.argtypes = [ptr, i32, ptr, i32, i64, ptr, i64, ptr, ptr]
+    lib.mh_fusion_sample.restype = None
+    lib.mh_order_statistics.argtypes = [ptr, i64, ptr, i32, ptr]
+    lib.mh_order_statistics.restype = i32
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
@@ -135,6 +144,8 @@ def _ref(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _check(status: int) -> None:
+    if status == -2:
+        raise ValueError("rank out of range")
     if status < 0:
         raise MemoryError("out of memory in the compiled loops' working buffers: free memory, "
                           "or run fewer merges at once, and retry")
@@ -167,6 +178,16 @@ def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: 
     position = _LIB.mh_magnitude_position(*_ref(x), *_ref(base), base.numel(), pattern, rank)
     _check(position)
     return position
+
+
+def order_statistics(values: torch.Tensor, ranks: list[int]) -> list[float]:
+    """The r-th smallest (1-based) of flat float32 ``values`` for each r in ``ranks``, sorting's
+    order (NaN last); fewer than 2^32 values, each rank in range."""
+    assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
+    c_ranks = (ctypes.c_int64 * len(ranks))(*ranks)
+    out = (ctypes.c_float * len(ranks))()
+    _check(_LIB.mh_order_statistics(values.data_ptr(), values.numel(), c_ranks, len(ranks), out))
+    return list(out)
 
 
 def _over_spans(n: int, run, per_thread: int = 1, min_split: int | None = None) -> list:
@@ -385,6 +406,48 @@ def nearswap(x: torch.Tensor, base: torch.Tensor, t: float, out: torch.Tensor) -
 
     def run(span: tuple[int, int]) -> None:
         _LIB.mh_nearswap(*_ref(x), *_ref(base), t, span[0], span[1], *_ref(out))
+
+    _over_spans(base.numel(), run)
+    return out
+
+
+def fusion_divergence(x: torch.Tensor, base: torch.Tensor, width: int) -> torch.Tensor:
+    """float32[rows]: KL(softmax(x_r) + ε ‖ softmax(base_r) + ε) of each row of flat rows × ``width``
+    tensors, in float64 as a sum of non-negative terms (operators/arcee_fusion.py); NaN for a row
+    holding NaN or ±Inf."""
+    assert supports(base, x)
+    rows = base.numel() // width
+    kl = torch.empty(rows, dtype=torch.float32)
+
+    def run(span: tuple[int, int]) -> None:
+        _check(_LIB.mh_fusion_divergence(*_ref(x), *_ref(base), width, span[0], span[1], kl.data_ptr()))
+
+    _over_spans(rows, run, per_thread=4, min_split=max(1, _MIN_SPLIT // width))
+    return kl
+
+
+def fusion_sample(x: torch.Tensor, base: torch.Tensor, width: int, kl: torch.Tensor,
+                  index: torch.Tensor) -> torch.Tensor:
+    """float32 |x − base|·kl[row] at the flat positions ``index`` (int64) of rows × ``width`` tensors."""
+    assert supports(base, x) and kl.dtype == torch.float32 and index.dtype == torch.int64
+    index, kl = index.contiguous(), kl.contiguous()
+    out = torch.empty(index.numel(), dtype=torch.float32)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_fusion_sample(*_ref(x), *_ref(base), width, index[span[0]:].data_ptr(), span[1] - span[0],
+                              kl.data_ptr(), out[span[0]:].data_ptr())
+
+    _over_spans(index.numel(), run)
+    return out
+
+
+def fusion_apply(x: torch.Tensor, base: torch.Tensor, width: int, kl: torch.Tensor, threshold: float,
+                 out: torch.Tensor) -> torch.Tensor:
+    """``out`` ← base + [|x − base|·kl[row] ≥ threshold]·(x − base) (arcee_fusion.py's float32 order)."""
+    assert supports(base, x, out) and kl.dtype == torch.float32 and kl.is_contiguous()
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_fusion_apply(*_ref(x), *_ref(base), width, span[0], span[1], kl.data_ptr(), threshold, *_ref(out))
 
     _over_spans(base.numel(), run)
     return out

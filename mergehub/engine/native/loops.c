@@ -426,8 +426,7 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
  * the equal ones before it; two vectorised counts over the row. */
 MULTIVERSION
 static int64_t row_rank(const uint32_t *restrict key, int64_t w, int64_t j) {
-    uint32_t k = key[j];
-    int64_t r = 0;
+    uint32_t k = key[j], r = 0; /* 32-bit counts (rows are shorter than 2^32) vectorise twice as wide */
     for (int64_t i = 0; i < j; i++) r += key[i] <= k;
     for (int64_t i = j; i < w; i++) r += key[i] < k;
     return r;
@@ -945,4 +944,262 @@ void mh_nearswap(const void *x, int x_dtype, const void *b, int b_dtype, float t
         nearswap_chunk(xs, base, len, t, merged);
         narrow(merged, len, out, out_dtype, start);
     }
+}
+
+/* ---- arcee_fusion (operators/arcee_fusion.py is the reference) ---------------------------- */
+
+/* e^t for t ≤ 0 in float64, branch-free so that it vectorises: t = k·ln 2 + f with |f| ≤ ln 2 / 2
+ * (ln 2 split in a part with trailing zero bits, so k·LN2_HI is exact, and the rest), e^f by its
+ * Taylor series to f^13 (error < 1e-16 on that range), times 2^k put in the exponent bits. Below
+ * −708 the result is clamped to e^−708 (~3e-308): the row sums it is added to are ≥ 1. */
+static inline double exp_nonpositive(double t) {
+    const double LOG2E = 1.4426950408889634, LN2_HI = 6.93147180369123816490e-01,
+                 LN2_LO = 1.90821492927058770002e-10, ROUND = 0x1.8p52;
+    t = t < -708.0 ? -708.0 : t;
+    double kd = t * LOG2E + ROUND; /* round to nearest integer in the low mantissa bits */
+    uint64_t kbits;
+    memcpy(&kbits, &kd, 8);
+    kd -= ROUND;
+    double f = (t - kd * LN2_HI) - kd * LN2_LO;
+    double p = 1.0 / 6227020800.0; /* 1/13! */
+    p = p * f + 1.0 / 479001600.0;
+    p = p * f + 1.0 / 39916800.0;
+    p = p * f + 1.0 / 3628800.0;
+    p = p * f + 1.0 / 362880.0;
+    p = p * f + 1.0 / 40320.0;
+    p = p * f + 1.0 / 5040.0;
+    p = p * f + 1.0 / 720.0;
+    p = p * f + 1.0 / 120.0;
+    p = p * f + 1.0 / 24.0;
+    p = p * f + 1.0 / 6.0;
+    p = p * f + 0.5;
+    p = p * f + 1.0;
+    p = p * f + 1.0;
+    uint64_t scale_bits = (uint64_t)((int64_t)(int32_t)(uint32_t)kbits + 1023) << 52;
+    double scale;
+    memcpy(&scale, &scale_bits, 8);
+    return p * scale;
+}
+
+/* ln y for a positive, normal, finite y in float64, branch-free: y = 2^e·m with m in [√½, √2),
+ * ln m = 2·atanh(s), s = (m − 1)/(m + 1), |s| ≤ 0.172, by its series to s^23 (error < 1e-17). */
+static inline double log_positive(double y) {
+    uint64_t bits;
+    memcpy(&bits, &y, 8);
+    uint64_t mantissa = bits & 0x000fffffffffffffull;
+    /* m = 1.mantissa, halved (and e raised) when m ≥ √2, whose mantissa bits are 0x6a09e667f3bcd */
+    uint64_t upper = mantissa >= 0x6a09e667f3bcdull;
+    int64_t e = (int64_t)(bits >> 52) - 1023 + (int64_t)upper;
+    uint64_t m_bits = mantissa | ((1023ull - upper) << 52);
+    double m;
+    memcpy(&m, &m_bits, 8);
+    double s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    double p = 1.0 / 23;
+    p = p * s2 + 1.0 / 21;
+    p = p * s2 + 1.0 / 19;
+    p = p * s2 + 1.0 / 17;
+    p = p * s2 + 1.0 / 15;
+    p = p * s2 + 1.0 / 13;
+    p = p * s2 + 1.0 / 11;
+    p = p * s2 + 1.0 / 9;
+    p = p * s2 + 1.0 / 7;
+    p = p * s2 + 1.0 / 5;
+    p = p * s2 + 1.0 / 3;
+    p = p * s2 + 1.0;
+    const double LN2_HI = 6.93147180369123816490e-01, LN2_LO = 1.90821492927058770002e-10;
+    return (double)e * LN2_HI + ((double)e * LN2_LO + 2.0 * s * p);
+}
+
+#define FUSION_LANES 32
+#define FUSION_EPS 1e-8
+
+MULTIVERSION
+static void row_max(const float *restrict v, int64_t w, float *max, int *finite) {
+    float lane[16], bad[16] = {0}; /* bad: v − v, 0 unless v is NaN or ±Inf */
+    for (int l = 0; l < 16; l++) lane[l] = v[0];
+    int64_t j = 0;
+    for (; j + 16 <= w; j += 16)
+        for (int l = 0; l < 16; l++) {
+            lane[l] = v[j + l] > lane[l] ? v[j + l] : lane[l];
+            bad[l] += v[j + l] - v[j + l];
+        }
+    for (; j < w; j++) lane[0] = v[j] > lane[0] ? v[j] : lane[0], bad[0] += v[j] - v[j];
+    float m = lane[0], b = 0.0f;
+    for (int l = 0; l < 16; l++) m = lane[l] > m ? lane[l] : m, b += bad[l];
+    *max = m, *finite = b == 0.0f;
+}
+
+/* e[j] = e^(v[j] − max) in float64; returns their sum (in FUSION_LANES lanes, then in order). */
+MULTIVERSION
+static double row_exps(const float *restrict v, int64_t w, float max, double *restrict e) {
+    double lane[FUSION_LANES] = {0};
+    int64_t j = 0;
+    for (; j + FUSION_LANES <= w; j += FUSION_LANES)
+        for (int l = 0; l < FUSION_LANES; l++) {
+            e[j + l] = exp_nonpositive((double)v[j + l] - (double)max);
+            lane[l] += e[j + l];
+        }
+    for (; j < w; j++) e[j] = exp_nonpositive((double)v[j] - (double)max), lane[0] += e[j];
+    double total = 0.0;
+    for (int l = 0; l < FUSION_LANES; l++) total += lane[l];
+    return total;
+}
+
+/* Σ q·(y·ln y − (y − 1)) with p = ex·px + ε, q = eb·qb + ε, y = p/q: KL(p ‖ q) as a sum of
+ * non-negative terms (Σ p = Σ q, so the added Σ (q − p) is 0), which nothing cancels in. */
+MULTIVERSION
+static double row_divergence(const double *restrict ex, const double *restrict eb, int64_t w, double px,
+                             double qb) {
+    double lane[FUSION_LANES] = {0};
+    int64_t j = 0;
+    for (; j + FUSION_LANES <= w; j += FUSION_LANES)
+        for (int l = 0; l < FUSION_LANES; l++) {
+            double p = ex[j + l] * px + FUSION_EPS, q = eb[j + l] * qb + FUSION_EPS, y = p / q;
+            lane[l] += q * (y * log_positive(y) - (y - 1.0));
+        }
+    for (; j < w; j++) {
+        double p = ex[j] * px + FUSION_EPS, q = eb[j] * qb + FUSION_EPS, y = p / q;
+        lane[0] += q * (y * log_positive(y) - (y - 1.0));
+    }
+    double total = 0.0;
+    for (int l = 0; l < FUSION_LANES; l++) total += lane[l];
+    return total;
+}
+
+/* kl[r] (float32) = KL(softmax(x_r) + ε ‖ softmax(b_r) + ε) of rows [r0, r1) of rows × width
+ * tensors, computed in float64 with every term non-negative. A row holding NaN or ±Inf gets NaN
+ * (the caller computes those rows in torch). Returns 0, or -1 when out of memory. */
+int mh_fusion_divergence(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
+                         int64_t r1, float *kl) {
+    float *xs = malloc(2 * (size_t)width * sizeof *xs);
+    double *e = malloc(2 * (size_t)width * sizeof *e);
+    if (!xs || !e) {
+        free(xs), free(e);
+        return -1;
+    }
+    float *bs = xs + width;
+    for (int64_t r = r0; r < r1; r++) {
+        widen(x, x_dtype, r * width, width, xs);
+        widen(b, b_dtype, r * width, width, bs);
+        float x_max, b_max;
+        int x_finite, b_finite;
+        row_max(xs, width, &x_max, &x_finite);
+        row_max(bs, width, &b_max, &b_finite);
+        if (!x_finite || !b_finite) {
+            kl[r] = __builtin_nanf("");
+            continue;
+        }
+        double x_sum = row_exps(xs, width, x_max, e), b_sum = row_exps(bs, width, b_max, e + width);
+        kl[r] = (float)row_divergence(e, e + width, width, 1.0 / x_sum, 1.0 / b_sum);
+    }
+    free(xs), free(e);
+    return 0;
+}
+
+MULTIVERSION
+static void fusion_chunk(const float *restrict x, const float *restrict b, int64_t len, float kl, float threshold,
+                         float *restrict out) {
+    for (int64_t j = 0; j < len; j++) {
+        float d = x[j] - b[j], magnitude = d < 0 ? -d : d;
+        float keep = magnitude * kl >= threshold ? 1.0f : 0.0f;
+        out[j] = d * keep + b[j];
+    }
+}
+
+/* out = b + [|x − b|·kl[row] ≥ threshold]·(x − b) over flat [first, end) of rows × width tensors,
+ * in float32 in arcee_fusion.py's order of operations. */
+void mh_fusion_apply(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t first,
+                     int64_t end, const float *kl, float threshold, void *out, int out_dtype) {
+    float xs[CHUNK], base[CHUNK], merged[CHUNK];
+    for (int64_t start = first; start < end;) {
+        int64_t row = start / width, row_end = (row + 1) * width;
+        int64_t stop = row_end < end ? row_end : end;
+        int64_t len = stop - start < CHUNK ? stop - start : CHUNK;
+        widen(x, x_dtype, start, len, xs);
+        widen(b, b_dtype, start, len, base);
+        fusion_chunk(xs, base, len, kl[row], threshold, merged);
+        narrow(merged, len, out, out_dtype, start);
+        start += len;
+    }
+}
+
+static inline float stored_at(const void *src, int dtype, int64_t i) {
+    if (dtype == BF16) {
+        uint32_t bits = (uint32_t)((const uint16_t *)src)[i] << 16;
+        float f;
+        memcpy(&f, &bits, 4);
+        return f;
+    }
+    return ((const float *)src)[i];
+}
+
+/* out[k] = |x − b|·kl[row] at flat position index[k] of rows × width tensors (float32, as
+ * mh_fusion_apply computes it). The positions are random: the loads are prefetched ahead. */
+void mh_fusion_sample(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, const int64_t *index,
+                      int64_t n, const float *kl, float *out) {
+    const int64_t AHEAD = 32;
+    const size_t x_size = x_dtype == BF16 ? 2 : 4, b_size = b_dtype == BF16 ? 2 : 4;
+    double inverse = 1.0 / (double)width;
+    for (int64_t k = 0; k < n; k++) {
+        if (k + AHEAD < n) {
+            __builtin_prefetch((const char *)x + index[k + AHEAD] * x_size);
+            __builtin_prefetch((const char *)b + index[k + AHEAD] * b_size);
+        }
+        int64_t i = index[k], row = (int64_t)((double)i * inverse);
+        row -= row * width > i; /* the float quotient may be one off either way */
+        row += (row + 1) * width <= i;
+        float d = stored_at(x, x_dtype, i) - stored_at(b, b_dtype, i);
+        out[k] = (d < 0 ? -d : d) * kl[row];
+    }
+}
+
+/* ---- order statistics (operators/selection.py's smallest_values) -------------------------- */
+
+/* An integer that orders like the float (−0 before +0), every NaN the largest. */
+static inline uint32_t order_key(float f) {
+    uint32_t bits = f32_bits(f);
+    return f != f ? 0xffffffffu : (bits >> 31 ? ~bits : bits | 0x80000000u);
+}
+
+static inline float key_value(uint32_t key) {
+    uint32_t bits = key >> 31 ? key ^ 0x80000000u : ~key;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+#define HALF_BINS 65536
+
+/* out[t] = the ranks[t]-th smallest (1-based) of v[0 … n), sorting's order (NaN last), for t < k:
+ * one counting pass over the top 16 bits of the keys, one over the low 16 bits inside the bins
+ * that hold the ranks. n < 2^32. Returns 0, -1 when out of memory, -2 for a rank out of range. */
+int mh_order_statistics(const float *v, int64_t n, const int64_t *ranks, int k, float *out) {
+    for (int t = 0; t < k; t++)
+        if (ranks[t] < 1 || ranks[t] > n) return -2;
+    uint32_t *high = calloc((size_t)HALF_BINS * (1 + (size_t)k), sizeof *high);
+    int64_t *bin = malloc((size_t)k * 2 * sizeof *bin);
+    if (!high || !bin) {
+        free(high), free(bin);
+        return -1;
+    }
+    uint32_t *low = high + HALF_BINS;
+    int64_t *below = bin + k;
+    for (int64_t i = 0; i < n; i++) high[order_key(v[i]) >> 16]++;
+    for (int t = 0; t < k; t++) {
+        int64_t seen = 0, h = 0;
+        while (seen + high[h] < ranks[t]) seen += high[h++];
+        bin[t] = h, below[t] = seen;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t key = order_key(v[i]);
+        for (int t = 0; t < k; t++) low[(size_t)t * HALF_BINS + (key & 0xffffu)] += (int64_t)(key >> 16) == bin[t];
+    }
+    for (int t = 0; t < k; t++) {
+        const uint32_t *counts = low + (size_t)t * HALF_BINS;
+        int64_t seen = below[t], l = 0;
+        while (seen + counts[l] < ranks[t]) seen += counts[l++];
+        out[t] = key_value((uint32_t)(bin[t] << 16 | l));
+    }
+    free(high), free(bin);
+    return 0;
 }

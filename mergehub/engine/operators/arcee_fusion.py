@@ -1,17 +1,28 @@
 """arcee_fusion: keep the expert's change only where it is important.
 
-    importance = |x − base| · KL(softmax(x) ‖ softmax(base))   (softmax and KL along the
-                 last dim, so one KL value per row; 1e-8 added to both distributions)
+    importance = |x − base| · KL(softmax(x) + ε ‖ softmax(base) + ε)   (softmax and KL along
+                 the last dim, so one KL value per row; ε = 1e-8)
     threshold  = median + 1.5·(q₃ − q₁) of the importance, quantile q read as the element at
                  sorted index int(q·(m − 1)); when there are more than 1M entries, of a
                  sample of 1M drawn with replacement (seeded by ctx.generator)
     out        = base + [importance ≥ threshold]·(x − base)
+
+The KL of a row is computed accurately, in float64 as Σ q·(y·ln y − (y − 1)) with y = p/q:
+every term is ≥ 0, so nothing cancels. mergekit sums p·ln(p/q) in float32, whose terms are
+first order in the change and cancel to a second-order result; on realistic fine-tunes that
+leaves its KL mostly rounding noise (docs/engine.md, "arcee_fusion's KL"), so our masks follow
+the formula and differ from mergekit's where mergekit's are set by rounding. Importance and
+threshold are float32, as in mergekit. On the CPU, 2-D tensors go through the compiled loops
+(engine/native); the torch code (CUDA, or no compiler) computes the same float64 sum in another
+order and with its own exp and log, so the two agree to ~1e-15 before the KL is rounded to
+float32: the same float32 value unless the exact one lies that close to a rounding boundary.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import native
 from ..buffers import TILE_ELEMENTS
 from .base import MergeContext, Operator, TensorParams
 from .registry import register
@@ -22,26 +33,40 @@ KL_EPS = 1e-8
 
 
 def row_divergence(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(x) ‖ softmax(base)) of each row (along the last dim), 1e-8 added to both."""
-    p = torch.softmax(x, dim=-1).add_(KL_EPS)
-    q = torch.softmax(base, dim=-1).add_(KL_EPS)
-    return (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
+    """KL(softmax(x) + ε ‖ softmax(base) + ε) of each row (along the last dim), computed in
+    float64 as a sum of non-negative terms, returned in base's dtype."""
+    p = torch.softmax(x.double(), dim=-1).add_(KL_EPS)
+    q = torch.softmax(base.double(), dim=-1).add_(KL_EPS)
+    y = p.div_(q)
+    terms = y.log().mul_(y).sub_(y).add_(1).mul_(q)  # q·(y·ln y − (y − 1))
+    return terms.sum(dim=-1, keepdim=True).to(base.dtype)
 
 
 def importance(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     return torch.sub(x, base).abs_().mul_(row_divergence(x, base))
 
 
+def threshold_of(scores: torch.Tensor) -> torch.Tensor:
+    """median + 1.5·IQR of all of ``scores`` (float32, 0-D)."""
+    flat = scores.reshape(-1)
+    positions = (torch.tensor([0.25, 0.5, 0.75]) * (flat.numel() - 1)).long().tolist()
+    q1, median, q3 = smallest_values(flat, [i + 1 for i in positions])
+    return median + 1.5 * (q3 - q1)
+
+
+def sample_index(numel: int, generator: torch.Generator) -> torch.Tensor | None:
+    """The flat positions whose importance the threshold is taken from, None for all."""
+    if numel <= SAMPLE_SIZE:
+        return None
+    return torch.randint(numel, (SAMPLE_SIZE,), generator=generator)
+
+
 def fusion_threshold(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """median + 1.5·IQR of ``scores``, from a sample of SAMPLE_SIZE drawn with ``generator``
     when there are more."""
     flat = scores.reshape(-1)
-    if flat.numel() > SAMPLE_SIZE:
-        index = torch.randint(flat.numel(), (SAMPLE_SIZE,), generator=generator)
-        flat = flat[index.to(flat.device)]
-    positions = (torch.tensor([0.25, 0.5, 0.75]) * (flat.numel() - 1)).long().tolist()
-    q1, median, q3 = smallest_values(flat, [i + 1 for i in positions])
-    return median + 1.5 * (q3 - q1)
+    index = sample_index(flat.numel(), generator)
+    return threshold_of(flat if index is None else flat[index.to(flat.device)])
 
 
 @register
@@ -51,20 +76,32 @@ class ArceeFusion(Operator):
     min_inputs = 1
     max_inputs = 1
     random = True  # only tensors over 1M entries are sampled
-    stored_dtype_inputs = True  # x − base promotes; softmax gets x's rows converted block by block
+    stored_dtype_inputs = True  # x − base promotes; the KL widens x to float64 anyway
     help = "Arcee Fusion: take the expert's change where |change|·KL divergence is an outlier."
 
     def block_local(self, p: TensorParams, ndim: int) -> bool:
         return ndim < 2
 
+    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """Rows through the compiled loops, from the stored dtypes straight to the output's."""
+        x = inputs[0]
+        if work != torch.float32 or out_dtype not in native.DTYPES or base.dim() != 2 \
+                or not native.supports(base.reshape(-1), x.reshape(-1)):
+            return None
+        return self._merge_rows(base, x, ctx, work, out_dtype)
+
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
+        x = inputs[0]
+        if base.numel() == 0:
+            return base.clone()
         if base.dim() == 2 and base.device.type == "cpu":
-            return self._merge_rows(base, inputs[0], ctx)
-        inputs = [x.to(base.dtype) for x in inputs]
+            return self._merge_rows(base, x, ctx, base.dtype, base.dtype)
+        x = x.to(base.dtype)
         shape = base.shape
-        x, b = (inputs[0].reshape(1), base.reshape(1)) if base.dim() == 0 else (inputs[0], base)
+        x, b = (x.reshape(1), base.reshape(1)) if base.dim() == 0 else (x, base)
         scores = importance(x, b)
         keep = scores >= fusion_threshold(scores, ctx.generator("arcee_fusion_quantiles"))
         del scores
@@ -72,23 +109,46 @@ class ArceeFusion(Operator):
         return delta.add_(b).reshape(shape)
 
     @staticmethod
-    def _merge_rows(base: torch.Tensor, x: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
-        """The same merge in two streaming passes over blocks of rows, without whole-tensor
-        temporaries but the importance itself: the KL divergence of each row (softmax and KL
-        are per row, so a block of rows gives the rows' own values) and the importance, then
-        out = base + [importance ≥ threshold]·δ block by block. Bit-identical to the
-        whole-tensor computation."""
+    def _merge_rows(base: torch.Tensor, x: torch.Tensor, ctx: MergeContext, work: torch.dtype,
+                    out_dtype: torch.dtype) -> torch.Tensor:
+        """The same merge without a whole-tensor temporary: the rows' KL first, then the
+        importance of the sampled entries only (|δ| times their row's KL), then
+        out = base + [importance ≥ threshold]·δ, recomputing the importance on the way.
+        ``base`` and ``x`` are widened to ``work`` (exactly) where they are stored narrower."""
         rows, width = base.shape
+        if base.numel() == 0:
+            return base.to(out_dtype, copy=True)
+        flat_x, flat_b = x.reshape(-1), base.reshape(-1)
+        compiled = work == torch.float32 and native.supports(flat_b, flat_x) and out_dtype in native.DTYPES
+        kl = native.fusion_divergence(flat_x, flat_b, width) if compiled else _row_divergences(base, x, work)
+        bad = kl.isnan().nonzero().flatten().tolist() if compiled else []
+        if bad:  # rows holding NaN or ±Inf: torch's arithmetic says what they give
+            kl[bad] = row_divergence(x[bad].float(), base[bad].float()).flatten()
+        index = sample_index(base.numel(), ctx.generator("arcee_fusion_quantiles"))
+        if index is None:
+            scores = torch.sub(x.to(work), base.to(work)).abs_().mul_(kl[:, None])
+        elif compiled:  # the sample's loads are scattered: the loop prefetches them
+            scores = native.fusion_sample(flat_x, flat_b, width, kl, index)
+        else:
+            scores = torch.sub(flat_x[index].to(work), flat_b[index].to(work)).abs_().mul_(kl[index // width])
+        threshold = threshold_of(scores)
+        out = ctx.empty(base.shape, out_dtype)
+        if compiled:
+            return native.fusion_apply(flat_x, flat_b, width, kl, float(threshold), out.view(-1)).view(base.shape)
         step = max(1, TILE_ELEMENTS // max(1, width))
-        scores = ctx.empty(base.shape, base.dtype)
-        block = torch.empty(min(step, rows), width, dtype=base.dtype)  # x's rows in the working dtype
         for r in range(0, rows, step):
-            xs = block[:min(step, rows - r)].copy_(x[r:r + step])
-            kl = row_divergence(xs, base[r:r + step])
-            torch.sub(xs, base[r:r + step], out=scores[r:r + step]).abs_().mul_(kl)
-        threshold = fusion_threshold(scores, ctx.generator("arcee_fusion_quantiles"))
-        out = ctx.empty_like(base)
-        for r in range(0, rows, step):
-            keep = scores[r:r + step] >= threshold
-            torch.sub(x[r:r + step], base[r:r + step], out=out[r:r + step]).mul_(keep).add_(base[r:r + step])
+            xs, bs = x[r:r + step].to(work), base[r:r + step].to(work)
+            delta = torch.sub(xs, bs)
+            keep = delta.abs().mul_(kl[r:r + step, None]) >= threshold
+            out[r:r + step] = delta.mul_(keep).add_(bs)
         return out
+
+
+def _row_divergences(base: torch.Tensor, x: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+    """``work``[rows]: row_divergence over blocks of rows (no whole-tensor float64 temporaries)."""
+    rows, width = base.shape
+    step = max(1, TILE_ELEMENTS // max(1, width))
+    kl = torch.empty(rows, dtype=work, device=base.device)
+    for r in range(0, rows, step):
+        kl[r:r + step] = row_divergence(x[r:r + step], base[r:r + step].to(work)).flatten()
+    return kl

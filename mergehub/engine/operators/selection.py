@@ -84,7 +84,7 @@ def smallest_values(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor
     """The r-th smallest (1-based) of a float32 tensor for each r in ``ranks``, as 0-D tensors:
     the values sorting gives (NaN last), from a histogram of the top 16 bits of an
     order-preserving integer form of the values and, per rank, one of the low 16 bits inside
-    its bin: counting passes instead of a sort."""
+    its bin: counting passes instead of a sort (in the compiled loops on the CPU)."""
     flat = values.reshape(-1)
     n = flat.numel()
     for r in ranks:
@@ -93,6 +93,8 @@ def smallest_values(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor
     if flat.dtype != torch.float32 or n <= _SMALL:
         ordered = torch.sort(flat).values
         return [ordered[r - 1] for r in ranks]
+    if native.available() and flat.device.type == "cpu" and n < 1 << 32:
+        return [torch.tensor(v, dtype=torch.float32) for v in native.order_statistics(flat.contiguous(), ranks)]
     bits = flat.view(torch.int32).long() & 0xFFFFFFFF
     # order-preserving: a negative float's bits all flipped, a non-negative one's sign bit set;
     # every NaN is the largest key, as sorting puts NaN last
