@@ -105,8 +105,10 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_fusion_apply.restype = None
     lib.mh_fusion_sample.argtypes = [ptr, i32, ptr, i32, i64, ptr, i64, ptr, ptr]
     lib.mh_fusion_sample.restype = None
-    lib.mh_order_statistics.argtypes = [ptr, i64, ptr, i32, ptr]
-    lib.mh_order_statistics.restype = i32
+    lib.mh_key_high_counts.argtypes = [ptr, i64, ptr]
+    lib.mh_key_high_counts.restype = None
+    lib.mh_key_low_counts.argtypes = [ptr, i64, ptr, i32, ptr]
+    lib.mh_key_low_counts.restype = i32
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
@@ -144,8 +146,6 @@ def _ref(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _check(status: int) -> None:
-    if status == -2:
-        raise ValueError("rank out of range")
     if status < 0:
         raise MemoryError("out of memory in the compiled loops' working buffers: free memory, "
                           "or run fewer merges at once, and retry")
@@ -180,14 +180,42 @@ def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: 
     return position
 
 
-def order_statistics(values: torch.Tensor, ranks: list[int]) -> list[float]:
-    """The r-th smallest (1-based) of flat float32 ``values`` for each r in ``ranks``, sorting's
-    order (NaN last); fewer than 2^32 values, each rank in range."""
+def key_high_counts(values: torch.Tensor) -> torch.Tensor:
+    """int64[2^16]: counts of the top 16 bits of the order keys of flat float32 ``values``
+    (selection.smallest_values' keys: ordered like the floats, NaN largest), on all cores."""
     assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
-    c_ranks = (ctypes.c_int64 * len(ranks))(*ranks)
-    out = (ctypes.c_float * len(ranks))()
-    _check(_LIB.mh_order_statistics(values.data_ptr(), values.numel(), c_ranks, len(ranks), out))
-    return list(out)
+    tables = torch.zeros(THREADS, 1 << 16, dtype=torch.int32)
+
+    def run(job: tuple[int, tuple[int, int]]) -> None:
+        t, (a, z) = job
+        _LIB.mh_key_high_counts(values[a:].data_ptr(), z - a, tables[t].data_ptr())
+
+    _over_key_spans(values.numel(), run)
+    return tables.long().sum(0)
+
+
+def key_low_counts(values: torch.Tensor, bins: list[int]) -> torch.Tensor:
+    """int64[len(bins), 2^16]: per bin, counts of the low 16 bits of the order keys whose top 16
+    bits are that bin; one pass over ``values`` for all bins, on all cores."""
+    assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
+    c_bins = (ctypes.c_uint32 * len(bins))(*bins)
+    tables = torch.zeros(THREADS, len(bins), 1 << 16, dtype=torch.int32)
+
+    def run(job: tuple[int, tuple[int, int]]) -> None:
+        t, (a, z) = job
+        _check(_LIB.mh_key_low_counts(values[a:].data_ptr(), z - a, c_bins, len(bins), tables[t].data_ptr()))
+
+    _over_key_spans(values.numel(), run)
+    return tables.long().sum(0)
+
+
+def _over_key_spans(n: int, run) -> None:
+    """run((thread slot, (start, stop))) over one piece of range(n) per thread; each slot owns
+    its counting table. The counts are 32-bit: n must be below 2^31."""
+    assert n < 1 << 31
+    parts = max(1, min(THREADS, n // _MIN_SPLIT))
+    step = -(-n // parts)
+    map_parallel(run, list(enumerate((a, min(a + step, n)) for a in range(0, n, step))))
 
 
 def _over_spans(n: int, run, per_thread: int = 1, min_split: int | None = None) -> list:

@@ -1161,45 +1161,26 @@ static inline uint32_t order_key(float f) {
     return f != f ? 0xffffffffu : (bits >> 31 ? ~bits : bits | 0x80000000u);
 }
 
-static inline float key_value(uint32_t key) {
-    uint32_t bits = key >> 31 ? key ^ 0x80000000u : ~key;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 #define HALF_BINS 65536
 
-/* out[t] = the ranks[t]-th smallest (1-based) of v[0 … n), sorting's order (NaN last), for t < k:
- * one counting pass over the top 16 bits of the keys, one over the low 16 bits inside the bins
- * that hold the ranks. n < 2^32. Returns 0, -1 when out of memory, -2 for a rank out of range. */
-int mh_order_statistics(const float *v, int64_t n, const int64_t *ranks, int k, float *out) {
-    for (int t = 0; t < k; t++)
-        if (ranks[t] < 1 || ranks[t] > n) return -2;
-    uint32_t *high = calloc((size_t)HALF_BINS * (1 + (size_t)k), sizeof *high);
-    int64_t *bin = malloc((size_t)k * 2 * sizeof *bin);
-    if (!high || !bin) {
-        free(high), free(bin);
-        return -1;
-    }
-    uint32_t *low = high + HALF_BINS;
-    int64_t *below = bin + k;
-    for (int64_t i = 0; i < n; i++) high[order_key(v[i]) >> 16]++;
-    for (int t = 0; t < k; t++) {
-        int64_t seen = 0, h = 0;
-        while (seen + high[h] < ranks[t]) seen += high[h++];
-        bin[t] = h, below[t] = seen;
-    }
+/* table[key >> 16] += 1 for the order keys of v[0 … n): the first counting pass of an order
+ * statistic (operators/selection.py's smallest_values). */
+void mh_key_high_counts(const float *v, int64_t n, uint32_t *table) {
+    for (int64_t i = 0; i < n; i++) table[order_key(v[i]) >> 16]++;
+}
+
+/* tables[t·HALF_BINS + (key & 0xffff)] += 1 for the keys of v[0 … n) whose top 16 bits are
+ * bins[t], t < k (k < 256): the second pass, inside the bins that hold the ranks. Returns 0, or
+ * -1 when out of memory. */
+int mh_key_low_counts(const float *v, int64_t n, const uint32_t *bins, int k, uint32_t *tables) {
+    uint8_t *slot = calloc(HALF_BINS, 1); /* 1 + t for bin t's top 16 bits, else 0 */
+    if (!slot) return -1;
+    for (int t = k - 1; t >= 0; t--) slot[bins[t] & 0xffffu] = (uint8_t)(t + 1);
     for (int64_t i = 0; i < n; i++) {
         uint32_t key = order_key(v[i]);
-        for (int t = 0; t < k; t++) low[(size_t)t * HALF_BINS + (key & 0xffffu)] += (int64_t)(key >> 16) == bin[t];
+        int t = slot[key >> 16];
+        if (t) tables[(size_t)(t - 1) * HALF_BINS + (key & 0xffffu)]++; /* few keys fall in those bins */
     }
-    for (int t = 0; t < k; t++) {
-        const uint32_t *counts = low + (size_t)t * HALF_BINS;
-        int64_t seen = below[t], l = 0;
-        while (seen + counts[l] < ranks[t]) seen += counts[l++];
-        out[t] = key_value((uint32_t)(bin[t] << 16 | l));
-    }
-    free(high), free(bin);
+    free(slot);
     return 0;
 }

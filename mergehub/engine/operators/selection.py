@@ -83,8 +83,8 @@ def kth_smallest(values: torch.Tensor, r: int) -> torch.Tensor:
 def smallest_values(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
     """The r-th smallest (1-based) of a float32 tensor for each r in ``ranks``, as 0-D tensors:
     the values sorting gives (NaN last), from a histogram of the top 16 bits of an
-    order-preserving integer form of the values and, per rank, one of the low 16 bits inside
-    its bin: counting passes instead of a sort (in the compiled loops on the CPU)."""
+    order-preserving integer form of the values and, per bin holding a rank, one of the low 16
+    bits inside it: counting passes instead of a sort (in the compiled loops on the CPU)."""
     flat = values.reshape(-1)
     n = flat.numel()
     for r in ranks:
@@ -93,21 +93,31 @@ def smallest_values(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor
     if flat.dtype != torch.float32 or n <= _SMALL:
         ordered = torch.sort(flat).values
         return [ordered[r - 1] for r in ranks]
-    if native.available() and flat.device.type == "cpu" and n < 1 << 32:
-        return [torch.tensor(v, dtype=torch.float32) for v in native.order_statistics(flat.contiguous(), ranks)]
-    bits = flat.view(torch.int32).long() & 0xFFFFFFFF
-    # order-preserving: a negative float's bits all flipped, a non-negative one's sign bit set;
-    # every NaN is the largest key, as sorting puts NaN last
-    keys = torch.where(bits >= 1 << 31, bits ^ 0xFFFFFFFF, bits | (1 << 31))
-    keys.masked_fill_(flat.isnan(), 0xFFFFFFFF)
-    high = keys >> 16
-    cumulative = torch.bincount(high, minlength=1 << 16).cumsum(0)
+    if native.available() and flat.device.type == "cpu" and n < 1 << 31:
+        flat = flat.contiguous()
+        high_counts = native.key_high_counts(flat)
+
+        def low_counts(bins: list[int]) -> torch.Tensor:
+            return native.key_low_counts(flat, bins)
+    else:
+        bits = flat.view(torch.int32).long() & 0xFFFFFFFF
+        # order-preserving: a negative float's bits all flipped, a non-negative one's sign bit
+        # set; every NaN is the largest key, as sorting puts NaN last
+        keys = torch.where(bits >= 1 << 31, bits ^ 0xFFFFFFFF, bits | (1 << 31))
+        keys.masked_fill_(flat.isnan(), 0xFFFFFFFF)
+        high = keys >> 16
+        high_counts = torch.bincount(high, minlength=1 << 16)
+
+        def low_counts(bins: list[int]) -> torch.Tensor:
+            return torch.stack([torch.bincount(keys[high == b] & 0xFFFF, minlength=1 << 16) for b in bins])
+    cumulative = high_counts.cumsum(0)
+    bins = [int(torch.searchsorted(cumulative, r)) for r in ranks]
+    distinct = sorted(set(bins))
+    lows = dict(zip(distinct, low_counts(distinct).cumsum(1)))
     out = []
-    for r in ranks:
-        key = int(torch.searchsorted(cumulative, r))
+    for r, key in zip(ranks, bins):
         below = int(cumulative[key - 1]) if key else 0
-        low = torch.bincount(keys[high == key] & 0xFFFF, minlength=1 << 16).cumsum(0)
-        pattern = (key << 16) | int(torch.searchsorted(low, r - below))
+        pattern = (key << 16) | int(torch.searchsorted(lows[key], r - below))
         raw = pattern ^ (1 << 31) if pattern >= 1 << 31 else pattern ^ 0xFFFFFFFF
         out.append(torch.tensor(_float32(raw), dtype=torch.float32))
     return out
