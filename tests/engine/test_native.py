@@ -163,9 +163,13 @@ def test_merge_stored_declines_what_the_loops_do_not_cover():
     assert op.merge_stored(base, xs, p, ctx, torch.float64, torch.float32) is None  # work dtype
     assert op.merge_stored(base, xs, p, ctx, torch.float32, torch.float16) is None  # out dtype
     assert op.merge_stored(base.half(), [x.half() for x in xs], p, ctx, torch.float32, torch.float32) is None
-    dense = make_params("ties", 2, {}, {"weight": 1.0, "density": 1.0})  # nothing to prune: the planner's path
-    assert op.merge_stored(base, xs, dense, ctx, torch.float32, torch.float32) is None
-    assert get_operator("task_arithmetic").merge_stored(base, xs, p, ctx, torch.float32, torch.float32) is None
+    normalised_sum = make_params("task_arithmetic", 2, {"normalize": True}, {"weight": 1.0})
+    assert get_operator("task_arithmetic").merge_stored(base, xs, normalised_sum, ctx, torch.float32,
+                                                        torch.float32) is None
+    # nothing to prune is still one fused pass, with the torch path's bits
+    dense = make_params("ties", 2, {}, {"weight": 1.0, "density": 1.0})
+    assert torch.equal(op.merge_stored(base, xs, dense, ctx, torch.float32, torch.float32),
+                       torch_path(op.merge, base, xs, dense, ctx))
 
 
 @needs_loops
@@ -407,3 +411,22 @@ def test_order_statistics_equal_sorting():
         selection.smallest_values(values, [0])
     counts = native.key_high_counts(values)  # the counting pass itself, over both threads' tables
     assert counts.sum() == values.numel() and counts[-1] == values.isnan().sum()
+
+
+@needs_loops
+@pytest.mark.parametrize("shared", [{}, {"lambda": 0.7}, {"lambda": 1.3}])
+@pytest.mark.parametrize("quantised", [False, True])
+def test_task_arithmetic_through_the_loops_equals_the_torch_path(monkeypatch, shared, quantised):
+    n = 300_007
+    base, xs = family(n, 3, seed=4, quantised=quantised)
+    xs[2] = base  # an expert not read under a budget is passed as the base itself
+    p = make_params("task_arithmetic", 3, shared, [{"weight": 1.0}, {"weight": -0.6}, {"weight": 0.0}])
+    op = get_operator("task_arithmetic")
+    ran = spy(monkeypatch, "family_combine")
+    out = op.merge(base.float(), xs, p, make_ctx((n,)))
+    assert ran and torch.equal(out, torch_path(op.merge, base.float(), xs, p, make_ctx((n,))))
+    stored = op.merge_stored(base, xs, p, make_ctx((n,)), torch.float32, base.dtype)
+    assert stored.dtype == base.dtype
+    assert torch.equal(stored, torch_path(op.merge, base.float(), xs, p, make_ctx((n,))).to(base.dtype))
+    normalised = make_params("task_arithmetic", 3, {"normalize": True}, [{"weight": 1.0}] * 3)
+    assert op.merge_stored(base, xs, normalised, make_ctx((n,)), torch.float32, base.dtype) is None

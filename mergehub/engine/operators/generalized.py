@@ -127,10 +127,10 @@ class TaskArithmeticFamily(Operator):
         return self.sparsifier == "magnitude" and not p.shared["rescale"] and any(self._sparsifies(p))
 
     def _native_route(self, p: TensorParams, shape: torch.Size) -> bool:
-        """Do the compiled loops (engine/native) handle this tensor's sparsified merge? All but a
-        normalised plain sum, and DELLA on tensors whose rows are not the last dim."""
-        if self.sparsifier is None or not any(self._sparsifies(p)):
-            return False
+        """Do the compiled loops (engine/native) handle this tensor's merge? All but a normalised
+        plain sum, and DELLA on tensors whose rows are not the last dim. Without pruning that
+        includes task arithmetic itself: one fused pass from the stored dtypes to the output's
+        instead of a float32 copy of the base and a torch pass per op and expert."""
         if self.sparsifier == "della_magprune" and _della_width(shape) is None:
             return False
         return self.consensus or not p.shared["normalize"]
@@ -215,13 +215,12 @@ class TaskArithmeticFamily(Operator):
             out[start:stop] = self._combine(tile_base, tile_inputs, p, prune)
         return out.view(base.shape)
 
-    @staticmethod
-    def _contributing(base: torch.Tensor, inputs: list[torch.Tensor],
+    def _contributing(self, base: torch.Tensor, inputs: list[torch.Tensor],
                       p: TensorParams) -> list[torch.Tensor | None]:
         """``inputs`` with None for models that add nothing: unread (passed as the base itself)
         or pruned to nothing."""
-        return [None if x.data_ptr() == base.data_ptr() or m["density"] <= 0 else x
-                for x, m in zip(inputs, p.models)]
+        pruned_away = [self.sparsifier is not None and m["density"] <= 0 for m in p.models]
+        return [None if x.data_ptr() == base.data_ptr() or gone else x for x, gone in zip(inputs, pruned_away)]
 
     def _merge_native(self, base: torch.Tensor, inputs: list[torch.Tensor | None], p: TensorParams,
                       ctx: MergeContext, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -260,7 +259,7 @@ class TaskArithmeticFamily(Operator):
         model = p.models[k]
         density, n = model["density"], base.numel()
         rule: dict = {}
-        if 0 < density < 1:
+        if 0 < density < 1 and self.sparsifier is not None:
             if self.sparsifier == "magnitude":
                 top_k = _magnitude_rule(x, base, density, fused=True)
                 if top_k is not None:
