@@ -196,7 +196,9 @@ def key_high_counts(values: torch.Tensor) -> torch.Tensor:
 
 def key_low_counts(values: torch.Tensor, bins: list[int]) -> torch.Tensor:
     """int64[len(bins), 2^16]: per bin, counts of the low 16 bits of the order keys whose top 16
-    bits are that bin; one pass over ``values`` for all bins, on all cores."""
+    bits are that bin (distinct bins, fewer than 256); one pass over ``values`` for all bins, on
+    all cores."""
+    assert len(set(bins)) == len(bins) < 256
     assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
     c_bins = (ctypes.c_uint32 * len(bins))(*bins)
     tables = torch.zeros(THREADS, len(bins), 1 << 16, dtype=torch.int32)
