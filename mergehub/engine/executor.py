@@ -43,6 +43,7 @@ from .reader import RangeReader
 from .writer import OutSpec
 
 UNIT_BYTES = 16 << 20
+BIG_WHOLE_FACTOR = 4  # a whole-tensor unit this many times the median tensor moves to the middle
 POOL_SLABS = 4  # units in flight: loading, queued, computing, writing
 READ_THREADS = 4  # concurrent pieces of one read (see reader.PIECE_BYTES)
 
@@ -136,10 +137,34 @@ class Executor:
 
     # ----- planning the units -------------------------------------------------------------
     def out_specs(self) -> list[OutSpec]:
-        specs = []
-        for name, info in self.ref_layout.tensors.items():
-            specs.append(OutSpec(name, self._out_dtype(info), info.shape))
-        return specs
+        tensors = self.ref_layout.tensors
+        return [OutSpec(name, self._out_dtype(tensors[name]), tensors[name].shape) for name in self.tensor_order()]
+
+    def tensor_order(self) -> list[str]:
+        """The order tensors are merged and written in: the base's, except that whole-tensor
+        units far larger than the rest (an embedding, an LM head: ≥ BIG_WHOLE_FACTOR times the
+        median tensor) are spread evenly through the middle. First, the pipeline would compute
+        nothing while such a unit's inputs are read; last, it would read nothing while the unit
+        is computed and written. In the middle, smaller units fill both gaps."""
+        tensors = self.ref_layout.tensors
+        names = list(tensors)
+        sizes = sorted(info.rows * info.row_bytes for info in tensors.values())
+        floor = max(UNIT_BYTES, BIG_WHOLE_FACTOR * sizes[len(sizes) // 2]) if sizes else 0
+        big = [name for name in names
+               if tensors[name].rows * tensors[name].row_bytes >= floor and self._whole(name, tensors[name])]
+        rest = [name for name in names if name not in set(big)]
+        if not big or not rest:
+            return names
+        order, step = list(rest), len(rest) / (len(big) + 1)
+        for i, name in enumerate(big):
+            order.insert(round(step * (i + 1)) + i, name)
+        return order
+
+    def _whole(self, name: str, info: TensorInfo) -> bool:
+        """Is tensor ``name`` merged as one unit (not block by block)?"""
+        p = self.config.resolve(name, self.layers)
+        return (not torch_dtype(info.dtype).is_floating_point or len(info.shape) < 2
+                or not self.op.block_local(p, len(info.shape)))
 
     def _out_dtype(self, info: TensorInfo) -> str:
         stored = torch_dtype(info.dtype)
@@ -149,12 +174,12 @@ class Executor:
 
     def units(self):
         loaded_sets = self.full if self.evaluate else self.access
-        for name, info in self.ref_layout.tensors.items():
+        for name in self.tensor_order():
+            info = self.ref_layout.tensors[name]
             p = self.config.resolve(name, self.layers)
             rpb = rows_per_block(info, self.block_size)
             nblocks = block_count(info, self.block_size)
-            floating = torch_dtype(info.dtype).is_floating_point
-            if not floating or not self.op.block_local(p, len(info.shape)) or len(info.shape) < 2:
+            if self._whole(name, info):
                 yield Unit(name, 0, info.rows, range(nblocks), True), p
                 continue
             cap = max(1, (UNIT_BYTES // max(1, info.row_bytes)) // rpb)  # blocks per unit

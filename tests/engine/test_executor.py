@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import BLOCK, SHAPES, assert_bit_identical, load_model, make_family, save_model, tensor_bytes
+from conftest import BLOCK, HIDDEN, SHAPES, assert_bit_identical, load_model, make_family, save_model, tensor_bytes
 from safetensors import safe_open
 
 from mergehub.engine import api, executor
@@ -311,3 +311,37 @@ def test_integer_empty_and_scalar_tensors(tmp_path, catalog, budget):
         assert out["model.scale"].item() == 2.0 + 0.5 * 1 + 0.25 * 2
         assert_bit_identical(out, reference_merge(mapping))
         assert result.metrics["deviation"]["absolute"] == 0.0
+
+
+BIG_ENDS = {  # an embedding and an LM head far larger than the layers, as in a real model
+    "model.embed_tokens.weight": (400, HIDDEN),
+    "model.layers.0.self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+    "model.layers.0.mlp.up_proj.weight": (2 * HIDDEN, HIDDEN),
+    "model.layers.1.self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+    "model.layers.1.mlp.down_proj.weight": (HIDDEN, 2 * HIDDEN),
+    "model.norm.weight": (HIDDEN,),
+    "lm_head.weight": (400, HIDDEN),
+}
+
+
+def _data_order(out_dir) -> list[str]:
+    with open(out_dir / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header.pop("__metadata__", None)
+    return sorted(header, key=lambda name: header[name]["data_offsets"][0])
+
+
+@pytest.mark.parametrize("method, moved", [("ties", True), ("task_arithmetic", False)])
+def test_big_whole_tensors_are_merged_in_the_middle(tmp_path, catalog, monkeypatch, method, moved):
+    monkeypatch.setattr(executor, "UNIT_BYTES", 1)  # the fixture's tensors are tiny
+    fam = make_family(tmp_path / "f", shapes=BIG_ENDS)
+    mapping = fam.config(method, weights=[1.0, 0.6], parameters={"density": 0.5} if method == "ties" else None)
+    _merge(mapping, tmp_path / "out", catalog)
+    big = {"model.embed_tokens.weight", "lm_head.weight"}
+    base_order, order = _data_order(fam.base), _data_order(tmp_path / "out")
+    assert {base_order[0], base_order[-1]} & big  # the base has a big tensor at an end
+    if moved:  # TIES merges whole tensors: the big ones go where smaller units surround them
+        assert not {order[0], order[-1]} & big and sorted(order) == sorted(base_order)
+    else:  # task arithmetic splits them into blocks: the base's order stays
+        assert order == base_order
+    assert_bit_identical(load_model(tmp_path / "out"), reference_merge(mapping))
