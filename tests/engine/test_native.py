@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent / "operators"))
 from operator_refs import make_ctx, make_params  # noqa: E402
 
 from mergehub.engine import native  # noqa: E402
-from mergehub.engine.operators import generalized, selection  # noqa: E402
+from mergehub.engine.operators import arcee_fusion, generalized, selection  # noqa: E402
 from mergehub.engine.operators.base import MergeContext  # noqa: E402
 from mergehub.engine.operators.registry import get_operator  # noqa: E402
 
@@ -379,6 +379,20 @@ def test_arcee_fusion_kl_is_accurate_where_float32_is_noise():
     pf, qf = torch.softmax(x, -1) + 1e-8, torch.softmax(base, -1) + 1e-8
     float32_sum = (pf * torch.log(pf / qf)).sum(-1).double().numpy()
     assert np.median(np.abs(float32_sum / exact - 1)) > 1e-3  # why the loops do not copy it
+
+
+@needs_loops
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 30.0, 300.0])  # flat rows to ones where e^(x − max) underflows
+def test_arcee_fusion_kl_matches_torch_float64_over_the_range(scale):
+    g = torch.Generator().manual_seed(int(scale * 10) + 1)
+    base = torch.randn(50, 333, generator=g) * scale
+    x = base + torch.randn(50, 333, generator=g) * scale * 0.3
+    kl = native.fusion_divergence(x.reshape(-1), base.reshape(-1), 333)
+    expected = arcee_fusion.row_divergence(x, base).flatten()
+    # where softmax is one-hot (scale 30, 300) both sums round to ~0 (1e-36 vs 0: p and q agree
+    # to their last bits), hence the absolute floor
+    torch.testing.assert_close(kl, expected, rtol=1e-6, atol=1e-24)
+    assert (kl >= 0).all() and (kl > 1e-12).any()
 
 
 @needs_loops

@@ -10,12 +10,13 @@
 The KL of a row is computed accurately, in float64 as Σ q·(y·ln y − (y − 1)) with y = p/q:
 every term is ≥ 0, so nothing cancels. mergekit sums p·ln(p/q) in float32, whose terms are
 first order in the change and cancel to a second-order result; on realistic fine-tunes that
-leaves its KL mostly rounding noise (docs/engine.md, "arcee_fusion's KL"), so our masks follow
+leaves its KL mostly rounding noise (docs/operators.md, arcee_fusion), so our masks follow
 the formula and differ from mergekit's where mergekit's are set by rounding. Importance and
 threshold are float32, as in mergekit. On the CPU, 2-D tensors go through the compiled loops
 (engine/native); the torch code (CUDA, or no compiler) computes the same float64 sum in another
-order and with its own exp and log, so the two agree to ~1e-15 before the KL is rounded to
-float32: the same float32 value unless the exact one lies that close to a rounding boundary.
+order and with its own exp and log, so the two agree to ~1e-15 relative before the KL is
+rounded to float32 (the same float32 value unless the exact one lies that close to a rounding
+boundary), or to ~1e-30 absolute where softmax is one-hot and the KL itself rounds to ~0.
 """
 
 from __future__ import annotations
