@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import xxhash
 
+from . import native
 from .blocks import DEFAULT_BLOCK_SIZE, partition, rows_per_block
 from .buffers import retained_heap
 from .control import Control
@@ -266,14 +267,41 @@ def _build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
 def _block_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, base_bytes: memoryview,
                  ebytes: memoryview, rpb: int, row_bytes: int) -> None:
     nrows = rows.shape[0] if rows.dim() >= 2 else 1
+    changed = []
+    for r in range(0, nrows, rpb):
+        s, e = r * row_bytes, min(r + rpb, nrows) * row_bytes
+        st.hash.append(xxhash.xxh3_128_hexdigest(ebytes[s:e]))
+        changed.append(ebytes[s:e] != base_bytes[s:e])
+    flat, flat_base = rows.reshape(-1), base_rows.reshape(-1)
+    if any(changed) and native.supports(flat_base, flat):
+        _compiled_block_stats(st, flat_base, flat, changed, rows.numel() // nrows * rpb)
+    else:
+        _torch_block_stats(st, base_rows, rows, changed, rpb)
+
+
+def _compiled_block_stats(st: TensorStats, base: torch.Tensor, x: torch.Tensor, changed: list[bool],
+                          block: int) -> None:
+    """_torch_block_stats in one compiled pass over the chunk (its float64 sums of squares in
+    another order: equal to ~1e-16)."""
+    squares, tops, nonzero, nonfinite = native.block_stats(x, base, block)
+    if nonfinite and x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
+        st.nonfinite = True  # flagged for the expert's own values, as the torch path does
+    for k, is_changed in enumerate(changed):
+        st.changed.append(is_changed)
+        size = min(block, x.numel() - k * block)
+        st.norm.append(math.sqrt(squares[k]) if is_changed else 0.0)
+        st.max_abs.append(float(tops[k]) if is_changed else 0.0)
+        st.nonzero.append(nonzero[k] / max(1, size) if is_changed else 0.0)
+
+
+def _torch_block_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, changed: list[bool],
+                       rpb: int) -> None:
     floating = rows.dtype.is_floating_point
     work = torch.float64 if rows.dtype == torch.float64 else torch.float32
     delta = None
-    for r in range(0, nrows, rpb):
-        s, e = r * row_bytes, min(r + rpb, nrows) * row_bytes
-        eb = ebytes[s:e]
-        st.hash.append(xxhash.xxh3_128_hexdigest(eb))
-        if eb == base_bytes[s:e]:
+    for k, is_changed in enumerate(changed):
+        r = k * rpb
+        if not is_changed:
             st.changed.append(False)
             st.norm.append(0.0)
             st.max_abs.append(0.0)

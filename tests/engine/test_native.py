@@ -444,3 +444,31 @@ def test_task_arithmetic_through_the_loops_equals_the_torch_path(monkeypatch, sh
     assert torch.equal(stored, torch_path(op.merge, base.float(), xs, p, make_ctx((n,))).to(base.dtype))
     normalised = make_params("task_arithmetic", 3, {"normalize": True}, [{"weight": 1.0}] * 3)
     assert op.merge_stored(base, xs, normalised, make_ctx((n,)), torch.float32, base.dtype) is None
+
+
+@needs_loops
+@pytest.mark.parametrize("quantised", [False, True])
+def test_catalog_block_statistics_through_the_loops_equal_torch(quantised):
+    from mergehub.engine import catalog
+
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(96, 700, generator=g)
+    moved = (torch.rand(12, 1, generator=g) < 0.6).repeat_interleave(8, 0)  # blocks of 8 rows
+    x = base + 0.01 * torch.randn(96, 700, generator=g) * moved
+    if quantised:
+        base, x = base.bfloat16(), x.bfloat16()
+    # the blocks these land in differ from the base whatever the draw; the last is the base's own
+    x[3, 5], x[40, 1], base[70, 2] = float("nan"), float("-inf"), float("inf")
+    rpb = 8
+    changed = [not torch.equal(x[r:r + rpb], base[r:r + rpb]) for r in range(0, 96, rpb)]
+    assert not all(changed) and any(changed)
+    compiled, reference = catalog.TensorStats(rpb, [], [], [], [], []), catalog.TensorStats(rpb, [], [], [], [], [])
+    catalog._compiled_block_stats(compiled, base.reshape(-1), x.reshape(-1), changed, 700 * rpb)
+    catalog._torch_block_stats(reference, base, x, changed, rpb)
+    assert compiled.changed == reference.changed and compiled.nonfinite and reference.nonfinite
+    assert compiled.max_abs == reference.max_abs and compiled.nonzero == reference.nonzero
+    assert compiled.norm == pytest.approx(reference.norm, rel=1e-12, abs=0)
+    x[3, 5], x[40, 1] = 0.0, 0.0  # only the base holds a non-finite value now: the expert is not flagged
+    again = catalog.TensorStats(rpb, [], [], [], [], [])
+    catalog._compiled_block_stats(again, base.reshape(-1), x.reshape(-1), changed, 700 * rpb)
+    assert not again.nonfinite

@@ -1,7 +1,8 @@
 """Compiled loops on the CPU (loops.c), loaded with ctypes: the task-arithmetic family's
 pruning and combine (operators/generalized.py), span.py's Gram matrices and combinations,
 RAM, SCE, nearswap and arcee_fusion (ram.py, sce.py, nearswap.py, arcee_fusion.py), order
-statistics (selection.py) and the random stream (random_stream.py).
+statistics (selection.py), the catalog's block statistics (catalog.py) and the random stream
+(random_stream.py).
 
 They are optional: ``pip install`` builds them when a C compiler is present (setup.py), and
 without them, or with ``MERGEHUB_NATIVE=0``, the engine runs its torch path, which gives the
@@ -109,6 +110,8 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_key_high_counts.restype = None
     lib.mh_key_low_counts.argtypes = [ptr, i64, ptr, i32, ptr]
     lib.mh_key_low_counts.restype = i32
+    lib.mh_block_stats.argtypes = [ptr, i32, ptr, i32, i64, i64, ptr, ptr, ptr]
+    lib.mh_block_stats.restype = i32
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
@@ -481,3 +484,17 @@ def fusion_apply(x: torch.Tensor, base: torch.Tensor, width: int, kl: torch.Tens
 
     _over_spans(base.numel(), run)
     return out
+
+
+def block_stats(x: torch.Tensor, base: torch.Tensor, block: int) -> tuple[list[float], list[float], list[int], bool]:
+    """Per block of ``block`` entries of flat ``x`` and ``base``: (Σ δ² over finite δ = x − base,
+    float32 squares summed in float64; max |δ| over finite δ; #δ ≠ 0), and whether any δ is
+    NaN or ±Inf (the catalog's statistics, catalog.py)."""
+    assert supports(base, x)
+    blocks = -(-base.numel() // block)
+    sq = torch.empty(blocks, dtype=torch.float64)
+    top = torch.empty(blocks, dtype=torch.float32)
+    nonzero = torch.empty(blocks, dtype=torch.int64)
+    bad = _LIB.mh_block_stats(*_ref(x), *_ref(base), base.numel(), block, sq.data_ptr(), top.data_ptr(),
+                              nonzero.data_ptr())
+    return sq.tolist(), top.tolist(), nonzero.tolist(), bool(bad)

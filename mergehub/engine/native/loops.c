@@ -1184,3 +1184,56 @@ int mh_key_low_counts(const float *v, int64_t n, const uint32_t *bins, int k, ui
     free(slot);
     return 0;
 }
+
+/* ---- the catalog's block statistics (catalog.py's _block_stats is the reference) ---------- */
+
+MULTIVERSION
+static void chunk_stats(const float *restrict d, int64_t len, double *sq, float *max_abs, int64_t *nonzero,
+                        int *nonfinite) {
+    double lane[16] = {0};
+    float top[16] = {0};
+    int64_t count = 0;
+    int bad = 0;
+    int64_t j = 0;
+    for (; j + 16 <= len; j += 16)
+        for (int l = 0; l < 16; l++) {
+            float v = d[j + l], finite = (v - v) == 0.0f ? v : 0.0f; /* NaN, ±Inf → 0 (nan_to_num) */
+            float magnitude = finite < 0 ? -finite : finite;
+            lane[l] += (double)(finite * finite); /* the square in float32, as torch squares */
+            top[l] = magnitude > top[l] ? magnitude : top[l];
+            count += v != 0.0f;
+            bad |= (v - v) != 0.0f;
+        }
+    for (; j < len; j++) {
+        float v = d[j], finite = (v - v) == 0.0f ? v : 0.0f;
+        float magnitude = finite < 0 ? -finite : finite;
+        lane[0] += (double)(finite * finite);
+        top[0] = magnitude > top[0] ? magnitude : top[0];
+        count += v != 0.0f;
+        bad |= (v - v) != 0.0f;
+    }
+    for (int l = 0; l < 16; l++) *sq += lane[l], *max_abs = top[l] > *max_abs ? top[l] : *max_abs;
+    *nonzero += count;
+    *nonfinite |= bad;
+}
+
+/* Per block of `block` entries of flat [0, n): sq[k] = Σ δ² over its finite δ = x − b (float32
+ * squares summed in float64), max_abs[k] = max |δ| over them, nonzero[k] = #δ ≠ 0 (NaN and ±Inf
+ * count); returns 1 when any δ is NaN or ±Inf (then x or b holds one), else 0. */
+int mh_block_stats(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n, int64_t block, double *sq,
+                   float *max_abs, int64_t *nonzero) {
+    float xs[CHUNK], base[CHUNK];
+    int nonfinite = 0;
+    for (int64_t k = 0; k * block < n; k++) {
+        int64_t end = (k + 1) * block < n ? (k + 1) * block : n;
+        sq[k] = 0.0, max_abs[k] = 0.0f, nonzero[k] = 0;
+        for (int64_t start = k * block; start < end; start += CHUNK) {
+            int64_t len = end - start < CHUNK ? end - start : CHUNK;
+            widen(x, x_dtype, start, len, xs);
+            widen(b, b_dtype, start, len, base);
+            subtract(xs, base, len);
+            chunk_stats(xs, len, &sq[k], &max_abs[k], &nonzero[k], &nonfinite);
+        }
+    }
+    return nonfinite;
+}
