@@ -6,7 +6,8 @@ statistics (selection.py), the catalog's block statistics (catalog.py) and the r
 
 They are optional: ``pip install`` builds them when a C compiler is present (setup.py), and
 without them, or with ``MERGEHUB_NATIVE=0``, the engine runs its torch path, which gives the
-same bits on finite inputs, only slower. Tensors are flat, contiguous, on the CPU, float32 or
+same bits on finite inputs, only slower (float64 sums taken in another order, arcee_fusion's
+KL and the catalog's norms, agree to ~1e-15 instead). Tensors are flat, contiguous, on the CPU, float32 or
 bfloat16. ctypes releases the GIL during each call, so the wrappers below spread a call's
 range over ``THREADS`` Python threads (``_over_spans``), or run one model per thread
 (``map_parallel``).
