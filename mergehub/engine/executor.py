@@ -38,7 +38,7 @@ from .config_types import MergeConfig
 from .control import Control
 from .dtypes import TORCH_TO_SAFETENSORS, torch_dtype
 from .layout import ModelLayout, TensorInfo
-from .operators.base import MergeContext
+from .operators.base import MergeContext, TensorParams
 from .reader import RangeReader
 from .writer import OutSpec
 
@@ -150,8 +150,8 @@ class Executor:
         names = list(tensors)
         sizes = sorted(info.rows * info.row_bytes for info in tensors.values())
         floor = max(UNIT_BYTES, BIG_WHOLE_FACTOR * sizes[len(sizes) // 2]) if sizes else 0
-        big = [name for name in names
-               if tensors[name].rows * tensors[name].row_bytes >= floor and self._whole(name, tensors[name])]
+        big = [name for name in names if tensors[name].rows * tensors[name].row_bytes >= floor
+               and self._whole(tensors[name], self.config.resolve(name, self.layers))]
         rest = [name for name in names if name not in set(big)]
         if not big or not rest:
             return names
@@ -160,9 +160,9 @@ class Executor:
             order.insert(round(step * (i + 1)) + i, name)
         return order
 
-    def _whole(self, name: str, info: TensorInfo) -> bool:
-        """Is tensor ``name`` merged as one unit (not block by block)?"""
-        p = self.config.resolve(name, self.layers)
+    def _whole(self, info: TensorInfo, p: TensorParams) -> bool:
+        """Is this tensor, with its resolved parameters ``p``, merged as one unit (not block by
+        block)?"""
         return (not torch_dtype(info.dtype).is_floating_point or len(info.shape) < 2
                 or not self.op.block_local(p, len(info.shape)))
 
@@ -179,7 +179,7 @@ class Executor:
             p = self.config.resolve(name, self.layers)
             rpb = rows_per_block(info, self.block_size)
             nblocks = block_count(info, self.block_size)
-            if self._whole(name, info):
+            if self._whole(info, p):
                 yield Unit(name, 0, info.rows, range(nblocks), True), p
                 continue
             cap = max(1, (UNIT_BYTES // max(1, info.row_bytes)) // rpb)  # blocks per unit

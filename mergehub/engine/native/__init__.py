@@ -188,40 +188,30 @@ def key_high_counts(values: torch.Tensor) -> torch.Tensor:
     """int64[2^16]: counts of the top 16 bits of the order keys of flat float32 ``values``
     (selection.smallest_values' keys: ordered like the floats, NaN largest), on all cores."""
     assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
-    tables = torch.zeros(THREADS, 1 << 16, dtype=torch.int32)
 
-    def run(job: tuple[int, tuple[int, int]]) -> None:
-        t, (a, z) = job
-        _LIB.mh_key_high_counts(values[a:].data_ptr(), z - a, tables[t].data_ptr())
+    def run(span: tuple[int, int]) -> torch.Tensor:
+        table = torch.zeros(1 << 16, dtype=torch.int32)  # 32-bit: selection asks for n < 2^31
+        _LIB.mh_key_high_counts(values[span[0]:].data_ptr(), span[1] - span[0], table.data_ptr())
+        return table
 
-    _over_key_spans(values.numel(), run)
-    return tables.long().sum(0)
+    return torch.stack(_over_spans(values.numel(), run)).long().sum(0)
 
 
 def key_low_counts(values: torch.Tensor, bins: list[int]) -> torch.Tensor:
-    """int64[len(bins), 2^16]: per bin, counts of the low 16 bits of the order keys whose top 16
-    bits are that bin (distinct bins, fewer than 256); one pass over ``values`` for all bins, on
-    all cores."""
+    """int64[len(bins), LOW_BINS]: per bin, counts of the low 16 bits of the order keys whose
+    top 16 bits are that bin (distinct bins, fewer than 256); one pass over ``values`` for all
+    bins, on all cores."""
     assert len(set(bins)) == len(bins) < 256
     assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
     c_bins = (ctypes.c_uint32 * len(bins))(*bins)
-    tables = torch.zeros(THREADS, len(bins), 1 << 16, dtype=torch.int32)
 
-    def run(job: tuple[int, tuple[int, int]]) -> None:
-        t, (a, z) = job
-        _check(_LIB.mh_key_low_counts(values[a:].data_ptr(), z - a, c_bins, len(bins), tables[t].data_ptr()))
+    def run(span: tuple[int, int]) -> torch.Tensor:
+        tables = torch.zeros(len(bins), LOW_BINS, dtype=torch.int32)
+        _check(_LIB.mh_key_low_counts(values[span[0]:].data_ptr(), span[1] - span[0], c_bins, len(bins),
+                                      tables.data_ptr()))
+        return tables
 
-    _over_key_spans(values.numel(), run)
-    return tables.long().sum(0)
-
-
-def _over_key_spans(n: int, run) -> None:
-    """run((thread slot, (start, stop))) over one piece of range(n) per thread; each slot owns
-    its counting table. The counts are 32-bit: n must be below 2^31."""
-    assert n < 1 << 31
-    parts = max(1, min(THREADS, n // _MIN_SPLIT))
-    step = -(-n // parts)
-    map_parallel(run, list(enumerate((a, min(a + step, n)) for a in range(0, n, step))))
+    return torch.stack(_over_spans(values.numel(), run)).long().sum(0)
 
 
 def _over_spans(n: int, run, per_thread: int = 1, min_split: int | None = None) -> list:

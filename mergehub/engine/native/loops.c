@@ -1161,25 +1161,23 @@ static inline uint32_t order_key(float f) {
     return f != f ? 0xffffffffu : (bits >> 31 ? ~bits : bits | 0x80000000u);
 }
 
-#define HALF_BINS 65536
-
-/* table[key >> 16] += 1 for the order keys of v[0 … n): the first counting pass of an order
- * statistic (operators/selection.py's smallest_values). */
+/* table[key >> 16] += 1 for the order keys of v[0 … n) (a table of 2^16): the first counting
+ * pass of an order statistic (operators/selection.py's smallest_values). */
 void mh_key_high_counts(const float *v, int64_t n, uint32_t *table) {
     for (int64_t i = 0; i < n; i++) table[order_key(v[i]) >> 16]++;
 }
 
-/* tables[t·HALF_BINS + (key & 0xffff)] += 1 for the keys of v[0 … n) whose top 16 bits are
+/* tables[t·LOW_BINS + (key & 0xffff)] += 1 for the keys of v[0 … n) whose top 16 bits are
  * bins[t], t < k (k < 256): the second pass, inside the bins that hold the ranks. Returns 0, or
  * -1 when out of memory. */
 int mh_key_low_counts(const float *v, int64_t n, const uint32_t *bins, int k, uint32_t *tables) {
-    uint8_t *slot = calloc(HALF_BINS, 1); /* 1 + t for bin t's top 16 bits, else 0 */
+    uint8_t *slot = calloc(LOW_BINS, 1); /* 1 + t for bin t's top 16 bits, else 0 */
     if (!slot) return -1;
     for (int t = k - 1; t >= 0; t--) slot[bins[t] & 0xffffu] = (uint8_t)(t + 1);
     for (int64_t i = 0; i < n; i++) {
         uint32_t key = order_key(v[i]);
         int t = slot[key >> 16];
-        if (t) tables[(size_t)(t - 1) * HALF_BINS + (key & 0xffffu)]++; /* few keys fall in those bins */
+        if (t) tables[(size_t)(t - 1) * LOW_BINS + (key & 0xffffu)]++; /* few keys fall in those bins */
     }
     free(slot);
     return 0;

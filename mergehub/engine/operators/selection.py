@@ -109,7 +109,7 @@ def smallest_values(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor
         high_counts = torch.bincount(high, minlength=1 << 16)
 
         def low_counts(bins: list[int]) -> torch.Tensor:
-            return torch.stack([torch.bincount(keys[high == b] & 0xFFFF, minlength=1 << 16) for b in bins])
+            return torch.stack([torch.bincount(keys[high == b] & 0xFFFF, minlength=LOW_BINS) for b in bins])
     cumulative = high_counts.cumsum(0)
     bins = [int(torch.searchsorted(cumulative, r)) for r in ranks]
     distinct = sorted(set(bins))
