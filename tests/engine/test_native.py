@@ -193,11 +193,59 @@ def test_both_routes_to_the_rule_agree(monkeypatch, guess, density):
     monkeypatch.setattr(native, "magnitude_histogram", lambda *a: histograms.append(1) or real_histogram(*a))
     if guess != "sampled":
         pattern = 0x3F800000 if guess == "wrong" else 0  # |δ| = 1.0 is far above any of these deltas
-        monkeypatch.setattr(selection, "_sampled_pattern", lambda x, base, k: pattern)
+        monkeypatch.setattr(selection, "_sampled_patterns", lambda x, base, ks: [(pattern, True)] * len(ks))
     rule = generalized._magnitude_rule(xs[0], base, density, fused=True)
     assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
     # bf16 deltas: the sample lands in the run of ties, unless the k-th largest is 0
     assert bool(histograms) == (guess != "sampled" or rule.threshold == 0)
+
+
+@needs_loops
+def test_the_counting_pass_tallies_ties_where_they_are():
+    """magnitude_count's per-run tallies let magnitude_position start next to the tie it looks
+    for: the same position as a scan from the start, for ties in every run of TALLY entries."""
+    base, xs = family(5 * native.TALLY + 123, 1, seed=5, quantised=True)
+    delta = (xs[0].float() - base.float()).abs()
+    pattern = int(torch.mode(delta[delta > 0]).values.view(torch.int32))  # the commonest non-zero |δ|
+    [(above, equal)], tallies, hist = native.magnitude_count(xs[0], base, [pattern])
+    ties = (delta.view(torch.int32) == pattern).nonzero().squeeze(1)
+    assert (above, equal) == (int((delta.view(torch.int32) > pattern).sum()), ties.numel())
+    assert hist is None and tallies.shape == (1, 6) and int(tallies.sum()) == equal
+    assert all(int(t) > 0 for t in tallies[0])  # ties in every run, the last one short
+    for rank in [0, 1, int(tallies[0, 0]) - 1, int(tallies[0, 0]), equal // 2, equal - 1, equal]:
+        expected = int(ties[rank]) if rank < equal else base.numel()
+        assert native.magnitude_position(xs[0], base, pattern, rank, tallies[0]) == expected
+        assert native.magnitude_position(xs[0], base, pattern, rank) == expected
+
+
+@needs_loops
+def test_the_counting_pass_counts_two_thresholds_and_the_histogram_at_once():
+    base, xs = family(300_007, 1, seed=6, quantised=True)
+    bits = (xs[0].float() - base.float()).abs().view(torch.int32)
+    patterns = [int(bits[10]), int(bits[20_000])]
+    counts, tallies, hist = native.magnitude_count(xs[0], base, patterns, histogram=True)
+    assert counts == [(int((bits > p).sum()), int((bits == p).sum())) for p in patterns]
+    assert tallies.sum(1).tolist() == [c[1] for c in counts]
+    assert torch.equal(hist, native.magnitude_histogram(xs[0], base))
+
+
+@needs_loops
+@pytest.mark.parametrize("guess", ["sampled", "wrong, likely", "wrong, unlikely"])
+def test_breadcrumbs_cuts_found_together_are_the_cuts_found_alone(monkeypatch, guess):
+    """Both of breadcrumbs' cuts come from shared passes (one sample, one counting pass, at most
+    one histogram); each equals the cut found alone and keeps exactly the torch tie rule's set."""
+    base, xs = family(200_003, 1, seed=7, quantised=True)
+    n = base.numel()
+    if guess != "sampled":  # |δ| = 1.0 is far above these deltas: both guesses fail
+        monkeypatch.setattr(selection, "_sampled_patterns",
+                            lambda x, b, ks: [(0x3F800000, guess == "wrong, likely")] * len(ks))
+    ranks = [int(0.49 * n), int(0.99 * n)]
+    together = selection.delta_outside_smallest(xs[0], base, ranks)
+    assert together == [selection.delta_outside_smallest(xs[0], base, [r])[0] for r in ranks]
+    delta = (xs[0].float() - base.float()).abs()
+    for (before, after, cut), r in zip(together, ranks):
+        outside = torch.cat([delta[:cut] > before, delta[cut:] > after])
+        assert torch.equal(~outside, selection.smallest_mask(delta, r))
 
 
 @needs_loops

@@ -78,9 +78,9 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_magnitude_histogram.restype = i32
     lib.mh_magnitude_low_histogram.argtypes = [ptr, i32, ptr, i32, i64, i32, ptr]
     lib.mh_magnitude_low_histogram.restype = i32
-    lib.mh_magnitude_count.argtypes = [ptr, i32, ptr, i32, i64, ctypes.c_uint32, ptr]
+    lib.mh_magnitude_count.argtypes = [ptr, i32, ptr, i32, i64, ptr, i32, ptr, ptr, ptr]
     lib.mh_magnitude_count.restype = i32
-    lib.mh_magnitude_position.argtypes = [ptr, i32, ptr, i32, i64, ctypes.c_uint32, i64]
+    lib.mh_magnitude_position.argtypes = [ptr, i32, ptr, i32, i64, ctypes.c_uint32, i64, i64]
     lib.mh_magnitude_position.restype = i64
     lib.mh_della_mask.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, i64, ctypes.c_uint32, ctypes.c_uint32,
                                   ptr, ptr, ptr]
@@ -169,17 +169,41 @@ def magnitude_low_histogram(x: torch.Tensor, base: torch.Tensor, key: int) -> to
     return hist
 
 
-def magnitude_count(x: torch.Tensor, base: torch.Tensor, pattern: int) -> tuple[int, int]:
-    """(#entries whose |x − base| is above, #equal to) the float32 with bit pattern ``pattern``."""
-    counts = torch.zeros(2, dtype=torch.int64)
-    _check(_LIB.mh_magnitude_count(*_ref(x), *_ref(base), base.numel(), pattern, counts.data_ptr()))
-    return int(counts[0]), int(counts[1])
+TALLY = 64 * 1024  # entries per tally of magnitude_count (loops.c TALLY)
 
 
-def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: int) -> int:
+def magnitude_count(x: torch.Tensor, base: torch.Tensor, patterns: list[int], histogram: bool = False
+                    ) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor | None]:
+    """For each float32 bit pattern (one or two): (#entries whose |x − base| is above it, #equal
+    to it), in one pass; int64[len(patterns), ⌈n / TALLY⌉], each pattern's equal entries in
+    each run of TALLY, for ``magnitude_position``; and with ``histogram``, ``magnitude_histogram``
+    from the same pass (else None)."""
+    n = base.numel()
+    counts = torch.zeros(2 * len(patterns), dtype=torch.int64)
+    tallies = torch.zeros((len(patterns), -(-n // TALLY)), dtype=torch.int32)
+    hist = torch.zeros(KEY_BINS, dtype=torch.int64) if histogram else None
+    c_patterns = (ctypes.c_uint32 * len(patterns))(*patterns)
+    _check(_LIB.mh_magnitude_count(*_ref(x), *_ref(base), n, c_patterns, len(patterns), counts.data_ptr(),
+                                   tallies.data_ptr(), None if hist is None else hist.data_ptr()))
+    pairs = counts.view(-1, 2).tolist()
+    return [(above, equal) for above, equal in pairs], tallies.long(), hist
+
+
+def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: int,
+                       tallies: torch.Tensor | None = None) -> int:
     """Flat position of the entry numbered ``rank`` (from 0, in flat order) among those whose
-    |x − base| has float32 bit pattern ``pattern``; numel when there are not that many."""
-    position = _LIB.mh_magnitude_position(*_ref(x), *_ref(base), base.numel(), pattern, rank)
+    |x − base| has float32 bit pattern ``pattern``; numel when there are not that many.
+    ``tallies`` (that pattern's row from ``magnitude_count``): the scan starts in the run of
+    TALLY entries that holds it instead of at the start."""
+    start = 0
+    if tallies is not None:
+        before = torch.cumsum(tallies, 0)
+        run = int(torch.searchsorted(before, rank, right=True))  # the first run whose tally passes rank
+        if run >= before.numel():
+            return base.numel()
+        if run:
+            start, rank = run * TALLY, rank - int(before[run - 1])
+    position = _LIB.mh_magnitude_position(*_ref(x), *_ref(base), base.numel(), pattern, rank, start)
     _check(position)
     return position
 

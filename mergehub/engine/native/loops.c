@@ -36,6 +36,7 @@
 #define LOW_BINS 65536  /* its low 16 bits */
 #define SPARE 16        /* extra counters for entries a histogram skips */
 #define CHUNK 1024      /* elements per inner loop: a chunk's temporaries stay in L1 */
+#define TALLY (64 * CHUNK) /* entries per tally of mh_magnitude_count */
 #define FLUSH (1 << 30) /* elements after which uint32 counters are added to the int64 result */
 
 enum { F32 = 0, BF16 = 1 };
@@ -117,9 +118,11 @@ static int next(magnitudes *m) {
     return 1;
 }
 
-static void begin(magnitudes *m, const void *x, int x_dtype, const void *b, int b_dtype, int64_t n) {
+/* Starts the pass at flat `start` (0, or where a tally's run begins). */
+static void begin(magnitudes *m, const void *x, int x_dtype, const void *b, int b_dtype, int64_t n,
+                  int64_t start) {
     m->x = x, m->b = b, m->x_dtype = x_dtype, m->b_dtype = b_dtype;
-    m->n = n, m->start = 0, m->len = 0;
+    m->n = n, m->start = start, m->len = 0;
 }
 
 /* slots[j]: bits[j]'s low 16 bits where its top 16 are `key`, else one of SPARE counters past
@@ -135,36 +138,62 @@ static void slots_of(const uint32_t *restrict bits, int64_t len, int key, uint32
         slots[j] = (int)(bits[j] >> 16) == key ? (bits[j] & 0xffffu) : LOW_BINS + ((uint32_t)j & (SPARE - 1));
 }
 
-/* Adds to hist[0..bins) the counts of slots_of(|x − b|, key). Two interleaved uint32 tables
- * halve the stalls when many entries share a counter (quantised deltas crowd a few values). */
+/* Histogram counters: two interleaved uint32 tables halve the stalls when many entries share a
+ * counter (quantised deltas crowd a few values); added to an int64 histogram every FLUSH
+ * entries and at the end. */
+typedef struct {
+    uint32_t *even, *odd, slots[CHUNK];
+    int64_t since_flush;
+} counters;
+
+static counters *counters_new(void) {
+    counters *c = malloc(sizeof *c);
+    uint32_t *tables = calloc(2 * (size_t)(LOW_BINS + SPARE), sizeof *tables);
+    if (!c || !tables) {
+        free(c), free(tables);
+        return NULL;
+    }
+    c->even = tables, c->odd = tables + LOW_BINS + SPARE, c->since_flush = 0;
+    return c;
+}
+
+static void counters_free(counters *c) {
+    if (c) free(c->even), free(c);
+}
+
+/* hist[0..bins) += the counts so far. */
+static void counters_flush(counters *c, int64_t *hist, int bins) {
+    for (int k = 0; k < bins; k++) hist[k] += (int64_t)c->even[k] + c->odd[k];
+    memset(c->even, 0, 2 * (size_t)(LOW_BINS + SPARE) * sizeof *c->even);
+    c->since_flush = 0;
+}
+
+/* Counts slots_of(bits, key) (flushing into hist[0..bins) before uint32 could overflow). */
+static void counters_add(counters *c, const uint32_t *bits, int64_t len, int key, int64_t *hist, int bins) {
+    slots_of(bits, len, key, c->slots);
+    int64_t j = 0;
+    for (; j + 1 < len; j += 2) {
+        c->even[c->slots[j]]++;
+        c->odd[c->slots[j + 1]]++;
+    }
+    if (j < len) c->even[c->slots[j]]++;
+    c->since_flush += len;
+    if (c->since_flush >= FLUSH) counters_flush(c, hist, bins);
+}
+
+/* Adds to hist[0..bins) the counts of slots_of(|x − b|, key). */
 static int histogram(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n, int key,
                      int64_t *hist, int bins) {
     magnitudes *m = malloc(sizeof *m);
-    uint32_t *counts = calloc(2 * (size_t)(LOW_BINS + SPARE), sizeof *counts);
-    uint32_t slots[CHUNK];
-    if (!m || !counts) {
-        free(m), free(counts);
+    counters *c = counters_new();
+    if (!m || !c) {
+        free(m), counters_free(c);
         return -1;
     }
-    uint32_t *even = counts, *odd = counts + LOW_BINS + SPARE;
-    int64_t since_flush = 0;
-    begin(m, x, x_dtype, b, b_dtype, n);
-    while (next(m)) {
-        slots_of(m->bits, m->len, key, slots);
-        int64_t j = 0;
-        for (; j + 1 < m->len; j += 2) {
-            even[slots[j]]++;
-            odd[slots[j + 1]]++;
-        }
-        if (j < m->len) even[slots[j]]++;
-        since_flush += m->len;
-        if (since_flush >= FLUSH || m->start + m->len >= n) {
-            for (int k = 0; k < bins; k++) hist[k] += (int64_t)even[k] + odd[k];
-            memset(counts, 0, 2 * (size_t)(LOW_BINS + SPARE) * sizeof *counts);
-            since_flush = 0;
-        }
-    }
-    free(m), free(counts);
+    begin(m, x, x_dtype, b, b_dtype, n, 0);
+    while (next(m)) counters_add(c, m->bits, m->len, key, hist, bins);
+    counters_flush(c, hist, bins);
+    free(m), counters_free(c);
     return 0;
 }
 
@@ -182,40 +211,65 @@ int mh_magnitude_low_histogram(const void *x, int x_dtype, const void *b, int b_
     return histogram(x, x_dtype, b, b_dtype, n, key, hist, LOW_BINS);
 }
 
+/* above[i] += entries of bits above patterns[i], equal[i] += those equal to it (i < k ≤ 2: one
+ * loop serves two thresholds). */
 MULTIVERSION
-static void count_against(const uint32_t *restrict bits, int64_t len, uint32_t pattern, int64_t *above,
-                          int64_t *equal) {
-    int64_t a = 0, e = 0;
-    for (int64_t j = 0; j < len; j++) {
-        a += bits[j] > pattern;
-        e += bits[j] == pattern;
+static void count_against(const uint32_t *restrict bits, int64_t len, const uint32_t *patterns, int k,
+                          int64_t *above, int64_t *equal) {
+    uint32_t p0 = patterns[0], p1 = patterns[k - 1];
+    int64_t a0 = 0, e0 = 0, a1 = 0, e1 = 0;
+    if (k == 1) {
+        for (int64_t j = 0; j < len; j++) a0 += bits[j] > p0, e0 += bits[j] == p0;
+    } else {
+        for (int64_t j = 0; j < len; j++) {
+            a0 += bits[j] > p0, e0 += bits[j] == p0;
+            a1 += bits[j] > p1, e1 += bits[j] == p1;
+        }
+        above[1] += a1, equal[1] += e1;
     }
-    *above += a, *equal += e;
+    above[0] += a0, equal[0] += e0;
 }
 
-/* counts[0] = #entries with |x − b| above the float32 bit pattern `pattern`, counts[1] = #equal
- * to it: one vectorised pass that confirms a threshold guessed from a sample. 0, or -1 when
- * out of memory. */
+/* For each of the k ≤ 2 float32 bit patterns: counts[2i] = #entries with |x − b| above it,
+ * counts[2i + 1] = #equal to it; one vectorised pass that confirms thresholds guessed from a
+ * sample. tallies (NULL, or k rows of ceil(n / TALLY)): the equal ones in each run of TALLY
+ * entries, so that mh_magnitude_position can start next to the tie it looks for. hist (NULL, or
+ * KEY_BINS): mh_magnitude_histogram's counts, added in the same pass, for a guess that may well
+ * be refuted. 0, or -1 when out of memory (or k out of range). */
 int mh_magnitude_count(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n,
-                       uint32_t pattern, int64_t *counts) {
+                       const uint32_t *patterns, int k, int64_t *counts, uint32_t *tallies, int64_t *hist) {
+    if (k < 1 || k > 2) return -1;
     magnitudes *m = malloc(sizeof *m);
-    if (!m) return -1;
-    counts[0] = counts[1] = 0;
-    begin(m, x, x_dtype, b, b_dtype, n);
-    while (next(m)) count_against(m->bits, m->len, pattern, &counts[0], &counts[1]);
-    free(m);
+    counters *c = hist ? counters_new() : NULL;
+    if (!m || (hist && !c)) {
+        free(m), counters_free(c);
+        return -1;
+    }
+    int64_t above[2] = {0, 0}, equal[2] = {0, 0}, runs = (n + TALLY - 1) / TALLY;
+    begin(m, x, x_dtype, b, b_dtype, n, 0);
+    while (next(m)) {
+        int64_t before[2] = {equal[0], equal[1]};
+        count_against(m->bits, m->len, patterns, k, above, equal);
+        if (tallies)
+            for (int i = 0; i < k; i++) tallies[i * runs + m->start / TALLY] += (uint32_t)(equal[i] - before[i]);
+        if (c) counters_add(c, m->bits, m->len, -1, hist, KEY_BINS);
+    }
+    if (c) counters_flush(c, hist, KEY_BINS);
+    for (int i = 0; i < k; i++) counts[2 * i] = above[i], counts[2 * i + 1] = equal[i];
+    free(m), counters_free(c);
     return 0;
 }
 
-/* The flat position of the entry numbered `rank` (from 0, in flat order) among those whose
- * |x − b| has float32 bit pattern `pattern`; n when there are not that many; -1 when out of
- * memory. The third pass: where the ties that are kept end. */
+/* The flat position of the entry numbered `rank` (from 0, in flat order) among the entries from
+ * flat `start` on (a multiple of CHUNK) whose |x − b| has float32 bit pattern `pattern`; n when
+ * there are not that many; -1 when out of memory. The third pass: where the ties that are kept
+ * end (with mh_magnitude_count's tallies, a pass over at most TALLY entries). */
 int64_t mh_magnitude_position(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n,
-                              uint32_t pattern, int64_t rank) {
+                              uint32_t pattern, int64_t rank, int64_t start) {
     magnitudes *m = malloc(sizeof *m);
     if (!m) return -1;
     int64_t seen = 0, found = n;
-    begin(m, x, x_dtype, b, b_dtype, n);
+    begin(m, x, x_dtype, b, b_dtype, n, start);
     while (found == n && next(m)) {
         int64_t here = 0;
         for (int64_t j = 0; j < m->len; j++) here += m->bits[j] == pattern;
@@ -422,14 +476,61 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
     }
 }
 
-/* The exact rank of entry j in its row (stable ascending): the keys smaller than its own, plus
- * the equal ones before it; two vectorised counts over the row. */
+/* *below += the entries of key[start, end) below k, *equal += those equal to k. */
 MULTIVERSION
-static int64_t row_rank(const uint32_t *restrict key, int64_t w, int64_t j) {
-    uint32_t k = key[j], r = 0; /* 32-bit counts (rows are shorter than 2^32) vectorise twice as wide */
-    for (int64_t i = 0; i < j; i++) r += key[i] <= k;
-    for (int64_t i = j; i < w; i++) r += key[i] < k;
-    return r;
+static void count_below_equal(const uint32_t *restrict key, int64_t start, int64_t end, uint32_t k,
+                              int64_t *below, int64_t *equal) {
+    uint32_t lt = 0, eq = 0; /* 32-bit counts (rows are shorter than 2^32) vectorise twice as wide */
+    for (int64_t i = start; i < end; i++) lt += key[i] < k, eq += key[i] == k;
+    *below += lt, *equal += eq;
+}
+
+typedef struct {
+    uint32_t key;
+    uint32_t at;
+} keyed_entry;
+
+static int keyed_before(keyed_entry x, keyed_entry y) {
+    return x.key != y.key ? x.key < y.key : x.at < y.at;
+}
+
+static int keyed_compare(const void *a, const void *b) {
+    const keyed_entry *x = a, *y = b;
+    return keyed_before(*x, *y) ? -1 : keyed_before(*y, *x);
+}
+
+/* rank[i] = the exact rank in its row (stable ascending: the keys smaller than its own, plus the
+ * equal ones before it) of entry at[i], for n entries of the row (at ascending). The entries are
+ * ranked a key at a time, in one pass over the row per key: its smaller keys, and running counts
+ * of its equal ones between consecutive entries with that key. The unsure entries of a row are
+ * mostly ties of quantised deltas (the zeros' bucket, buckets of one key), so this takes fewer
+ * passes than one per entry. order: scratch for n entries. */
+static void rank_entries(const uint32_t *key, int64_t w, const uint32_t *at, int64_t n,
+                         keyed_entry *order, int64_t *rank) {
+    for (int64_t i = 0; i < n; i++) order[i] = (keyed_entry){key[at[i]], (uint32_t)i};
+    if (n > 32) {
+        qsort(order, (size_t)n, sizeof *order, keyed_compare);
+    } else { /* a row's few entries: insertion sort, without qsort's buffer and calls */
+        for (int64_t i = 1; i < n; i++) {
+            keyed_entry e = order[i];
+            int64_t j = i;
+            for (; j > 0 && keyed_before(e, order[j - 1]); j--) order[j] = order[j - 1];
+            order[j] = e;
+        }
+    }
+    for (int64_t g = 0; g < n;) {
+        uint32_t k = order[g].key;
+        int64_t below = 0, equal = 0, scanned = 0, first = g;
+        for (; g < n && order[g].key == k; g++) {
+            int64_t j = at[order[g].at];
+            count_below_equal(key, scanned, j, k, &below, &equal);
+            scanned = j;
+            rank[order[g].at] = equal; /* the row's smaller keys are added once all are counted */
+        }
+        int64_t ignored = 0;
+        count_below_equal(key, scanned, w, k, &below, &ignored);
+        for (int64_t i = first; i < g; i++) rank[order[i].at] += below;
+    }
 }
 
 /* keep[j] = u[j] below the probability at its bucket's first rank; unsure[j] = u[j] between
@@ -465,7 +566,7 @@ static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t 
  * probs[r] = density − ε + 2ε·r/(width − 1), computed by the caller with the torch path's own
  * float32 ops, is non-decreasing in r, so u below the probability at the first rank of the
  * entry's bucket keeps it and u at or above the one at the last rank drops it: only the few
- * entries in between (about 1%) need their exact rank, counted over the row. No row is sorted.
+ * entries in between (about 1%) need their exact rank (rank_entries). No row is sorted.
  * sums (SLOTS, or NULL): the exact L1 slots of mh_prune_sums for these rows, added to. Returns 0,
  * or -1 when out of memory. */
 int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
@@ -476,9 +577,12 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
     row_buckets *rb = malloc(sizeof *rb);
-    int64_t *tables = calloc(SLOT_TABLES * SLOTS, sizeof *tables);
-    if (!delta || !ints || !digit || !unsure || !row_mask || !rb || !tables) {
+    int64_t *tables = calloc(SLOT_TABLES * SLOTS, sizeof *tables), *ranks = malloc((size_t)width * sizeof *ranks);
+    uint32_t *positions = malloc((size_t)width * sizeof *positions);
+    keyed_entry *order = malloc((size_t)width * sizeof *order);
+    if (!delta || !ints || !digit || !unsure || !row_mask || !rb || !tables || !ranks || !positions || !order) {
         free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
+        free(ranks), free(positions), free(order);
         return -1;
     }
     float *base = delta + width, *kept = delta + 2 * width;
@@ -497,11 +601,13 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
         bucket_row(bits, width, probs, digit, rb);
         draws(offset + start, width, key0, key1, u);
         bucket_decisions(u, digit, width, rb->p_first, rb->p_last, row_mask, unsure);
+        int64_t n = 0;
         for (const uint8_t *at = memchr(unsure, 1, (size_t)width); at;
-             at = memchr(at + 1, 1, (size_t)(unsure + width - at - 1))) {
-            int64_t j = at - unsure;
-            row_mask[j] = (float)u[j] * 0x1p-24f < probs[row_rank(bits, width, j)];
-        }
+             at = memchr(at + 1, 1, (size_t)(unsure + width - at - 1)))
+            positions[n++] = (uint32_t)(at - unsure);
+        rank_entries(bits, width, positions, n, order, ranks);
+        for (int64_t i = 0; i < n; i++)
+            row_mask[positions[i]] = (float)u[positions[i]] * 0x1p-24f < probs[ranks[i]];
         pack_bits(row_mask, start, width, mask);
         if (sums) {
             memcpy(kept, delta, (size_t)width * sizeof *kept);
@@ -512,6 +618,7 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     }
     if (sums) fold_slots(tables, sums);
     free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
+    free(ranks), free(positions), free(order);
     return 0;
 }
 

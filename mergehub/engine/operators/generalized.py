@@ -271,12 +271,13 @@ class TaskArithmeticFamily(Operator):
             else:  # magnitude_outliers: keep ascending ranks [n_bottom, n_bottom + target)
                 target, n_top = int(density * n), int(model["gamma"] * n)
                 n_bottom = max(0, n - target - n_top)
-                if n_bottom > 0:
-                    rule["keep"] = delta_outside_smallest(x, base, n_bottom)
+                cuts = {"keep": n_bottom} if n_bottom > 0 else {}
                 if n_bottom + target <= 0:
                     rule["drop"] = (-math.inf, -math.inf, 0)
                 elif n_bottom + target < n:
-                    rule["drop"] = delta_outside_smallest(x, base, n_bottom + target)
+                    cuts["drop"] = n_bottom + target
+                if cuts:  # both cuts found together (shared passes)
+                    rule.update(zip(cuts, delta_outside_smallest(x, base, list(cuts.values()))))
             if p.shared["rescale"]:
                 sums = mask_sums or native.prune_sums(base, native.model_spec(x, 1.0, **rule))
                 factor = rescale_factor(*sums, RESCALE_EPS)

@@ -275,18 +275,21 @@ def delta_topk_rule(x: torch.Tensor, base: torch.Tensor, k: int) -> TopKRule:
     in a long run of equal values that a strided sample hits: one counting pass confirms the
     guess (#above < k ≤ #above + #equal). Otherwise a histogram of the top 16 bits of |δ|'s
     float32 pattern finds its bin and one of the low 16 bits inside that bin the exact value.
-    Either way a last scan finds the first tie not kept, unless all are."""
+    Either way a last scan finds the first tie not kept, unless all are: after a confirmed
+    guess it starts next to that tie (the counting pass tallies the ties as it goes)."""
     n = base.numel()
 
-    def rule(pattern: int, need: int, ties: int) -> TopKRule:
-        cut = n if need == ties else native.magnitude_position(x, base, pattern, need)
+    def rule(pattern: int, need: int, ties: int, tallies: torch.Tensor | None = None) -> TopKRule:
+        cut = n if need == ties else native.magnitude_position(x, base, pattern, need, tallies)
         return TopKRule(_float32(pattern), cut)
 
-    guess = _sampled_pattern(x, base, k)
-    confirmed = _confirm(x, base, k, guess) if guess >> 16 else None  # bin 0: the zero shortcut below
-    if confirmed is not None:
-        _, above, equal = confirmed
-        return rule(guess, k - above, equal)
+    [(guess, likely)] = _sampled_patterns(x, base, [k])
+    hist = None
+    if guess >> 16:  # bin 0: the zero shortcut below
+        # a guess that is likely wrong gets the histogram counted in the same pass
+        [(above, equal)], tallies, hist = native.magnitude_count(x, base, [guess], histogram=not likely)
+        if above < k <= above + equal:
+            return rule(guess, k - above, equal, tallies[0])
 
     def pick_in_bin(key: int, need: int) -> TopKRule:
         low_hist = native.magnitude_low_histogram(x, base, key)
@@ -296,39 +299,47 @@ def delta_topk_rule(x: torch.Tensor, base: torch.Tensor, k: int) -> TopKRule:
     def count_nonzero() -> int:
         return sum(int(torch.count_nonzero(x[a:b].float() - base[a:b].float())) for a, b in tiles(n))
 
-    return rule_from_histogram(n, k, native.magnitude_histogram(x, base), pick_in_bin, count_nonzero)
+    hist = native.magnitude_histogram(x, base) if hist is None else hist
+    return rule_from_histogram(n, k, hist, pick_in_bin, count_nonzero)
 
 
-def delta_outside_smallest(x: torch.Tensor, base: torch.Tensor, r: int) -> tuple[float, float, int]:
-    """Levels (λ before cut, λ from cut on, cut) such that |x − base| > λ holds exactly for the
-    entries *not* among the r smallest (1 ≤ r < numel; ``smallest_mask``'s tie rule: the ties at
-    the threshold that are among the r smallest come first in flat order). Through the compiled
-    loops, like ``delta_topk_rule``; breadcrumbs keeps and drops with two of these."""
+def delta_outside_smallest(x: torch.Tensor, base: torch.Tensor,
+                           ranks: list[int]) -> list[tuple[float, float, int]]:
+    """For each r in ``ranks`` (1 ≤ r < numel; at most two), levels (λ before cut, λ from cut on,
+    cut) such that |x − base| > λ holds exactly for the entries *not* among the r smallest
+    (``smallest_mask``'s tie rule: the ties at the threshold that are among the r smallest come
+    first in flat order). Through the compiled loops, like ``delta_topk_rule``; breadcrumbs keeps
+    and drops with two of these, found together: one sample, one counting pass for both guesses,
+    and at most one histogram of the top 16 bits."""
     n = base.numel()
-    pattern, above, equal = _delta_kth_largest(x, base, n - r + 1)
-    ties_inside = r - (n - above - equal)  # ties at the threshold among the r smallest, ≥ 1
-    cut = n if ties_inside == equal else native.magnitude_position(x, base, pattern, ties_inside)
-    threshold = TopKRule(_float32(pattern), cut)
-    # below cut the ties are inside (|δ| > t leaves them out); from cut on outside (|δ| ≥ t)
-    return threshold.threshold, threshold.below(), cut
-
-
-def _delta_kth_largest(x: torch.Tensor, base: torch.Tensor, k: int) -> tuple[int, int, int]:
-    """(float32 pattern of the k-th largest |x − base|, #entries above it, #equal to it)."""
-    confirmed = _confirm(x, base, k, _sampled_pattern(x, base, k))
-    if confirmed is not None:
-        return confirmed
-    key, above = bin_from_top(native.magnitude_histogram(x, base), k)
-    low_hist = native.magnitude_low_histogram(x, base, key)
-    low, above_in_bin = bin_from_top(low_hist, k - above)
-    return (key << 16) | low, above + above_in_bin, int(low_hist[low])
-
-
-def _confirm(x: torch.Tensor, base: torch.Tensor, k: int, guess: int) -> tuple[int, int, int] | None:
-    """(guess, #above, #equal) when the float32 pattern ``guess`` is that of the k-th largest
-    |x − base| (one counting pass says #above < k ≤ #above + #equal), else None."""
-    above, equal = native.magnitude_count(x, base, guess)
-    return (guess, above, equal) if above < k <= above + equal else None
+    levels = []
+    for (pattern, above, equal, tallies), r in zip(_delta_kth_largest(x, base, [n - r + 1 for r in ranks]), ranks):
+        ties_inside = r - (n - above - equal)  # ties at the threshold among the r smallest, ≥ 1
+        cut = n if ties_inside == equal else native.magnitude_position(x, base, pattern, ties_inside, tallies)
+        threshold = TopKRule(_float32(pattern), cut)
+        # below cut the ties are inside (|δ| > t leaves them out); from cut on outside (|δ| ≥ t)
+        levels.append((threshold.threshold, threshold.below(), cut))
+    return levels
+def _delta_kth_largest(x: torch.Tensor, base: torch.Tensor,
+                       ks: list[int]) -> list[tuple[int, int, int, torch.Tensor | None]]:
+    """For each k in ``ks`` (one or two): (float32 pattern of the k-th largest |x − base|,
+    #entries above it, #equal to it, the equal ones' tallies when a guess was confirmed, else
+    None). The guesses are confirmed together; the ones that fail share one histogram."""
+    guesses = _sampled_patterns(x, base, ks)
+    # a guess that is likely wrong gets the histogram counted in the same pass
+    counts, tallies, hist = native.magnitude_count(x, base, [g for g, _ in guesses],
+                                                   histogram=not all(likely for _, likely in guesses))
+    found: list = [(g, above, equal, t) if above < k <= above + equal else None
+                   for (g, _), (above, equal), t, k in zip(guesses, counts, tallies, ks)]
+    if None in found:
+        hist = native.magnitude_histogram(x, base) if hist is None else hist
+        for i, k in enumerate(ks):
+            if found[i] is None:
+                key, above = bin_from_top(hist, k)
+                low_hist = native.magnitude_low_histogram(x, base, key)
+                low, above_in_bin = bin_from_top(low_hist, k - above)
+                found[i] = ((key << 16) | low, above + above_in_bin, int(low_hist[low]), None)
+    return found
 
 
 def _float32(pattern: int) -> float:
@@ -336,13 +347,26 @@ def _float32(pattern: int) -> float:
     return struct.unpack("<f", struct.pack("<I", pattern))[0]
 
 
-def _sampled_pattern(x: torch.Tensor, base: torch.Tensor, k: int) -> int:
-    """The float32 bit pattern of the k-th largest |x − base| estimated from a strided sample."""
+def _sampled_patterns(x: torch.Tensor, base: torch.Tensor, ks: list[int]) -> list[tuple[int, bool]]:
+    """For each k in ``ks``: the float32 bit pattern of the k-th largest |x − base| estimated
+    from one strided sample, and whether the guess is likely right: the k-th largest's place in
+    the sample lies well inside the run of sampled values equal to it."""
     n = base.numel()
     step = max(1, n // _SAMPLE_DELTAS)
     sample = (x[::step].float() - base[::step].float()).abs_()
-    rank = min(sample.numel() - 1, int(k / n * sample.numel()))
-    return int(torch.sort(sample, descending=True).values[rank].view(torch.int32))
+    size = sample.numel()
+    ordered = torch.sort(sample, descending=True).values
+    guesses = []
+    for k in ks:
+        place = k / n * size
+        pattern = ordered[min(size - 1, int(place))]
+        equal = (ordered == pattern).nonzero()
+        # Half a standard error of the sampled rank: on the benchmark family (TIES, breadcrumbs)
+        # this wastes the fewest histograms on guesses that hold while catching most that fail.
+        margin = 0.5 * math.sqrt(place * (1 - k / n))
+        likely = int(equal[0]) + margin <= place <= int(equal[-1]) + 1 - margin
+        guesses.append((int(pattern.view(torch.int32)), likely))
+    return guesses
 
 
 def bin_from_top(hist: torch.Tensor, r: int) -> tuple[int, int]:
