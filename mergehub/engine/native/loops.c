@@ -386,16 +386,27 @@ static void pruned_chunk(const mh_model *m, const float *base, int64_t start, in
     }
 }
 
-/* slots[j]: |v[j]|'s float32 exponent (0-255), plus 256 when the entry was dropped. */
+/* |d|'s float32 exponent (0-255), plus 256 when the entry was dropped, and its mantissa. */
+static inline void exponent_slot(float d, int dropped, uint32_t *slot, uint32_t *mantissa) {
+    uint32_t bits = f32_bits(d) & 0x7fffffffu, e = bits >> 23;
+    *slot = e + (dropped ? 256u : 0u);
+    *mantissa = (bits & 0x7fffffu) | (e ? 0x800000u : 0u);
+}
+
+/* The slots of delta[j], dropped where kept[j] is 0 and delta[j] is not. */
 MULTIVERSION
 static void exponent_slots(const float *restrict delta, const float *restrict kept, int64_t len,
                            uint32_t *restrict slots, uint32_t *restrict mantissas) {
-    for (int64_t j = 0; j < len; j++) {
-        uint32_t bits = f32_bits(delta[j]) & 0x7fffffffu, e = bits >> 23;
-        int dropped = kept[j] == 0.0f && delta[j] != 0.0f;
-        slots[j] = e + (dropped ? 256u : 0u);
-        mantissas[j] = (bits & 0x7fffffu) | (e ? 0x800000u : 0u);
-    }
+    for (int64_t j = 0; j < len; j++)
+        exponent_slot(delta[j], kept[j] == 0.0f && delta[j] != 0.0f, &slots[j], &mantissas[j]);
+}
+
+/* The same with the keep mask (0 or 1 a byte) instead of the kept values. */
+MULTIVERSION
+static void masked_exponent_slots(const float *restrict delta, const uint8_t *restrict keep, int64_t len,
+                                  uint32_t *restrict slots, uint32_t *restrict mantissas) {
+    for (int64_t j = 0; j < len; j++)
+        exponent_slot(delta[j], !keep[j] && delta[j] != 0.0f, &slots[j], &mantissas[j]);
 }
 
 #define SLOTS 512     /* 256 exponents of kept entries, then 256 of dropped ones */
@@ -499,6 +510,35 @@ static int keyed_compare(const void *a, const void *b) {
     return keyed_before(*x, *y) ? -1 : keyed_before(*y, *x);
 }
 
+#define MAX_GROUPS 64 /* distinct keys grouped by scanning; past that the entries are sorted */
+
+/* order[0 … n) = the entries (key[at[i]], i) with equal keys next to each other and each key's
+ * in ascending i: keys in order of first appearance, found by scanning the few seen so far, or
+ * (when a row has more than MAX_GROUPS distinct keys) in ascending order. group: scratch for n. */
+static void group_by_key(const uint32_t *key, const uint32_t *at, int64_t n, keyed_entry *order,
+                         int64_t *group) {
+    uint32_t group_key[MAX_GROUPS];
+    int64_t start[MAX_GROUPS + 1] = {0};
+    int groups = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t k = key[at[i]];
+        int g = 0;
+        while (g < groups && group_key[g] != k) g++;
+        if (g == groups) {
+            if (groups == MAX_GROUPS) {
+                for (int64_t e = 0; e < n; e++) order[e] = (keyed_entry){key[at[e]], (uint32_t)e};
+                qsort(order, (size_t)n, sizeof *order, keyed_compare);
+                return;
+            }
+            group_key[groups++] = k;
+        }
+        group[i] = g;
+        start[g + 1]++;
+    }
+    for (int g = 0; g < groups; g++) start[g + 1] += start[g];
+    for (int64_t i = 0; i < n; i++) order[start[group[i]]++] = (keyed_entry){key[at[i]], (uint32_t)i};
+}
+
 /* rank[i] = the exact rank in its row (stable ascending: the keys smaller than its own, plus the
  * equal ones before it) of entry at[i], for n entries of the row (at ascending). The entries are
  * ranked a key at a time, in one pass over the row per key: its smaller keys, and running counts
@@ -507,17 +547,7 @@ static int keyed_compare(const void *a, const void *b) {
  * passes than one per entry. order: scratch for n entries. */
 static void rank_entries(const uint32_t *key, int64_t w, const uint32_t *at, int64_t n,
                          keyed_entry *order, int64_t *rank) {
-    for (int64_t i = 0; i < n; i++) order[i] = (keyed_entry){key[at[i]], (uint32_t)i};
-    if (n > 32) {
-        qsort(order, (size_t)n, sizeof *order, keyed_compare);
-    } else { /* a row's few entries: insertion sort, without qsort's buffer and calls */
-        for (int64_t i = 1; i < n; i++) {
-            keyed_entry e = order[i];
-            int64_t j = i;
-            for (; j > 0 && keyed_before(e, order[j - 1]); j--) order[j] = order[j - 1];
-            order[j] = e;
-        }
-    }
+    group_by_key(key, at, n, order, rank); /* rank: scratch until the ranks are written */
     for (int64_t g = 0; g < n;) {
         uint32_t k = order[g].key;
         int64_t below = 0, equal = 0, scanned = 0, first = g;
@@ -572,7 +602,7 @@ static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t 
 int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
                   int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
                   uint8_t *mask, int64_t *sums) {
-    float *delta = malloc(3 * (size_t)width * sizeof *delta);
+    float *delta = malloc(2 * (size_t)width * sizeof *delta);
     uint32_t *ints = malloc(4 * (size_t)width * sizeof *ints);
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
@@ -585,7 +615,7 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
         free(ranks), free(positions), free(order);
         return -1;
     }
-    float *base = delta + width, *kept = delta + 2 * width;
+    float *base = delta + width;
     uint32_t *bits = ints, *u = ints + width, *slots = ints + 2 * width, *mantissas = ints + 3 * width;
     /* this call's bits start on a byte boundary (r0·width is a multiple of 8) and so do the next
      * call's: it owns its bytes, the last one partly used only at the very end of the mask */
@@ -610,9 +640,7 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
             row_mask[positions[i]] = (float)u[positions[i]] * 0x1p-24f < probs[ranks[i]];
         pack_bits(row_mask, start, width, mask);
         if (sums) {
-            memcpy(kept, delta, (size_t)width * sizeof *kept);
-            apply_mask(row_mask, width, kept);
-            exponent_slots(delta, kept, width, slots, mantissas);
+            masked_exponent_slots(delta, row_mask, width, slots, mantissas);
             add_slots(slots, mantissas, width, tables);
         }
     }
