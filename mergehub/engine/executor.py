@@ -391,10 +391,12 @@ class Executor:
         stop = threading.Event()
         errors: list[BaseException] = []
 
-        # Slabs start as large as the largest unit is likely to need, so that the first units
-        # do not overflow into memory of their own (untouched capacity costs nothing).
+        # Slabs start with room for twice the largest unit's inputs and output (untouched
+        # capacity costs nothing), so that what operators take beyond those (DELLA's masks,
+        # working copies in a wider dtype) fits: a slab that overflows is replaced, and the
+        # replacement's pages are faulted in and zeroed afresh (on a VM, ~1 s per GB of CPU).
         largest = max((self._unit_bytes(u) for u, _ in units), default=0)
-        pool = SlabPool(POOL_SLABS, min(MAX_KEPT_BYTES, largest))
+        pool = SlabPool(POOL_SLABS, min(MAX_KEPT_BYTES, 2 * largest))
 
         def loader():
             io_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="mergehub-read")

@@ -10,7 +10,7 @@ import torch
 from conftest import BLOCK, HIDDEN, SHAPES, assert_bit_identical, load_model, make_family, save_model, tensor_bytes
 from safetensors import safe_open
 
-from mergehub.engine import api, executor
+from mergehub.engine import api, buffers, executor
 from mergehub.engine.blocks import partition
 from mergehub.engine.config import count_layers, parse_config
 from mergehub.engine.dtypes import torch_dtype
@@ -253,6 +253,29 @@ def test_block_local_memory_does_not_grow_with_tensor_size(tmp_path, catalog, mo
     large, large_numel = _largest_merge_call(tmp_path, catalog, monkeypatch, 4096)
     assert small == large <= 4 * BLOCK // 4
     assert large < large_numel / 100 and small < small_numel
+
+
+@pytest.mark.parametrize("method", ["della", "ties"])
+def test_whole_tensor_units_fit_their_slabs(tmp_path, catalog, monkeypatch, method):
+    """What an operator takes from a slab beyond the unit's inputs and output (DELLA's masks)
+    fits in it: no memory of its own, and no slab replaced by a larger one, whose fresh pages the
+    kernel would zero all over again."""
+    shapes = dict(SHAPES, **{"model.embed_tokens.weight": (512, 512)})  # 512 KiB a model: pages add little slack
+    fam = make_family(tmp_path / "f", change="dense", dtype=torch.bfloat16, shapes=shapes)
+    allocated = []
+    real = executor.SlabPool.__init__
+
+    def spy_pool(pool, size, capacity=0):
+        real(pool, size, capacity)
+        allocated.append(("pool", size))
+
+    monkeypatch.setattr(executor.SlabPool, "__init__", spy_pool)
+    real_empty = buffers.aligned_empty
+    monkeypatch.setattr(buffers, "aligned_empty", lambda n: allocated.append(n) or real_empty(n))
+    _merge(fam.config(method, weights=[1.0, 0.6], parameters={"density": 0.5}, dtype="float32"),
+           tmp_path / "out", catalog)  # float32 working copies of bf16 inputs take twice their bytes
+    assert allocated[-1] == ("pool", executor.POOL_SLABS)
+    assert len(allocated) == executor.POOL_SLABS + 1  # the pool's slabs, nothing after
 
 
 def test_non_block_local_operators_get_whole_tensors(tmp_path, catalog, monkeypatch):
