@@ -439,6 +439,7 @@ typedef struct {
     int shift, lowest, highest;
     uint32_t digit_mask;
     int64_t count[BUCKETS], first[BUCKETS];
+    uint32_t odd_count[BUCKETS]; /* entries at odd j: two counters a bucket, so runs of one digit do not queue */
     float p_first[BUCKETS], p_last[BUCKETS];
 } row_buckets;
 
@@ -474,9 +475,13 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
     rb->lowest = largest ? (int)(1u + ((smallest >> rb->shift) & rb->digit_mask)) : 1;
     rb->highest = largest ? (int)(1u + ((largest >> rb->shift) & rb->digit_mask)) : 0;
     digits_of(key, w, rb->shift, rb->digit_mask, digit);
-    rb->count[0] = 0;
-    for (int d = rb->lowest; d <= rb->highest; d++) rb->count[d] = 0;
-    for (int64_t j = 0; j < w; j++) rb->count[digit[j]]++;
+    rb->count[0] = rb->odd_count[0] = 0;
+    for (int d = rb->lowest; d <= rb->highest; d++) rb->count[d] = rb->odd_count[d] = 0;
+    int64_t j = 0;
+    for (; j + 1 < w; j += 2) rb->count[digit[j]]++, rb->odd_count[digit[j + 1]]++;
+    if (j < w) rb->count[digit[j]]++;
+    rb->count[0] += rb->odd_count[0];
+    for (int d = rb->lowest; d <= rb->highest; d++) rb->count[d] += rb->odd_count[d];
     int64_t before = 0;
     for (int d = 0; d <= rb->highest; d = d ? d + 1 : rb->lowest) {
         int64_t c = rb->count[d];
