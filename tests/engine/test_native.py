@@ -193,7 +193,7 @@ def test_both_routes_to_the_rule_agree(monkeypatch, guess, density):
     monkeypatch.setattr(native, "magnitude_histogram", lambda *a: histograms.append(1) or real_histogram(*a))
     if guess != "sampled":
         pattern = 0x3F800000 if guess == "wrong" else 0  # |δ| = 1.0 is far above any of these deltas
-        monkeypatch.setattr(selection, "_sampled_patterns", lambda x, base, ks: [(pattern, True)] * len(ks))
+        monkeypatch.setattr(selection, "_sampled_guesses", lambda x, base, ks: [selection._Guess(pattern, None)] * len(ks))
     rule = generalized._magnitude_rule(xs[0], base, density, fused=True)
     assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
     # bf16 deltas: the sample lands in the run of ties, unless the k-th largest is 0
@@ -207,10 +207,10 @@ def test_the_counting_pass_tallies_ties_where_they_are():
     base, xs = family(5 * native.TALLY + 123, 1, seed=5, quantised=True)
     delta = (xs[0].float() - base.float()).abs()
     pattern = int(torch.mode(delta[delta > 0]).values.view(torch.int32))  # the commonest non-zero |δ|
-    [(above, equal)], tallies, hist = native.magnitude_count(xs[0], base, [pattern])
+    [(above, equal)], tallies, collected = native.magnitude_count(xs[0], base, [pattern])
     ties = (delta.view(torch.int32) == pattern).nonzero().squeeze(1)
     assert (above, equal) == (int((delta.view(torch.int32) > pattern).sum()), ties.numel())
-    assert hist is None and tallies.shape == (1, 6) and int(tallies.sum()) == equal
+    assert collected == [None] and tallies.shape == (1, 6) and int(tallies.sum()) == equal
     assert all(int(t) > 0 for t in tallies[0])  # ties in every run, the last one short
     for rank in [0, 1, int(tallies[0, 0]) - 1, int(tallies[0, 0]), equal // 2, equal - 1, equal]:
         expected = int(ties[rank]) if rank < equal else base.numel()
@@ -219,33 +219,80 @@ def test_the_counting_pass_tallies_ties_where_they_are():
 
 
 @needs_loops
-def test_the_counting_pass_counts_two_thresholds_and_the_histogram_at_once():
+def test_the_counting_pass_counts_two_thresholds_and_collects_their_brackets():
     base, xs = family(300_007, 1, seed=6, quantised=True)
     bits = (xs[0].float() - base.float()).abs().view(torch.int32)
     patterns = [int(bits[10]), int(bits[20_000])]
-    counts, tallies, hist = native.magnitude_count(xs[0], base, patterns, histogram=True)
+    ordered = bits.sort().values
+    lo, hi = int(ordered[1000]), int(ordered[5000])
+    inside = (bits >= lo) & (bits <= hi)
+    counts, tallies, collected = native.magnitude_count(
+        xs[0], base, patterns, [(lo, hi, int(inside.sum())), (lo, hi, int(inside.sum()) - 1)])
     assert counts == [(int((bits > p).sum()), int((bits == p).sum())) for p in patterns]
     assert tallies.sum(1).tolist() == [c[1] for c in counts]
-    assert torch.equal(hist, native.magnitude_histogram(xs[0], base))
+    assert collected[0].keys.tolist() == bits[inside].tolist()
+    assert collected[0].positions.tolist() == inside.nonzero().squeeze(1).tolist()
+    assert collected[0].above == int((bits > hi).sum())
+    assert collected[1] is None  # one entry more than it had room for
+
+
+def _guesses_around(delta: torch.Tensor, ranks: list[int], where: str) -> list:
+    """Guesses for the k-th largest of ``delta`` (k = n − r + 1) that are wrong, with a bracket
+    that holds the true value, misses it, or has too little room."""
+    n = delta.numel()
+    bits = delta.view(torch.int32).sort(descending=True).values
+    guesses = []
+    for r in ranks:
+        k = n - r + 1
+        centre = k if where == "holds" else k + 5000  # "misses": a bracket wholly below the k-th largest
+        hi, lo = int(bits[max(0, centre - 2000)]), int(bits[min(n - 1, centre + 2000)])
+        room = 16 if where == "too small" else n
+        guesses.append(selection._Guess(0x3F800000, (lo, hi, room)))  # |δ| = 1.0: far above these deltas
+    return guesses
 
 
 @needs_loops
-@pytest.mark.parametrize("guess", ["sampled", "wrong, likely", "wrong, unlikely"])
+@pytest.mark.parametrize("guess", ["sampled", "wrong, no bracket", "wrong, bracket holds", "wrong, bracket misses",
+                                   "wrong, bracket too small"])
 def test_breadcrumbs_cuts_found_together_are_the_cuts_found_alone(monkeypatch, guess):
     """Both of breadcrumbs' cuts come from shared passes (one sample, one counting pass, at most
-    one histogram); each equals the cut found alone and keeps exactly the torch tie rule's set."""
+    one histogram); each equals the cut found alone and keeps exactly the torch tie rule's set,
+    whether a guess holds, its bracket holds the value, or the histograms find it."""
     base, xs = family(200_003, 1, seed=7, quantised=True)
     n = base.numel()
-    if guess != "sampled":  # |δ| = 1.0 is far above these deltas: both guesses fail
-        monkeypatch.setattr(selection, "_sampled_patterns",
-                            lambda x, b, ks: [(0x3F800000, guess == "wrong, likely")] * len(ks))
-    ranks = [int(0.49 * n), int(0.99 * n)]
-    together = selection.delta_outside_smallest(xs[0], base, ranks)
-    assert together == [selection.delta_outside_smallest(xs[0], base, [r])[0] for r in ranks]
     delta = (xs[0].float() - base.float()).abs()
+    ranks = [int(0.49 * n), int(0.99 * n)]
+    histograms = []
+    real_histogram = native.magnitude_histogram
+    monkeypatch.setattr(native, "magnitude_histogram", lambda *a: histograms.append(1) or real_histogram(*a))
+    if guess == "wrong, no bracket":
+        monkeypatch.setattr(selection, "_sampled_guesses", lambda x, b, ks: [selection._Guess(0x3F800000, None)] * len(ks))
+    elif guess != "sampled":
+        where = guess.split("bracket ")[1]
+        monkeypatch.setattr(selection, "_sampled_guesses",
+                            lambda x, b, ks: _guesses_around(delta, [n - k + 1 for k in ks], where))
+    together = selection.delta_outside_smallest(xs[0], base, ranks)
+    if guess != "sampled":  # (a sampled guess may fail and fall back too)
+        assert bool(histograms) == (guess in ("wrong, no bracket", "wrong, bracket misses", "wrong, bracket too small"))
+    assert together == [selection.delta_outside_smallest(xs[0], base, [r])[0] for r in ranks]
     for (before, after, cut), r in zip(together, ranks):
         outside = torch.cat([delta[:cut] > before, delta[cut:] > after])
         assert torch.equal(~outside, selection.smallest_mask(delta, r))
+
+
+@needs_loops
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.5])  # (a k-th largest in bin 0, zeros, takes the histograms)
+def test_the_rule_from_a_bracket_is_the_torch_rule(monkeypatch, density):
+    base, xs = family(200_003, 1, seed=12, quantised=True)
+    delta = (xs[0].float() - base.float()).abs()
+    n = base.numel()
+    k = generalized.magnitude_count(density, n)
+    monkeypatch.setattr(selection, "_sampled_guesses",
+                        lambda x, b, ks: _guesses_around(delta, [n - k + 1 for k in ks], "holds"))
+    monkeypatch.setattr(native, "magnitude_histogram", None)  # the bracket must suffice
+    rule = generalized._magnitude_rule(xs[0], base, density, fused=True)
+    monkeypatch.undo()
+    assert rule == generalized._magnitude_rule(xs[0], base.float(), density, None)
 
 
 @needs_loops

@@ -20,6 +20,7 @@ import importlib.machinery
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +51,26 @@ class ModelSpec(ctypes.Structure):
         ("key0", ctypes.c_uint32), ("key1", ctypes.c_uint32), ("threshold", ctypes.c_uint32),
         ("mask", ctypes.c_void_p),
     ]
+
+
+class _Bracket(ctypes.Structure):
+    """loops.c's mh_bracket: entries of |δ| with float32 pattern in [lo, hi], collected in flat order."""
+
+    _fields_ = [
+        ("lo", ctypes.c_uint32), ("hi", ctypes.c_uint32), ("cap", ctypes.c_int64),
+        ("keys", ctypes.c_void_p), ("positions", ctypes.c_void_p),
+        ("found", ctypes.c_int64), ("above", ctypes.c_int64),
+    ]
+
+
+@dataclass
+class Collected:
+    """The entries of |δ| whose float32 pattern lies in a bracket: their patterns and flat
+    positions (int32), in flat order, and the number of entries above the bracket."""
+
+    keys: torch.Tensor
+    positions: torch.Tensor
+    above: int
 
 
 def model_spec(x: torch.Tensor, weight: float, keep: tuple[float, float, int] = (-math.inf, -math.inf, 0),
@@ -172,21 +193,34 @@ def magnitude_low_histogram(x: torch.Tensor, base: torch.Tensor, key: int) -> to
 TALLY = 64 * 1024  # entries per tally of magnitude_count (loops.c TALLY)
 
 
-def magnitude_count(x: torch.Tensor, base: torch.Tensor, patterns: list[int], histogram: bool = False
-                    ) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor | None]:
+def magnitude_count(x: torch.Tensor, base: torch.Tensor, patterns: list[int],
+                    brackets: list[tuple[int, int, int] | None] | None = None
+                    ) -> tuple[list[tuple[int, int]], torch.Tensor, list[Collected | None]]:
     """For each float32 bit pattern (one or two): (#entries whose |x − base| is above it, #equal
     to it), in one pass; int64[len(patterns), ⌈n / TALLY⌉], each pattern's equal entries in
-    each run of TALLY, for ``magnitude_position``; and with ``histogram``, ``magnitude_histogram``
-    from the same pass (else None)."""
+    each run of TALLY, for ``magnitude_position``; and for each pattern given a bracket
+    (lo, hi, cap), the entries with pattern in [lo, hi] collected in the same pass (None when
+    no bracket was given, more than ``cap`` entries fell in it, or numel ≥ 2^31)."""
     n = base.numel()
     counts = torch.zeros(2 * len(patterns), dtype=torch.int64)
     tallies = torch.zeros((len(patterns), -(-n // TALLY)), dtype=torch.int32)
-    hist = torch.zeros(KEY_BINS, dtype=torch.int64) if histogram else None
     c_patterns = (ctypes.c_uint32 * len(patterns))(*patterns)
+    brackets = brackets or [None] * len(patterns)
+    c_brackets = (_Bracket * len(patterns))()
+    buffers = []
+    for c, bracket in zip(c_brackets, brackets):
+        lo, hi, cap = bracket or (0, 0, 0)
+        cap = cap if n < 1 << 31 else 0  # positions are int32: no bracket for larger tensors
+        keys, positions = torch.empty(cap, dtype=torch.int32), torch.empty(cap, dtype=torch.int32)
+        c.lo, c.hi, c.cap, c.keys, c.positions = lo, hi, cap, keys.data_ptr(), positions.data_ptr()
+        buffers.append((keys, positions))
     _check(_LIB.mh_magnitude_count(*_ref(x), *_ref(base), n, c_patterns, len(patterns), counts.data_ptr(),
-                                   tallies.data_ptr(), None if hist is None else hist.data_ptr()))
+                                   tallies.data_ptr(), c_brackets))
+    collected = [None if c.cap == 0 or c.found > c.cap else  # (|δ|'s patterns are < 2^31)
+                 Collected(keys[:c.found], positions[:c.found], c.above)
+                 for c, (keys, positions) in zip(c_brackets, buffers)]
     pairs = counts.view(-1, 2).tolist()
-    return [(above, equal) for above, equal in pairs], tallies.long(), hist
+    return [(above, equal) for above, equal in pairs], tallies.long(), collected
 
 
 def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: int,

@@ -230,19 +230,48 @@ static void count_against(const uint32_t *restrict bits, int64_t len, const uint
     above[0] += a0, equal[0] += e0;
 }
 
+/* The entries of |x − b| whose float32 pattern lies in [lo, hi], collected in flat order: keys
+ * and positions (n < 2^31) of the first `cap`, `found` of them in all, `above` the number
+ * above hi. */
+typedef struct {
+    uint32_t lo, hi;
+    int64_t cap;
+    uint32_t *keys, *positions;
+    int64_t found, above;
+} mh_bracket;
+
+/* Adds the chunk [start, start + len) of bits to the bracket; flags: scratch for len. */
+MULTIVERSION
+static void collect(const uint32_t *restrict bits, int64_t len, int64_t start, mh_bracket *br,
+                    uint8_t *restrict flags) {
+    uint32_t lo = br->lo, span = br->hi - br->lo, hi = br->hi;
+    int64_t above = 0;
+    for (int64_t j = 0; j < len; j++) {
+        flags[j] = bits[j] - lo <= span; /* below lo wraps around to above span */
+        above += bits[j] > hi;
+    }
+    br->above += above;
+    for (const uint8_t *at = memchr(flags, 1, (size_t)len); at; at = memchr(at + 1, 1, (size_t)(flags + len - at - 1))) {
+        int64_t j = at - flags;
+        if (br->found < br->cap) br->keys[br->found] = bits[j], br->positions[br->found] = (uint32_t)(start + j);
+        br->found++;
+    }
+}
+
 /* For each of the k ≤ 2 float32 bit patterns: counts[2i] = #entries with |x − b| above it,
  * counts[2i + 1] = #equal to it; one vectorised pass that confirms thresholds guessed from a
  * sample. tallies (NULL, or k rows of ceil(n / TALLY)): the equal ones in each run of TALLY
- * entries, so that mh_magnitude_position can start next to the tie it looks for. hist (NULL, or
- * KEY_BINS): mh_magnitude_histogram's counts, added in the same pass, for a guess that may well
- * be refuted. 0, or -1 when out of memory (or k out of range). */
+ * entries, so that mh_magnitude_position can start next to the tie it looks for. brackets (NULL,
+ * or k, each with cap 0 for none): for a guess that may well be refuted, the entries in a range
+ * around it, among which the exact threshold is then found without another pass. 0, or -1 when
+ * out of memory (or k out of range). */
 int mh_magnitude_count(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n,
-                       const uint32_t *patterns, int k, int64_t *counts, uint32_t *tallies, int64_t *hist) {
+                       const uint32_t *patterns, int k, int64_t *counts, uint32_t *tallies, mh_bracket *brackets) {
     if (k < 1 || k > 2) return -1;
     magnitudes *m = malloc(sizeof *m);
-    counters *c = hist ? counters_new() : NULL;
-    if (!m || (hist && !c)) {
-        free(m), counters_free(c);
+    uint8_t *flags = malloc(CHUNK);
+    if (!m || !flags) {
+        free(m), free(flags);
         return -1;
     }
     int64_t above[2] = {0, 0}, equal[2] = {0, 0}, runs = (n + TALLY - 1) / TALLY;
@@ -252,11 +281,11 @@ int mh_magnitude_count(const void *x, int x_dtype, const void *b, int b_dtype, i
         count_against(m->bits, m->len, patterns, k, above, equal);
         if (tallies)
             for (int i = 0; i < k; i++) tallies[i * runs + m->start / TALLY] += (uint32_t)(equal[i] - before[i]);
-        if (c) counters_add(c, m->bits, m->len, -1, hist, KEY_BINS);
+        for (int i = 0; brackets && i < k; i++)
+            if (brackets[i].cap) collect(m->bits, m->len, m->start, &brackets[i], flags);
     }
-    if (c) counters_flush(c, hist, KEY_BINS);
     for (int i = 0; i < k; i++) counts[2 * i] = above[i], counts[2 * i + 1] = equal[i];
-    free(m), counters_free(c);
+    free(m), free(flags);
     return 0;
 }
 

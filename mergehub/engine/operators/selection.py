@@ -273,34 +273,33 @@ def delta_topk_rule(x: torch.Tensor, base: torch.Tensor, k: int) -> TopKRule:
 
     Deltas of bf16 checkpoints take few distinct values, so the k-th largest |δ| usually sits
     in a long run of equal values that a strided sample hits: one counting pass confirms the
-    guess (#above < k ≤ #above + #equal). Otherwise a histogram of the top 16 bits of |δ|'s
-    float32 pattern finds its bin and one of the low 16 bits inside that bin the exact value.
-    Either way a last scan finds the first tie not kept, unless all are: after a confirmed
-    guess it starts next to that tie (the counting pass tallies the ties as it goes)."""
+    guess (#above < k ≤ #above + #equal). When the sample doubts its guess, the same pass also
+    collects the entries in a bracket around it, among which the exact value is found. Failing
+    both, a histogram of the top 16 bits of |δ|'s float32 pattern finds its bin and one of the
+    low 16 bits inside that bin the exact value. The first tie not kept is then looked up among
+    the collected entries, or scanned for from the run of 64K entries that holds it (the
+    counting pass tallies the ties per run), or from the start."""
     n = base.numel()
 
-    def rule(pattern: int, need: int, ties: int, tallies: torch.Tensor | None = None) -> TopKRule:
-        cut = n if need == ties else native.magnitude_position(x, base, pattern, need, tallies)
-        return TopKRule(_float32(pattern), cut)
+    def rule(t: _Threshold, ties_kept: int) -> TopKRule:
+        cut = n if ties_kept == t.equal else t.tie_position(x, base, ties_kept)
+        return TopKRule(_float32(t.pattern), cut)
 
-    [(guess, likely)] = _sampled_patterns(x, base, [k])
-    hist = None
-    if guess >> 16:  # bin 0: the zero shortcut below
-        # a guess that is likely wrong gets the histogram counted in the same pass
-        [(above, equal)], tallies, hist = native.magnitude_count(x, base, [guess], histogram=not likely)
-        if above < k <= above + equal:
-            return rule(guess, k - above, equal, tallies[0])
+    [guess] = _sampled_guesses(x, base, [k])
+    if guess.pattern >> 16:  # bin 0 (zeros, subnormals): the zero shortcut below
+        [found] = _try_guesses(x, base, [k], [guess])
+        if found is not None and found.pattern >> 16:
+            return rule(found, k - found.above)
 
     def pick_in_bin(key: int, need: int) -> TopKRule:
         low_hist = native.magnitude_low_histogram(x, base, key)
         low, above = bin_from_top(low_hist, need)
-        return rule((key << 16) | low, need - above, int(low_hist[low]))
+        return rule(_Threshold((key << 16) | low, k - need + above, int(low_hist[low])), need - above)
 
     def count_nonzero() -> int:
         return sum(int(torch.count_nonzero(x[a:b].float() - base[a:b].float())) for a, b in tiles(n))
 
-    hist = native.magnitude_histogram(x, base) if hist is None else hist
-    return rule_from_histogram(n, k, hist, pick_in_bin, count_nonzero)
+    return rule_from_histogram(n, k, native.magnitude_histogram(x, base), pick_in_bin, count_nonzero)
 
 
 def delta_outside_smallest(x: torch.Tensor, base: torch.Tensor,
@@ -309,36 +308,80 @@ def delta_outside_smallest(x: torch.Tensor, base: torch.Tensor,
     cut) such that |x − base| > λ holds exactly for the entries *not* among the r smallest
     (``smallest_mask``'s tie rule: the ties at the threshold that are among the r smallest come
     first in flat order). Through the compiled loops, like ``delta_topk_rule``; breadcrumbs keeps
-    and drops with two of these, found together: one sample, one counting pass for both guesses,
-    and at most one histogram of the top 16 bits."""
+    and drops with two of these, found together: one sample, one counting pass for both guesses
+    (and their brackets), and at most one histogram of the top 16 bits."""
     n = base.numel()
     levels = []
-    for (pattern, above, equal, tallies), r in zip(_delta_kth_largest(x, base, [n - r + 1 for r in ranks]), ranks):
-        ties_inside = r - (n - above - equal)  # ties at the threshold among the r smallest, ≥ 1
-        cut = n if ties_inside == equal else native.magnitude_position(x, base, pattern, ties_inside, tallies)
-        threshold = TopKRule(_float32(pattern), cut)
+    for t, r in zip(_delta_kth_largest(x, base, [n - r + 1 for r in ranks]), ranks):
+        ties_inside = r - (n - t.above - t.equal)  # ties at the threshold among the r smallest, ≥ 1
+        cut = n if ties_inside == t.equal else t.tie_position(x, base, ties_inside)
+        threshold = TopKRule(_float32(t.pattern), cut)
         # below cut the ties are inside (|δ| > t leaves them out); from cut on outside (|δ| ≥ t)
         levels.append((threshold.threshold, threshold.below(), cut))
     return levels
-def _delta_kth_largest(x: torch.Tensor, base: torch.Tensor,
-                       ks: list[int]) -> list[tuple[int, int, int, torch.Tensor | None]]:
-    """For each k in ``ks`` (one or two): (float32 pattern of the k-th largest |x − base|,
-    #entries above it, #equal to it, the equal ones' tallies when a guess was confirmed, else
-    None). The guesses are confirmed together; the ones that fail share one histogram."""
-    guesses = _sampled_patterns(x, base, ks)
-    # a guess that is likely wrong gets the histogram counted in the same pass
-    counts, tallies, hist = native.magnitude_count(x, base, [g for g, _ in guesses],
-                                                   histogram=not all(likely for _, likely in guesses))
-    found: list = [(g, above, equal, t) if above < k <= above + equal else None
-                   for (g, _), (above, equal), t, k in zip(guesses, counts, tallies, ks)]
+
+
+@dataclass
+class _Threshold:
+    """The k-th largest |x − base|: its float32 pattern, the entries above it and equal to it,
+    and where the equal ones (the ties) are: their flat positions when they were collected,
+    or their count in each run of TALLY entries, or nothing known."""
+
+    pattern: int
+    above: int
+    equal: int
+    tallies: torch.Tensor | None = None
+    tie_positions: torch.Tensor | None = None
+
+    def tie_position(self, x: torch.Tensor, base: torch.Tensor, rank: int) -> int:
+        """The flat position of the tie numbered ``rank`` (from 0, in flat order); numel past the last."""
+        if self.tie_positions is not None:
+            return int(self.tie_positions[rank]) if rank < self.tie_positions.numel() else base.numel()
+        return native.magnitude_position(x, base, self.pattern, rank, self.tallies)
+
+
+@dataclass
+class _Guess:
+    """A sampled guess at the k-th largest |δ|'s float32 pattern, with a bracket (lo, hi, room)
+    of patterns around it when the sample doubts it (else None)."""
+
+    pattern: int
+    bracket: tuple[int, int, int] | None
+
+
+def _delta_kth_largest(x: torch.Tensor, base: torch.Tensor, ks: list[int]) -> list[_Threshold]:
+    """The k-th largest |x − base| for each k in ``ks`` (one or two): the guesses are tried
+    together, and the ones that fail share one histogram."""
+    found = _try_guesses(x, base, ks, _sampled_guesses(x, base, ks))
     if None in found:
-        hist = native.magnitude_histogram(x, base) if hist is None else hist
+        hist = native.magnitude_histogram(x, base)
         for i, k in enumerate(ks):
             if found[i] is None:
                 key, above = bin_from_top(hist, k)
                 low_hist = native.magnitude_low_histogram(x, base, key)
                 low, above_in_bin = bin_from_top(low_hist, k - above)
-                found[i] = ((key << 16) | low, above + above_in_bin, int(low_hist[low]), None)
+                found[i] = _Threshold((key << 16) | low, above + above_in_bin, int(low_hist[low]))
+    return found
+
+
+def _try_guesses(x: torch.Tensor, base: torch.Tensor, ks: list[int],
+                 guesses: list[_Guess]) -> list[_Threshold | None]:
+    """One counting pass: each guess confirmed (#above < k ≤ #above + #equal), or the exact
+    value found among the entries its bracket collected; None where neither holds."""
+    counts, tallies, collected = native.magnitude_count(x, base, [g.pattern for g in guesses],
+                                                        [g.bracket for g in guesses])
+    found: list[_Threshold | None] = []
+    for g, (above, equal), t, c, k in zip(guesses, counts, tallies, collected, ks):
+        if above < k <= above + equal:
+            found.append(_Threshold(g.pattern, above, equal, tallies=t))
+        elif c is not None and c.above < k <= c.above + c.keys.numel():
+            need = k - c.above  # the need-th largest of the collected
+            pattern = int(torch.kthvalue(c.keys, c.keys.numel() - need + 1).values)
+            ties = c.keys == pattern  # all of them: the bracket holds every entry of its range
+            found.append(_Threshold(pattern, c.above + int((c.keys > pattern).sum()), int(ties.sum()),
+                                    tie_positions=c.positions[ties]))
+        else:
+            found.append(None)
     return found
 
 
@@ -347,10 +390,20 @@ def _float32(pattern: int) -> float:
     return struct.unpack("<f", struct.pack("<I", pattern))[0]
 
 
-def _sampled_patterns(x: torch.Tensor, base: torch.Tensor, ks: list[int]) -> list[tuple[int, bool]]:
+# A doubted guess's bracket spans this many standard errors of its sampled rank each way (it
+# misses the k-th largest about 0.3% of the time, which costs the two histogram passes). The
+# collected entries take 8 bytes each while the pass runs, so there is none when more than
+# _BRACKET_MAX of the sample falls in it or room for more than _BRACKET_ROOM entries would be
+# needed (a huge embedding's: its two histogram passes cost less than the memory).
+_BRACKET_ERRORS = 3
+_BRACKET_MAX = 1 / 16
+_BRACKET_ROOM = 1 << 21
+
+
+def _sampled_guesses(x: torch.Tensor, base: torch.Tensor, ks: list[int]) -> list[_Guess]:
     """For each k in ``ks``: the float32 bit pattern of the k-th largest |x − base| estimated
-    from one strided sample, and whether the guess is likely right: the k-th largest's place in
-    the sample lies well inside the run of sampled values equal to it."""
+    from one strided sample, and a bracket when the guess is doubtful: when the k-th largest's
+    place in the sample lies near an end of the run of sampled values equal to it."""
     n = base.numel()
     step = max(1, n // _SAMPLE_DELTAS)
     sample = (x[::step].float() - base[::step].float()).abs_()
@@ -359,13 +412,21 @@ def _sampled_patterns(x: torch.Tensor, base: torch.Tensor, ks: list[int]) -> lis
     guesses = []
     for k in ks:
         place = k / n * size
-        pattern = ordered[min(size - 1, int(place))]
-        equal = (ordered == pattern).nonzero()
-        # Half a standard error of the sampled rank: on the benchmark family (TIES, breadcrumbs)
-        # this wastes the fewest histograms on guesses that hold while catching most that fail.
-        margin = 0.5 * math.sqrt(place * (1 - k / n))
-        likely = int(equal[0]) + margin <= place <= int(equal[-1]) + 1 - margin
-        guesses.append((int(pattern.view(torch.int32)), likely))
+        value = ordered[min(size - 1, int(place))]
+        equal = (ordered == value).nonzero()
+        error = math.sqrt(place * (1 - k / n))  # standard error of the sampled rank
+        # Half a standard error: on the benchmark family (TIES, breadcrumbs) this spends the
+        # fewest brackets on guesses that hold while catching most that fail.
+        likely = int(equal[0]) + 0.5 * error <= place <= int(equal[-1]) + 1 - 0.5 * error
+        bracket = None
+        if not likely:
+            hi = ordered[max(0, math.floor(place - _BRACKET_ERRORS * error - 2))]
+            lo = ordered[min(size - 1, math.ceil(place + _BRACKET_ERRORS * error + 2))]
+            inside = int(((ordered >= lo) & (ordered <= hi)).sum())
+            room = 5 * inside * n // (4 * size) + 4096  # the expected count and a quarter (~5 errors)
+            if inside <= _BRACKET_MAX * size and room <= _BRACKET_ROOM:
+                bracket = (int(lo.view(torch.int32)), int(hi.view(torch.int32)), room)
+        guesses.append(_Guess(int(value.view(torch.int32)), bracket))
     return guesses
 
 
