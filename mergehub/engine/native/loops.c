@@ -138,62 +138,36 @@ static void slots_of(const uint32_t *restrict bits, int64_t len, int key, uint32
         slots[j] = (int)(bits[j] >> 16) == key ? (bits[j] & 0xffffu) : LOW_BINS + ((uint32_t)j & (SPARE - 1));
 }
 
-/* Histogram counters: two interleaved uint32 tables halve the stalls when many entries share a
- * counter (quantised deltas crowd a few values); added to an int64 histogram every FLUSH
- * entries and at the end. */
-typedef struct {
-    uint32_t *even, *odd, slots[CHUNK];
-    int64_t since_flush;
-} counters;
-
-static counters *counters_new(void) {
-    counters *c = malloc(sizeof *c);
-    uint32_t *tables = calloc(2 * (size_t)(LOW_BINS + SPARE), sizeof *tables);
-    if (!c || !tables) {
-        free(c), free(tables);
-        return NULL;
-    }
-    c->even = tables, c->odd = tables + LOW_BINS + SPARE, c->since_flush = 0;
-    return c;
-}
-
-static void counters_free(counters *c) {
-    if (c) free(c->even), free(c);
-}
-
-/* hist[0..bins) += the counts so far. */
-static void counters_flush(counters *c, int64_t *hist, int bins) {
-    for (int k = 0; k < bins; k++) hist[k] += (int64_t)c->even[k] + c->odd[k];
-    memset(c->even, 0, 2 * (size_t)(LOW_BINS + SPARE) * sizeof *c->even);
-    c->since_flush = 0;
-}
-
-/* Counts slots_of(bits, key) (flushing into hist[0..bins) before uint32 could overflow). */
-static void counters_add(counters *c, const uint32_t *bits, int64_t len, int key, int64_t *hist, int bins) {
-    slots_of(bits, len, key, c->slots);
-    int64_t j = 0;
-    for (; j + 1 < len; j += 2) {
-        c->even[c->slots[j]]++;
-        c->odd[c->slots[j + 1]]++;
-    }
-    if (j < len) c->even[c->slots[j]]++;
-    c->since_flush += len;
-    if (c->since_flush >= FLUSH) counters_flush(c, hist, bins);
-}
-
-/* Adds to hist[0..bins) the counts of slots_of(|x − b|, key). */
+/* Adds to hist[0..bins) the counts of slots_of(|x − b|, key). Two interleaved uint32 tables
+ * halve the stalls when many entries share a counter (quantised deltas crowd a few values). */
 static int histogram(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n, int key,
                      int64_t *hist, int bins) {
     magnitudes *m = malloc(sizeof *m);
-    counters *c = counters_new();
-    if (!m || !c) {
-        free(m), counters_free(c);
+    uint32_t *counts = calloc(2 * (size_t)(LOW_BINS + SPARE), sizeof *counts);
+    uint32_t slots[CHUNK];
+    if (!m || !counts) {
+        free(m), free(counts);
         return -1;
     }
+    uint32_t *even = counts, *odd = counts + LOW_BINS + SPARE;
+    int64_t since_flush = 0;
     begin(m, x, x_dtype, b, b_dtype, n, 0);
-    while (next(m)) counters_add(c, m->bits, m->len, key, hist, bins);
-    counters_flush(c, hist, bins);
-    free(m), counters_free(c);
+    while (next(m)) {
+        slots_of(m->bits, m->len, key, slots);
+        int64_t j = 0;
+        for (; j + 1 < m->len; j += 2) {
+            even[slots[j]]++;
+            odd[slots[j + 1]]++;
+        }
+        if (j < m->len) even[slots[j]]++;
+        since_flush += m->len;
+        if (since_flush >= FLUSH || m->start + m->len >= n) {
+            for (int k = 0; k < bins; k++) hist[k] += (int64_t)even[k] + odd[k];
+            memset(counts, 0, 2 * (size_t)(LOW_BINS + SPARE) * sizeof *counts);
+            since_flush = 0;
+        }
+    }
+    free(m), free(counts);
     return 0;
 }
 

@@ -415,8 +415,8 @@ def _sampled_guesses(x: torch.Tensor, base: torch.Tensor, ks: list[int]) -> list
         value = ordered[min(size - 1, int(place))]
         equal = (ordered == value).nonzero()
         error = math.sqrt(place * (1 - k / n))  # standard error of the sampled rank
-        # Half a standard error: on the benchmark family (TIES, breadcrumbs) this spends the
-        # fewest brackets on guesses that hold while catching most that fail.
+        # Doubtful within half a standard error of an end: on the benchmark family (TIES,
+        # breadcrumbs) that catches most guesses that fail; one or two errors were no faster.
         likely = int(equal[0]) + 0.5 * error <= place <= int(equal[-1]) + 1 - 0.5 * error
         bracket = None
         if not likely:
