@@ -103,21 +103,36 @@ def _is_access(value) -> bool:
 
 # The random stream changed in 0.2 (random_stream.py): random merges made before replay differently.
 RANDOM_STREAM_SINCE = (0, 2)
+# Methods whose results changed on purpose in a release: merges made before it replay differently.
+CHANGED_SINCE = {
+    "arcee_fusion": ((0, 2, 2), "computes its KL divergence accurately (docs/operators.md)"),
+}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string; (0, 0, 0) when it is not one."""
+    try:
+        return tuple(int(part) for part in text.split(".")[:3])
+    except ValueError:
+        return (0, 0, 0)
 
 
 def check_replayable(doc: dict, random_stream: bool) -> None:
     """Refuse, before anything is written, a replay that cannot be bit-identical: a merge that
-    drew from the random stream (DARE, DELLA) recorded by a MergeHub whose draws differed."""
+    drew from the random stream (DARE, DELLA) recorded by a MergeHub whose draws differed, or
+    one of a method whose results changed since the recording MergeHub (CHANGED_SINCE)."""
     made_by = str(doc.get("versions", {}).get("mergehub", "0"))
-    try:
-        version = tuple(int(part) for part in made_by.split(".")[:2])
-    except ValueError:
-        version = (0, 0)
+    version, method = _version(made_by), doc["config"].get("merge_method")
+    again = f"replay it with MergeHub {made_by}, or run the merge again to get a new manifest"
     if random_stream and version < RANDOM_STREAM_SINCE:
         raise ReplayMismatch(
-            f"this {doc['config'].get('merge_method')} merge was made by MergeHub {made_by}, whose random "
-            f"draws differ from this version's ({__version__}); replay it with MergeHub {made_by}, "
-            f"or run the merge again to get a new manifest")
+            f"this {method} merge was made by MergeHub {made_by}, whose random draws differ from this "
+            f"version's ({__version__}); {again}")
+    since, what = CHANGED_SINCE.get(method, ((0,), ""))
+    if version < since:
+        raise ReplayMismatch(
+            f"this {method} merge was made by MergeHub {made_by}; since {'.'.join(map(str, since))} "
+            f"{method} {what}, so this version ({__version__}) gives other results; {again}")
 
 
 def verify_replay(original: dict, replayed: dict) -> None:
