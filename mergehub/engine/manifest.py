@@ -128,8 +128,8 @@ def check_replayable(doc: dict, random_stream: bool) -> None:
         raise ReplayMismatch(
             f"this {method} merge was made by MergeHub {made_by}, whose random draws differ from this "
             f"version's ({__version__}); {again}")
-    since, what = CHANGED_SINCE.get(method, ((0,), ""))
-    if version < since:
+    since, what = CHANGED_SINCE.get(method, (None, ""))
+    if since is not None and version < since:
         raise ReplayMismatch(
             f"this {method} merge was made by MergeHub {made_by}; since {'.'.join(map(str, since))} "
             f"{method} {what}, so this version ({__version__}) gives other results; {again}")

@@ -204,6 +204,15 @@ static void count_against(const uint32_t *restrict bits, int64_t len, const uint
     above[0] += a0, equal[0] += e0;
 }
 
+/* at[0 … count) = the positions of the non-zero bytes of flags[0, len), ascending; returns count.
+ * For flags that are mostly 0: memchr skips the zeros a vector at a time. */
+static int64_t set_positions(const uint8_t *flags, int64_t len, uint32_t *at) {
+    int64_t count = 0;
+    for (const uint8_t *p = memchr(flags, 1, (size_t)len); p; p = memchr(p + 1, 1, (size_t)(flags + len - p - 1)))
+        at[count++] = (uint32_t)(p - flags);
+    return count;
+}
+
 /* The entries of |x − b| whose float32 pattern lies in [lo, hi], collected in flat order: keys
  * and positions (n < 2^31) of the first `cap`, `found` of them in all, `above` the number
  * above hi. */
@@ -214,10 +223,10 @@ typedef struct {
     int64_t found, above;
 } mh_bracket;
 
-/* Adds the chunk [start, start + len) of bits to the bracket; flags: scratch for len. */
+/* Adds the chunk [start, start + len) of bits to the bracket; flags, inside: scratch for len. */
 MULTIVERSION
 static void collect(const uint32_t *restrict bits, int64_t len, int64_t start, mh_bracket *br,
-                    uint8_t *restrict flags) {
+                    uint8_t *restrict flags, uint32_t *restrict inside) {
     uint32_t lo = br->lo, span = br->hi - br->lo, hi = br->hi;
     int64_t above = 0;
     for (int64_t j = 0; j < len; j++) {
@@ -225,27 +234,27 @@ static void collect(const uint32_t *restrict bits, int64_t len, int64_t start, m
         above += bits[j] > hi;
     }
     br->above += above;
-    for (const uint8_t *at = memchr(flags, 1, (size_t)len); at; at = memchr(at + 1, 1, (size_t)(flags + len - at - 1))) {
-        int64_t j = at - flags;
-        if (br->found < br->cap) br->keys[br->found] = bits[j], br->positions[br->found] = (uint32_t)(start + j);
-        br->found++;
-    }
+    int64_t count = set_positions(flags, len, inside);
+    for (int64_t i = 0; i < count && br->found + i < br->cap; i++)
+        br->keys[br->found + i] = bits[inside[i]], br->positions[br->found + i] = (uint32_t)start + inside[i];
+    br->found += count;
 }
 
 /* For each of the k ≤ 2 float32 bit patterns: counts[2i] = #entries with |x − b| above it,
  * counts[2i + 1] = #equal to it; one vectorised pass that confirms thresholds guessed from a
- * sample. tallies (NULL, or k rows of ceil(n / TALLY)): the equal ones in each run of TALLY
- * entries, so that mh_magnitude_position can start next to the tie it looks for. brackets (NULL,
- * or k, each with cap 0 for none): for a guess that may well be refuted, the entries in a range
- * around it, among which the exact threshold is then found without another pass. 0, or -1 when
- * out of memory (or k out of range). */
+ * sample. tallies (k rows of ceil(n / TALLY)): the equal ones in each run of TALLY entries, so
+ * that mh_magnitude_position can start next to the tie it looks for. brackets (k, each with cap 0
+ * for none): for a guess that may well be refuted, the entries in a range around it, among which
+ * the exact threshold is then found without another pass. 0, or -1 when out of memory (or k out
+ * of range). */
 int mh_magnitude_count(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n,
                        const uint32_t *patterns, int k, int64_t *counts, uint32_t *tallies, mh_bracket *brackets) {
     if (k < 1 || k > 2) return -1;
     magnitudes *m = malloc(sizeof *m);
     uint8_t *flags = malloc(CHUNK);
-    if (!m || !flags) {
-        free(m), free(flags);
+    uint32_t *inside = malloc(CHUNK * sizeof *inside);
+    if (!m || !flags || !inside) {
+        free(m), free(flags), free(inside);
         return -1;
     }
     int64_t above[2] = {0, 0}, equal[2] = {0, 0}, runs = (n + TALLY - 1) / TALLY;
@@ -253,13 +262,13 @@ int mh_magnitude_count(const void *x, int x_dtype, const void *b, int b_dtype, i
     while (next(m)) {
         int64_t before[2] = {equal[0], equal[1]};
         count_against(m->bits, m->len, patterns, k, above, equal);
-        if (tallies)
-            for (int i = 0; i < k; i++) tallies[i * runs + m->start / TALLY] += (uint32_t)(equal[i] - before[i]);
-        for (int i = 0; brackets && i < k; i++)
-            if (brackets[i].cap) collect(m->bits, m->len, m->start, &brackets[i], flags);
+        for (int i = 0; i < k; i++) {
+            tallies[i * runs + m->start / TALLY] += (uint32_t)(equal[i] - before[i]);
+            if (brackets[i].cap) collect(m->bits, m->len, m->start, &brackets[i], flags, inside);
+        }
     }
     for (int i = 0; i < k; i++) counts[2 * i] = above[i], counts[2 * i + 1] = equal[i];
-    free(m), free(flags);
+    free(m), free(flags), free(inside);
     return 0;
 }
 
@@ -509,13 +518,11 @@ typedef struct {
     uint32_t at;
 } keyed_entry;
 
-static int keyed_before(keyed_entry x, keyed_entry y) {
-    return x.key != y.key ? x.key < y.key : x.at < y.at;
-}
-
+/* qsort's order: by key, then by position. */
 static int keyed_compare(const void *a, const void *b) {
     const keyed_entry *x = a, *y = b;
-    return keyed_before(*x, *y) ? -1 : keyed_before(*y, *x);
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return x->at < y->at ? -1 : x->at > y->at;
 }
 
 #define MAX_GROUPS 64 /* distinct keys grouped by scanning; past that the entries are sorted */
@@ -639,10 +646,7 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
         bucket_row(bits, width, probs, digit, rb);
         draws(offset + start, width, key0, key1, u);
         bucket_decisions(u, digit, width, rb->p_first, rb->p_last, row_mask, unsure);
-        int64_t n = 0;
-        for (const uint8_t *at = memchr(unsure, 1, (size_t)width); at;
-             at = memchr(at + 1, 1, (size_t)(unsure + width - at - 1)))
-            positions[n++] = (uint32_t)(at - unsure);
+        int64_t n = set_positions(unsure, width, positions);
         rank_entries(bits, width, positions, n, order, ranks);
         for (int64_t i = 0; i < n; i++)
             row_mask[positions[i]] = (float)u[positions[i]] * 0x1p-24f < probs[ranks[i]];
