@@ -11,6 +11,7 @@ setup(
             sources=["mergehub/engine/native/loops.c"],
             # no FMA contraction: the loops must round exactly like the torch path
             extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-trapping-math"],
+            libraries=["m"],  # fmaf where the CPU has no FMA instruction
             optional=True,
         )
     ]

@@ -35,7 +35,7 @@ from .layout import ModelLayout, read_model_layout
 from .planner import Plan, make_plan, parse_budget, expand_ranges
 from .prefetch import Prefetch
 from .publish import Staging, check_target
-from .writer import DEFAULT_SHARD_BYTES, ShardedWriter
+from .writer import DEFAULT_OUTPUT_HASH, DEFAULT_SHARD_BYTES, ShardedWriter
 
 __all__ = ["inspect_model", "check_compatible", "index_model", "load_config", "load_config_mapping",
            "plan_merge", "run_merge", "sweep", "replay", "NotIndexed", "MergeResult", "PlanReport"]
@@ -133,11 +133,12 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
               cancel: CancelFn | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
               access: list[dict[str, list[int]]] | None = None,
               verify: Callable[[dict], None] | None = None,
-              prefetch: Prefetch | None = None) -> MergeResult:
+              prefetch: Prefetch | None = None, output_hash: str = DEFAULT_OUTPUT_HASH) -> MergeResult:
     """Merge and publish atomically. ``access`` replays a recorded access set; ``verify`` sees
     the manifest before publishing and may raise to publish nothing. ``prefetch``: a page-cache
     warm-up the caller started (prefetch.py, which the caller also stops on errors); it is
-    stopped before the first read, and what it read is counted with the merge's reads."""
+    stopped before the first read, and what it read is counted with the merge's reads.
+    ``output_hash``: how the output files are hashed (writer.OUTPUT_HASHES)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_target(out_dir.absolute(), force)  # fail before any work
@@ -158,7 +159,7 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
     control.check()
     warmed = prefetch.finish() if prefetch is not None else {}
     with Staging(out_dir, force) as stage:
-        writer = ShardedWriter(stage.path, executor.out_specs(), shard_bytes)
+        writer = ShardedWriter(stage.path, executor.out_specs(), shard_bytes, hash_name=output_hash)
         try:
             stats = executor.run(writer.write)
             _count_prefetched(stats, warmed, inputs, executor.uses_base)
@@ -172,7 +173,8 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
         metrics = _metrics(plan, stats, inputs, executor, plan_s, total_s, dev, warnings, writer)
         doc = manifest_mod.build(config=_config_mapping(config), plan=plan, seed=seed,
                                  device=str(dev), outputs=output_files, metrics=metrics,
-                                 inputs=_input_hashes(config, inputs, plan), shard_bytes=shard_bytes)
+                                 inputs=_input_hashes(config, inputs, plan), shard_bytes=shard_bytes,
+                                 output_hash=output_hash)
         manifest_mod.write(stage.path, doc)
         if verify is not None:
             verify(doc)
@@ -305,7 +307,8 @@ def replay(manifest_path, out_dir, *, force: bool = False, catalog_dir=None, dev
         block_size=doc["plan"]["block_size"], catalog_dir=catalog_dir, force=force,
         progress=progress, cancel=cancel, shard_bytes=doc.get("shard_bytes", DEFAULT_SHARD_BYTES),
         access=expand_ranges(doc["plan"]["access"]) if doc["plan"].get("access") is not None else None,
-        verify=lambda replayed: manifest_mod.verify_replay(doc, replayed))
+        verify=lambda replayed: manifest_mod.verify_replay(doc, replayed),
+        output_hash=manifest_mod.output_hash(doc))
     return result
 
 

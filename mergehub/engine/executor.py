@@ -275,7 +275,7 @@ class Executor:
                 return loaded.base  # the round trip through the working dtype is exact
             return loaded.base.to(work).to(out_dtype)
         inputs = [self._restrict(loaded, k, self.access[k]) for k in range(len(self.experts))]
-        if self.device.type == "cpu" and loaded.base is not None and not self.evaluate:
+        if self.device.type == "cpu" and not self.evaluate:
             stored = [loaded.base if x is None else x for x in inputs]
             merged = self.op.merge_stored(loaded.base, stored, p, self._context(loaded), work, out_dtype)
             if merged is not None:

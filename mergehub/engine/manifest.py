@@ -13,13 +13,14 @@ import torch
 
 from .. import __version__
 from .errors import InvalidCheckpoint, ReplayMismatch
+from .writer import OUTPUT_HASHES
 
 FILENAME = "mergehub_manifest.json"
 FORMAT = "mergehub-manifest/1"
 
 
 def build(*, config: dict, plan, seed: int, device: str, outputs: dict, metrics: dict, inputs: dict,
-          shard_bytes: int) -> dict:
+          shard_bytes: int, output_hash: str) -> dict:
     return {
         "format": FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -38,12 +39,18 @@ def build(*, config: dict, plan, seed: int, device: str, outputs: dict, metrics:
             "access": plan.access_ranges(),
         },
         "shard_bytes": shard_bytes,
-        "outputs": {"files": outputs},
+        "outputs": {"files": outputs, "hash": output_hash},
         "metrics": metrics,
         "versions": {"mergehub": __version__, "python": platform.python_version(),
                      "torch": torch.__version__, "safetensors": safetensors.__version__,
                      "numpy": numpy.__version__},
     }
+
+
+def output_hash(doc: dict) -> str:
+    """The algorithm of the manifest's output hashes (writer.OUTPUT_HASHES); manifests written
+    before 0.2.4 name none and hold sha256 hashes."""
+    return doc["outputs"].get("hash", "sha256")
 
 
 def write(directory: Path, doc: dict) -> None:
@@ -85,6 +92,8 @@ def _malformed(doc: dict) -> list[str]:
     access = doc["plan"].get("access") if isinstance(doc.get("plan"), dict) else None
     if access is not None and not _is_access(access):
         broken.append("plan.access")
+    if isinstance(doc.get("outputs"), dict) and doc["outputs"].get("hash", "sha256") not in OUTPUT_HASHES:
+        broken.append("outputs.hash")
     shard_bytes = doc.get("shard_bytes", 1)  # absent in manifests that predate it: the default
     if type(shard_bytes) is not int or shard_bytes <= 0:
         broken.append("shard_bytes")

@@ -60,6 +60,9 @@ CASES = {
                                 parameters={"density": 0.6, "rescale": False}),
     "slerp": dict(method="slerp", weights=[1.0, 1.0], parameters={"t": 0.3}),
     "linear": dict(method="linear", weights=[0.3, 0.9], with_base=False),
+    # no base: the stored-dtype fast path (merge_stored) is given none
+    "nuslerp_no_base": dict(method="nuslerp", weights=[0.3, 0.9], with_base=False),
+    "multislerp_no_base": dict(method="multislerp", weights=[0.6, 0.4], with_base=False),
 }
 
 

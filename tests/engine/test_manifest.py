@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import xxhash
 from conftest import BLOCK, listing, load_model, run_cli, save_model
 
 from mergehub import __version__
@@ -18,6 +19,10 @@ from mergehub.engine.planner import expand_ranges
 
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _xxh3(path) -> str:
+    return xxhash.xxh3_128(path.read_bytes()).hexdigest()
 
 
 def _merge(family, out, catalog, mapping=None, **kwargs):
@@ -43,7 +48,8 @@ def test_the_manifest_records_everything_replay_needs(tmp_path, family, catalog)
     assert expand_ranges(doc["plan"]["access"]) == result.plan.access
     assert doc["plan"]["block_size"] == BLOCK
     # output hashes, metrics and versions
-    assert doc["outputs"]["files"] == {"model.safetensors": _sha(tmp_path / "out" / "model.safetensors")}
+    assert doc["outputs"] == {"files": {"model.safetensors": _xxh3(tmp_path / "out" / "model.safetensors")},
+                              "hash": "xxh3_128"}
     for key in ("planned_expert_bytes", "expert_bytes_read", "expert_bytes_requested", "certificate",
                 "seconds", "base_bytes_read", "bytes_written"):
         assert key in doc["metrics"]
@@ -56,7 +62,7 @@ def test_sharded_output_hashes_every_file(tmp_path, family, catalog):
     files = result.manifest["outputs"]["files"]
     assert len(files) > 2 and "model.safetensors.index.json" in files
     for name, digest in files.items():
-        assert _sha(tmp_path / "out" / name) == digest
+        assert _xxh3(tmp_path / "out" / name) == digest
 
 
 @pytest.mark.parametrize("kwargs", [dict(budget=0.3), dict(budget=1.0), dict(budget=0.5, shard_bytes=400)])
@@ -66,6 +72,35 @@ def test_replay_is_bit_identical(tmp_path, family, catalog, kwargs):
     assert result.manifest["outputs"] == json.loads((tmp_path / "out" / manifest.FILENAME).read_text())["outputs"]
     for name in result.manifest["outputs"]["files"]:
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
+
+
+def test_manifests_before_0_2_4_hold_sha256_hashes_and_still_replay(tmp_path, family, catalog):
+    """Output hashes were sha256 before 0.2.4, with no algorithm named: such a manifest replays,
+    hashing with sha256, and a wrong sha256 still fails it."""
+    _merge(family, tmp_path / "out", catalog, budget=0.5, shard_bytes=400)
+    path = tmp_path / "out" / manifest.FILENAME
+    doc = json.loads(path.read_text())
+    del doc["outputs"]["hash"]
+    doc["outputs"]["files"] = {name: _sha(tmp_path / "out" / name) for name in doc["outputs"]["files"]}
+    path.write_text(json.dumps(doc))
+    result = api.replay(path, tmp_path / "again", catalog_dir=catalog)
+    assert result.manifest["outputs"] == {"files": doc["outputs"]["files"], "hash": "sha256"}
+    doc["outputs"]["files"]["model.safetensors.index.json"] = "0" * 64
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ReplayMismatch, match="index.json"):
+        api.replay(path, tmp_path / "third", catalog_dir=catalog)
+    assert not (tmp_path / "third").exists()
+
+
+def test_an_unknown_output_hash_is_refused_before_anything_runs(tmp_path, family, catalog, capsys):
+    _merge(family, tmp_path / "out", catalog)
+    path = tmp_path / "out" / manifest.FILENAME
+    doc = json.loads(path.read_text())
+    doc["outputs"]["hash"] = "md5"
+    path.write_text(json.dumps(doc))
+    rc, out, err = run_cli(capsys, "replay", path, tmp_path / "again", "--catalog", catalog)
+    assert rc != 0 and "outputs.hash" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "again").exists()
 
 
 def test_replay_of_a_random_operator_from_the_cli(tmp_path, family, catalog, capsys):

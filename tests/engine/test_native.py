@@ -1,6 +1,7 @@
 """The compiled loops (mergehub/engine/native) give the torch path's bits: the task-arithmetic
-family with and without rescale (ties, dare_*, breadcrumbs*, della*), RAM, RAM+ and SCE. (The
-span.py passes and the random stream have their own tests beside their modules.)
+family with and without rescale (ties, dare_*, breadcrumbs*, della*), RAM, RAM+, SCE, linear,
+nearswap and arcee_fusion. (The span.py passes and the random stream have their own tests
+beside their modules.)
 
 Each test runs the same merge twice: through the loops, and with ``native.supports`` patched
 to refuse so the torch path runs; torch.equal must hold (finite inputs)."""
@@ -426,6 +427,43 @@ def test_nearswap_through_the_loops_equals_the_torch_path(monkeypatch, t):
     assert ran and out.shape == shape and torch.equal(out, torch_path(op.merge, base, [x], p, make_ctx(shape)))
     stored = op.merge_stored(base.bfloat16(), [x], p, make_ctx(shape), torch.float32, torch.bfloat16)
     assert torch.equal(stored, torch_path(op.merge, base.bfloat16().float(), [x], p, make_ctx(shape)).bfloat16())
+
+
+@needs_loops
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])
+def test_linear_through_the_loops_equals_the_torch_path(monkeypatch, normalize, stored):
+    shape = (97, 1031)  # an odd tail for the vector loop
+    g = torch.Generator().manual_seed(21)
+    xs = [torch.randn(shape, generator=g).to(stored) for _ in range(4)]
+    # weights whose products and sum are inexact in float32: a missing fused multiply-add or a
+    # division by the reciprocal would change many roundings
+    p = make_params("linear", 4, {"normalize": normalize},
+                    [{"weight": w} for w in (0.3, 0.7, 1.1, -0.25)])
+    op = get_operator("linear")
+    ran = spy(monkeypatch, "linear")
+    widened = [x.float() for x in xs]
+    out = op.merge(None, widened, p, make_ctx(shape))
+    reference = torch_path(op.merge, None, widened, p, make_ctx(shape))
+    assert ran and out.dtype == torch.float32 and torch.equal(out, reference)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        merged = op.merge_stored(None, xs, p, make_ctx(shape), torch.float32, out_dtype)
+        assert merged.dtype == out_dtype and torch.equal(merged, reference.to(out_dtype))
+    # no dtype in the config: inputs stay in their stored dtype and are summed in float32
+    same = op.merge_stored(None, xs, p, make_ctx(shape), stored, stored)
+    assert torch.equal(same, torch_path(op.merge, None, xs, p, make_ctx(shape)).to(stored))
+
+
+@needs_loops
+def test_linear_merge_stored_declines_what_the_loops_do_not_cover():
+    xs = [torch.randn(10, 7) for _ in range(2)]
+    p = make_params("linear", 2, {}, {"weight": 0.5})
+    op, ctx = get_operator("linear"), make_ctx((10, 7))
+    assert op.merge_stored(None, xs, p, ctx, torch.float64, torch.float32) is None  # float64 sum
+    assert op.merge_stored(None, xs, p, ctx, torch.float32, torch.float16) is None  # out dtype
+    assert op.merge_stored(None, [x.half() for x in xs], p, ctx, torch.float32, torch.float32) is None
+    # float32 inputs with a bfloat16 working dtype are rounded first: the torch path's business
+    assert op.merge_stored(None, xs, p, ctx, torch.bfloat16, torch.bfloat16) is None
 
 
 def _assert_same(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+import xxhash
 from safetensors.torch import load_file
 
 from mergehub.engine import writer
@@ -22,10 +23,11 @@ def tensors() -> dict[str, torch.Tensor]:
             "c": torch.randn(7, generator=g), "d": torch.randn(4099, generator=g).half()}
 
 
-def write(directory, direct: bool, max_shard_bytes: int = 10**9, chunk_rows: int = 100) -> dict[str, str]:
+def write(directory, direct: bool, max_shard_bytes: int = 10**9, chunk_rows: int = 100,
+          **kwargs) -> dict[str, str]:
     directory.mkdir()
     specs = [OutSpec(n, writer.TORCH_TO_SAFETENSORS[t.dtype], tuple(t.shape)) for n, t in tensors().items()]
-    w = ShardedWriter(directory, specs, max_shard_bytes, direct=direct)
+    w = ShardedWriter(directory, specs, max_shard_bytes, direct=direct, **kwargs)
     for name, t in tensors().items():
         for start in range(0, t.shape[0], chunk_rows):  # rows arrive in pieces, as from the executor
             w.write(name, t[start:start + chunk_rows])
@@ -43,10 +45,18 @@ def test_direct_and_buffered_writes_give_the_same_files(tmp_path, monkeypatch, m
     buffered = write(tmp_path / "buffered", False, max_shard_bytes)
     assert direct == buffered and contents(tmp_path / "direct") == contents(tmp_path / "buffered")
     for name, data in contents(tmp_path / "direct").items():
-        assert direct[name] == hashlib.sha256(data).hexdigest()
+        assert direct[name] == xxhash.xxh3_128(data).hexdigest()
     if max_shard_bytes == 10**9:
         loaded = load_file(tmp_path / "direct" / "model.safetensors")
         assert all(torch.equal(loaded[n], t) for n, t in tensors().items())
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_sha256_of_manifests_before_0_2_4_is_still_available(tmp_path, monkeypatch, direct):
+    monkeypatch.setattr(writer, "STAGE_BYTES", 8192)
+    hashes = write(tmp_path / "out", direct, 20_000, hash_name="sha256")
+    files = contents(tmp_path / "out")
+    assert len(files) > 2 and hashes == {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
 def test_a_filesystem_refusing_o_direct_is_written_through_the_page_cache(tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
 """Compiled loops on the CPU (loops.c), loaded with ctypes: the task-arithmetic family's
 pruning and combine (operators/generalized.py), span.py's Gram matrices and combinations,
-RAM, SCE, nearswap and arcee_fusion (ram.py, sce.py, nearswap.py, arcee_fusion.py), order
-statistics (selection.py), the catalog's block statistics (catalog.py) and the random stream
-(random_stream.py).
+RAM, SCE, linear, nearswap and arcee_fusion (ram.py, sce.py, linear.py, nearswap.py,
+arcee_fusion.py), order statistics (selection.py), the catalog's block statistics
+(catalog.py) and the random stream (random_stream.py).
 
 They are optional: ``pip install`` builds them when a C compiler is present (setup.py), and
 without them, or with ``MERGEHUB_NATIVE=0``, the engine runs its torch path, which gives the
@@ -120,6 +120,8 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_sce_energy.restype = i32
     lib.mh_sce_combine.argtypes = [ptr, ptr, i32, ptr, i32, ptr, i32, ctypes.c_float, i64, ptr, i64, i64, ptr, i32]
     lib.mh_sce_combine.restype = i32
+    lib.mh_linear.argtypes = [ptr, ptr, ptr, i32, i32, ctypes.c_float, i64, i64, ptr, i32]
+    lib.mh_linear.restype = None
     lib.mh_nearswap.argtypes = [ptr, i32, ptr, i32, ctypes.c_float, i64, i64, ptr, i32]
     lib.mh_nearswap.restype = None
     lib.mh_fusion_divergence.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, ptr]
@@ -479,6 +481,21 @@ def sce_combine(xs: list[torch.Tensor], base: torch.Tensor, variance: torch.Tens
                                    c_weights, span[0], span[1], *_ref(out)))
 
     _over_spans(base.numel(), run)
+    return out
+
+
+def linear(xs: list[torch.Tensor], weights: list[float], divisor: float | None, out: torch.Tensor) -> torch.Tensor:
+    """``out`` ← (Σ w_i·x_i) / divisor (no division when None), accumulated in float32 with one
+    fused multiply-add per input (operators/linear.py's order)."""
+    assert supports(out, *xs)
+    c_xs, c_dtypes = _pointers(xs)
+    c_weights = (ctypes.c_float * len(xs))(*weights)
+
+    def run(span: tuple[int, int]) -> None:
+        _LIB.mh_linear(c_xs, c_dtypes, c_weights, len(xs), divisor is not None, divisor or 1.0,
+                       span[0], span[1], *_ref(out))
+
+    _over_spans(out.numel(), run)
     return out
 
 

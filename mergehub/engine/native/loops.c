@@ -5,7 +5,9 @@
  *   + base) for ties, dare_*, breadcrumbs* and della*;
  * - the random stream (operators/random_stream.py);
  * - Gram matrices and linear combinations (operators/span.py);
- * - RAM and SCE (operators/ram.py, operators/sce.py).
+ * - RAM, SCE, linear, nearswap and arcee_fusion (operators/ram.py, sce.py, linear.py,
+ *   nearswap.py, arcee_fusion.py);
+ * - order statistics (operators/selection.py) and the catalog's block statistics (catalog.py).
  *
  * The torch path (operators/generalized.py, sparsify.py, selection.py, consensus.py) runs ~20
  * tensor ops per model, each a full pass over memory; these loops read the checkpoints' bf16
@@ -15,13 +17,15 @@
  * counter-based stream as the torch path (operators/random_stream.py): an entry's draw is a
  * hash of (key, flat index), so any split of the work gives the same draws.
  *
- * Built with -O3 -ffp-contract=off (no fused multiply-add: it would change roundings). The
- * loops are written branch-free so the compiler vectorises them; on x86-64 each hot function
- * is compiled for AVX-512, AVX2 and baseline, and the loader picks one at run time.
+ * Built with -O3 -ffp-contract=off (no implicit fused multiply-add: it would change roundings;
+ * linear's explicit fmaf matches torch, which fuses there). The loops are written branch-free
+ * so the compiler vectorises them; on x86-64 each hot function is compiled for AVX-512, AVX2
+ * and baseline, and the loader picks one at run time.
  *
  * Tensors are passed as (pointer, dtype code): 0 float32, 1 bfloat16. Values are widened to
  * float32 exactly; δ = x − base in float32.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1062,6 +1066,37 @@ int mh_sce_combine(const void *const *xs, const int *x_dtypes, int k, const void
     }
     free(d);
     return 0;
+}
+
+/* ---- linear (operators/linear.py is the reference) --------------------------------------- */
+
+/* acc[j] = fma(x[j], w, acc[j]): one rounding, as ATen's vectorised add(out, x, alpha=w) does
+ * (an explicit fmaf: -ffp-contract=off leaves a separate multiply and add unfused). */
+MULTIVERSION
+static void fused_axpy(const float *restrict x, int64_t len, float w, float *restrict acc) {
+    for (int64_t j = 0; j < len; j++) acc[j] = fmaf(x[j], w, acc[j]);
+}
+
+MULTIVERSION
+static void divide(float *restrict acc, int64_t len, float divisor) {
+    for (int64_t j = 0; j < len; j++) acc[j] = acc[j] / divisor;
+}
+
+/* out[start..end) = (Σ_i w_i·x_i) / divisor, accumulated in float32 from +0 in input order
+ * with one fused multiply-add per input; no division when `normalize` is 0. */
+void mh_linear(const void *const *xs, const int *x_dtypes, const float *weights, int k, int normalize,
+               float divisor, int64_t first, int64_t end, void *out, int out_dtype) {
+    float x[CHUNK], acc[CHUNK];
+    for (int64_t start = first; start < end; start += CHUNK) {
+        int64_t len = end - start < CHUNK ? end - start : CHUNK;
+        memset(acc, 0, sizeof acc);
+        for (int i = 0; i < k; i++) {
+            widen(xs[i], x_dtypes[i], start, len, x);
+            fused_axpy(x, len, weights[i], acc);
+        }
+        if (normalize) divide(acc, len, divisor);
+        narrow(acc, len, out, out_dtype, start);
+    }
 }
 
 /* ---- nearswap (operators/nearswap.py is the reference) ------------------------------------ */

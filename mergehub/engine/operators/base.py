@@ -184,11 +184,12 @@ class Operator:
     def block_local(self, p: TensorParams, ndim: int) -> bool:
         return False
 
-    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+    def merge_stored(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
         """Optional fast path for a unit on the CPU (the whole tensor, or rows of it for a
         block-local operator; ``ctx`` says which): ``base`` and ``inputs`` in their stored
-        dtypes (an input that ``is base`` was not read), the result in ``out_dtype``.
+        dtypes (an input that ``is base`` was not read; ``base`` is None when the merge has
+        none, or the operator ignores it), the result in ``out_dtype``.
         It must equal ``merge`` on everything widened to ``work``, rounded to ``out_dtype``.
         None: not handled here, the executor calls ``merge``."""
         return None

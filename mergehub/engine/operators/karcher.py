@@ -35,6 +35,13 @@ class Karcher(Operator):
     def block_local(self, p: TensorParams, ndim: int) -> bool:
         return ndim < 2 or len(p.models) == 1
 
+    def merge_stored(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """The span route straight into the output dtype: no float32 copy of the result."""
+        if len(inputs) == 1 or work != torch.float32 or not span.applies(*inputs):
+            return None
+        return self._span_merge(inputs, p, ctx.empty(inputs[0].shape, out_dtype))
+
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         work = ctx.work(inputs[0])

@@ -1,6 +1,9 @@
 """linear: out = Σ_i w_i·x_i (/ Σ_i w_i with normalize), accumulated in float32.
 
 The base is "ignored": a configured base model is simply one more input with its own weight.
+The sum is taken in input order from zero, one fused multiply-add per input (what torch's
+``add_(x, alpha=w)`` does on CPUs with FMA); the compiled loop (engine/native) does the same
+in one pass from the stored dtypes to the output's.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from .. import native
 from . import params as P
 from .base import MergeContext, Operator, TensorParams
 from .registry import register
@@ -29,12 +33,36 @@ class Linear(Operator):
     def block_local(self, p: TensorParams, ndim: int) -> bool:
         return True
 
+    def merge_stored(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """Straight from the stored dtypes to the output's, through the compiled loop, when
+        widening to ``work`` and then to float32 is exact (``work`` float32, or the inputs'
+        own dtype)."""
+        exact = work == torch.float32 or all(x.dtype == work for x in inputs)
+        flat = [x.reshape(-1) for x in inputs]
+        if not (exact and work in native.DTYPES and out_dtype in native.DTYPES and native.supports(*flat)):
+            return None
+        out = ctx.empty(inputs[0].shape, out_dtype)
+        return native.linear(flat, p.per_model("weight"), self._divisor(p), out.view(-1)).view(out.shape)
+
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         weights = p.per_model("weight")
-        out = torch.zeros_like(inputs[0], dtype=P.accumulation_dtype(inputs[0]))
+        accumulate = P.accumulation_dtype(inputs[0])
+        flat = [x.reshape(-1) for x in inputs]
+        if accumulate == torch.float32 and native.supports(*flat):
+            out = ctx.empty(inputs[0].shape, accumulate)
+            return native.linear(flat, weights, self._divisor(p), out.view(-1)).view(out.shape)
+        out = torch.zeros_like(inputs[0], dtype=accumulate)
         for x, w in zip(inputs, weights):
             out.add_(x, alpha=w)
         if p.shared["normalize"]:
-            out.div_(torch.tensor(weights, dtype=out.dtype).sum().item())
+            out.div_(self._divisor(p, accumulate))
         return out
+
+    @staticmethod
+    def _divisor(p: TensorParams, dtype: torch.dtype = torch.float32) -> float | None:
+        """Σ w_i summed in ``dtype`` (None without normalize)."""
+        if not p.shared["normalize"]:
+            return None
+        return torch.tensor(p.per_model("weight"), dtype=dtype).sum().item()

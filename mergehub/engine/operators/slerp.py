@@ -138,11 +138,11 @@ class NuSlerp(Operator):
         w0, w1 = p.per_model("weight")
         return 0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1)
 
-    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+    def merge_stored(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
         if not p.shared["nuslerp_flatten"] or work != torch.float32 or not span.applies(base, *inputs):
             return None
-        return self._span_merge(base, inputs, self._t(p), ctx.empty(base.shape, out_dtype))
+        return self._span_merge(base, inputs, self._t(p), ctx.empty(inputs[0].shape, out_dtype))
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
@@ -193,11 +193,11 @@ class MultiSlerp(Operator):
 
     stored_dtype_inputs = True  # the span route reads them as stored; the others promote
 
-    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+    def merge_stored(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
         if len(inputs) == 1 or work != torch.float32 or not span.applies(base, *inputs):
             return None
-        return self._span_merge(base, inputs, p, ctx, ctx.empty(base.shape, out_dtype))
+        return self._span_merge(base, inputs, p, ctx, ctx.empty(inputs[0].shape, out_dtype))
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
