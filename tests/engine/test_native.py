@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent / "operators"))
 from operator_refs import make_ctx, make_params  # noqa: E402
 
 from mergehub.engine import native  # noqa: E402
-from mergehub.engine.operators import arcee_fusion, generalized, selection  # noqa: E402
+from mergehub.engine.operators import arcee_fusion, generalized, linear, selection  # noqa: E402
 from mergehub.engine.operators.base import MergeContext  # noqa: E402
 from mergehub.engine.operators.registry import get_operator  # noqa: E402
 
@@ -87,7 +89,9 @@ def test_the_loops_equal_the_torch_path(monkeypatch, method, rescale, shared, mo
     work_base = base.float()
     shared = shared if rescale is None else {**shared, "rescale": rescale}
     if method in ("dare_linear", "breadcrumbs"):
-        shared = {**shared, "normalize": False}  # a normalised plain sum stays in torch
+        # the plain sum divided by Σ w of every model, pruned-away (density 0) and weight-0 ones
+        # included (non-normalised plain sums: della_linear and task arithmetic below)
+        shared = {**shared, "normalize": True}
     p = make_params(method, 3, shared, models)
     op = get_operator(method)
     ran = spy(monkeypatch, "family_combine")
@@ -164,9 +168,13 @@ def test_merge_stored_declines_what_the_loops_do_not_cover():
     assert op.merge_stored(base, xs, p, ctx, torch.float64, torch.float32) is None  # work dtype
     assert op.merge_stored(base, xs, p, ctx, torch.float32, torch.float16) is None  # out dtype
     assert op.merge_stored(base.half(), [x.half() for x in xs], p, ctx, torch.float32, torch.float32) is None
-    normalised_sum = make_params("task_arithmetic", 2, {"normalize": True}, {"weight": 1.0})
-    assert get_operator("task_arithmetic").merge_stored(base, xs, normalised_sum, ctx, torch.float32,
-                                                        torch.float32) is None
+    # a normalised plain sum is one fused pass too (0.2.4), with the torch path's bits
+    normalised_sum = make_params("task_arithmetic", 2, {"normalize": True}, [{"weight": 0.7}, {"weight": 0.4}])
+    task_arithmetic = get_operator("task_arithmetic")
+    assert torch.equal(task_arithmetic.merge_stored(base, xs, normalised_sum, ctx, torch.float32, torch.float32),
+                       torch_path(task_arithmetic.merge, base, xs, normalised_sum, ctx))
+    unread = task_arithmetic.merge_stored(base, [xs[0], base], normalised_sum, ctx, torch.float32, torch.float32)
+    assert torch.equal(unread, torch_path(task_arithmetic.merge, base, [xs[0], base], normalised_sum, ctx))
     # nothing to prune is still one fused pass, with the torch path's bits
     dense = make_params("ties", 2, {}, {"weight": 1.0, "density": 1.0})
     assert torch.equal(op.merge_stored(base, xs, dense, ctx, torch.float32, torch.float32),
@@ -353,7 +361,8 @@ def test_a_bf16_merge_writes_the_same_bytes_either_way(tmp_path, method, budget)
     calls = []
     real = native.family_combine
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native, "family_combine", lambda *args: calls.append(args[0].dtype) or real(*args))
+        mp.setattr(native, "family_combine",
+                   lambda *args, **kwargs: calls.append(args[0].dtype) or real(*args, **kwargs))
         fast = merge(tmp_path / "native")
     assert calls and set(calls) == {torch.bfloat16}  # the loops ran, on the stored bf16 base
     slow = torch_path(merge, tmp_path / "torch")
@@ -440,18 +449,33 @@ def test_linear_through_the_loops_equals_the_torch_path(monkeypatch, normalize, 
     # division by the reciprocal would change many roundings
     p = make_params("linear", 4, {"normalize": normalize},
                     [{"weight": w} for w in (0.3, 0.7, 1.1, -0.25)])
+    if not linear.torch_fuses_add():
+        pytest.skip("torch's CPU kernels here do not fuse multiply-adds: linear keeps torch's path "
+                    "(test_linear_leaves_torch_kernels_that_do_not_fuse_to_torch)")
     op = get_operator("linear")
     ran = spy(monkeypatch, "linear")
     widened = [x.float() for x in xs]
     out = op.merge(None, widened, p, make_ctx(shape))
     reference = torch_path(op.merge, None, widened, p, make_ctx(shape))
     assert ran and out.dtype == torch.float32 and torch.equal(out, reference)
+    assert torch.equal(op.merge(None, xs, p, make_ctx(shape)), torch_path(op.merge, None, xs, p, make_ctx(shape)))
     for out_dtype in (torch.float32, torch.bfloat16):
         merged = op.merge_stored(None, xs, p, make_ctx(shape), torch.float32, out_dtype)
         assert merged.dtype == out_dtype and torch.equal(merged, reference.to(out_dtype))
     # no dtype in the config: inputs stay in their stored dtype and are summed in float32
     same = op.merge_stored(None, xs, p, make_ctx(shape), stored, stored)
     assert torch.equal(same, torch_path(op.merge, None, xs, p, make_ctx(shape)).to(stored))
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="torch's baseline kernels are x86's")
+def test_linear_leaves_torch_kernels_that_do_not_fuse_to_torch():
+    """The loop fuses each multiply-add, as torch's AVX2/AVX-512 kernels do; with torch's
+    baseline x86 kernels (no FMA), the probe says so and linear stays on torch's path."""
+    probe = ("import torch; from mergehub.engine.operators import linear; "
+             "print(torch.backends.cpu.get_cpu_capability(), linear.torch_fuses_add())")
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
+    assert ran.stdout.split() == ["DEFAULT", "False"]
 
 
 @needs_loops
@@ -575,8 +599,12 @@ def test_task_arithmetic_through_the_loops_equals_the_torch_path(monkeypatch, sh
     stored = op.merge_stored(base, xs, p, make_ctx((n,)), torch.float32, base.dtype)
     assert stored.dtype == base.dtype
     assert torch.equal(stored, torch_path(op.merge, base.float(), xs, p, make_ctx((n,))).to(base.dtype))
-    normalised = make_params("task_arithmetic", 3, {"normalize": True}, [{"weight": 1.0}] * 3)
-    assert op.merge_stored(base, xs, normalised, make_ctx((n,)), torch.float32, base.dtype) is None
+    # normalised: divided by Σ w = 0.4, the unread expert's 0.0 included (1 where |Σ w| < 1e-8)
+    for weights in ([1.0, -0.6, 0.0], [1e-9, 0.0, 0.0]):
+        normalised = make_params("task_arithmetic", 3, {**shared, "normalize": True},
+                                 [{"weight": w} for w in weights])
+        stored = op.merge_stored(base, xs, normalised, make_ctx((n,)), torch.float32, base.dtype)
+        assert torch.equal(stored, torch_path(op.merge, base.float(), xs, normalised, make_ctx((n,))).to(base.dtype))
 
 
 @needs_loops

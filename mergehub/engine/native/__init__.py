@@ -141,7 +141,7 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
     lib.mh_prune_sums.restype = i32
     lib.mh_family_combine.argtypes = [ptr, i32, i64, i64, i32, ctypes.POINTER(ModelSpec), i32, i32,
-                                      ctypes.c_float, ptr, i32]
+                                      ctypes.c_float, ctypes.c_float, ptr, i32]
     lib.mh_family_combine.restype = None
     return lib
 
@@ -341,17 +341,17 @@ def prune_sums(base: torch.Tensor, spec: ModelSpec) -> tuple[list[int], list[int
 
 
 def family_combine(base: torch.Tensor, specs: list[ModelSpec], consensus: bool, normalize: bool,
-                   lam: float, out: torch.Tensor) -> torch.Tensor:
+                   lam: float, out: torch.Tensor, sum_divisor: float = 1.0) -> torch.Tensor:
     """``out`` ← base + λ·combine(pruned, weighted deltas), computed in float32 and rounded to
     ``out``'s dtype: the TIES sign consensus (with ``normalize``: divided by the agreeing weights)
-    or a plain sum (``normalize`` must then be False)."""
-    assert supports(base, out) and not (normalize and not consensus)
+    or a plain sum (with ``normalize``: divided by ``sum_divisor``, as a float32)."""
+    assert supports(base, out)
     n = base.numel()
     c_specs = (ModelSpec * len(specs))(*specs)
 
     def run(span: tuple[int, int]) -> None:
         _LIB.mh_family_combine(*_ref(base), span[0], span[1], len(specs), c_specs, int(consensus),
-                               int(normalize), lam, *_ref(out))
+                               int(normalize), sum_divisor, lam, *_ref(out))
 
     _over_spans(n, run)
     return out

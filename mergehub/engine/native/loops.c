@@ -719,13 +719,15 @@ static void sum_add(const float *restrict kept, int64_t len, float factor, float
 
 /* Consensus: out = b + λ·mixed[/divisor], mixed summing the deltas that agree with the elected
  * sign (+ where Σd ≥ 0), divisor their weights (1 where 0; only when `normalize`).
- * Plain sum: out = b + λ·total. */
+ * Plain sum: out = b + λ·total[/sum_divisor] (Σ w, worked out by the caller). */
 MULTIVERSION
 static void finish(const float *restrict b, int64_t len, int consensus, const float *restrict total,
                    const float *restrict positive, const float *restrict negative,
                    const float *restrict w_positive, const float *restrict w_negative,
-                   int normalize, int scale, float lambda, float *restrict out) {
-    if (!consensus) {
+                   int normalize, float sum_divisor, int scale, float lambda, float *restrict out) {
+    if (!consensus && normalize) {
+        for (int64_t j = 0; j < len; j++) out[j] = total[j] / sum_divisor;
+    } else if (!consensus) {
         memcpy(out, total, (size_t)len * sizeof *out);
     } else if (normalize) {
         for (int64_t j = 0; j < len; j++) {
@@ -742,11 +744,11 @@ static void finish(const float *restrict b, int64_t len, int consensus, const fl
 }
 
 /* The merge over flat [first, end): every expert pruned by its mh_model, then combined with
- * the sign consensus (`consensus`) or a plain sum (then `normalize` must be 0), scaled by λ
- * and added to the base. Base, experts and out are indexed alike. */
+ * the sign consensus (`consensus`) or a plain sum (divided by `sum_divisor` when `normalize`),
+ * scaled by λ and added to the base. Base, experts and out are indexed alike. */
 void mh_family_combine(const void *b, int b_dtype, int64_t first, int64_t end, int models,
-                       const mh_model *ms, int consensus, int normalize, float lambda, void *out,
-                       int out_dtype) {
+                       const mh_model *ms, int consensus, int normalize, float sum_divisor, float lambda,
+                       void *out, int out_dtype) {
     float base[CHUNK], delta[CHUNK], kept[CHUNK], total[CHUNK], positive[CHUNK], negative[CHUNK];
     float w_positive[CHUNK], w_negative[CHUNK], merged[CHUNK];
     uint32_t u[CHUNK];
@@ -769,7 +771,7 @@ void mh_family_combine(const void *b, int b_dtype, int64_t first, int64_t end, i
                 sum_add(kept, len, ms[m].factor, ms[m].weight, total);
         }
         finish(base, len, consensus, total, positive, negative, w_positive, w_negative, normalize,
-               lambda != 1.0f, lambda, merged);
+               sum_divisor, lambda != 1.0f, lambda, merged);
         narrow(merged, len, out, out_dtype, start);
     }
 }

@@ -31,8 +31,20 @@ class PlainSum:
         self.weight_sum += weight
 
     def result(self) -> tuple[torch.Tensor, float | torch.Tensor]:
-        divisor = self.weight_sum if abs(self.weight_sum) >= DIVISOR_EPS else 1.0
-        return self.mixed, divisor
+        return self.mixed, self._divisor(self.weight_sum)
+
+    @staticmethod
+    def _divisor(weight_sum: float) -> float:
+        return weight_sum if abs(weight_sum) >= DIVISOR_EPS else 1.0
+
+    @classmethod
+    def divisor_of(cls, weights: list[float]) -> float:
+        """The divisor ``result`` gives once every model was added (each ``add`` or
+        ``add_zero`` counts its weight), summed in the same order."""
+        total = 0.0
+        for w in weights:
+            total += w
+        return cls._divisor(total)
 
 
 class SignConsensus:

@@ -127,13 +127,11 @@ class TaskArithmeticFamily(Operator):
         return self.sparsifier == "magnitude" and not p.shared["rescale"] and any(self._sparsifies(p))
 
     def _native_route(self, p: TensorParams, shape: torch.Size) -> bool:
-        """Do the compiled loops (engine/native) handle this tensor's merge? All but a normalised
-        plain sum, and DELLA on tensors whose rows are not the last dim. Without pruning that
-        includes task arithmetic itself: one fused pass from the stored dtypes to the output's
-        instead of a float32 copy of the base and a torch pass per op and expert."""
-        if self.sparsifier == "della_magprune" and _della_width(shape) is None:
-            return False
-        return self.consensus or not p.shared["normalize"]
+        """Do the compiled loops (engine/native) handle this tensor's merge? All but DELLA on
+        tensors whose rows are not the last dim. Without pruning that includes task arithmetic
+        itself: one fused pass from the stored dtypes to the output's instead of a float32 copy
+        of the base and a torch pass per op and expert."""
+        return not (self.sparsifier == "della_magprune" and _della_width(shape) is None)
 
     def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
@@ -234,7 +232,8 @@ class TaskArithmeticFamily(Operator):
         specs = native.map_parallel(
             lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset, *masks.get(k_x[0], (None, None))),
             used)
-        return native.family_combine(base, specs, self.consensus, p.shared["normalize"], p.shared["lambda"], out)
+        return native.family_combine(base, specs, self.consensus, p.shared["normalize"], p.shared["lambda"], out,
+                                     sum_divisor=PlainSum.divisor_of(p.per_model("weight")))
 
     def _della_masks(self, base: torch.Tensor, used: list[tuple[int, torch.Tensor]], p: TensorParams,
                      ctx: MergeContext, offset: int, shape: torch.Size) -> dict[int, tuple]:

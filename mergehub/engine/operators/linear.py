@@ -1,12 +1,15 @@
 """linear: out = Σ_i w_i·x_i (/ Σ_i w_i with normalize), accumulated in float32.
 
 The base is "ignored": a configured base model is simply one more input with its own weight.
-The sum is taken in input order from zero, one fused multiply-add per input (what torch's
-``add_(x, alpha=w)`` does on CPUs with FMA); the compiled loop (engine/native) does the same
-in one pass from the stored dtypes to the output's.
+The sum is taken in input order from zero with ``add_(x, alpha=w)``, which torch's vectorised
+CPU kernels compute as one fused multiply-add; the compiled loop (engine/native) does the same
+in one pass from the stored dtypes to the output's, and stands in for torch only where torch
+fuses (``torch_fuses_add``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -15,6 +18,21 @@ from .. import native
 from . import params as P
 from .base import MergeContext, Operator, TensorParams
 from .registry import register
+
+
+@functools.cache
+def torch_fuses_add() -> bool:
+    """Does torch's CPU ``add_(x, alpha=w)`` round once (a fused multiply-add)? Its kernels for
+    AVX2, AVX-512 and Arm do; its baseline x86 kernels do not. Probed over a vector body and a
+    scalar tail: with x = w = 1 + 2⁻¹², −1 + x·w is 2⁻¹¹ + 2⁻²⁴ fused, 2⁻¹¹ with x·w rounded."""
+    n, x = 67, 1 + 2**-12
+    out = torch.full((n,), -1.0)
+    out.add_(torch.full((n,), x), alpha=x)
+    return bool((out == 2**-11 + 2**-24).all())
+
+
+def _native_sum(flat: list[torch.Tensor]) -> bool:
+    return native.supports(*flat) and torch_fuses_add()
 
 
 @register
@@ -40,7 +58,7 @@ class Linear(Operator):
         own dtype)."""
         exact = work == torch.float32 or all(x.dtype == work for x in inputs)
         flat = [x.reshape(-1) for x in inputs]
-        if not (exact and work in native.DTYPES and out_dtype in native.DTYPES and native.supports(*flat)):
+        if not (exact and work in native.DTYPES and out_dtype in native.DTYPES and _native_sum(flat)):
             return None
         out = ctx.empty(inputs[0].shape, out_dtype)
         return native.linear(flat, p.per_model("weight"), self._divisor(p), out.view(-1)).view(out.shape)
@@ -50,7 +68,7 @@ class Linear(Operator):
         weights = p.per_model("weight")
         accumulate = P.accumulation_dtype(inputs[0])
         flat = [x.reshape(-1) for x in inputs]
-        if accumulate == torch.float32 and native.supports(*flat):
+        if accumulate == torch.float32 and _native_sum(flat):
             out = ctx.empty(inputs[0].shape, accumulate)
             return native.linear(flat, weights, self._divisor(p), out.view(-1)).view(out.shape)
         out = torch.zeros_like(inputs[0], dtype=accumulate)
