@@ -19,10 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 READ_CHUNK = 16 << 20
+# MergeHub's reader: 4 MiB pieces of a range, 4 at a time (engine/reader.py, executor.py)
+PIECE_BYTES = 4 << 20
+PIECE_THREADS = 4
 SAMPLE_INTERVAL_S = 0.02
 
 
@@ -126,22 +130,114 @@ def raw_read_throughput(paths: list[Path], direct: bool = False) -> tuple[int, f
     ``direct`` the reads go around the page cache (O_DIRECT, as MergeHub reads cold ranges);
     then None where the filesystem refuses it."""
     evict(paths)
-    view = memoryview(mmap.mmap(-1, READ_CHUNK))  # page-aligned, as O_DIRECT needs
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECT", 0) if direct else 0)
-    total = 0
     started = time.perf_counter()
     try:
-        for path in paths:
-            fd = os.open(path, flags)
-            try:
-                offset = 0
-                while n := os.preadv(fd, [view], offset):
-                    offset += n
-                total += offset
-            finally:
-                os.close(fd)
+        total = _read_files(paths, direct)
     except OSError:
         if direct:
             return None  # this filesystem refuses O_DIRECT (at open or at the first read)
         raise
     return total, time.perf_counter() - started
+
+
+def read_while_writing(paths: list[Path], scratch: Path, write_bytes: int) -> tuple[int, float]:
+    """Read every file cold the way MergeHub reads (``_read_in_pieces``) while another thread
+    writes ``write_bytes`` to ``scratch`` (around the page cache where the filesystem allows
+    it, as MergeHub writes its output, then fsync); return (bytes read and written, seconds
+    until both are done). Where reads and writes share the disk's bandwidth, a merge that
+    reads R bytes and writes W needs at least (R + W) / this rate."""
+    evict(paths)
+    failed: list[OSError] = []
+    written = [0]
+
+    def write() -> None:
+        try:
+            written[0] = _write_zeros(scratch, write_bytes)
+        except OSError as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=write, name="bench-write")
+    started = time.perf_counter()
+    writer.start()
+    try:
+        total = _read_in_pieces(paths)
+    finally:
+        writer.join()
+        scratch.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    if failed:
+        raise failed[0]
+    return total + written[0], seconds
+
+
+def _read_files(paths: list[Path], direct: bool) -> int:
+    view = memoryview(mmap.mmap(-1, READ_CHUNK))  # page-aligned, as O_DIRECT needs
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECT", 0) if direct else 0)
+    total = 0
+    for path in paths:
+        fd = os.open(path, flags)
+        try:
+            offset = 0
+            while n := os.preadv(fd, [view], offset):
+                offset += n
+            total += offset
+        finally:
+            os.close(fd)
+    return total
+
+
+def _read_in_pieces(paths: list[Path]) -> int:
+    """Every file read in ``PIECE_BYTES`` pieces, ``PIECE_THREADS`` at a time, around the page
+    cache where the filesystem allows it: how MergeHub's reader fetches a cold range."""
+    fds = [_open_for_reading(path) for path in paths]
+    local = threading.local()
+
+    def piece(job: tuple[int, int]) -> int:
+        fd, offset = job
+        if not hasattr(local, "view"):
+            local.view = memoryview(mmap.mmap(-1, PIECE_BYTES))  # page-aligned, as O_DIRECT needs
+        return os.preadv(fd, [local.view], offset)
+
+    jobs = [(fd, offset) for fd, path in zip(fds, paths)
+            for offset in range(0, path.stat().st_size, PIECE_BYTES)]
+    try:
+        with ThreadPoolExecutor(PIECE_THREADS) as pool:
+            return sum(pool.map(piece, jobs))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _open_for_reading(path: Path) -> int:
+    """A descriptor reading around the page cache, or through it where O_DIRECT is refused
+    (at open or at the first read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        return os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [memoryview(mmap.mmap(-1, mmap.PAGESIZE))], 0)
+        return fd
+    except OSError:
+        os.close(fd)
+        return os.open(path, os.O_RDONLY)
+
+
+def _write_zeros(path: Path, nbytes: int) -> int:
+    """About ``nbytes`` written sequentially (rounded up to whole pages, as O_DIRECT needs),
+    then fsync; returns the bytes written."""
+    chunk = memoryview(mmap.mmap(-1, READ_CHUNK))  # zeros, page-aligned
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(path, flags | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        fd = os.open(path, flags)  # no O_DIRECT on this filesystem
+    try:
+        written = 0
+        while written < nbytes:
+            want = min(READ_CHUNK, -(-(nbytes - written) // mmap.PAGESIZE) * mmap.PAGESIZE)
+            written += os.write(fd, chunk[:want])
+        os.fsync(fd)
+        return written
+    finally:
+        os.close(fd)

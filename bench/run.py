@@ -29,7 +29,8 @@ from mergehub.engine.errors import ConfigError, MergeHubError
 from mergehub.engine.planner import parse_budget
 
 from .generate import FAMILY_FILE
-from .measure import ChildResult, evict, files_under, inblock_works, raw_read_throughput, run_child
+from .measure import (ChildResult, evict, files_under, inblock_works, raw_read_throughput, read_while_writing,
+                      run_child)
 from .mergekit_env import BenchSetupError, mergekit_version, mergekit_yaml
 from .table import format_table
 
@@ -171,15 +172,21 @@ class Bench:
         self.inblock_ok = inblock_works(max(self.weight_files, key=lambda p: p.stat().st_size), self.work)
         progress("read counter: " + ("wait4 ru_inblock (checked against /proc/self/io)"
                                      if self.inblock_ok else "/proc/PID/io sampling (ru_inblock is empty here)"))
-        raw, raw_direct = [], []
+        raw, raw_direct, read_write = [], [], []
+        # what a full merge writes: one model's weights (the base's, or the first input's)
+        out_bytes = sum(p.stat().st_size for p in files_under(self.models[0]) if p.suffix == ".safetensors")
         for _ in range(self.args.runs):
             nbytes, seconds = raw_read_throughput(self.weight_files)
             raw.append(nbytes / seconds)
             direct = raw_read_throughput(self.weight_files, direct=True)
             if direct is not None:
                 raw_direct.append(direct[0] / direct[1])
+            nbytes, seconds = read_while_writing(self.weight_files, self.work / "write-probe.bin", out_bytes)
+            read_write.append(nbytes / seconds)
         progress(f"raw cold sequential read: {statistics.median(raw) / 1e9:.3f} GB/s"
-                 + (f", {statistics.median(raw_direct) / 1e9:.3f} GB/s uncached" if raw_direct else ""))
+                 + (f", {statistics.median(raw_direct) / 1e9:.3f} GB/s uncached" if raw_direct else "")
+                 + f"; reading while writing {out_bytes / 1e9:.2f} GB: {statistics.median(read_write) / 1e9:.3f} "
+                 "GB/s read and written")
         index = self.index_experts() if "mergehub" in self.tools else []
         for run in range(self.args.runs):
             for method in self.methods:
@@ -192,6 +199,7 @@ class Bench:
             "command": command_line(self.argv), "family": str(self.family_root),
             "family_summary": self.family.get("shape"), "full_read_bytes": self.full_read_bytes,
             "raw_read_bytes_per_s": raw, "raw_direct_read_bytes_per_s": raw_direct,
+            "read_write_bytes_per_s": read_write,
             "read_counter": "ru_inblock" if self.inblock_ok else "proc_io",
             "index": index, "runs": self.runs, "machine": machine(),
             "versions": {"mergekit": mergekit_version(self.mergekit_venv) if "mergekit" in self.tools else None},
@@ -209,8 +217,19 @@ def medians(runs: list[dict]) -> dict[tuple, dict]:
         out[key] = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "read_bytes", "peak_rss_bytes")}
         merge_s = [merge_seconds(r) for r in rs]
         out[key]["merge_s"] = statistics.median(merge_s) if None not in merge_s else None
+        written = [(r.get("metrics") or {}).get("bytes_written") for r in rs]
+        out[key]["written_bytes"] = statistics.median(written) if None not in written else None
         out[key]["n"] = len(rs)
     return out
+
+
+def disk_ceiling(m: dict, shared: float, raw: float) -> str:
+    """The % of raw a run reading R and writing W bytes could reach if the disk, moving
+    ``shared`` bytes/s read and written together, were its only limit: R / ((R + W) / shared)."""
+    written = m.get("written_bytes")
+    if written is None or not m["read_bytes"]:
+        return "—"
+    return f"{100 * m['read_bytes'] / (m['read_bytes'] + written) * shared / raw:.0f}%"
 
 
 def merge_seconds(run: dict) -> float | None:
@@ -223,8 +242,9 @@ def report(results: dict, methods: list[str], budgets: list[str], tools: list[st
     med = medians(results["runs"])
     raw = statistics.median(results["raw_read_bytes_per_s"])
     full = results["full_read_bytes"]
+    shared = statistics.median(results["read_write_bytes_per_s"]) if results.get("read_write_bytes_per_s") else None
     headers = ["method", "budget", "tool", "wall s", "read GB", "peak RSS GB", "speedup vs mergekit",
-               "% of raw", "merge s", "% of raw (merge)"]
+               "% of raw", "merge s", "% of raw (merge)"] + (["disk ceiling"] if shared else [])
     rows = []
     for method in methods:
         base = med.get((method, "mergekit", None))
@@ -238,7 +258,8 @@ def report(results: dict, methods: list[str], budgets: list[str], tools: list[st
                          f"{m['read_bytes'] / 1e9:.3f}", f"{m['peak_rss_bytes'] / 1e9:.2f}", speedup,
                          f"{100 * m['read_bytes'] / m['wall_s'] / raw:.0f}%",
                          "—" if merge_s is None else f"{merge_s:.2f}",
-                         "—" if merge_s is None else f"{100 * m['read_bytes'] / merge_s / raw:.0f}%"])
+                         "—" if merge_s is None else f"{100 * m['read_bytes'] / merge_s / raw:.0f}%"]
+                        + ([disk_ceiling(m, shared, raw)] if shared else []))
     shape = results.get("family_summary") or {}
     n_runs = max((m["n"] for m in med.values()), default=0)
     notes = [
@@ -255,6 +276,11 @@ def report(results: dict, methods: list[str], budgets: list[str], tools: list[st
     if direct:
         notes.append(f"the same read around the page cache (O_DIRECT, as MergeHub reads cold ranges): "
                      f"{statistics.median(direct) / 1e9:.3f} GB/s")
+    if shared:
+        notes.append(f"the same files read as MergeHub reads (4 MiB pieces, 4 at a time, O_DIRECT) while one "
+                     f"model's size is written (O_DIRECT, fsync): {shared / 1e9:.3f} GB/s read and written; "
+                     "disk ceiling: the most a run reading R and writing W bytes could reach at that rate, "
+                     "R/(R+W) of it, as % of raw")
     if results["index"]:
         total = sum(r["wall_s"] for r in results["index"])
         read = sum(r["read_bytes"] for r in results["index"])
