@@ -92,7 +92,7 @@ def _malformed(doc: dict) -> list[str]:
     access = doc["plan"].get("access") if isinstance(doc.get("plan"), dict) else None
     if access is not None and not _is_access(access):
         broken.append("plan.access")
-    if isinstance(doc.get("outputs"), dict) and doc["outputs"].get("hash", "sha256") not in OUTPUT_HASHES:
+    if isinstance(doc.get("outputs"), dict) and output_hash(doc) not in OUTPUT_HASHES:
         broken.append("outputs.hash")
     shard_bytes = doc.get("shard_bytes", 1)  # absent in manifests that predate it: the default
     if type(shard_bytes) is not int or shard_bytes <= 0:

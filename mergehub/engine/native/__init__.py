@@ -492,8 +492,8 @@ def linear(xs: list[torch.Tensor], weights: list[float], divisor: float | None, 
     c_weights = (ctypes.c_float * len(xs))(*weights)
 
     def run(span: tuple[int, int]) -> None:
-        _LIB.mh_linear(c_xs, c_dtypes, c_weights, len(xs), divisor is not None, divisor or 1.0,
-                       span[0], span[1], *_ref(out))
+        _LIB.mh_linear(c_xs, c_dtypes, c_weights, len(xs), divisor is not None,
+                       1.0 if divisor is None else divisor, span[0], span[1], *_ref(out))
 
     _over_spans(out.numel(), run)
     return out

@@ -42,7 +42,7 @@ class PlainSum:
         """The divisor ``result`` gives once every model was added (each ``add`` or
         ``add_zero`` counts its weight), summed in the same order."""
         total = 0.0
-        for w in weights:
+        for w in weights:  # one add at a time, as ``add`` does (sum() compensates on Python ≥ 3.12)
             total += w
         return cls._divisor(total)
 

@@ -31,10 +31,6 @@ def torch_fuses_add() -> bool:
     return bool((out == 2**-11 + 2**-24).all())
 
 
-def _native_sum(flat: list[torch.Tensor]) -> bool:
-    return native.supports(*flat) and torch_fuses_add()
-
-
 @register
 class Linear(Operator):
     name = "linear"
@@ -57,26 +53,33 @@ class Linear(Operator):
         widening to ``work`` and then to float32 is exact (``work`` float32, or the inputs'
         own dtype)."""
         exact = work == torch.float32 or all(x.dtype == work for x in inputs)
-        flat = [x.reshape(-1) for x in inputs]
-        if not (exact and work in native.DTYPES and out_dtype in native.DTYPES and _native_sum(flat)):
+        if not (exact and work in native.DTYPES and out_dtype in native.DTYPES):
             return None
-        out = ctx.empty(inputs[0].shape, out_dtype)
-        return native.linear(flat, p.per_model("weight"), self._divisor(p), out.view(-1)).view(out.shape)
+        return self._through_loop(inputs, p, ctx, out_dtype)
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
-        weights = p.per_model("weight")
         accumulate = P.accumulation_dtype(inputs[0])
-        flat = [x.reshape(-1) for x in inputs]
-        if accumulate == torch.float32 and _native_sum(flat):
-            out = ctx.empty(inputs[0].shape, accumulate)
-            return native.linear(flat, weights, self._divisor(p), out.view(-1)).view(out.shape)
+        if accumulate == torch.float32:
+            merged = self._through_loop(inputs, p, ctx, accumulate)
+            if merged is not None:
+                return merged
         out = torch.zeros_like(inputs[0], dtype=accumulate)
-        for x, w in zip(inputs, weights):
+        for x, w in zip(inputs, p.per_model("weight")):
             out.add_(x, alpha=w)
         if p.shared["normalize"]:
             out.div_(self._divisor(p, accumulate))
         return out
+
+    def _through_loop(self, inputs: list[torch.Tensor], p: TensorParams, ctx: MergeContext,
+                      out_dtype: torch.dtype) -> torch.Tensor | None:
+        """The merge through the compiled loop, in ``out_dtype``; None where it cannot stand in
+        for torch (tensors it does not take, or torch kernels that do not fuse)."""
+        flat = [x.reshape(-1) for x in inputs]
+        if not (native.supports(*flat) and torch_fuses_add()):
+            return None
+        out = ctx.empty(inputs[0].shape, out_dtype)
+        return native.linear(flat, p.per_model("weight"), self._divisor(p), out.view(-1)).view(out.shape)
 
     @staticmethod
     def _divisor(p: TensorParams, dtype: torch.dtype = torch.float32) -> float | None:
