@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -254,6 +256,16 @@ def _warm_up(args) -> Prefetch | None:
     return start_for_config(args.config, args.budget)
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor behind stdout (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(sys.stderr.isatty())
@@ -271,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         print(f"mergehub: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # stdout's reader went away (`mergehub plan --json | head -c 1`): the work is done (a
+        # merge is published before its report is printed), only the report was cut short.
+        # End quietly with the status of a tool stopped by SIGPIPE, not as a path error.
+        bar.close()
+        _drop_stdout()
+        return 128 + getattr(signal, "SIGPIPE", 13)
     except OSError as exc:
         bar.close()
         where = f"{exc.filename}: " if exc.filename else ""

@@ -219,6 +219,24 @@ def test_the_console_script_exits_2_with_one_line(tmp_path):
         assert command in help_proc.stdout
 
 
+def test_a_closed_stdout_ends_quietly_after_the_work_is_done(tmp_path, family, catalog):
+    """`mergehub merge … | head -c 0`: the merge is published, and the report that no one reads
+    ends the command like SIGPIPE ends a shell tool (141), not as a path error on stderr."""
+    script = Path(sys.executable).parent / "mergehub"
+    if not script.exists():
+        pytest.skip("the mergehub console script is not installed in this environment")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is printed
+    try:
+        proc = subprocess.run([str(script), "merge", str(family.write_config()), str(tmp_path / "out"),
+                               "--catalog", str(catalog), "--block-size", str(BLOCK)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == ""
+    assert (tmp_path / "out" / "mergehub_manifest.json").is_file()
+
+
 def test_an_unwritable_output_path_is_one_line_that_says_what_to_check(tmp_path, family, catalog, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
