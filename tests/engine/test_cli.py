@@ -203,10 +203,16 @@ def test_sweep_needs_a_base(family, catalog, capsys):
     assert rc == 2 and "needs a base model" in err
 
 
-def test_the_console_script_exits_2_with_one_line(tmp_path):
-    script = Path(sys.executable).parent / "mergehub"
-    if not script.exists():
+@pytest.fixture
+def script() -> Path:
+    """The installed ``mergehub`` console script."""
+    path = Path(sys.executable).parent / "mergehub"
+    if not path.exists():
         pytest.skip("the mergehub console script is not installed in this environment")
+    return path
+
+
+def test_the_console_script_exits_2_with_one_line(tmp_path, script):
     proc = subprocess.run([str(script), "merge", str(tmp_path / "nope.yaml"), str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
@@ -219,12 +225,9 @@ def test_the_console_script_exits_2_with_one_line(tmp_path):
         assert command in help_proc.stdout
 
 
-def test_a_closed_stdout_ends_quietly_after_the_work_is_done(tmp_path, family, catalog):
+def test_a_closed_stdout_ends_quietly_after_the_work_is_done(tmp_path, family, catalog, script):
     """`mergehub merge … | head -c 0`: the merge is published, and the report that no one reads
     ends the command like SIGPIPE ends a shell tool (141), not as a path error on stderr."""
-    script = Path(sys.executable).parent / "mergehub"
-    if not script.exists():
-        pytest.skip("the mergehub console script is not installed in this environment")
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before anything is printed
     try:
