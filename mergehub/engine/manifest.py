@@ -114,7 +114,8 @@ def _is_access(value) -> bool:
 RANDOM_STREAM_SINCE = (0, 2)
 # Methods whose results changed on purpose in a release: merges made before it replay differently.
 CHANGED_SINCE = {
-    "arcee_fusion": ((0, 2, 2), "computes its KL divergence accurately (docs/operators.md)"),
+    "arcee_fusion": ((0, 2, 6), "takes its threshold's sample spread over the rows (0.2.6) and computes its KL "
+                                "divergence accurately (0.2.2; docs/operators.md)"),
 }
 
 

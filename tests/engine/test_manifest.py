@@ -200,20 +200,21 @@ def test_a_malformed_manifest_is_a_one_line_error(tmp_path, family, catalog, cap
 
 
 def test_a_merge_recorded_before_its_method_changed_is_refused(tmp_path, family, catalog, capsys):
-    """arcee_fusion's KL became exact in 0.2.2: an older manifest cannot replay bit-identically,
-    which replay says before writing anything; one made since replays."""
+    """arcee_fusion's KL became exact in 0.2.2 and its sample moved in 0.2.6: an older manifest
+    cannot replay bit-identically, which replay says before writing anything; one made since
+    replays."""
     mapping = family.config("arcee_fusion")
     mapping["models"] = [{"model": mapping["models"][0]["model"]}]  # one expert, no parameters
     _merge(family, tmp_path / "out", catalog, mapping, seed=3)
     path = tmp_path / "out" / manifest.FILENAME
     doc = json.loads(path.read_text())
-    for made_by, refused in [("0.2.1", True), ("0.1.0", True), ("0.2.2", False), ("0.10.0", False)]:
+    for made_by, refused in [("0.2.5", True), ("0.2.1", True), ("0.1.0", True), ("0.2.6", False), ("0.10.0", False)]:
         doc["versions"]["mergehub"] = made_by
         path.write_text(json.dumps(doc))
         again = tmp_path / f"again-{made_by}"
         rc, out, err = run_cli(capsys, "replay", tmp_path / "out", again, "--catalog", catalog)
         if refused:
-            assert rc != 0 and f"MergeHub {made_by}" in err and "since 0.2.2" in err and "run the merge again" in err
+            assert rc != 0 and f"MergeHub {made_by}" in err and "since 0.2.6" in err and "run the merge again" in err
             assert len(err.strip().splitlines()) == 1 and not again.exists()
         else:
             assert rc == 0 and "bit-identical" in out, err

@@ -501,12 +501,17 @@ def test_arcee_fusion_through_the_loops_equals_the_torch_path(monkeypatch, shape
     base = torch.randn(shape, generator=g) * 0.02
     x = (base + 1e-3 * torch.randn(shape, generator=g)).bfloat16()
     x[5, 7], x[9, 0] = float("nan"), float("inf")  # those rows' KL comes from torch either way
+    x[11, 3] = float("-inf")  # softmax gives it 0: torch's KL of that row is finite, the loops' NaN
     p = make_params("arcee_fusion", 1, {}, {})
     op = get_operator("arcee_fusion")
     ran = spy(monkeypatch, "fusion_apply")
+    samples = []  # what the threshold is taken from: the same finite importances on both paths
+    real_threshold = arcee_fusion.threshold_of
+    monkeypatch.setattr(arcee_fusion, "threshold_of", lambda scores: samples.append(scores) or real_threshold(scores))
     out = op.merge(base, [x], p, make_ctx(shape))
     assert ran and out.dtype == torch.float32
     _assert_same(out, torch_path(op.merge, base, [x], p, make_ctx(shape)))
+    _assert_same(samples[0], samples[1])
     changed = (out != base) & ~out.isnan()
     assert 0 < changed.float().mean() < 0.5  # some, not all, changes kept
     stored = op.merge_stored(base.bfloat16(), [x], p, make_ctx(shape), torch.float32, torch.bfloat16)
@@ -523,7 +528,7 @@ def test_arcee_fusion_kl_is_accurate_where_float32_is_noise():
     g = torch.Generator().manual_seed(3)
     base = torch.randn(64, 1792, generator=g) * 0.02
     x = base + 1e-3 * torch.randn(64, 1792, generator=g)
-    kl = native.fusion_divergence(x.reshape(-1), base.reshape(-1), 1792)
+    kl, _ = native.fusion_divergence(x.reshape(-1), base.reshape(-1), 1792)
 
     def softmax(v):
         e = np.exp(v - v.max(axis=-1, keepdims=True))
@@ -544,7 +549,7 @@ def test_arcee_fusion_kl_matches_torch_float64_over_the_range(scale):
     g = torch.Generator().manual_seed(int(scale * 10) + 1)
     base = torch.randn(50, 333, generator=g) * scale
     x = base + torch.randn(50, 333, generator=g) * scale * 0.3
-    kl = native.fusion_divergence(x.reshape(-1), base.reshape(-1), 333)
+    kl, _ = native.fusion_divergence(x.reshape(-1), base.reshape(-1), 333)
     expected = arcee_fusion.row_divergence(x, base).flatten()
     # where softmax is one-hot (scale 30, 300) both sums round to ~0 (1e-36 vs 0: p and q agree
     # to their last bits), hence the absolute floor
@@ -553,13 +558,33 @@ def test_arcee_fusion_kl_matches_torch_float64_over_the_range(scale):
 
 
 @needs_loops
-def test_fusion_sample_equals_the_gather():
+@pytest.mark.parametrize("shape", [(300, 7000), (1_100_000, 2), (2, 700_000)])  # rows < sample, rows > sample
+def test_the_fusion_sample_is_the_gather_at_sample_positions(shape):
+    """The loops' sample, taken in the KL pass and on its own, is the importance at
+    arcee_fusion.sample_positions, which spread the sample evenly over the rows (rows differ by
+    at most one entry; in row order) at columns that cover the row."""
+    from mergehub.engine.operators import arcee_fusion
+
     g = torch.Generator().manual_seed(5)
-    base, x = torch.randn(300, 77, generator=g), torch.randn(300, 77, generator=g).bfloat16()
-    kl = torch.rand(300, generator=g)
-    index = torch.randint(base.numel(), (50_000,), generator=g)
-    expected = torch.sub(x.reshape(-1)[index].float(), base.reshape(-1)[index]).abs_().mul_(kl[index // 77])
-    assert torch.equal(native.fusion_sample(x.reshape(-1), base.reshape(-1), 77, kl, index), expected)
+    rows, width = shape
+    base, x = torch.randn(shape, generator=g), torch.randn(shape, generator=g).bfloat16()
+    size, key = arcee_fusion.SAMPLE_SIZE, (0x9E3779B9, 77)
+    kl, in_pass = native.fusion_divergence(x.reshape(-1), base.reshape(-1), width, size, key)
+    index = arcee_fusion.sample_positions(shape, key)
+    expected = torch.sub(x.reshape(-1)[index].float(), base.reshape(-1)[index]).abs_().mul_(kl[index // width])
+    assert torch.equal(in_pass, expected)
+    assert torch.equal(native.fusion_sample(x.reshape(-1), base.reshape(-1), width, kl, size, key), expected)
+    row = index // width
+    assert (row[1:] >= row[:-1]).all()
+    shares = torch.bincount(row, minlength=rows)
+    assert shares.max() - shares.min() <= 1 and shares.sum() == size
+    column = index % width
+    assert column.min() >= 0 and column.max() < width
+    if width > 1000:  # the columns are uniform: every tenth of the row gets its share
+        tenths = torch.bincount(column * 10 // width, minlength=10).double() / size
+        assert (tenths - 0.1).abs().max() < 0.01
+    other = arcee_fusion.sample_positions(shape, (key[0] + 1, key[1]))
+    assert (other != index).float().mean() > 0.4  # the key picks the columns (half agree by chance at width 2)
 
 
 @needs_loops

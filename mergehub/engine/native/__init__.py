@@ -124,11 +124,13 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_linear.restype = None
     lib.mh_nearswap.argtypes = [ptr, i32, ptr, i32, ctypes.c_float, i64, i64, ptr, i32]
     lib.mh_nearswap.restype = None
-    lib.mh_fusion_divergence.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, ptr]
+    lib.mh_fusion_divergence.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, ptr, i64, i64, ctypes.c_uint32,
+                                         ctypes.c_uint32, ptr]
     lib.mh_fusion_divergence.restype = i32
     lib.mh_fusion_apply.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, ptr, ctypes.c_float, ptr, i32]
     lib.mh_fusion_apply.restype = None
-    lib.mh_fusion_sample.argtypes = [ptr, i32, ptr, i32, i64, ptr, i64, ptr, ptr]
+    lib.mh_fusion_sample.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, i64, i64, ctypes.c_uint32, ctypes.c_uint32,
+                                     ptr, ptr]
     lib.mh_fusion_sample.restype = None
     lib.mh_key_high_counts.argtypes = [ptr, i64, ptr]
     lib.mh_key_high_counts.restype = None
@@ -510,33 +512,41 @@ def nearswap(x: torch.Tensor, base: torch.Tensor, t: float, out: torch.Tensor) -
     return out
 
 
-def fusion_divergence(x: torch.Tensor, base: torch.Tensor, width: int) -> torch.Tensor:
-    """float32[rows]: KL(softmax(x_r) + ε ‖ softmax(base_r) + ε) of each row of flat rows × ``width``
-    tensors, in float64 as a sum of non-negative terms (operators/arcee_fusion.py); NaN for a row
-    holding NaN or ±Inf."""
+def fusion_divergence(x: torch.Tensor, base: torch.Tensor, width: int, sample_size: int = 0,
+                      key: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(kl, sample): kl float32[rows] = KL(softmax(x_r) + ε ‖ softmax(base_r) + ε) of each row of
+    flat rows × ``width`` tensors, in float64 as a sum of non-negative terms
+    (operators/arcee_fusion.py), NaN for a row holding NaN or ±Inf; with ``sample_size``, also
+    the importance |x − base|·kl[row] at the ``sample_size`` positions arcee_fusion.sample_positions
+    draws with ``key`` (NaN in those rows), else None."""
     assert supports(base, x)
     rows = base.numel() // width
     kl = torch.empty(rows, dtype=torch.float32)
+    sample = torch.empty(sample_size, dtype=torch.float32) if sample_size else None
+    sample_ptr = sample.data_ptr() if sample is not None else None
 
     def run(span: tuple[int, int]) -> None:
-        _check(_LIB.mh_fusion_divergence(*_ref(x), *_ref(base), width, span[0], span[1], kl.data_ptr()))
+        _check(_LIB.mh_fusion_divergence(*_ref(x), *_ref(base), width, span[0], span[1], kl.data_ptr(), rows,
+                                         sample_size, key[0], key[1], sample_ptr))
 
     _over_spans(rows, run, per_thread=4, min_split=max(1, _MIN_SPLIT // width))
-    return kl
+    return kl, sample
 
 
-def fusion_sample(x: torch.Tensor, base: torch.Tensor, width: int, kl: torch.Tensor,
-                  index: torch.Tensor) -> torch.Tensor:
-    """float32 |x − base|·kl[row] at the flat positions ``index`` (int64) of rows × ``width`` tensors."""
-    assert supports(base, x) and kl.dtype == torch.float32 and index.dtype == torch.int64
-    index, kl = index.contiguous(), kl.contiguous()
-    out = torch.empty(index.numel(), dtype=torch.float32)
+def fusion_sample(x: torch.Tensor, base: torch.Tensor, width: int, kl: torch.Tensor, size: int,
+                  key: tuple[int, int]) -> torch.Tensor:
+    """float32 |x − base|·kl[row] at the ``size`` positions arcee_fusion.sample_positions draws
+    with ``key`` in flat rows × ``width`` tensors, in that order (fusion_divergence's sample,
+    for a ``kl`` computed otherwise)."""
+    assert supports(base, x) and kl.dtype == torch.float32
+    kl = kl.contiguous()
+    out = torch.empty(size, dtype=torch.float32)
 
     def run(span: tuple[int, int]) -> None:
-        _LIB.mh_fusion_sample(*_ref(x), *_ref(base), width, index[span[0]:].data_ptr(), span[1] - span[0],
-                              kl.data_ptr(), out[span[0]:].data_ptr())
+        _LIB.mh_fusion_sample(*_ref(x), *_ref(base), width, base.numel() // width, size, span[0], span[1],
+                              key[0], key[1], kl.data_ptr(), out[span[0]:].data_ptr())
 
-    _over_spans(index.numel(), run)
+    _over_spans(size, run)
     return out
 
 

@@ -21,12 +21,12 @@ the executor treat it correctly:
 
 Random operators draw only through ``ctx.draws24`` / ``ctx.random_keep`` / ``ctx.uniform``
 (a counter-based stream: an entry's draw depends on (seed, tensor, model, entry) alone, never on
-budget, slicing or execution order) or ``ctx.generator`` for tensor-global sampling.
+budget, slicing or execution order), or hash with ``ctx.stream_key(model, purpose)`` for a
+stream of their own (arcee_fusion's sample positions).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, Sequence
@@ -91,14 +91,9 @@ class TensorParams:
         return [m[name] for m in self.models]
 
 
-def _seed64(*parts: object) -> int:
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
 @dataclass
 class MergeContext:
-    """Where the current call sits in the tensor, and the seeded random source."""
+    """Where the current call sits in the tensor, and the keys of its seeded random streams."""
 
     tensor: str
     seed: int
@@ -125,9 +120,9 @@ class MergeContext:
         """The working dtype, or ``like``'s when the caller did not set one."""
         return self.work_dtype or like.dtype
 
-    def stream_key(self, model: int) -> tuple[int, int]:
-        """The key of ``model``'s random stream in this tensor (random_stream.py)."""
-        return random_stream.stream_key(self.seed, self.tensor, model)
+    def stream_key(self, model: int, purpose: str = "drop") -> tuple[int, int]:
+        """The key of ``model``'s random stream for ``purpose`` in this tensor (random_stream.py)."""
+        return random_stream.stream_key(self.seed, self.tensor, model, purpose)
 
     def flat_start(self, shape: Sequence[int]) -> int:
         """Flat index, in the full tensor, of the first entry of this call's slice (``shape``)."""
@@ -152,12 +147,6 @@ class MergeContext:
         """U[0,1) float32 draws u24·2^-24 (exact) shaped like this call's slice (DELLA)."""
         return self.draws24(model, shape).to(torch.float32).mul_(2.0 ** -random_stream.DRAW_BITS)
 
-    def generator(self, purpose: str, model: int = -1) -> torch.Generator:
-        """A CPU generator for tensor-global sampling, seeded by (seed, tensor, purpose, model)."""
-        g = torch.Generator(device="cpu")
-        g.manual_seed(_seed64(self.seed, self.tensor, purpose, model))
-        return g
-
 
 class Operator:
     """Base class; subclasses set the class attributes and implement ``merge``."""
@@ -168,7 +157,8 @@ class Operator:
     max_inputs: ClassVar[int | None] = None
     params: ClassVar[tuple[Param, ...]] = ()
     random: ClassVar[bool] = False
-    # draws from the counter-based stream (random_stream.py, since 0.2), not only ctx.generator
+    # drops drawn from the counter-based stream (random_stream.py, since 0.2): replay refuses
+    # manifests made before it (manifest.check_replayable)
     uses_random_stream: ClassVar[bool] = False
     # True when merge(base, [base]*n) == base: rows where no expert changed are then copied
     # from the base without computing (the executor's fast path for LoRA-style experts).

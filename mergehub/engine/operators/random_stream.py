@@ -32,9 +32,9 @@ _MASK32 = 0xFFFFFFFF
 _CHUNK = 1 << 20  # entries hashed at once by the torch version (int64 temporaries)
 
 
-def stream_key(seed: int, tensor: str, model: int) -> tuple[int, int]:
-    """(key0, key1): the 32-bit halves of a hash of (seed, tensor, model)."""
-    digest = hashlib.blake2b(f"{seed}\x1f{tensor}\x1fdrop\x1f{model}".encode(), digest_size=8).digest()
+def stream_key(seed: int, tensor: str, model: int, purpose: str = "drop") -> tuple[int, int]:
+    """(key0, key1): the 32-bit halves of a hash of (seed, tensor, purpose, model)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{tensor}\x1f{purpose}\x1f{model}".encode(), digest_size=8).digest()
     key = int.from_bytes(digest, "little")
     return key & _MASK32, key >> 32
 
@@ -59,15 +59,21 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def hash32(key: tuple[int, int], i: torch.Tensor) -> torch.Tensor:
+    """int64 in [0, 2^32): mix32(mix32(lo32(i) ^ key0) + (hi32(i) ^ key1)) of int64 ``i`` (u24 is
+    this >> 8)."""
+    key0, key1 = key
+    inner = _mix32((i & _MASK32) ^ key0)
+    return _mix32((inner + ((i >> 32) ^ key1)) & _MASK32)
+
+
 def draws24(key: tuple[int, int], start: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """int32[count]: u24 of flat entries start … start + count − 1 (on the CPU through the
     compiled loops when they are built: same numbers, ~50x faster)."""
     out = torch.empty(count, dtype=torch.int32, device=device)
     if out.device.type == "cpu" and native.available():
         return native.draws24(key, start, out)
-    key0, key1 = key
     for a in range(0, count, _CHUNK):
         i = torch.arange(start + a, start + min(a + _CHUNK, count), dtype=torch.int64, device=device)
-        inner = _mix32((i & _MASK32) ^ key0)
-        out[a:a + i.numel()] = _mix32((inner + ((i >> 32) ^ key1)) & _MASK32) >> 8
+        out[a:a + i.numel()] = hash32(key, i) >> 8
     return out
