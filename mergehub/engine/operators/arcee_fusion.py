@@ -67,9 +67,9 @@ def sample_positions(shape: tuple[int, ...], key: tuple[int, int], device: torch
     sample k of SAMPLE_SIZE lies in row ⌊k·rows / SAMPLE_SIZE⌋, so the rows' shares differ by at
     most one, at a column drawn uniformly with replacement, ⌊hash32(key, k)·width / 2^32⌋.
     Until 0.2.6 the positions were uniform over the whole tensor (torch.randint, as in
-    mergekit); spread over the rows the quartiles are estimated at least as well, and the loads
-    run through memory in order instead of at random (native.fusion_sample computes the same
-    positions, 1M in ~1 ms instead of ~10)."""
+    mergekit); spread over the rows the threshold comes out as close to the exact one
+    (docs/operators.md), and the loads run through memory in order instead of at random
+    (native.fusion_divergence takes the same sample while it has each row at hand)."""
     numel = math.prod(shape)
     if numel <= SAMPLE_SIZE:
         return None
