@@ -30,6 +30,7 @@ def test_the_table_reports_medians_and_both_throughputs():
     assert "| 5.00 |" in mergehub_row and "| 6.20x |" in mergehub_row
     assert "| 40% |" in mergehub_row and "| 4.00 | 50% |" in mergehub_row
     assert "| 31.00 |" in mergekit_row and mergekit_row.rstrip().endswith("| — | — |")
+    assert "1.500 GB/s (median of 3 readings, one before each round of runs: 1.000–2.000 GB/s)" in table
 
 
 def test_the_disk_ceiling_counts_what_a_run_writes():

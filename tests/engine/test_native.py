@@ -605,8 +605,7 @@ def test_order_statistics_equal_sorting():
             _assert_same(v, w)
     with pytest.raises(ValueError):
         selection.smallest_values(values, [0])
-    counts = native.key_high_counts(values)  # the counting pass itself, over both threads' tables
-    assert counts.sum() == values.numel() and counts[-1] == values.isnan().sum()
+    assert native.smallest(values, [3, 3, 300_001]).tolist()[:2] == [ordered[2].item()] * 2  # a repeated rank
 
 
 @needs_loops

@@ -132,10 +132,8 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_fusion_sample.argtypes = [ptr, i32, ptr, i32, i64, i64, i64, i64, i64, ctypes.c_uint32, ctypes.c_uint32,
                                      ptr, ptr]
     lib.mh_fusion_sample.restype = None
-    lib.mh_key_high_counts.argtypes = [ptr, i64, ptr]
-    lib.mh_key_high_counts.restype = None
-    lib.mh_key_low_counts.argtypes = [ptr, i64, ptr, i32, ptr]
-    lib.mh_key_low_counts.restype = i32
+    lib.mh_smallest.argtypes = [ptr, i64, ptr, i32, ptr]
+    lib.mh_smallest.restype = i32
     lib.mh_block_stats.argtypes = [ptr, i32, ptr, i32, i64, i64, ptr, ptr, ptr]
     lib.mh_block_stats.restype = i32
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
@@ -246,34 +244,16 @@ def magnitude_position(x: torch.Tensor, base: torch.Tensor, pattern: int, rank: 
     return position
 
 
-def key_high_counts(values: torch.Tensor) -> torch.Tensor:
-    """int64[2^16]: counts of the top 16 bits of the order keys of flat float32 ``values``
-    (selection.smallest_values' keys: ordered like the floats, NaN largest), on all cores."""
+def smallest(values: torch.Tensor, ranks: list[int]) -> torch.Tensor:
+    """float32[len(ranks)]: the r-th smallest (1-based) of flat float32 ``values`` for each r in
+    ``ranks``, as sorting orders them (−0 before +0, NaN last): selection.smallest_values' two
+    counting passes, on one core (fewer than 256 ranks, fewer than 2^32 values)."""
     assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
-
-    def run(span: tuple[int, int]) -> torch.Tensor:
-        table = torch.zeros(1 << 16, dtype=torch.int32)  # 32-bit: selection asks for n < 2^31
-        _LIB.mh_key_high_counts(values[span[0]:].data_ptr(), span[1] - span[0], table.data_ptr())
-        return table
-
-    return torch.stack(_over_spans(values.numel(), run)).long().sum(0)
-
-
-def key_low_counts(values: torch.Tensor, bins: list[int]) -> torch.Tensor:
-    """int64[len(bins), LOW_BINS]: per bin, counts of the low 16 bits of the order keys whose
-    top 16 bits are that bin (distinct bins, fewer than 256); one pass over ``values`` for all
-    bins, on all cores."""
-    assert len(set(bins)) == len(bins) < 256
-    assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
-    c_bins = (ctypes.c_uint32 * len(bins))(*bins)
-
-    def run(span: tuple[int, int]) -> torch.Tensor:
-        tables = torch.zeros(len(bins), LOW_BINS, dtype=torch.int32)
-        _check(_LIB.mh_key_low_counts(values[span[0]:].data_ptr(), span[1] - span[0], c_bins, len(bins),
-                                      tables.data_ptr()))
-        return tables
-
-    return torch.stack(_over_spans(values.numel(), run)).long().sum(0)
+    assert 0 < len(ranks) < 256 and values.numel() < 1 << 32
+    c_ranks = (ctypes.c_int64 * len(ranks))(*ranks)
+    out = torch.empty(len(ranks), dtype=torch.float32)
+    _check(_LIB.mh_smallest(values.data_ptr(), values.numel(), c_ranks, len(ranks), out.data_ptr()))
+    return out
 
 
 def _over_spans(n: int, run, per_thread: int = 1, min_split: int | None = None) -> list:

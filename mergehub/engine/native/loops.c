@@ -1406,15 +1406,15 @@ static inline uint32_t order_key(float f) {
 }
 
 /* table[key >> 16] += 1 for the order keys of v[0 … n) (a table of 2^16): the first counting
- * pass of an order statistic (operators/selection.py's smallest_values). */
-void mh_key_high_counts(const float *v, int64_t n, uint32_t *table) {
+ * pass of an order statistic. */
+static void key_high_counts(const float *v, int64_t n, uint32_t *table) {
     for (int64_t i = 0; i < n; i++) table[order_key(v[i]) >> 16]++;
 }
 
 /* tables[t·LOW_BINS + (key & 0xffff)] += 1 for the keys of v[0 … n) whose top 16 bits are
- * bins[t], t < k (k < 256): the second pass, inside the bins that hold the ranks. Returns 0, or
- * -1 when out of memory. */
-int mh_key_low_counts(const float *v, int64_t n, const uint32_t *bins, int k, uint32_t *tables) {
+ * bins[t], t < k (distinct bins, k < 256): the second pass, inside the bins that hold the
+ * ranks. Returns 0, or -1 when out of memory. */
+static int key_low_counts(const float *v, int64_t n, const uint32_t *bins, int k, uint32_t *tables) {
     uint8_t *slot = calloc(LOW_BINS, 1); /* 1 + t for bin t's top 16 bits, else 0 */
     if (!slot) return -1;
     for (int t = k - 1; t >= 0; t--) slot[bins[t] & 0xffffu] = (uint8_t)(t + 1);
@@ -1424,6 +1424,46 @@ int mh_key_low_counts(const float *v, int64_t n, const uint32_t *bins, int k, ui
         if (t) tables[(size_t)(t - 1) * LOW_BINS + (key & 0xffffu)]++; /* few keys fall in those bins */
     }
     free(slot);
+    return 0;
+}
+
+/* out[t] = the ranks[t]-th smallest (1-based, 1 ≤ ranks[t] ≤ n) of v[0 … n) as sorting orders
+ * them (−0 before +0, NaN last), t < k (k < 256, n < 2^32): the bin of the top 16 bits of the
+ * order key that holds each rank, then the low 16 bits inside it, two counting passes in one
+ * call (operators/selection.py's smallest_values; on a 1M sample the split over threads, their
+ * tables' sums and torch's small steps between the passes had cost more than the passes).
+ * Returns 0, or -1 when out of memory. */
+int mh_smallest(const float *v, int64_t n, const int64_t *ranks, int k, float *out) {
+    uint32_t *high = calloc(LOW_BINS, sizeof *high), bin[256], distinct[256];
+    int64_t below[256];
+    int slot_of[256], nd = 0;
+    if (!high) return -1;
+    key_high_counts(v, n, high);
+    for (int t = 0; t < k; t++) {
+        int64_t before = 0;
+        uint32_t b = 0;
+        while (before + high[b] < ranks[t]) before += high[b++];
+        bin[t] = b, below[t] = before;
+        int d = 0;
+        while (d < nd && distinct[d] != b) d++;
+        if (d == nd) distinct[nd++] = b;
+        slot_of[t] = d;
+    }
+    free(high);
+    uint32_t *low = calloc((size_t)nd * LOW_BINS, sizeof *low);
+    if (!low || key_low_counts(v, n, distinct, nd, low)) {
+        free(low);
+        return -1;
+    }
+    for (int t = 0; t < k; t++) {
+        const uint32_t *counts = low + (size_t)slot_of[t] * LOW_BINS;
+        int64_t before = below[t];
+        uint32_t lo = 0;
+        while (before + counts[lo] < ranks[t]) before += counts[lo++];
+        uint32_t key = bin[t] << 16 | lo, bits = key >> 31 ? key ^ 0x80000000u : ~key;
+        memcpy(out + t, &bits, 4);
+    }
+    free(low);
     return 0;
 }
 

@@ -93,23 +93,19 @@ def smallest_values(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor
     if flat.dtype != torch.float32 or n <= _SMALL:
         ordered = torch.sort(flat).values
         return [ordered[r - 1] for r in ranks]
-    if native.available() and flat.device.type == "cpu" and n < 1 << 31:
-        flat = flat.contiguous()
-        high_counts = native.key_high_counts(flat)
+    if native.available() and flat.device.type == "cpu" and n < 1 << 32 and len(ranks) < 256:
+        return list(native.smallest(flat.contiguous(), ranks))
+    bits = flat.view(torch.int32).long() & 0xFFFFFFFF
+    # order-preserving: a negative float's bits all flipped, a non-negative one's sign bit
+    # set; every NaN is the largest key, as sorting puts NaN last
+    keys = torch.where(bits >= 1 << 31, bits ^ 0xFFFFFFFF, bits | (1 << 31))
+    keys.masked_fill_(flat.isnan(), 0xFFFFFFFF)
+    high = keys >> 16
+    high_counts = torch.bincount(high, minlength=1 << 16)
 
-        def low_counts(bins: list[int]) -> torch.Tensor:
-            return native.key_low_counts(flat, bins)
-    else:
-        bits = flat.view(torch.int32).long() & 0xFFFFFFFF
-        # order-preserving: a negative float's bits all flipped, a non-negative one's sign bit
-        # set; every NaN is the largest key, as sorting puts NaN last
-        keys = torch.where(bits >= 1 << 31, bits ^ 0xFFFFFFFF, bits | (1 << 31))
-        keys.masked_fill_(flat.isnan(), 0xFFFFFFFF)
-        high = keys >> 16
-        high_counts = torch.bincount(high, minlength=1 << 16)
+    def low_counts(bins: list[int]) -> torch.Tensor:
+        return torch.stack([torch.bincount(keys[high == b] & 0xFFFF, minlength=LOW_BINS) for b in bins])
 
-        def low_counts(bins: list[int]) -> torch.Tensor:
-            return torch.stack([torch.bincount(keys[high == b] & 0xFFFF, minlength=LOW_BINS) for b in bins])
     cumulative = high_counts.cumsum(0)
     bins = [int(torch.searchsorted(cumulative, r)) for r in ranks]
     distinct = sorted(set(bins))
