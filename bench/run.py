@@ -7,7 +7,8 @@ Per method: mergekit once per run (it has no budget), MergeHub once per budget p
 interleaved in the same invocation, after one untimed ``--help`` of each tool (libraries
 loaded, not timed). Before every run the page cache of the family (and of MergeHub's
 catalog) is evicted. MergeHub's experts are indexed once before the timed runs;
-that one-off cost is reported on its own line. Outputs are deleted after each run. All runs
+that one-off cost is reported on its own line. The raw read throughputs the runs are compared
+with are measured once before each round of runs, so they follow the disk's drift. Outputs are deleted after each run. All runs
 and the manifests' metrics are saved to WORK_DIR/results.json; one table of medians is printed.
 """
 
@@ -175,7 +176,10 @@ class Bench:
         raw, raw_direct, read_write = [], [], []
         # what a full merge writes: one model's weights (the base's, or the first input's)
         out_bytes = sum(p.stat().st_size for p in files_under(self.models[0]) if p.suffix == ".safetensors")
-        for _ in range(self.args.runs):
+        index = self.index_experts() if "mergehub" in self.tools else []
+        for run in range(self.args.runs):
+            # The disk's speed drifts on shared machines (here 0.78–1.08 GB/s within an hour), so
+            # the raw reads are taken once per round, next to the merges they are compared with.
             nbytes, seconds = raw_read_throughput(self.weight_files)
             raw.append(nbytes / seconds)
             direct = raw_read_throughput(self.weight_files, direct=True)
@@ -183,12 +187,10 @@ class Bench:
                 raw_direct.append(direct[0] / direct[1])
             nbytes, seconds = read_while_writing(self.weight_files, self.work / "write-probe.bin", out_bytes)
             read_write.append(nbytes / seconds)
-        progress(f"raw cold sequential read: {statistics.median(raw) / 1e9:.3f} GB/s"
-                 + (f", {statistics.median(raw_direct) / 1e9:.3f} GB/s uncached" if raw_direct else "")
-                 + f"; reading while writing {out_bytes / 1e9:.2f} GB: {statistics.median(read_write) / 1e9:.3f} "
-                 "GB/s read and written")
-        index = self.index_experts() if "mergehub" in self.tools else []
-        for run in range(self.args.runs):
+            progress(f"round {run + 1}: raw cold sequential read {raw[-1] / 1e9:.3f} GB/s"
+                     + (f", {raw_direct[-1] / 1e9:.3f} GB/s uncached" if direct is not None else "")
+                     + f"; reading while writing {out_bytes / 1e9:.2f} GB: {read_write[-1] / 1e9:.3f} "
+                     "GB/s read and written")
             for method in self.methods:
                 if "mergekit" in self.tools:
                     self.runs.append(self.merge("mergekit", method, None, run))
@@ -266,8 +268,8 @@ def report(results: dict, methods: list[str], budgets: list[str], tools: list[st
         f"command: {results['command']}",
         f"family: {results['family']} (hidden {shape.get('hidden')}, layers {shape.get('layers')}, "
         f"vocab {shape.get('vocab')}); a full-read merge reads {full / 1e9:.3f} GB of weights",
-        f"raw cold sequential read of those files: {raw / 1e9:.3f} GB/s; medians of {n_runs} runs, "
-        f"page cache evicted before each; read counter: {results['read_counter']}",
+        f"raw cold sequential read of those files: {raw / 1e9:.3f} GB/s ({_spread(results['raw_read_bytes_per_s'])}); "
+        f"medians of {n_runs} runs, page cache evicted before each; read counter: {results['read_counter']}",
         "% of raw: the run's bytes read from storage per second of wall time, against the raw read; "
         "merge s: MergeHub's own time (manifest), without interpreter start-up "
         "(importing torch: 0.7–2.3 s on 2 shared cores)",
@@ -293,6 +295,14 @@ def report(results: dict, methods: list[str], budgets: list[str], tools: list[st
     if markdown:
         return "\n".join(["```", *notes, "```", "", table])
     return "\n".join([*notes, "", table])
+
+
+def _spread(readings: list[float]) -> str:
+    """How many raw readings the median is of, and their range (one is taken before each round)."""
+    if len(readings) < 2:
+        return "one reading"
+    return f"median of {len(readings)} readings, one before each round of runs: " \
+           f"{min(readings) / 1e9:.3f}–{max(readings) / 1e9:.3f} GB/s"
 
 
 def machine() -> dict:
