@@ -467,7 +467,7 @@ static void fold_slots(const int64_t *tables, int64_t *sums) {
 typedef struct {
     int shift, lowest, highest;
     uint32_t digit_mask;
-    int64_t count[BUCKETS], first[BUCKETS];
+    int64_t count[BUCKETS];
     uint32_t odd_count[BUCKETS]; /* entries at odd j: two counters a bucket, so runs of one digit do not queue */
     float p_first[BUCKETS], p_last[BUCKETS];
 } row_buckets;
@@ -514,7 +514,6 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
     int64_t before = 0;
     for (int d = 0; d <= rb->highest; d = d ? d + 1 : rb->lowest) {
         int64_t c = rb->count[d];
-        rb->first[d] = before;
         if (c) rb->p_first[d] = probs[before], rb->p_last[d] = probs[before + c - 1];
         before += c;
         if (!d && rb->lowest > rb->highest) break;
