@@ -8,8 +8,9 @@ interleaved in the same invocation, after one untimed ``--help`` of each tool (l
 loaded, not timed). Before every run the page cache of the family (and of MergeHub's
 catalog) is evicted. MergeHub's experts are indexed once before the timed runs;
 that one-off cost is reported on its own line. The raw read throughputs the runs are compared
-with are measured once before each round of runs, so they follow the disk's drift. Outputs are deleted after each run. All runs
-and the manifests' metrics are saved to WORK_DIR/results.json; one table of medians is printed.
+with are measured once before each round of runs, so they follow the disk's drift. Outputs are
+deleted after each run. All runs and the manifests' metrics are saved to
+WORK_DIR/results.json; one table of medians is printed.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Bench:
         out_bytes = sum(p.stat().st_size for p in files_under(self.models[0]) if p.suffix == ".safetensors")
         index = self.index_experts() if "mergehub" in self.tools else []
         for run in range(self.args.runs):
-            # The disk's speed drifts on shared machines (here 0.78–1.08 GB/s within an hour), so
+            # The disk's speed drifts on shared machines (0.40–1.08 GB/s within two hours on one), so
             # the raw reads are taken once per round, next to the merges they are compared with.
             nbytes, seconds = raw_read_throughput(self.weight_files)
             raw.append(nbytes / seconds)

@@ -249,7 +249,7 @@ def smallest(values: torch.Tensor, ranks: list[int]) -> torch.Tensor:
     ``ranks``, as sorting orders them (−0 before +0, NaN last): selection.smallest_values' two
     counting passes, on one core (fewer than 256 ranks, fewer than 2^32 values)."""
     assert values.dtype == torch.float32 and values.device.type == "cpu" and values.is_contiguous()
-    assert 0 < len(ranks) < 256 and values.numel() < 1 << 32
+    assert 0 < len(ranks) < 256 and values.numel() < 1 << 32 and all(1 <= r <= values.numel() for r in ranks)
     c_ranks = (ctypes.c_int64 * len(ranks))(*ranks)
     out = torch.empty(len(ranks), dtype=torch.float32)
     _check(_LIB.mh_smallest(values.data_ptr(), values.numel(), c_ranks, len(ranks), out.data_ptr()))

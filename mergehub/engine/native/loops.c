@@ -1381,8 +1381,10 @@ void mh_fusion_sample(const void *x, int x_dtype, const void *b, int b_dtype, in
     for (int64_t k = k0; k < k1; k += CHUNK) {
         int64_t len = k1 - k < CHUNK ? k1 - k : CHUNK;
         for (int64_t j = 0; j < len; j++) {
-            if (k + j >= next) /* a division per row (rows hold none when rows > size), not per sample */
-                r = (int64_t)((uint64_t)(k + j) * (uint64_t)rows / (uint64_t)size), next = first_sample(r + 1, rows, size);
+            if (k + j >= next) { /* a division per row (rows hold none when rows > size), not per sample */
+                r = (int64_t)((uint64_t)(k + j) * (uint64_t)rows / (uint64_t)size);
+                next = first_sample(r + 1, rows, size);
+            }
             row[j] = r, at[j] = r * width + sample_column(k + j, width, key0, key1);
         }
         for (int64_t j = 0; j < len; j++) {
