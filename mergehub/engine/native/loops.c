@@ -315,13 +315,15 @@ static inline uint32_t mix32(uint32_t x) {
     return x;
 }
 
+/* The stream's 32-bit hash of flat index i under key (key0, key1) (random_stream.hash32). */
+static inline uint32_t hash32(uint64_t i, uint32_t key0, uint32_t key1) {
+    return mix32(mix32((uint32_t)i ^ key0) + ((uint32_t)(i >> 32) ^ key1));
+}
+
 /* u[j]: the 24-bit draw of flat entry start + j under key (key0, key1). */
 MULTIVERSION
 static void draws(int64_t start, int64_t len, uint32_t key0, uint32_t key1, uint32_t *restrict u) {
-    for (int64_t j = 0; j < len; j++) {
-        uint64_t i = (uint64_t)(start + j);
-        u[j] = mix32(mix32((uint32_t)i ^ key0) + ((uint32_t)(i >> 32) ^ key1)) >> 8;
-    }
+    for (int64_t j = 0; j < len; j++) u[j] = hash32((uint64_t)(start + j), key0, key1) >> 8;
 }
 
 /* u[j] = the 24-bit draw of flat entry start + j (the torch path's random_stream.draws24). */
@@ -330,10 +332,9 @@ void mh_draws(int64_t start, int64_t len, uint32_t key0, uint32_t key1, uint32_t
 }
 
 /* The column of sample k in a row of `width` entries (arcee_fusion.py's sample_positions):
- * ⌊hash32(k)·width / 2^32⌋, hash32 being the draw before its >> 8. */
+ * ⌊hash32(k)·width / 2^32⌋. */
 static inline int64_t sample_column(int64_t k, int64_t width, uint32_t key0, uint32_t key1) {
-    uint32_t u = mix32(mix32((uint32_t)k ^ key0) + ((uint32_t)((uint64_t)k >> 32) ^ key1));
-    return (int64_t)(((uint64_t)u * (uint64_t)width) >> 32);
+    return (int64_t)(((uint64_t)hash32((uint64_t)k, key0, key1) * (uint64_t)width) >> 32);
 }
 
 /* The first sample of row r when `size` samples are spread over `rows` rows: sample k lies in
@@ -1280,9 +1281,9 @@ static double row_divergence(const double *restrict ex, const double *restrict e
 MULTIVERSION
 static void row_sample(const float *restrict xs, const float *restrict bs, int64_t width, int64_t k0, int64_t k1,
                        uint32_t key0, uint32_t key1, float kl, float *restrict sample) {
-    uint32_t column[256];
-    for (int64_t k = k0; k < k1; k += 256) {
-        int64_t len = k1 - k < 256 ? k1 - k : 256;
+    uint32_t column[CHUNK];
+    for (int64_t k = k0; k < k1; k += CHUNK) {
+        int64_t len = k1 - k < CHUNK ? k1 - k : CHUNK;
         for (int64_t j = 0; j < len; j++)
             column[j] = (uint32_t)sample_column(k + j, width, key0, key1);
         for (int64_t j = 0; j < len; j++) {
@@ -1376,8 +1377,7 @@ void mh_fusion_sample(const void *x, int x_dtype, const void *b, int b_dtype, in
                       float *out) {
     const int64_t AHEAD = 32;
     const size_t x_size = x_dtype == BF16 ? 2 : 4, b_size = b_dtype == BF16 ? 2 : 4;
-    int64_t at[CHUNK], row[CHUNK];
-    int64_t r = (int64_t)((uint64_t)k0 * (uint64_t)rows / (uint64_t)size), next = first_sample(r + 1, rows, size);
+    int64_t at[CHUNK], row[CHUNK], r = 0, next = 0; /* next: row r + 1's first sample; found at k0 */
     for (int64_t k = k0; k < k1; k += CHUNK) {
         int64_t len = k1 - k < CHUNK ? k1 - k : CHUNK;
         for (int64_t j = 0; j < len; j++) {
