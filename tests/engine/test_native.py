@@ -573,7 +573,12 @@ def test_the_fusion_sample_is_the_gather_at_sample_positions(shape):
     index = arcee_fusion.sample_positions(shape, key)
     expected = torch.sub(x.reshape(-1)[index].float(), base.reshape(-1)[index]).abs_().mul_(kl[index // width])
     assert torch.equal(in_pass, expected)
-    assert torch.equal(native.fusion_sample(x.reshape(-1), base.reshape(-1), width, kl, size, key), expected)
+    again = torch.empty(size)
+    assert torch.equal(native.fusion_sample(x.reshape(-1), base.reshape(-1), width, kl, key, again), expected)
+    some = [0, rows // 2, rows - 1]  # only these rows' shares taken again, into a sample holding zeros
+    only = native.fusion_sample(x.reshape(-1), base.reshape(-1), width, kl, key, torch.zeros(size), rows=some)
+    in_rows = torch.isin(index // width, torch.tensor(some))
+    assert torch.equal(only[in_rows], expected[in_rows]) and (only[~in_rows] == 0).all()
     row = index // width
     assert (row[1:] >= row[:-1]).all()
     shares = torch.bincount(row, minlength=rows)

@@ -513,21 +513,28 @@ def fusion_divergence(x: torch.Tensor, base: torch.Tensor, width: int, sample_si
     return kl, sample
 
 
-def fusion_sample(x: torch.Tensor, base: torch.Tensor, width: int, kl: torch.Tensor, size: int,
-                  key: tuple[int, int]) -> torch.Tensor:
-    """float32 |x − base|·kl[row] at the ``size`` positions arcee_fusion.sample_positions draws
-    with ``key`` in flat rows × ``width`` tensors, in that order (fusion_divergence's sample,
-    for a ``kl`` computed otherwise)."""
-    assert supports(base, x) and kl.dtype == torch.float32
-    kl = kl.contiguous()
-    out = torch.empty(size, dtype=torch.float32)
+def fusion_sample(x: torch.Tensor, base: torch.Tensor, width: int, kl: torch.Tensor, key: tuple[int, int],
+                  sample: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+    """``sample`` (float32, the size of the sample) ← |x − base|·kl[row] at the positions
+    arcee_fusion.sample_positions draws with ``key`` in flat rows × ``width`` tensors, in that
+    order: fusion_divergence's sample, again for a ``kl`` computed otherwise. With ``rows``, only
+    the shares of those rows are taken again (the ones whose KL torch computed)."""
+    assert supports(base, x) and kl.dtype == torch.float32 and sample.dtype == torch.float32
+    assert sample.is_contiguous()
+    kl, size, total_rows = kl.contiguous(), sample.numel(), base.numel() // width
 
     def run(span: tuple[int, int]) -> None:
-        _LIB.mh_fusion_sample(*_ref(x), *_ref(base), width, base.numel() // width, size, span[0], span[1],
-                              key[0], key[1], kl.data_ptr(), out[span[0]:].data_ptr())
+        _LIB.mh_fusion_sample(*_ref(x), *_ref(base), width, total_rows, size, span[0], span[1],
+                              key[0], key[1], kl.data_ptr(), sample[span[0]:].data_ptr())
 
-    _over_spans(size, run)
-    return out
+    if rows is None:
+        _over_spans(size, run)
+    else:  # row r's share: samples ⌈r·size / rows⌉ … ⌈(r + 1)·size / rows⌉ − 1 (loops.c, first_sample)
+        for r in rows:
+            first, end = -(-r * size // total_rows), -(-(r + 1) * size // total_rows)
+            if first < end:
+                run((first, end))
+    return sample
 
 
 def fusion_apply(x: torch.Tensor, base: torch.Tensor, width: int, kl: torch.Tensor, threshold: float,

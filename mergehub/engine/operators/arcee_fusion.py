@@ -142,8 +142,8 @@ class ArceeFusion(Operator):
             bad = kl.isnan().nonzero().flatten().tolist()
             if bad:  # rows holding NaN or ±Inf: torch's arithmetic says what they give
                 kl[bad] = row_divergence(x[bad].float(), base[bad].float()).flatten()
-                if sampled:
-                    scores = native.fusion_sample(flat_x, flat_b, width, kl, SAMPLE_SIZE, key)
+                if sampled:  # and those rows' share of the sample
+                    native.fusion_sample(flat_x, flat_b, width, kl, key, scores, rows=bad)
         else:
             kl = _row_divergences(base, x, work)
         if not sampled:
