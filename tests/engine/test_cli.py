@@ -225,6 +225,30 @@ def test_the_console_script_exits_2_with_one_line(tmp_path, script):
         assert command in help_proc.stdout
 
 
+def test_the_console_script_is_run_which_skips_the_interpreters_teardown(tmp_path):
+    """`run` flushes what main printed and ends the process without the teardown (exit hooks
+    and all) that costs ~0.15 s once torch is imported; statuses are main's and argparse's."""
+    from importlib.metadata import entry_points
+
+    assert entry_points(group="console_scripts")["mergehub"].value == "mergehub.engine.cli:run"
+    driver = ("import atexit, sys\n"
+              "atexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+              "sys.argv = ['mergehub', *sys.argv[1:]]\n"
+              "from mergehub.engine.cli import run\n"
+              "run()\n")
+    helped = subprocess.run([sys.executable, "-c", driver, "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "replay" in helped.stdout  # flushed through the pipe
+    assert "teardown ran" not in helped.stderr
+    misused = subprocess.run([sys.executable, "-c", driver, "merge"], capture_output=True, text=True,
+                             timeout=120)
+    assert misused.returncode == 2 and "usage:" in misused.stderr
+    failed = subprocess.run([sys.executable, "-c", driver, "plan", str(tmp_path / "nope.yaml")],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and failed.stderr.startswith("mergehub: error: config file")
+    assert "teardown ran" not in failed.stderr + misused.stderr
+
+
 def test_a_closed_stdout_ends_quietly_after_the_work_is_done(tmp_path, family, catalog, script):
     """`mergehub merge … | head -c 0`: the merge is published, and the report that no one reads
     ends the command like SIGPIPE ends a shell tool (141), not as a path error on stderr."""
