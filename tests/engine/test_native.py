@@ -101,6 +101,24 @@ def test_the_loops_equal_the_torch_path(monkeypatch, method, rescale, shared, mo
     assert torch.equal(out, ref)
 
 
+@needs_loops
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+@pytest.mark.parametrize("quantised", [False, True])
+def test_more_models_than_the_loops_sum_in_one_group(monkeypatch, method, quantised):
+    """loops.c sums the consensus of up to GROUP (8) models in registers; 11 models take two
+    groups, and the sums must be the same float additions in model order as the torch path's."""
+    k = 11
+    base, xs = family(1025, k, seed=k, quantised=quantised)
+    models = [{"weight": w, "density": d} for w, d in zip([1.0, 0.6, -0.5, 0.0, 2.0, 0.3, 0.8, 1.2, -0.1, 0.9, 0.4],
+                                                            [0.5, 0.3, 0.9, 0.4, 1.0, 0.0, 0.7, 0.2, 0.6, 0.99, 0.05])]
+    p = make_params(method, k, {}, models)
+    op = get_operator(method)
+    ran = spy(monkeypatch, "family_combine")
+    out = op.merge(base.float(), xs, p, make_ctx((1025,)))
+    assert ran
+    assert torch.equal(out, torch_path(op.merge, base.float(), xs, p, make_ctx((1025,))))
+
+
 DELLA_MODELS = [{"weight": 1.0, "density": 0.5, "epsilon": 0.15}, {"weight": 0.6, "density": 0.3, "epsilon": 0.2},
                 {"weight": -0.4, "density": 0.9, "epsilon": 0.05}]
 
