@@ -143,6 +143,42 @@ def test_della_through_the_loops_equals_the_torch_path(monkeypatch, method, resc
 
 
 @needs_loops
+def test_della_masks_l1_sums_are_exact_whatever_a_rows_exponent_span():
+    """mh_della_mask sums a row's kept and dropped |δ| as one 64-bit integer when the row's
+    exponents span few enough binades, else per exponent (wide spans, Inf); either way the
+    slots must describe the exact sums of the entries the mask keeps and drops."""
+    from mergehub.engine.operators.exact_sum import exponent_sums
+    from mergehub.engine.operators.sparsify import della_probabilities
+
+    width = 1031
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(8, width, generator=g)
+    delta = 0.01 * torch.randn(8, width, generator=g)
+    base[1, ::7] = base[2] = 0.0  # so that x − base gives back the tiny δ below exactly
+    delta[1, ::7] = 1e-30  # 80 binades below the rest: per exponent
+    delta[2] *= 1e-36  # subnormal |δ| (exponent 0) mixed with the smallest normal ones
+    delta[3] = 0.0
+    delta[4, 5] = math.inf
+    delta[5, :500] = 0.0
+    delta[6, 3] = 2.0 ** 100  # a span of about 110 binades
+    delta[7] = delta[7].sign() * 2.0 ** -20  # one key: a span of 0
+    x = base + delta
+    real = x - base  # δ as float32 computes it (base + δ − base need not be δ)
+    mask = torch.empty(-(-base.numel() // 8), dtype=torch.uint8)
+    probs = della_probabilities(0.5, 0.15, width)
+    (before, kept), = native.della_masks(base.view(-1), [(x.view(-1), 0, (7, 11), probs, mask)], width, True)
+    keep = torch.from_numpy(__import__("numpy").unpackbits(mask.numpy(), bitorder="little")[:base.numel()].copy())
+    keep = keep.view(8, width).bool()
+    assert 0 < keep.sum() < base.numel()
+
+    def value(slots):  # the exact sum the slots describe, and whether an Inf or NaN is in it
+        return sum(c << (max(e, 1) - 1) for e, c in enumerate(slots[:255]) if c), slots[255] != 0
+
+    assert value(before) == value(exponent_sums(real))
+    assert value(kept) == value(exponent_sums(torch.where(keep, real, 0.0)))
+
+
+@needs_loops
 @pytest.mark.parametrize("method", ["dare_ties", "dare_linear", "della_linear"])
 def test_random_drops_of_a_row_slice_are_the_whole_tensors(method):
     """Without rescale DARE is block-local: the loops, given rows 5-12 of a tensor, draw what

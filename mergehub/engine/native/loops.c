@@ -102,12 +102,37 @@ static void magnitude_bits(const float *restrict d, int64_t len, uint32_t *restr
     for (int64_t j = 0; j < len; j++) bits[j] = f32_bits(d[j]) & 0x7fffffffu;
 }
 
+/* bits[j] = magnitude_bits of x − b at flat start + j, for j < len. Both in bfloat16 (the
+ * usual checkpoint), in one pass straight from the stored halves; otherwise a chunk at a time
+ * through widen. */
+MULTIVERSION
+static void magnitude_keys(const void *x, int x_dtype, const void *b, int b_dtype, int64_t start,
+                           int64_t len, uint32_t *restrict bits) {
+    if (x_dtype == BF16 && b_dtype == BF16) {
+        const uint16_t *xs = (const uint16_t *)x + start, *bs = (const uint16_t *)b + start;
+        for (int64_t j = 0; j < len; j++) {
+            uint32_t xb = (uint32_t)xs[j] << 16, bb = (uint32_t)bs[j] << 16;
+            float xf, bf;
+            memcpy(&xf, &xb, 4), memcpy(&bf, &bb, 4);
+            bits[j] = f32_bits(xf - bf) & 0x7fffffffu;
+        }
+        return;
+    }
+    float d[CHUNK], base[CHUNK];
+    for (int64_t at = 0; at < len; at += CHUNK) {
+        int64_t n = len - at < CHUNK ? len - at : CHUNK;
+        widen(x, x_dtype, start + at, n, d);
+        widen(b, b_dtype, start + at, n, base);
+        subtract(d, base, n);
+        magnitude_bits(d, n, bits + at);
+    }
+}
+
 /* A streaming pass over |x − b|: each call of `next` fills `bits` for one chunk. */
 typedef struct {
     const void *x, *b;
     int x_dtype, b_dtype;
     int64_t n, start, len;
-    float d[CHUNK], base[CHUNK];
     uint32_t bits[CHUNK];
 } magnitudes;
 
@@ -115,10 +140,7 @@ static int next(magnitudes *m) {
     m->start += m->len;
     if (m->start >= m->n) return 0;
     m->len = m->n - m->start < CHUNK ? m->n - m->start : CHUNK;
-    widen(m->x, m->x_dtype, m->start, m->len, m->d);
-    widen(m->b, m->b_dtype, m->start, m->len, m->base);
-    subtract(m->d, m->base, m->len);
-    magnitude_bits(m->d, m->len, m->bits);
+    magnitude_keys(m->x, m->x_dtype, m->b, m->b_dtype, m->start, m->len, m->bits);
     return 1;
 }
 
@@ -431,12 +453,15 @@ static void exponent_slots(const float *restrict delta, const float *restrict ke
         exponent_slot(delta[j], kept[j] == 0.0f && delta[j] != 0.0f, &slots[j], &mantissas[j]);
 }
 
-/* The same with the keep mask (0 or 1 a byte) instead of the kept values. */
+/* The same from |δ|'s bit patterns (magnitude_bits) and the keep mask (0 or 1 a byte). */
 MULTIVERSION
-static void masked_exponent_slots(const float *restrict delta, const uint8_t *restrict keep, int64_t len,
+static void masked_exponent_slots(const uint32_t *restrict key, const uint8_t *restrict keep, int64_t len,
                                   uint32_t *restrict slots, uint32_t *restrict mantissas) {
-    for (int64_t j = 0; j < len; j++)
-        exponent_slot(delta[j], !keep[j] && delta[j] != 0.0f, &slots[j], &mantissas[j]);
+    for (int64_t j = 0; j < len; j++) {
+        uint32_t e = key[j] >> 23;
+        slots[j] = e + (!keep[j] && key[j] ? 256u : 0u);
+        mantissas[j] = (key[j] & 0x7fffffu) | (e ? 0x800000u : 0u);
+    }
 }
 
 #define SLOTS 512     /* 256 exponents of kept entries, then 256 of dropped ones */
@@ -467,8 +492,8 @@ static void fold_slots(const int64_t *tables, int64_t *sums) {
  * lies between its bucket's first and last position. */
 typedef struct {
     int shift, lowest, highest;
-    uint32_t digit_mask;
-    int64_t count[BUCKETS];
+    uint32_t digit_mask, smallest, largest; /* the row's non-zero keys' range (largest 0: none) */
+    uint32_t count[BUCKETS];     /* rows are shorter than 2^32 */
     uint32_t odd_count[BUCKETS]; /* entries at odd j: two counters a bucket, so runs of one digit do not queue */
     float p_first[BUCKETS], p_last[BUCKETS];
 } row_buckets;
@@ -498,6 +523,7 @@ static void digits_of(const uint32_t *restrict key, int64_t w, int shift, uint32
 static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint16_t *digit, row_buckets *rb) {
     uint32_t any, all, smallest, largest;
     key_range(key, w, &any, &all, &smallest, &largest);
+    rb->smallest = smallest, rb->largest = largest;
     uint32_t varying = any & ~all;
     int top = varying ? 31 - __builtin_clz(varying) : 0;
     rb->shift = top + 1 > DIGIT_BITS ? top + 1 - DIGIT_BITS : 0;
@@ -510,12 +536,13 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
     int64_t j = 0;
     for (; j + 1 < w; j += 2) rb->count[digit[j]]++, rb->odd_count[digit[j + 1]]++;
     if (j < w) rb->count[digit[j]]++;
-    rb->count[0] += rb->odd_count[0];
-    for (int d = rb->lowest; d <= rb->highest; d++) rb->count[d] += rb->odd_count[d];
+    /* bucket 0, then lowest … highest; branch-free (whether a bucket is empty is as good as
+     * random): an empty bucket gets bounds too, which no entry reads */
     int64_t before = 0;
     for (int d = 0; d <= rb->highest; d = d ? d + 1 : rb->lowest) {
-        int64_t c = rb->count[d];
-        if (c) rb->p_first[d] = probs[before], rb->p_last[d] = probs[before + c - 1];
+        int64_t c = (int64_t)rb->count[d] + rb->odd_count[d];
+        int64_t first = before < w ? before : w - 1, last = before + c - (c > 0);
+        rb->p_first[d] = probs[first], rb->p_last[d] = probs[last < w ? last : w - 1];
         before += c;
         if (!d && rb->lowest > rb->highest) break;
     }
@@ -609,15 +636,44 @@ static void bucket_decisions(const uint32_t *restrict u, const uint16_t *restric
     }
 }
 
+/* A row's exact L1 sums in one pass, without a table update per entry: every |δ| of the row is
+ * m·2^(E − 150) (E = max(e, 1), exponent_slot's m) with E in [lo, hi], so m·2^(E − lo) summed
+ * as integers is exact while w·2^(24 + hi − lo) fits in 64 bits (row_sums_fit). The totals go
+ * into two slots: total = q·2^(hi − lo) + r is r at exponent lo plus q at hi, the same value
+ * the per-exponent slots would describe (exact_sum.py adds slots as one integer). */
+static int row_sums_fit(int64_t w, uint32_t lo, uint32_t hi) {
+    return hi < 255 && (int)(hi - lo) + 24 + (64 - __builtin_clzll((uint64_t)w)) <= 64;
+}
+
+MULTIVERSION
+static void row_sums(const uint32_t *restrict key, const uint8_t *restrict keep, int64_t w, uint32_t lo,
+                     uint64_t *all, uint64_t *kept) {
+    uint64_t a = 0, k = 0;
+    for (int64_t j = 0; j < w; j++) {
+        uint32_t e = key[j] >> 23;
+        uint64_t v = (uint64_t)((key[j] & 0x7fffffu) | (e ? 0x800000u : 0u)) << (e > lo ? e - lo : 0);
+        a += v;
+        k += keep[j] ? v : 0;
+    }
+    *all = a, *kept = k;
+}
+
+static void add_row_total(uint64_t total, uint32_t lo, uint32_t hi, int64_t *slots) {
+    slots[lo] += (int64_t)(total & ((UINT64_C(1) << (hi - lo)) - 1u));
+    slots[hi] += (int64_t)(total >> (hi - lo));
+}
+
 /* Bits first, first + 1, … of `bits` |= bytes[0], bytes[1], … (0 or 1; little-endian bits);
  * whole bytes of the mask are assembled eight entries at a time. */
 static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t *bits) {
     int64_t j = 0;
     for (; j < len && ((first + j) & 7); j++) bits[(first + j) >> 3] |= (uint8_t)(bytes[j] << ((first + j) & 7));
     for (; j + 8 <= len; j += 8) {
-        const uint8_t *b = bytes + j;
-        bits[(first + j) >> 3] = (uint8_t)(b[0] | b[1] << 1 | b[2] << 2 | b[3] << 3 | b[4] << 4 | b[5] << 5 |
-                                           b[6] << 6 | b[7] << 7);
+        /* the eight 0/1 bytes as one little-endian word: byte i (bit 8i) times 2^(56 − 7i) lands
+         * on bit 56 + i; all 64 partial products fall on distinct bits, so nothing carries */
+        uint64_t word;
+        memcpy(&word, bytes + j, sizeof word);
+        bits[(first + j) >> 3] = (uint8_t)((word * UINT64_C(0x0102040810204080)) >> 56);
     }
     for (; j < len; j++) bits[(first + j) >> 3] |= (uint8_t)(bytes[j] << ((first + j) & 7));
 }
@@ -634,7 +690,6 @@ static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t 
 int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
                   int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
                   uint8_t *mask, int64_t *sums) {
-    float *delta = malloc(2 * (size_t)width * sizeof *delta);
     uint32_t *ints = malloc(4 * (size_t)width * sizeof *ints);
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
@@ -642,12 +697,11 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     int64_t *tables = calloc(SLOT_TABLES * SLOTS, sizeof *tables), *ranks = malloc((size_t)width * sizeof *ranks);
     uint32_t *positions = malloc((size_t)width * sizeof *positions);
     keyed_entry *order = malloc((size_t)width * sizeof *order);
-    if (!delta || !ints || !digit || !unsure || !row_mask || !rb || !tables || !ranks || !positions || !order) {
-        free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
+    if (!ints || !digit || !unsure || !row_mask || !rb || !tables || !ranks || !positions || !order) {
+        free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
         free(ranks), free(positions), free(order);
         return -1;
     }
-    float *base = delta + width;
     uint32_t *bits = ints, *u = ints + width, *slots = ints + 2 * width, *mantissas = ints + 3 * width;
     /* this call's bits start on a byte boundary (r0·width is a multiple of 8) and so do the next
      * call's: it owns its bytes, the last one partly used only at the very end of the mask */
@@ -656,10 +710,7 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     if (end_bit & 7) mask[end_bit / 8] &= (uint8_t)~((1u << (end_bit & 7)) - 1u);
     for (int64_t r = r0; r < r1; r++) {
         int64_t start = r * width;
-        widen(x, x_dtype, start, width, delta);
-        widen(b, b_dtype, start, width, base);
-        subtract(delta, base, width);
-        magnitude_bits(delta, width, bits);
+        magnitude_keys(x, x_dtype, b, b_dtype, start, width, bits);
         bucket_row(bits, width, probs, digit, rb);
         draws(offset + start, width, key0, key1, u);
         bucket_decisions(u, digit, width, rb->p_first, rb->p_last, row_mask, unsure);
@@ -668,13 +719,19 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
         for (int64_t i = 0; i < n; i++)
             row_mask[positions[i]] = (float)u[positions[i]] * 0x1p-24f < probs[ranks[i]];
         pack_bits(row_mask, start, width, mask);
-        if (sums) {
-            masked_exponent_slots(delta, row_mask, width, slots, mantissas);
+        uint32_t lo = rb->smallest >> 23 ? rb->smallest >> 23 : 1, hi = rb->largest >> 23 ? rb->largest >> 23 : 1;
+        if (sums && rb->largest && row_sums_fit(width, lo, hi)) {
+            uint64_t all, kept;
+            row_sums(bits, row_mask, width, lo, &all, &kept);
+            add_row_total(kept, lo, hi, tables);
+            add_row_total(all - kept, lo, hi, tables + 256);
+        } else if (sums) {
+            masked_exponent_slots(bits, row_mask, width, slots, mantissas);
             add_slots(slots, mantissas, width, tables);
         }
     }
     if (sums) fold_slots(tables, sums);
-    free(delta), free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
+    free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
     free(ranks), free(positions), free(order);
     return 0;
 }
