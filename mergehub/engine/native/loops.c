@@ -549,8 +549,7 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
 }
 
 /* *below += the entries of key[start, end) below k, *equal += those equal to k. */
-MULTIVERSION
-static void count_below_equal(const uint32_t *restrict key, int64_t start, int64_t end, uint32_t k,
+static inline void count_below_equal(const uint32_t *restrict key, int64_t start, int64_t end, uint32_t k,
                               int64_t *below, int64_t *equal) {
     uint32_t lt = 0, eq = 0; /* 32-bit counts (rows are shorter than 2^32) vectorise twice as wide */
     for (int64_t i = start; i < end; i++) lt += key[i] < k, eq += key[i] == k;
@@ -604,6 +603,7 @@ static void group_by_key(const uint32_t *key, const uint32_t *at, int64_t n, key
  * of its equal ones between consecutive entries with that key. The unsure entries of a row are
  * mostly ties of quantised deltas (the zeros' bucket, buckets of one key), so this takes fewer
  * passes than one per entry. order: scratch for n entries. */
+MULTIVERSION
 static void rank_entries(const uint32_t *key, int64_t w, const uint32_t *at, int64_t n,
                          keyed_entry *order, int64_t *rank) {
     group_by_key(key, at, n, order, rank); /* rank: scratch until the ranks are written */
