@@ -43,6 +43,15 @@
 #define TALLY (64 * CHUNK) /* entries per tally of mh_magnitude_count */
 #define FLUSH (1 << 30) /* elements after which uint32 counters are added to the int64 result */
 
+/* 16 lanes as one vector (GCC/clang vector extensions: one zmm on AVX-512, halves or quarters
+ * elsewhere), for loops GCC does not vectorise well as written over arrays: row_max (GCC leaves
+ * a compare-and-select per lane scalar: it cannot turn `a > b ? a : b` into a max without
+ * -ffinite-math-only), consensus_add (an inner loop over the models) and count_batch (several
+ * keys' counts a vector). */
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
 enum { F32 = 0, BF16 = 1 };
 
 static inline uint32_t f32_bits(float f) {
@@ -597,6 +606,86 @@ static void group_by_key(const uint32_t *key, const uint32_t *at, int64_t n, key
     for (int64_t i = 0; i < n; i++) order[start[group[i]]++] = (keyed_entry){key[at[i]], (uint32_t)i};
 }
 
+/* One pass over a row for B distinct keys k[0 … B) at once (B a constant where inlined: the
+ * sums stay in registers), in segments that end at the positions of entries with those keys:
+ * rank[i] ← the keys equal to its own before it, for each entry i (at ascending) with
+ * group[i] − g0 in [0, B); below[b] ← the row's keys smaller than k[b]. A segment's last, partial
+ * vector is read whole and its lanes past the segment masked off: key[] must be readable 15
+ * entries past w. */
+/* The sum of v's 16 lanes, by halving (three vector adds, then four lanes), not lane by lane. */
+static inline uint32_t lane_sum(const u32x16 *v) { /* by address: no 64-byte vector argument ABI */
+    typedef uint32_t u32x8 __attribute__((vector_size(32)));
+    typedef uint32_t u32x4 __attribute__((vector_size(16)));
+    u32x8 a, b;
+    memcpy(&a, v, sizeof a), memcpy(&b, (const char *)v + sizeof a, sizeof b);
+    a += b;
+    u32x4 c, d;
+    memcpy(&c, &a, sizeof c), memcpy(&d, (const char *)&a + sizeof c, sizeof d);
+    c += d;
+    return c[0] + c[1] + c[2] + c[3];
+}
+
+static inline __attribute__((always_inline)) void count_batch(const uint32_t *key, int64_t w, const uint32_t *at,
+                                                              int64_t n, const int *group, int g0, const uint32_t *k,
+                                                              const int B, int64_t *rank, int64_t *below) {
+    const i32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    u32x16 kv[B], lt[B], eq[B];
+    for (int b = 0; b < B; b++) kv[b] = (u32x16){0} + k[b], lt[b] = eq[b] = (u32x16){0};
+    int64_t pos = 0;
+    for (int64_t i = 0; i <= n; i++) {
+        int b = i < n ? group[i] - g0 : 0;
+        if (i < n && (b < 0 || b >= B)) continue;
+        int64_t end = i < n ? at[i] : w;
+        for (; pos + 16 <= end; pos += 16) {
+            u32x16 v;
+            memcpy(&v, key + pos, sizeof v);
+            for (int c = 0; c < B; c++) lt[c] -= (u32x16)(v < kv[c]), eq[c] -= (u32x16)(v == kv[c]);
+        }
+        if (pos < end) {
+            u32x16 v, valid = (u32x16)(lane < (int32_t)(end - pos));
+            memcpy(&v, key + pos, sizeof v);
+            for (int c = 0; c < B; c++)
+                lt[c] -= (u32x16)(v < kv[c]) & valid, eq[c] -= (u32x16)(v == kv[c]) & valid;
+            pos = end;
+        }
+        if (i < n) rank[i] = lane_sum(&eq[b]);
+    }
+    for (int c = 0; c < B; c++) below[c] = lane_sum(&lt[c]);
+}
+
+/* rank[i] as rank_entries below, for rows whose unsure entries hold at most MAX_GROUPS distinct
+ * keys: the keys are counted eight (then four, two, one) at a time in one pass over the row,
+ * instead of a pass a key. Returns 0, or -1 (nothing written) past MAX_GROUPS keys. group:
+ * scratch for n. */
+MULTIVERSION
+static int rank_batched(const uint32_t *key, int64_t w, const uint32_t *at, int64_t n, int *group,
+                        int64_t *rank) {
+    uint32_t distinct[MAX_GROUPS];
+    int groups = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t k = key[at[i]];
+        int g = 0;
+        while (g < groups && distinct[g] != k) g++;
+        if (g == groups) {
+            if (groups == MAX_GROUPS) return -1;
+            distinct[groups++] = k;
+        }
+        group[i] = g;
+    }
+    int64_t below[8];
+    for (int g0 = 0; g0 < groups;) {
+        int left = groups - g0, B = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        if (B == 8) count_batch(key, w, at, n, group, g0, distinct + g0, 8, rank, below);
+        else if (B == 4) count_batch(key, w, at, n, group, g0, distinct + g0, 4, rank, below);
+        else if (B == 2) count_batch(key, w, at, n, group, g0, distinct + g0, 2, rank, below);
+        else count_batch(key, w, at, n, group, g0, distinct + g0, 1, rank, below);
+        for (int64_t i = 0; i < n; i++)
+            if (group[i] >= g0 && group[i] < g0 + B) rank[i] += below[group[i] - g0];
+        g0 += B;
+    }
+    return 0;
+}
+
 /* rank[i] = the exact rank in its row (stable ascending: the keys smaller than its own, plus the
  * equal ones before it) of entry at[i], for n entries of the row (at ascending). The entries are
  * ranked a key at a time, in one pass over the row per key: its smaller keys, and running counts
@@ -690,7 +779,7 @@ static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t 
 int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
                   int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
                   uint8_t *mask, int64_t *sums) {
-    uint32_t *ints = malloc(4 * (size_t)width * sizeof *ints);
+    uint32_t *ints = malloc((4 * (size_t)width + 16) * sizeof *ints); /* + 16: see count_batch */
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
     row_buckets *rb = malloc(sizeof *rb);
@@ -715,7 +804,8 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
         draws(offset + start, width, key0, key1, u);
         bucket_decisions(u, digit, width, rb->p_first, rb->p_last, row_mask, unsure);
         int64_t n = set_positions(unsure, width, positions);
-        rank_entries(bits, width, positions, n, order, ranks);
+        if (rank_batched(bits, width, positions, n, (int *)order, ranks) < 0)
+            rank_entries(bits, width, positions, n, order, ranks);
         for (int64_t i = 0; i < n; i++)
             row_mask[positions[i]] = (float)u[positions[i]] * 0x1p-24f < probs[ranks[i]];
         pack_bits(row_mask, start, width, mask);
@@ -764,13 +854,6 @@ int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const 
 }
 
 /* ---- combining the experts -------------------------------------------------------------- */
-
-/* 16 floats as one vector (GCC/clang vector extensions: one zmm on AVX-512, halves or quarters
- * elsewhere), for loops GCC does not vectorise well as written over float[16]: row_max (GCC
- * leaves a compare-and-select per lane scalar: it cannot turn `a > b ? a : b` into a max without
- * -ffinite-math-only) and consensus_add (an inner loop over the models). */
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 #define GROUP 8 /* models whose deltas consensus_add sums in registers, in one pass */
 
