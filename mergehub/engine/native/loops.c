@@ -577,41 +577,14 @@ static int keyed_compare(const void *a, const void *b) {
     return x->at < y->at ? -1 : x->at > y->at;
 }
 
-#define MAX_GROUPS 64 /* distinct keys grouped by scanning; past that the entries are sorted */
+#define MAX_GROUPS 64 /* distinct keys rank_batched finds by scanning; past that rank_entries sorts */
 
-/* order[0 … n) = the entries (key[at[i]], i) with equal keys next to each other and each key's
- * in ascending i: keys in order of first appearance, found by scanning the few seen so far, or
- * (when a row has more than MAX_GROUPS distinct keys) in ascending order. group: scratch for n. */
-static void group_by_key(const uint32_t *key, const uint32_t *at, int64_t n, keyed_entry *order,
-                         int64_t *group) {
-    uint32_t group_key[MAX_GROUPS];
-    int64_t start[MAX_GROUPS + 1] = {0};
-    int groups = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t k = key[at[i]];
-        int g = 0;
-        while (g < groups && group_key[g] != k) g++;
-        if (g == groups) {
-            if (groups == MAX_GROUPS) {
-                for (int64_t e = 0; e < n; e++) order[e] = (keyed_entry){key[at[e]], (uint32_t)e};
-                qsort(order, (size_t)n, sizeof *order, keyed_compare);
-                return;
-            }
-            group_key[groups++] = k;
-        }
-        group[i] = g;
-        start[g + 1]++;
-    }
-    for (int g = 0; g < groups; g++) start[g + 1] += start[g];
-    for (int64_t i = 0; i < n; i++) order[start[group[i]]++] = (keyed_entry){key[at[i]], (uint32_t)i};
+/* order[0 … n) = the entries (key[at[i]], i), by key and then by i. */
+static void sort_by_key(const uint32_t *key, const uint32_t *at, int64_t n, keyed_entry *order) {
+    for (int64_t i = 0; i < n; i++) order[i] = (keyed_entry){key[at[i]], (uint32_t)i};
+    qsort(order, (size_t)n, sizeof *order, keyed_compare);
 }
 
-/* One pass over a row for B distinct keys k[0 … B) at once (B a constant where inlined: the
- * sums stay in registers), in segments that end at the positions of entries with those keys:
- * rank[i] ← the keys equal to its own before it, for each entry i (at ascending) with
- * group[i] − g0 in [0, B); below[b] ← the row's keys smaller than k[b]. A segment's last, partial
- * vector is read whole and its lanes past the segment masked off: key[] must be readable 15
- * entries past w. */
 /* The sum of v's 16 lanes, by halving (three vector adds, then four lanes), not lane by lane. */
 static inline uint32_t lane_sum(const u32x16 *v) { /* by address: no 64-byte vector argument ABI */
     typedef uint32_t u32x8 __attribute__((vector_size(32)));
@@ -624,6 +597,13 @@ static inline uint32_t lane_sum(const u32x16 *v) { /* by address: no 64-byte vec
     c += d;
     return c[0] + c[1] + c[2] + c[3];
 }
+
+/* One pass over a row for B distinct keys k[0 … B) at once (B a constant where inlined: the
+ * sums stay in registers), in segments that end at the positions of entries with those keys:
+ * rank[i] ← the keys equal to its own before it, for each entry i (at ascending) with
+ * group[i] − g0 in [0, B); below[b] ← the row's keys smaller than k[b]. A segment's last, partial
+ * vector is read whole and its lanes past the segment masked off: key[] must be readable 15
+ * entries past w. */
 
 static inline __attribute__((always_inline)) void count_batch(const uint32_t *key, int64_t w, const uint32_t *at,
                                                               int64_t n, const int *group, int g0, const uint32_t *k,
@@ -654,9 +634,10 @@ static inline __attribute__((always_inline)) void count_batch(const uint32_t *ke
 }
 
 /* rank[i] as rank_entries below, for rows whose unsure entries hold at most MAX_GROUPS distinct
- * keys: the keys are counted eight (then four, two, one) at a time in one pass over the row,
- * instead of a pass a key. Returns 0, or -1 (nothing written) past MAX_GROUPS keys. group:
- * scratch for n. */
+ * keys (the usual case: they are mostly ties of quantised deltas, ~41 entries holding ~9 keys a
+ * row on the benchmark): the distinct keys, found by scanning the few seen so far, are counted
+ * eight (then four, two, one) at a time in one pass over the row, instead of a pass a key.
+ * Returns 0, or -1 (ranks not written) past MAX_GROUPS keys. group: scratch for n. */
 MULTIVERSION
 static int rank_batched(const uint32_t *key, int64_t w, const uint32_t *at, int64_t n, int *group,
                         int64_t *rank) {
@@ -687,15 +668,15 @@ static int rank_batched(const uint32_t *key, int64_t w, const uint32_t *at, int6
 }
 
 /* rank[i] = the exact rank in its row (stable ascending: the keys smaller than its own, plus the
- * equal ones before it) of entry at[i], for n entries of the row (at ascending). The entries are
- * ranked a key at a time, in one pass over the row per key: its smaller keys, and running counts
- * of its equal ones between consecutive entries with that key. The unsure entries of a row are
- * mostly ties of quantised deltas (the zeros' bucket, buckets of one key), so this takes fewer
- * passes than one per entry. order: scratch for n entries. */
+ * equal ones before it) of entry at[i], for n entries of the row (at ascending), for rows whose
+ * unsure entries hold more than MAX_GROUPS distinct keys (rank_batched takes the others). The
+ * entries are ranked a key at a time, in one pass over the row per key: its smaller keys, and
+ * running counts of its equal ones between consecutive entries with that key. order: scratch
+ * for n entries. */
 MULTIVERSION
 static void rank_entries(const uint32_t *key, int64_t w, const uint32_t *at, int64_t n,
                          keyed_entry *order, int64_t *rank) {
-    group_by_key(key, at, n, order, rank); /* rank: scratch until the ranks are written */
+    sort_by_key(key, at, n, order);
     for (int64_t g = 0; g < n;) {
         uint32_t k = order[g].key;
         int64_t below = 0, equal = 0, scanned = 0, first = g;
