@@ -143,10 +143,29 @@ def test_della_through_the_loops_equals_the_torch_path(monkeypatch, method, resc
 
 
 @needs_loops
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_della_from_bfloat16_checkpoints_as_stored(monkeypatch, method):
+    """Base and experts both in bfloat16 (the usual checkpoints): the loops take |δ| straight
+    from the stored halves (magnitude_keys), and must still give the torch path's bits."""
+    shape = (29, 1031)
+    base, xs = family(math.prod(shape), 3, seed=8, quantised=True)
+    base, xs = base.view(shape), [x.view(shape) for x in xs]
+    p = make_params(method, 3, {}, DELLA_MODELS)
+    op = get_operator(method)
+    ranked = spy(monkeypatch, "della_masks")
+    out = op.merge_stored(base, xs, p, make_ctx(shape), torch.float32, torch.bfloat16)
+    assert out is not None and ranked
+    ref = torch_path(op.merge, base.float(), xs, p, make_ctx(shape)).to(torch.bfloat16)
+    assert torch.equal(out, ref)
+
+
+@needs_loops
 def test_della_masks_l1_sums_are_exact_whatever_a_rows_exponent_span():
     """mh_della_mask sums a row's kept and dropped |δ| as one 64-bit integer when the row's
     exponents span few enough binades, else per exponent (wide spans, Inf); either way the
     slots must describe the exact sums of the entries the mask keeps and drops."""
+    import numpy as np
+
     from mergehub.engine.operators.exact_sum import exponent_sums
     from mergehub.engine.operators.sparsify import della_probabilities
 
@@ -167,7 +186,7 @@ def test_della_masks_l1_sums_are_exact_whatever_a_rows_exponent_span():
     mask = torch.empty(-(-base.numel() // 8), dtype=torch.uint8)
     probs = della_probabilities(0.5, 0.15, width)
     (before, kept), = native.della_masks(base.view(-1), [(x.view(-1), 0, (7, 11), probs, mask)], width, True)
-    keep = torch.from_numpy(__import__("numpy").unpackbits(mask.numpy(), bitorder="little")[:base.numel()].copy())
+    keep = torch.from_numpy(np.unpackbits(mask.numpy(), bitorder="little")[:base.numel()].copy())
     keep = keep.view(8, width).bool()
     assert 0 < keep.sum() < base.numel()
 

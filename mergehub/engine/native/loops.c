@@ -559,7 +559,7 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
 
 /* *below += the entries of key[start, end) below k, *equal += those equal to k. */
 static inline void count_below_equal(const uint32_t *restrict key, int64_t start, int64_t end, uint32_t k,
-                              int64_t *below, int64_t *equal) {
+                                     int64_t *below, int64_t *equal) {
     uint32_t lt = 0, eq = 0; /* 32-bit counts (rows are shorter than 2^32) vectorise twice as wide */
     for (int64_t i = start; i < end; i++) lt += key[i] < k, eq += key[i] == k;
     *below += lt, *equal += eq;
@@ -604,7 +604,6 @@ static inline uint32_t lane_sum(const u32x16 *v) { /* by address: no 64-byte vec
  * group[i] − g0 in [0, B); below[b] ← the row's keys smaller than k[b]. A segment's last, partial
  * vector is read whole and its lanes past the segment masked off: key[] must be readable 15
  * entries past w. */
-
 static inline __attribute__((always_inline)) void count_batch(const uint32_t *key, int64_t w, const uint32_t *at,
                                                               int64_t n, const int *group, int g0, const uint32_t *k,
                                                               const int B, int64_t *rank, int64_t *below) {
