@@ -97,6 +97,10 @@ def _load() -> ctypes.CDLL | None:
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     lib.mh_magnitude_histogram.argtypes = [ptr, i32, ptr, i32, i64, ptr]
     lib.mh_magnitude_histogram.restype = i32
+    lib.mh_value_histogram.argtypes = [ptr, i64, i64, ptr, ptr]
+    lib.mh_value_histogram.restype = i32
+    lib.mh_value_positions.argtypes = [ptr, i64, i32, ptr, i64]
+    lib.mh_value_positions.restype = i64
     lib.mh_magnitude_low_histogram.argtypes = [ptr, i32, ptr, i32, i64, i32, ptr]
     lib.mh_magnitude_low_histogram.restype = i32
     lib.mh_magnitude_count.argtypes = [ptr, i32, ptr, i32, i64, ptr, i32, ptr, ptr, ptr]
@@ -190,6 +194,37 @@ def magnitude_low_histogram(x: torch.Tensor, base: torch.Tensor, key: int) -> to
     hist = torch.zeros(LOW_BINS, dtype=torch.int64)
     _check(_LIB.mh_magnitude_low_histogram(*_ref(x), *_ref(base), base.numel(), key, hist.data_ptr()))
     return hist
+
+
+def value_histogram(values: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """(int64[KEY_BINS] counts of the top 16 bits of flat float32 ``values``, the number of
+    non-zero values) in one pass on all cores, as selection.topk_rule bins them; None when a
+    value has its sign bit set (−0, a negative NaN), which topk_rule's torch path refuses."""
+    assert supports(values) and values.dtype == torch.float32
+
+    def run(span: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+        hist, nonzero = torch.zeros(KEY_BINS, dtype=torch.int64), ctypes.c_int64(0)
+        status = _LIB.mh_value_histogram(values.data_ptr(), span[0], span[1], hist.data_ptr(), ctypes.byref(nonzero))
+        if status == -2:
+            return None
+        _check(status)
+        return hist, nonzero.value
+
+    parts = _over_spans(values.numel(), run)
+    if not parts or any(part is None for part in parts):
+        return None
+    return sum(hist for hist, _ in parts), sum(nonzero for _, nonzero in parts)
+
+
+def value_positions(values: torch.Tensor, key: int, count: int) -> torch.Tensor:
+    """int64: the flat positions, ascending, of the ``count`` values whose float32 top 16 bits
+    are ``key`` (``count`` from ``value_histogram``)."""
+    assert supports(values) and values.dtype == torch.float32
+    positions = torch.empty(count, dtype=torch.int64)
+    found = _LIB.mh_value_positions(values.data_ptr(), values.numel(), key, positions.data_ptr(), count)
+    if found != count:
+        raise RuntimeError(f"the values changed between their histogram and their positions ({found} ≠ {count})")
+    return positions
 
 
 TALLY = 64 * 1024  # entries per tally of magnitude_count (loops.c TALLY)

@@ -213,6 +213,66 @@ int mh_magnitude_histogram(const void *x, int x_dtype, const void *b, int b_dtyp
     return histogram(x, x_dtype, b, b_dtype, n, -1, hist, KEY_BINS);
 }
 
+/* For float32 values v[first, end) that are all non-negative (SCE's variances): hist[KEY_BINS]
+ * += the counts of their top 16 bits, *nonzero += the values that are not 0, in one pass (two
+ * interleaved uint32 tables, as histogram above). Returns 0; -1 when out of memory; -2 when a
+ * value has its sign bit set (−0, a negative NaN): then the caller's torch path decides. */
+int mh_value_histogram(const float *v, int64_t first, int64_t end, int64_t *hist, int64_t *nonzero) {
+    uint32_t *counts = calloc(2 * (size_t)KEY_BINS, sizeof *counts);
+    if (!counts) return -1;
+    uint32_t *even = counts, *odd = counts + KEY_BINS, sign = 0;
+    int64_t zeros = 0;
+    for (int64_t start = first; start < end; start += FLUSH) {
+        int64_t stop = end - start < FLUSH ? end : start + FLUSH, j = start;
+        for (; j + 1 < stop; j += 2) {
+            uint32_t a = f32_bits(v[j]), c = f32_bits(v[j + 1]);
+            sign |= a | c;
+            zeros += (a == 0) + (c == 0);
+            even[(a >> 16) & (KEY_BINS - 1)]++, odd[(c >> 16) & (KEY_BINS - 1)]++;
+        }
+        if (j < stop) {
+            uint32_t a = f32_bits(v[j]);
+            sign |= a, zeros += a == 0, even[(a >> 16) & (KEY_BINS - 1)]++;
+        }
+        for (int k = 0; k < KEY_BINS; k++) hist[k] += (int64_t)even[k] + odd[k];
+        memset(counts, 0, 2 * (size_t)KEY_BINS * sizeof *counts);
+    }
+    free(counts);
+    *nonzero += (end - first) - zeros;
+    return sign >> 31 ? -2 : 0;
+}
+
+/* 1 if any of the 16 values at v has top 16 bits `key`. */
+MULTIVERSION
+static int any_in_bin(const float *v, uint32_t key) {
+    u32x16 bits;
+    memcpy(&bits, v, sizeof bits);
+    u32x16 hit = (u32x16)((bits >> 16) == key);
+    uint32_t any = 0;
+    for (int l = 0; l < 16; l++) any |= hit[l];
+    return any != 0;
+}
+
+/* positions[0 … min(count, cap)) = the flat positions, ascending, of the values v[0, n) whose
+ * top 16 bits are `key`; returns count. A bin is a small part of the values: 16 are tested at
+ * a time and only a group holding one is looked at value by value. */
+int64_t mh_value_positions(const float *v, int64_t n, int key, int64_t *positions, int64_t cap) {
+    int64_t count = 0, j = 0;
+    for (; j + 16 <= n; j += 16)
+        if (any_in_bin(v + j, (uint32_t)key))
+            for (int l = 0; l < 16; l++)
+                if ((f32_bits(v[j + l]) >> 16) == (uint32_t)key) {
+                    if (count < cap) positions[count] = j + l;
+                    count++;
+                }
+    for (; j < n; j++)
+        if ((f32_bits(v[j]) >> 16) == (uint32_t)key) {
+            if (count < cap) positions[count] = j;
+            count++;
+        }
+    return count;
+}
+
 /* hist[LOW_BINS] += counts of the low 16 bits of |x − b| among the entries whose top 16 bits
  * are `key`: the second pass, which pins the exact float32 threshold. */
 int mh_magnitude_low_histogram(const void *x, int x_dtype, const void *b, int b_dtype, int64_t n,

@@ -233,17 +233,36 @@ def topk_rule(n: int, k, tile_values, values_at, tile: int | None = None) -> Top
 
     def pick_in_bin(key: int, need: int) -> TopKRule:
         positions = (keys == key).nonzero().squeeze(1)  # ascending flat positions
-        values = values_at(positions)
-        threshold = _kth_largest_in_bin(values, need)
-        ties_kept = need - int((values > threshold).sum())
-        tie_positions = positions[values == threshold]
-        cut = int(tie_positions[ties_kept]) if ties_kept < tie_positions.numel() else n
-        return TopKRule(float(threshold), cut)
+        return _rule_in_bin(n, positions, values_at(positions), need)
 
     def count_nonzero() -> int:
         return sum(int(torch.count_nonzero(tile_values(a, b))) for a, b in tiles(n, tile))
 
     return rule_from_histogram(n, k, torch.bincount(keys, minlength=KEY_BINS), pick_in_bin, count_nonzero)
+
+
+def values_topk_rule(values: torch.Tensor, k: int, hist: torch.Tensor, nonzero: int) -> TopKRule:
+    """``topk_rule`` for flat float32 values held whole on the CPU (1 ≤ k < n), from the
+    histogram and non-zero count of ``native.value_histogram`` (one pass on all cores, where
+    topk_rule's torch ops make four); the chosen bin's positions come from the compiled loops
+    too. The same rule, bit for bit."""
+    n = values.numel()
+
+    def pick_in_bin(key: int, need: int) -> TopKRule:
+        positions = native.value_positions(values, key, int(hist[key]))
+        return _rule_in_bin(n, positions, values[positions], need)
+
+    return rule_from_histogram(n, k, hist, pick_in_bin, lambda: nonzero)
+
+
+def _rule_in_bin(n: int, positions: torch.Tensor, values: torch.Tensor, need: int) -> TopKRule:
+    """The rule keeping everything above a bin and the ``need`` largest of its members (their
+    ascending flat ``positions`` and ``values``), ties first in flat order."""
+    threshold = _kth_largest_in_bin(values, need)
+    ties_kept = need - int((values > threshold).sum())
+    tie_positions = positions[values == threshold]
+    cut = int(tie_positions[ties_kept]) if ties_kept < tie_positions.numel() else n
+    return TopKRule(float(threshold), cut)
 
 
 def rule_from_histogram(n: int, k: int, hist: torch.Tensor, pick_in_bin, count_nonzero) -> TopKRule:
