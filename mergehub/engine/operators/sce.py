@@ -75,7 +75,7 @@ class Sce(Operator):
         if fast and 0 < fraction < 1:
             variance = native.sce_variance(inputs, base, ctx.empty((n,), torch.float32))
             selection = _selection(n, fraction, lambda a, b: variance[a:b], lambda at: variance[at], tile,
-                                   whole=variance)
+                                   all_variances=variance)
         else:
             def tile_variance(a: int, b: int) -> torch.Tensor:
                 return _variance([torch.sub(x[a:b], base[a:b]) for x in inputs])
@@ -149,24 +149,24 @@ def _selected_count(nonzero: int, fraction: float) -> int:
 
 
 def _selection(n: int, fraction: float, tile_variance, variance_at, tile: int | None,
-               whole: torch.Tensor | None = None):
+               all_variances: torch.Tensor | None = None):
     """Which positions SCE keeps: None (all), "none", "whole" (the exact rule needs the
     whole-tensor mask: the k-th largest variance is 0 or tiny, where the streaming rule may keep
     extra zeros), or (threshold, cut): variance above the threshold, or equal to it before flat
     position cut (exactly int(#nonzero-variance·fraction) positions, selection.py tie rule).
-    ``whole``: the variances as one float32 CPU tensor, when the compiled loops made them: the
-    rule then comes from one counting pass in the loops (``values_topk_rule``)."""
+    ``all_variances``: the variances as one float32 CPU tensor, when the compiled loops made
+    them: the rule then comes from one counting pass in the loops (``values_topk_rule``)."""
     if fraction >= 1:
         return None
     if fraction <= 0:
         return "none"
-    counted_whole = native.value_histogram(whole) if whole is not None else None
-    if counted_whole is not None:
-        hist, nonzero = counted_whole
+    binned = native.value_histogram(all_variances) if all_variances is not None else None
+    if binned is not None:
+        hist, nonzero = binned
         k = _selected_count(nonzero, fraction)
         if not 1 <= k < n:
             return "none" if k <= 0 else None
-        rule = values_topk_rule(whole, k, hist, nonzero)
+        rule = values_topk_rule(all_variances, k, hist, nonzero)
         return "whole" if rule.threshold <= 0 else (rule.threshold, rule.cut)
     nonzero, wanted = 0, []
 
