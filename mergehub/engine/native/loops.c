@@ -765,7 +765,8 @@ static void bucket_decisions(const uint32_t *restrict u, const uint16_t *restric
     }
 }
 
-/* A row's exact L1 sums in one pass, without a table update per entry: every |δ| of the row is
+/* A row's (or a chunk's: mh_prune_sums) exact L1 sums in one pass, without a table update per
+ * entry: every |δ| of the row is
  * m·2^(E − 150) (E = max(e, 1), exponent_slot's m) with E in [lo, hi], so m·2^(E − lo) summed
  * as integers is exact while w·2^(24 + hi − lo) fits in 64 bits (row_sums_fit). The totals go
  * into two slots: total = q·2^(hi − lo) + r is r at exponent lo plus q at hi, the same value
@@ -785,6 +786,12 @@ static void row_sums(const uint32_t *restrict key, const uint8_t *restrict keep,
         k += keep[j] ? v : 0;
     }
     *all = a, *kept = k;
+}
+
+/* keep[j] = 1 where kept[j] is not 0 (a pruned chunk's survivors, for row_sums). */
+MULTIVERSION
+static void kept_flags(const float *restrict kept, int64_t len, uint8_t *restrict keep) {
+    for (int64_t j = 0; j < len; j++) keep[j] = kept[j] != 0.0f;
 }
 
 static void add_row_total(uint64_t total, uint32_t lo, uint32_t hi, int64_t *slots) {
@@ -881,12 +888,27 @@ int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const 
     }
     float *base = buf, *delta = buf + CHUNK, *kept = buf + 2 * CHUNK;
     uint32_t *u = ints, *slots = ints + CHUNK, *mantissas = ints + 2 * CHUNK;
+    uint8_t keep[CHUNK];
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
         widen(b, b_dtype, start, len, base);
         pruned_chunk(m, base, start, len, delta, u, kept);
-        exponent_slots(delta, kept, len, slots, mantissas);
-        add_slots(slots, mantissas, len, tables);
+        /* the chunk as one integer sum when its exponents allow (row_sums), else per exponent */
+        uint32_t *key = slots, any, all, smallest, largest;
+        magnitude_bits(delta, len, key);
+        key_range(key, len, &any, &all, &smallest, &largest);
+        uint32_t lo = smallest >> 23 ? smallest >> 23 : 1, hi = largest >> 23 ? largest >> 23 : 1;
+        if (!largest) continue; /* all zero: nothing to add */
+        if (row_sums_fit(len, lo, hi)) {
+            uint64_t total, kept_total;
+            kept_flags(kept, len, keep);
+            row_sums(key, keep, len, lo, &total, &kept_total);
+            add_row_total(kept_total, lo, hi, tables);
+            add_row_total(total - kept_total, lo, hi, tables + 256);
+        } else {
+            exponent_slots(delta, kept, len, slots, mantissas);
+            add_slots(slots, mantissas, len, tables);
+        }
     }
     fold_slots(tables, sums);
     free(buf), free(ints), free(tables);

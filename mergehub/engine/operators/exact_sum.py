@@ -6,8 +6,8 @@ exact whatever the order, so the torch path here and the compiled loops (engine/
 fill slots in parallel) get the same value and hence the same rescale factor; a floating-point
 sum would depend on the summation order and the thread count. The slots are then added exactly
 as one Python integer and rounded once to float32, so only the value they describe matters:
-DELLA's loops put a row's whole sum into two slots (an integer at the row's smallest exponent
-plus the carry at its largest).
+the loops put a chunk's (or a DELLA row's) whole sum into two slots (an integer at its
+smallest exponent plus the carry at its largest).
 """
 
 from __future__ import annotations
@@ -33,12 +33,18 @@ def exponent_sums(values: torch.Tensor) -> list[int]:
     return [int(s) for s in sums.cpu()]
 
 
+def exact_total(sums: list[int]) -> int:
+    """The finite slots' sum as one integer: the value is this times 2^-149 (slot 255, Inf and
+    NaN, left out). Two slot lists describe the same sum when these and their slot 255 agree."""
+    return sum(count << (max(e, 1) - 1) for e, count in enumerate(sums[:SLOTS - 1]) if count)
+
+
 def float32_from_sums(sums: list[int]) -> float:
     """The float32 nearest (ties to even) to the sum the slots describe; inf when an entry is
     Inf or NaN, or the sum overflows float32."""
     if sums[SLOTS - 1]:
         return math.inf
-    total = sum(count << (max(e, 1) - 1) for e, count in enumerate(sums) if count)  # value = total·2^-149
+    total = exact_total(sums)
     if total == 0:
         return 0.0
     shift = max(0, total.bit_length() - 24)
