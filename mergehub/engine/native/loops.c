@@ -766,11 +766,11 @@ static void bucket_decisions(const uint32_t *restrict u, const uint16_t *restric
 }
 
 /* A row's (or a chunk's: mh_prune_sums) exact L1 sums in one pass, without a table update per
- * entry: every |δ| of the row is
- * m·2^(E − 150) (E = max(e, 1), exponent_slot's m) with E in [lo, hi], so m·2^(E − lo) summed
- * as integers is exact while w·2^(24 + hi − lo) fits in 64 bits (row_sums_fit). The totals go
- * into two slots: total = q·2^(hi − lo) + r is r at exponent lo plus q at hi, the same value
- * the per-exponent slots would describe (exact_sum.py adds slots as one integer). */
+ * entry: every |δ| of the row is m·2^(E − 150) (E = max(e, 1), exponent_slot's m) with E in
+ * [lo, hi], so m·2^(E − lo) summed as integers is exact while w·2^(24 + hi − lo) fits in 64
+ * bits (row_sums_fit). The totals go into two slots: total = q·2^(hi − lo) + r is r at
+ * exponent lo plus q at hi, the same value the per-exponent slots would describe (exact_sum.py
+ * adds slots as one integer). */
 static int row_sums_fit(int64_t w, uint32_t lo, uint32_t hi) {
     return hi < 255 && (int)(hi - lo) + 24 + (64 - __builtin_clzll((uint64_t)w)) <= 64;
 }
