@@ -243,8 +243,7 @@ int mh_value_histogram(const float *v, int64_t first, int64_t end, int64_t *hist
 }
 
 /* 1 if any of the 16 values at v has top 16 bits `key`. */
-MULTIVERSION
-static int any_in_bin(const float *v, uint32_t key) {
+static inline int any_in_bin(const float *v, uint32_t key) {
     u32x16 bits;
     memcpy(&bits, v, sizeof bits);
     u32x16 hit = (u32x16)((bits >> 16) == key);
@@ -254,23 +253,25 @@ static int any_in_bin(const float *v, uint32_t key) {
 }
 
 /* positions[0 … min(count, cap)) = the flat positions, ascending, of the values v[0, n) whose
- * top 16 bits are `key`; returns count. A bin is a small part of the values: 16 are tested at
- * a time and only a group holding one is looked at value by value. */
-int64_t mh_value_positions(const float *v, int64_t n, int key, int64_t *positions, int64_t cap) {
-    int64_t count = 0, j = 0;
-    for (; j + 16 <= n; j += 16)
-        if (any_in_bin(v + j, (uint32_t)key))
-            for (int l = 0; l < 16; l++)
-                if ((f32_bits(v[j + l]) >> 16) == (uint32_t)key) {
-                    if (count < cap) positions[count] = j + l;
-                    count++;
-                }
-    for (; j < n; j++)
-        if ((f32_bits(v[j]) >> 16) == (uint32_t)key) {
-            if (count < cap) positions[count] = j;
-            count++;
-        }
+ * top 16 bits are `key`; returns count. A bin is a small part of the values: a whole group of
+ * 16 is tested at once, and only a group holding one is looked at value by value. */
+MULTIVERSION
+static int64_t positions_in_bin(const float *v, int64_t n, uint32_t key, int64_t *positions, int64_t cap) {
+    int64_t count = 0;
+    for (int64_t j = 0; j < n; j += 16) {
+        int64_t len = n - j < 16 ? n - j : 16;
+        if (len == 16 && !any_in_bin(v + j, key)) continue;
+        for (int64_t l = 0; l < len; l++)
+            if ((f32_bits(v[j + l]) >> 16) == key) {
+                if (count < cap) positions[count] = j + l;
+                count++;
+            }
+    }
     return count;
+}
+
+int64_t mh_value_positions(const float *v, int64_t n, int key, int64_t *positions, int64_t cap) {
+    return positions_in_bin(v, n, (uint32_t)key, positions, cap);
 }
 
 /* hist[LOW_BINS] += counts of the low 16 bits of |x − b| among the entries whose top 16 bits
@@ -507,25 +508,12 @@ static void pruned_chunk(const mh_model *m, const float *base, int64_t start, in
     }
 }
 
-/* |d|'s float32 exponent (0-255), plus 256 when the entry was dropped, and its mantissa. */
-static inline void exponent_slot(float d, int dropped, uint32_t *slot, uint32_t *mantissa) {
-    uint32_t bits = f32_bits(d) & 0x7fffffffu, e = bits >> 23;
-    *slot = e + (dropped ? 256u : 0u);
-    *mantissa = (bits & 0x7fffffu) | (e ? 0x800000u : 0u);
-}
-
-/* The slots of delta[j], dropped where kept[j] is 0 and delta[j] is not. */
+/* slots[j]: |δ|'s float32 exponent (0-255) from its bit pattern key[j] (magnitude_bits), plus
+ * 256 where the entry was dropped (keep[j] 0 and δ not 0); mantissas[j]: its mantissa m, the
+ * hidden bit included for e > 0, so |δ| = m·2^(max(e, 1) − 150). */
 MULTIVERSION
-static void exponent_slots(const float *restrict delta, const float *restrict kept, int64_t len,
+static void exponent_slots(const uint32_t *restrict key, const uint8_t *restrict keep, int64_t len,
                            uint32_t *restrict slots, uint32_t *restrict mantissas) {
-    for (int64_t j = 0; j < len; j++)
-        exponent_slot(delta[j], kept[j] == 0.0f && delta[j] != 0.0f, &slots[j], &mantissas[j]);
-}
-
-/* The same from |δ|'s bit patterns (magnitude_bits) and the keep mask (0 or 1 a byte). */
-MULTIVERSION
-static void masked_exponent_slots(const uint32_t *restrict key, const uint8_t *restrict keep, int64_t len,
-                                  uint32_t *restrict slots, uint32_t *restrict mantissas) {
     for (int64_t j = 0; j < len; j++) {
         uint32_t e = key[j] >> 23;
         slots[j] = e + (!keep[j] && key[j] ? 256u : 0u);
@@ -536,7 +524,7 @@ static void masked_exponent_slots(const uint32_t *restrict key, const uint8_t *r
 #define SLOTS 512     /* 256 exponents of kept entries, then 256 of dropped ones */
 #define SLOT_TABLES 4 /* interleaved tables: runs of one exponent do not queue on one counter */
 
-/* tables[t·SLOTS + slot] += mantissa, entry j into table j mod 4 (see exponent_slots). */
+/* tables[t·SLOTS + slot] += mantissa, entry j into table j mod 4 (slots from exponent_slots). */
 static void add_slots(const uint32_t *slots, const uint32_t *mantissas, int64_t len, int64_t *tables) {
     int64_t j = 0;
     for (; j + SLOT_TABLES <= len; j += SLOT_TABLES)
@@ -766,7 +754,7 @@ static void bucket_decisions(const uint32_t *restrict u, const uint16_t *restric
 }
 
 /* A row's (or a chunk's: mh_prune_sums) exact L1 sums in one pass, without a table update per
- * entry: every |δ| of the row is m·2^(E − 150) (E = max(e, 1), exponent_slot's m) with E in
+ * entry: every |δ| of the row is m·2^(E − 150) (E = max(e, 1), exponent_slots' m) with E in
  * [lo, hi], so m·2^(E − lo) summed as integers is exact while w·2^(24 + hi − lo) fits in 64
  * bits (row_sums_fit). The totals go into two slots: total = q·2^(hi − lo) + r is r at
  * exponent lo plus q at hi, the same value the per-exponent slots would describe (exact_sum.py
@@ -797,6 +785,25 @@ static void kept_flags(const float *restrict kept, int64_t len, uint8_t *restric
 static void add_row_total(uint64_t total, uint32_t lo, uint32_t hi, int64_t *slots) {
     slots[lo] += (int64_t)(total & ((UINT64_C(1) << (hi - lo)) - 1u));
     slots[hi] += (int64_t)(total >> (hi - lo));
+}
+
+/* tables (add_slots' layout) += the exact L1 sums of the |δ| whose bit patterns are key[0 … len),
+ * kept where keep[j] is 1 and dropped elsewhere; smallest, largest: the range of the non-zero
+ * keys (largest 0: none). As one integer in two slots when the exponents allow (row_sums), else
+ * a slot an entry. slots, mantissas: scratch for len, apart from key. */
+static void add_exact_sums(const uint32_t *key, const uint8_t *keep, int64_t len, uint32_t smallest,
+                           uint32_t largest, uint32_t *slots, uint32_t *mantissas, int64_t *tables) {
+    if (!largest) return; /* all zero: nothing to add */
+    uint32_t lo = smallest >> 23 ? smallest >> 23 : 1, hi = largest >> 23 ? largest >> 23 : 1;
+    if (row_sums_fit(len, lo, hi)) {
+        uint64_t all, kept;
+        row_sums(key, keep, len, lo, &all, &kept);
+        add_row_total(kept, lo, hi, tables);
+        add_row_total(all - kept, lo, hi, tables + 256);
+    } else {
+        exponent_slots(key, keep, len, slots, mantissas);
+        add_slots(slots, mantissas, len, tables);
+    }
 }
 
 /* Bits first, first + 1, … of `bits` |= bytes[0], bytes[1], … (0 or 1; little-endian bits);
@@ -856,16 +863,7 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
         for (int64_t i = 0; i < n; i++)
             row_mask[positions[i]] = (float)u[positions[i]] * 0x1p-24f < probs[ranks[i]];
         pack_bits(row_mask, start, width, mask);
-        uint32_t lo = rb->smallest >> 23 ? rb->smallest >> 23 : 1, hi = rb->largest >> 23 ? rb->largest >> 23 : 1;
-        if (sums && rb->largest && row_sums_fit(width, lo, hi)) {
-            uint64_t all, kept;
-            row_sums(bits, row_mask, width, lo, &all, &kept);
-            add_row_total(kept, lo, hi, tables);
-            add_row_total(all - kept, lo, hi, tables + 256);
-        } else if (sums) {
-            masked_exponent_slots(bits, row_mask, width, slots, mantissas);
-            add_slots(slots, mantissas, width, tables);
-        }
+        if (sums) add_exact_sums(bits, row_mask, width, rb->smallest, rb->largest, slots, mantissas, tables);
     }
     if (sums) fold_slots(tables, sums);
     free(ints), free(digit), free(unsure), free(row_mask), free(rb), free(tables);
@@ -893,22 +891,11 @@ int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const 
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
         widen(b, b_dtype, start, len, base);
         pruned_chunk(m, base, start, len, delta, u, kept);
-        /* the chunk as one integer sum when its exponents allow (row_sums), else per exponent */
-        uint32_t *key = slots, any, all, smallest, largest;
+        uint32_t *key = u, any, all, smallest, largest; /* the draws are used up: u holds |δ|'s keys */
         magnitude_bits(delta, len, key);
         key_range(key, len, &any, &all, &smallest, &largest);
-        uint32_t lo = smallest >> 23 ? smallest >> 23 : 1, hi = largest >> 23 ? largest >> 23 : 1;
-        if (!largest) continue; /* all zero: nothing to add */
-        if (row_sums_fit(len, lo, hi)) {
-            uint64_t total, kept_total;
-            kept_flags(kept, len, keep);
-            row_sums(key, keep, len, lo, &total, &kept_total);
-            add_row_total(kept_total, lo, hi, tables);
-            add_row_total(total - kept_total, lo, hi, tables + 256);
-        } else {
-            exponent_slots(delta, kept, len, slots, mantissas);
-            add_slots(slots, mantissas, len, tables);
-        }
+        kept_flags(kept, len, keep);
+        add_exact_sums(key, keep, len, smallest, largest, slots, mantissas, tables);
     }
     fold_slots(tables, sums);
     free(buf), free(ints), free(tables);
