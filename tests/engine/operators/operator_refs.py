@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mergehub.engine.operators import REQUIRED, MergeContext, TensorParams, get_operator
+from mergehub.engine.operators.exact_sum import exact_total
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -63,6 +64,13 @@ def rel_err(out, ref) -> float:
 def assert_rel(out, ref, tol: float = 1e-6) -> None:
     err = rel_err(out, ref)
     assert err <= tol, f"relative error {err:.3e} > {tol:g}"
+
+
+def same_sum(a: list[int], b: list[int]) -> bool:
+    """Exact-sum slot lists (operators/exact_sum.py) describing the same sum: the compiled loops
+    may put a chunk's or a row's whole sum into two slots where the torch path fills one an
+    exponent."""
+    return exact_total(a) == exact_total(b) and bool(a[255]) == bool(b[255])
 
 
 def np32(t) -> np.ndarray:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,9 @@ import torch
 
 from mergehub.engine import native
 from mergehub.engine.operators import exact_sum as es
+
+sys.path.insert(0, str(Path(__file__).parent))
+from operator_refs import same_sum  # noqa: E402
 
 
 def exact_float32(values: torch.Tensor) -> float:
@@ -62,12 +67,6 @@ def test_rescale_factor():
 
 
 @pytest.mark.skipif(not native.available(), reason="the compiled loops are not built")
-def same_sum(a: list[int], b: list[int]) -> bool:
-    """Slot lists describing the same exact sum (the loops may put a chunk's whole sum into two
-    slots, exact_sum's docstring)."""
-    return es.exact_total(a) == es.exact_total(b) and bool(a[255]) == bool(b[255])
-
-
 def test_the_compiled_loops_describe_the_same_sums():
     g = torch.Generator().manual_seed(2)
     base = torch.randn(100_003, generator=g).bfloat16()
