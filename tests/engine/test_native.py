@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent / "operators"))
 from operator_refs import make_ctx, make_params, same_sum  # noqa: E402
 
 from mergehub.engine import native  # noqa: E402
-from mergehub.engine.operators import arcee_fusion, generalized, linear, selection  # noqa: E402
+from mergehub.engine.operators import arcee_fusion, generalized, linear, random_stream, selection  # noqa: E402
 from mergehub.engine.operators.base import MergeContext  # noqa: E402
 from mergehub.engine.operators.registry import get_operator  # noqa: E402
 
@@ -164,7 +165,6 @@ def test_della_masks_l1_sums_are_exact_whatever_a_rows_exponent_span():
     """mh_della_mask sums a row's kept and dropped |δ| as one 64-bit integer when the row's
     exponents span few enough binades, else per exponent (wide spans, Inf); either way the
     slots must describe the exact sums of the entries the mask keeps and drops."""
-    import numpy as np
 
     from mergehub.engine.operators.exact_sum import exponent_sums
     from mergehub.engine.operators.sparsify import della_probabilities
@@ -192,6 +192,42 @@ def test_della_masks_l1_sums_are_exact_whatever_a_rows_exponent_span():
 
     assert same_sum(before, exponent_sums(real))
     assert same_sum(kept, exponent_sums(torch.where(keep, real, 0.0)))
+
+
+@needs_loops
+@pytest.mark.parametrize("n", [5, 16, 1000, 1037, 4099])  # under a word, one word, chunks with a partial tail
+@pytest.mark.parametrize("density", [0.3, 1.0])  # draws, or none (every bit set)
+def test_the_rescale_pass_keeps_the_bits_the_draws_give(monkeypatch, n, density):
+    """DARE's rescale pass (mh_prune_sums) records each entry's draw as a bit, which the combine
+    reads instead of drawing again: bit j must be u24 < threshold for entry offset + j (the torch
+    stream's draws), and the unused bits of the last byte 0, whatever the buffer held."""
+    base, (x,) = family(n, 1, seed=n, quantised=False)
+    key, offset, threshold = (3, 9), 2**32 - 40, random_stream.keep_threshold(density)  # crosses 2^32
+    drawn = torch.full((-(-n // 8),), 0xFF, dtype=torch.uint8)
+    native.prune_sums(base, native.model_spec(x, 1.0, key=key, offset=offset, threshold=threshold), drawn)
+    bits = torch.from_numpy(np.unpackbits(drawn.numpy(), bitorder="little").copy())
+    monkeypatch.setattr(native, "available", lambda: False)  # the torch stream, not the loops'
+    expected = random_stream.draws24(key, offset, n) < threshold
+    assert torch.equal(bits[:n].bool(), expected)
+    assert not bits[n:].any()
+
+
+@needs_loops
+@pytest.mark.parametrize("level", [-math.inf, 0.5])  # the mask alone, or the mask and a magnitude level
+def test_a_mask_drops_on_top_of_the_levels(monkeypatch, level):
+    """A spec with a mask keeps an entry where its bit is set and the levels keep it too (the
+    mask alone takes a shortcut), over thread spans that start inside a mask byte."""
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1000)
+    n = 10_007
+    base, (x,) = family(n, 1, seed=8, quantised=False)
+    g = torch.Generator().manual_seed(9)
+    keep = torch.rand(n, generator=g) < 0.6
+    mask = torch.from_numpy(np.packbits(keep.numpy(), bitorder="little"))
+    spec = native.model_spec(x, 0.7, keep=(level, level, 0), mask=mask)
+    out = native.family_combine(base, [spec], False, False, 1.0, torch.empty_like(base))
+    delta = x - base
+    kept = torch.where(keep & (delta.abs() > level), delta, torch.zeros(()))
+    assert torch.equal(out, kept * 0.7 + base)
 
 
 @needs_loops
@@ -593,7 +629,6 @@ def test_arcee_fusion_through_the_loops_equals_the_torch_path(monkeypatch, shape
 def test_arcee_fusion_kl_is_accurate_where_float32_is_noise():
     """Rows like a fine-tune's (weights ~0.02, changes ~1e-3): the loops' KL is the formula's
     value to float32 rounding; mergekit's float32 sum of p·ln(p/q) is not."""
-    import numpy as np
 
     g = torch.Generator().manual_seed(3)
     base = torch.randn(64, 1792, generator=g) * 0.02

@@ -142,7 +142,7 @@ def _load() -> ctypes.CDLL | None:
     lib.mh_block_stats.restype = i32
     lib.mh_draws.argtypes = [i64, i64, ctypes.c_uint32, ctypes.c_uint32, ptr]
     lib.mh_draws.restype = None
-    lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr]
+    lib.mh_prune_sums.argtypes = [ptr, i32, i64, i64, ctypes.POINTER(ModelSpec), ptr, ptr]
     lib.mh_prune_sums.restype = i32
     lib.mh_family_combine.argtypes = [ptr, i32, i64, i64, i32, ctypes.POINTER(ModelSpec), i32, i32,
                                       ctypes.c_float, ctypes.c_float, ptr, i32]
@@ -348,12 +348,17 @@ def _before_after(sums: torch.Tensor) -> tuple[list[int], list[int]]:
     return [a + b for a, b in zip(kept, dropped)], kept
 
 
-def prune_sums(base: torch.Tensor, spec: ModelSpec) -> tuple[list[int], list[int]]:
+def prune_sums(base: torch.Tensor, spec: ModelSpec,
+               drawn: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
     """Exact L1 sums (operators/exact_sum.py slots) of |δ| over all entries and over the kept ones.
+    ``drawn`` (uint8, ⌈n/8⌉ bytes, or None) ← a bit per entry (as ``della_masks``' masks): 1 where
+    the spec's draw keeps the entry (all 1 when it draws nothing), a ``mask`` for the combine.
     One thread: callers run one expert per thread (``map_parallel``), which must not nest."""
     assert supports(base)
+    assert drawn is None or (drawn.dtype == torch.uint8 and drawn.numel() * 8 >= base.numel())
     sums = torch.zeros(_SLOTS, dtype=torch.int64)
-    _check(_LIB.mh_prune_sums(*_ref(base), 0, base.numel(), ctypes.byref(spec), sums.data_ptr()))
+    _check(_LIB.mh_prune_sums(*_ref(base), 0, base.numel(), ctypes.byref(spec), sums.data_ptr(),
+                              None if drawn is None else drawn.data_ptr()))
     return _before_after(sums)
 
 

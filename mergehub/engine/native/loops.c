@@ -488,11 +488,43 @@ static void unpack_bits(const uint8_t *bits, int64_t first, int64_t len, uint8_t
     for (; j < len; j++) out[j] = (bits[(first + j) >> 3] >> ((first + j) & 7)) & 1u;
 }
 
-/* kept[0..len): expert m's pruned δ over flat [start, start + len), given the base's chunk. */
-static void pruned_chunk(const mh_model *m, const float *base, int64_t start, int64_t len,
-                         float *delta, uint32_t *u, float *kept) {
+/* kept[j] = δ[j] where bit first + j of `bits` (as unpack_bits reads them) is set, else +0.0:
+ * 16 entries a time from the (at most three) bytes that hold their bits, as a 16-lane select,
+ * without spreading the bits into bytes first. */
+MULTIVERSION
+static void masked_copy(const uint8_t *bits, int64_t first, int64_t len, const float *restrict delta,
+                        float *restrict kept) {
+    const i32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    int64_t j = 0;
+    for (; j + 16 <= len; j += 16) {
+        int64_t at = first + j, shift = at & 7;
+        const uint8_t *byte = bits + (at >> 3);
+        uint32_t word = byte[0] | (uint32_t)byte[1] << 8 | (shift ? (uint32_t)byte[2] << 16 : 0u);
+        i32x16 on = (((i32x16){0} + (int32_t)(word >> shift)) >> lane & 1) != 0; /* −1 where set */
+        f32x16 d;
+        memcpy(&d, delta + j, sizeof d);
+        d = (f32x16)((i32x16)d & on);
+        memcpy(kept + j, &d, sizeof d);
+    }
+    for (; j < len; j++) kept[j] = (bits[(first + j) >> 3] >> ((first + j) & 7)) & 1u ? delta[j] : 0.0f;
+}
+
+/* Whether m's levels keep every entry (|δ| > −∞ and ≤ +∞ hold for every |δ|, NaN included). */
+static int keeps_all_levels(const mh_model *m) {
+    return m->keep_before == -INFINITY && m->keep_after == -INFINITY && m->drop_before == INFINITY &&
+           m->drop_after == INFINITY;
+}
+
+/* kept[0..len): expert m's pruned δ over flat [start, start + len), given the base's chunk.
+ * Returns the draw threshold it applied to u (1, with u all 0, when m draws nothing). */
+static uint32_t pruned_chunk(const mh_model *m, const float *base, int64_t start, int64_t len,
+                             float *delta, uint32_t *u, float *kept) {
     widen(m->x, m->dtype, start, len, delta);
     subtract(delta, base, len);
+    if (m->mask && m->threshold >= ALL_DRAWS && keeps_all_levels(m)) { /* the mask alone decides */
+        masked_copy(m->mask, start, len, delta, kept);
+        return 1;
+    }
     uint32_t threshold = 1;
     if (m->threshold < ALL_DRAWS) {
         draws(m->offset + start, len, m->key0, m->key1, u);
@@ -506,6 +538,7 @@ static void pruned_chunk(const mh_model *m, const float *base, int64_t start, in
         unpack_bits(m->mask, start, len, keep);
         apply_mask(keep, len, kept);
     }
+    return threshold;
 }
 
 /* slots[j]: |δ|'s float32 exponent (0-255) from its bit pattern key[j] (magnitude_bits), plus
@@ -871,12 +904,33 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     return 0;
 }
 
+/* Bits first, first + 1, … of `bits` (first a multiple of 8; bytes zeroed beforehand) ← 1 where
+ * u[j] < threshold: 16 entries a time, their bits summed into one little-endian 16-bit word. */
+MULTIVERSION
+static void pack_below(const uint32_t *restrict u, int64_t first, int64_t len, uint32_t threshold,
+                       uint8_t *restrict bits) {
+    const u32x16 bit = {1u << 0, 1u << 1, 1u << 2, 1u << 3, 1u << 4, 1u << 5, 1u << 6, 1u << 7,
+                        1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+    int64_t j = 0;
+    for (; j + 16 <= len; j += 16) {
+        u32x16 v;
+        memcpy(&v, u + j, sizeof v);
+        u32x16 set = (u32x16)(v < threshold) & bit;
+        uint32_t word = lane_sum(&set); /* distinct bits: the sum is their union */
+        bits[(first + j) >> 3] = (uint8_t)word, bits[((first + j) >> 3) + 1] = (uint8_t)(word >> 8);
+    }
+    for (; j < len; j++) bits[(first + j) >> 3] |= (uint8_t)((u[j] < threshold) << ((first + j) & 7));
+}
+
 /* The exact L1 norms behind the rescale, as integers: sums[e] += mantissa of every kept |δ|
  * with float32 exponent e, sums[256 + e] the same for dropped ones (|δ| = mantissa·2^(max(e,1)
  * − 150)); int64 holds 2^39 entries per slot. operators/exact_sum.py turns them into floats.
- * Returns 0, or -1 when out of memory. */
+ * drawn (or NULL; first a multiple of 8): bit j (as mh_della_mask's) ← whether entry j's draw
+ * keeps it, so that the combine can take these bits instead of drawing again (the draws were a
+ * fifth of dare_ties' CPU samples, half of them in the second pass). Returns 0, or -1 when out
+ * of memory. */
 int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const mh_model *m,
-                  int64_t *sums) {
+                  int64_t *sums, uint8_t *drawn) {
     float *buf = malloc(4 * CHUNK * sizeof *buf);
     uint32_t *ints = malloc(3 * CHUNK * sizeof *ints);
     int64_t *tables = calloc(SLOT_TABLES * SLOTS, sizeof *tables);
@@ -887,10 +941,12 @@ int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const 
     float *base = buf, *delta = buf + CHUNK, *kept = buf + 2 * CHUNK;
     uint32_t *u = ints, *slots = ints + CHUNK, *mantissas = ints + 2 * CHUNK;
     uint8_t keep[CHUNK];
+    if (drawn) memset(drawn + first / 8, 0, (size_t)((end + 7) / 8 - first / 8)); /* pack_bits ors the last byte */
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
         widen(b, b_dtype, start, len, base);
-        pruned_chunk(m, base, start, len, delta, u, kept);
+        uint32_t threshold = pruned_chunk(m, base, start, len, delta, u, kept);
+        if (drawn) pack_below(u, start, len, threshold, drawn);
         uint32_t *key = u, any, all, smallest, largest; /* the draws are used up: u holds |δ|'s keys */
         magnitude_bits(delta, len, key);
         key_range(key, len, &any, &all, &smallest, &largest);

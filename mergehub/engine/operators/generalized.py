@@ -229,8 +229,13 @@ class TaskArithmeticFamily(Operator):
         used = [(k, x) for k, x in enumerate(inputs) if x is not None]
         offset = ctx.flat_start(shape)
         masks = self._della_masks(base, used, p, ctx, offset, shape) if self.sparsifier == "della_magprune" else {}
+        # DARE with rescale draws once, in the rescale's pass, and keeps the draws as these bits
+        # for the combine (the masks must outlive the specs that point at them)
+        drawn = {k: ctx.empty((-(-base.numel() // 8),), torch.uint8) for k, _ in used
+                 if self.sparsifier == "random" and p.shared["rescale"] and 0 < p.models[k]["density"] < 1}
         specs = native.map_parallel(
-            lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset, *masks.get(k_x[0], (None, None))),
+            lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset, *masks.get(k_x[0], (None, None)),
+                                          drawn=drawn.get(k_x[0])),
             used)
         return native.family_combine(base, specs, self.consensus, p.shared["normalize"], p.shared["lambda"], out,
                                      sum_divisor=PlainSum.divisor_of(p.per_model("weight")))
@@ -253,8 +258,10 @@ class TaskArithmeticFamily(Operator):
 
     def _native_spec(self, x: torch.Tensor, base: torch.Tensor, k: int, p: TensorParams,
                      ctx: MergeContext, offset: int, mask: torch.Tensor | None = None,
-                     mask_sums: tuple | None = None) -> native.ModelSpec:
-        """How model k is pruned (sparsify.py's rules, as levels, draws and a rescale factor)."""
+                     mask_sums: tuple | None = None, drawn: torch.Tensor | None = None) -> native.ModelSpec:
+        """How model k is pruned (sparsify.py's rules, as levels, draws and a rescale factor).
+        ``drawn``: where the rescale's pass stores the random draws' decisions as a bit per entry;
+        the combine then reads those bits instead of drawing again."""
         model = p.models[k]
         density, n = model["density"], base.numel()
         rule: dict = {}
@@ -278,9 +285,12 @@ class TaskArithmeticFamily(Operator):
                 if cuts:  # both cuts found together (shared passes)
                     rule.update(zip(cuts, delta_outside_smallest(x, base, list(cuts.values()))))
             if p.shared["rescale"]:
-                sums = mask_sums or native.prune_sums(base, native.model_spec(x, 1.0, **rule))
+                sums = mask_sums or native.prune_sums(base, native.model_spec(x, 1.0, **rule), drawn)
                 factor = rescale_factor(*sums, RESCALE_EPS)
                 rule["factor"] = 1.0 if factor is None else factor
+                if drawn is not None:
+                    del rule["key"], rule["offset"], rule["threshold"]
+                    rule["mask"] = drawn
         return native.model_spec(x, model["weight"], **rule)
 
 
