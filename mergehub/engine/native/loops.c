@@ -585,8 +585,31 @@ typedef struct {
     uint32_t digit_mask, smallest, largest; /* the row's non-zero keys' range (largest 0: none) */
     uint32_t count[BUCKETS];     /* rows are shorter than 2^32 */
     uint32_t odd_count[BUCKETS]; /* entries at odd j: two counters a bucket, so runs of one digit do not queue */
-    float p_first[BUCKETS], p_last[BUCKETS];
+    /* the draws that decide at once, per bucket: u24 >> COARSE below the low 16 bits keeps (u
+     * is below the probability at the bucket's first rank), at or above the high 16 bits drops */
+    uint32_t bounds[BUCKETS];
 } row_buckets;
+
+#define COARSE 9 /* u24 >> 9 and the bounds (≤ 2^15 + 1) fit 16 bits: one table load an entry */
+
+/* ⌈p·2^24⌉ clamped to [0, 2^24]: u24 below it ⇔ u24·2^-24 < p (both sides exact in float32). */
+static uint32_t draw_threshold(float p) {
+    float scaled = p * 0x1p24f;
+    if (!(scaled > 0.0f)) return 0;
+    if (scaled >= 0x1p24f) return 1u << 24;
+    uint32_t t = (uint32_t)scaled; /* < 2^24: (float)t is exact */
+    return t + ((float)t < scaled);
+}
+
+/* A bucket's bounds from the draw thresholds at its first and last rank: the coarse draws
+ * surely below the first and those surely at or above the last, each with a margin of at least
+ * one draw, so that the bounds stay on the safe side even were a threshold one off. The draws
+ * between (~4·2^-15 more than exact bounds would leave) are compared with their exact rank's
+ * probability, as the torch path does. */
+static uint32_t bucket_bounds(uint32_t at_first, uint32_t at_last) {
+    uint32_t keep = at_first ? (at_first - 1) >> COARSE : 0, drop = (at_last >> COARSE) + 1;
+    return keep | drop << 16;
+}
 
 MULTIVERSION
 static void key_range(const uint32_t *restrict key, int64_t w, uint32_t *any, uint32_t *all,
@@ -609,8 +632,9 @@ static void digits_of(const uint32_t *restrict key, int64_t w, int shift, uint32
         digit[j] = key[j] ? (uint16_t)(1u + ((key[j] >> shift) & digit_mask)) : (uint16_t)0;
 }
 
-/* Fills rb for a row of keys; p_first/p_last: probs at each bucket's first and last rank. */
-static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint16_t *digit, row_buckets *rb) {
+/* Fills rb for a row of keys; its bounds from limit (draw_threshold of the probability at each
+ * rank) at each bucket's first and last rank. */
+static void bucket_row(const uint32_t *key, int64_t w, const uint32_t *limit, uint16_t *digit, row_buckets *rb) {
     uint32_t any, all, smallest, largest;
     key_range(key, w, &any, &all, &smallest, &largest);
     rb->smallest = smallest, rb->largest = largest;
@@ -632,7 +656,7 @@ static void bucket_row(const uint32_t *key, int64_t w, const float *probs, uint1
     for (int d = 0; d <= rb->highest; d = d ? d + 1 : rb->lowest) {
         int64_t c = (int64_t)rb->count[d] + rb->odd_count[d];
         int64_t first = before < w ? before : w - 1, last = before + c - (c > 0);
-        rb->p_first[d] = probs[first], rb->p_last[d] = probs[last < w ? last : w - 1];
+        rb->bounds[d] = bucket_bounds(limit[first], limit[last < w ? last : w - 1]);
         before += c;
         if (!d && rb->lowest > rb->highest) break;
     }
@@ -772,15 +796,15 @@ static void rank_entries(const uint32_t *key, int64_t w, const uint32_t *at, int
     }
 }
 
-/* keep[j] = u[j] below the probability at its bucket's first rank; unsure[j] = u[j] between
- * that and the one at its last rank (the entry's exact rank decides). */
+/* keep[j] = u[j] surely below the probability at its bucket's first rank; unsure[j] = u[j] not
+ * surely at or above the one at its last rank either (the entry's exact rank decides). One
+ * table load an entry (GCC builds each as scalar loads and inserts: gathers are slow). */
 MULTIVERSION
 static void bucket_decisions(const uint32_t *restrict u, const uint16_t *restrict digit, int64_t w,
-                             const float *restrict p_first, const float *restrict p_last,
-                             uint8_t *restrict keep, uint8_t *restrict unsure) {
+                             const uint32_t *restrict bounds, uint8_t *restrict keep, uint8_t *restrict unsure) {
     for (int64_t j = 0; j < w; j++) {
-        float uf = (float)u[j] * 0x1p-24f;
-        int sure_keep = uf < p_first[digit[j]], may_keep = uf < p_last[digit[j]];
+        uint32_t b = bounds[digit[j]], coarse = u[j] >> COARSE;
+        int sure_keep = coarse < (b & 0xffffu), may_keep = coarse < (b >> 16);
         keep[j] = (uint8_t)sure_keep;
         unsure[j] = (uint8_t)(may_keep & !sure_keep);
     }
@@ -866,7 +890,7 @@ static void pack_bits(const uint8_t *bytes, int64_t first, int64_t len, uint8_t 
 int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_t width, int64_t r0,
                   int64_t r1, int64_t offset, uint32_t key0, uint32_t key1, const float *probs,
                   uint8_t *mask, int64_t *sums) {
-    uint32_t *ints = malloc((4 * (size_t)width + 16) * sizeof *ints); /* + 16: see count_batch */
+    uint32_t *ints = malloc((5 * (size_t)width + 16) * sizeof *ints); /* + 16: see count_batch */
     uint16_t *digit = malloc((size_t)width * sizeof *digit);
     uint8_t *unsure = malloc((size_t)width), *row_mask = malloc((size_t)width);
     row_buckets *rb = malloc(sizeof *rb);
@@ -879,6 +903,8 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
         return -1;
     }
     uint32_t *bits = ints, *u = ints + width, *slots = ints + 2 * width, *mantissas = ints + 3 * width;
+    uint32_t *limit = ints + 4 * width; /* the draws below which rank r keeps an entry (bucket_bounds') */
+    for (int64_t r = 0; r < width; r++) limit[r] = draw_threshold(probs[r]);
     /* this call's bits start on a byte boundary (r0·width is a multiple of 8) and so do the next
      * call's: it owns its bytes, the last one partly used only at the very end of the mask */
     int64_t first_byte = r0 * width / 8, end_bit = r1 * width;
@@ -887,9 +913,9 @@ int mh_della_mask(const void *x, int x_dtype, const void *b, int b_dtype, int64_
     for (int64_t r = r0; r < r1; r++) {
         int64_t start = r * width;
         magnitude_keys(x, x_dtype, b, b_dtype, start, width, bits);
-        bucket_row(bits, width, probs, digit, rb);
+        bucket_row(bits, width, limit, digit, rb);
         draws(offset + start, width, key0, key1, u);
-        bucket_decisions(u, digit, width, rb->p_first, rb->p_last, row_mask, unsure);
+        bucket_decisions(u, digit, width, rb->bounds, row_mask, unsure);
         int64_t n = set_positions(unsure, width, positions);
         if (rank_batched(bits, width, positions, n, (int *)order, ranks) < 0)
             rank_entries(bits, width, positions, n, order, ranks);
