@@ -967,7 +967,8 @@ int mh_prune_sums(const void *b, int b_dtype, int64_t first, int64_t end, const 
     float *base = buf, *delta = buf + CHUNK, *kept = buf + 2 * CHUNK;
     uint32_t *u = ints, *slots = ints + CHUNK, *mantissas = ints + 2 * CHUNK;
     uint8_t keep[CHUNK];
-    if (drawn) memset(drawn + first / 8, 0, (size_t)((end + 7) / 8 - first / 8)); /* pack_bits ors the last byte */
+    if (drawn) /* pack_below ors the bits of a partial last word into zeroed bytes */
+        memset(drawn + first / 8, 0, (size_t)((end + 7) / 8 - first / 8));
     for (int64_t start = first; start < end; start += CHUNK) {
         int64_t len = end - start < CHUNK ? end - start : CHUNK;
         widen(b, b_dtype, start, len, base);
