@@ -470,30 +470,11 @@ static void prune(const mh_model *m, const float *restrict delta, const uint32_t
     }
 }
 
+/* kept[j] = δ[j] where bit first + j of `bits` (little-endian within a byte) is set, else +0.0:
+ * 16 entries a time from the (at most three) bytes that hold their bits, as a 16-lane select.
+ * delta may be kept itself (each vector is read before its own positions are written). */
 MULTIVERSION
-static void apply_mask(const uint8_t *restrict mask, int64_t len, float *restrict kept) {
-    for (int64_t j = 0; j < len; j++) kept[j] = mask[j] ? kept[j] : 0.0f;
-}
-
-/* out[j] = bit (first + j) of `bits` (little-endian within a byte), 0 or 1; whole bytes are
- * spread eight bits at a time (multiply, mask, and add 0x7f so a non-zero byte sets its top bit). */
-static void unpack_bits(const uint8_t *bits, int64_t first, int64_t len, uint8_t *out) {
-    int64_t j = 0;
-    for (; j < len && ((first + j) & 7); j++) out[j] = (bits[(first + j) >> 3] >> ((first + j) & 7)) & 1u;
-    for (; j + 8 <= len; j += 8) {
-        uint64_t spread = (bits[(first + j) >> 3] * 0x0101010101010101ull) & 0x8040201008040201ull;
-        uint64_t ones = ((spread + 0x7f7f7f7f7f7f7f7full) & 0x8080808080808080ull) >> 7;
-        memcpy(out + j, &ones, 8);
-    }
-    for (; j < len; j++) out[j] = (bits[(first + j) >> 3] >> ((first + j) & 7)) & 1u;
-}
-
-/* kept[j] = δ[j] where bit first + j of `bits` (as unpack_bits reads them) is set, else +0.0:
- * 16 entries a time from the (at most three) bytes that hold their bits, as a 16-lane select,
- * without spreading the bits into bytes first. */
-MULTIVERSION
-static void masked_copy(const uint8_t *bits, int64_t first, int64_t len, const float *restrict delta,
-                        float *restrict kept) {
+static void masked_copy(const uint8_t *bits, int64_t first, int64_t len, const float *delta, float *kept) {
     const i32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     int64_t j = 0;
     for (; j + 16 <= len; j += 16) {
@@ -533,11 +514,7 @@ static uint32_t pruned_chunk(const mh_model *m, const float *base, int64_t start
         memset(u, 0, (size_t)len * sizeof *u);
     }
     prune(m, delta, u, threshold, start, len, kept);
-    if (m->mask) {
-        uint8_t keep[CHUNK];
-        unpack_bits(m->mask, start, len, keep);
-        apply_mask(keep, len, kept);
-    }
+    if (m->mask) masked_copy(m->mask, start, len, kept, kept);
     return threshold;
 }
 
