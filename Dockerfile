@@ -1,7 +1,9 @@
 # One image, two roles:
 #   web:    docker run ... mergehub                      (gunicorn; static files served by whitenoise)
-#   worker: docker run ... mergehub python manage.py qcluster
-# See docs/deploy.md for PostgreSQL + Redis.
+#   worker: docker run ... -e MERGEHUB_QUEUE=cpu mergehub python manage.py worker
+# See docs/deploy.md and compose.yaml for PostgreSQL + Redis and CPU/GPU workers.
+# TORCH_INDEX picks the torch build: the CPU wheels by default; a CUDA index for GPU workers,
+# e.g. --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,8 +16,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# torch first, from the CPU wheel index (the default PyPI wheel pulls in CUDA, several GB).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# torch first, from the CPU wheel index unless told otherwise (the default PyPI wheel pulls in
+# CUDA, several GB).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0
 
 COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY mergehub ./mergehub

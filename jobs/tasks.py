@@ -1,26 +1,11 @@
-"""The tasks django-q2 workers run. Each takes a row id and delegates; the row is the record."""
+"""The tasks django-q2 workers run. Thin: the database is the queue (mergehub/jobs/dispatch.py);
+a task is a wake-up that runs the job it names, or the oldest queued one of its queue."""
 
 from __future__ import annotations
 
-from mergehub.registry import services as registry_services
-from mergehub.runs import services as run_services
-from mergehub.runs.runner import MergeRunner
+from mergehub.jobs import dispatch
 
 
-def index_checkpoint(checkpoint_id: int) -> str | None:
-    """Index an expert against its family's base (downloading a Hugging Face source first)."""
-    run_services.reap_stale_runs()
-    checkpoint = registry_services.index_checkpoint(
-        checkpoint_id=checkpoint_id, progress=registry_services.progress_logger(checkpoint_id))
-    return checkpoint.index_status if checkpoint else None
-
-
-def run_merge(run_id: int) -> str:
-    """Execute one queued merge run; returns its final status."""
-    run_services.reap_stale_runs()
-    return MergeRunner.execute(run_id)
-
-
-def reap_stale_runs() -> int:
-    """Scheduled every minute: fail runs whose worker stopped sending heartbeats."""
-    return run_services.reap_stale_runs()
+def run_next_job(queue: str, kind: str | None = None, pk: int | None = None) -> str:
+    """Run one queued job of ``queue``; returns its final status, or "idle"."""
+    return dispatch.run_next_job(queue, kind, pk)

@@ -95,6 +95,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_q",
+    "mergehub.jobs",
     "mergehub.accounts",
     "mergehub.registry",
     "mergehub.runs",
@@ -147,24 +148,39 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Web and worker processes write to the same file: wait for the lock instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # Web and worker processes write to the same file. WAL lets readers run beside the one
+    # writer; IMMEDIATE transactions take the write lock at BEGIN, where SQLite waits for it
+    # (busy timeout), instead of upgrading a read lock mid-transaction, where it cannot wait
+    # and fails at once with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT", 30),
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    })
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- jobs (django-q2) -------------------------------------------------------------------------
+# --- jobs (django-q2; see mergehub/jobs/dispatch.py and docs/deploy.md) --------------------------
 
 MERGEHUB_WORKERS = env_int("MERGEHUB_WORKERS", 1)
 MERGEHUB_JOB_TIMEOUT = env_int("MERGEHUB_JOB_TIMEOUT", 6 * 3600)  # seconds a job may run
 MERGEHUB_HEARTBEAT_TIMEOUT = env_int("MERGEHUB_HEARTBEAT_TIMEOUT", 120)  # silence before the reaper
+# The queues this site has (the merge form offers them) and the one this worker process serves.
+MERGEHUB_QUEUES = env_list("MERGEHUB_QUEUES", ["cpu"])
+MERGEHUB_QUEUE = env_str("MERGEHUB_QUEUE", "cpu")
+if MERGEHUB_QUEUE not in MERGEHUB_QUEUES:
+    MERGEHUB_QUEUES = [*MERGEHUB_QUEUES, MERGEHUB_QUEUE]
+# A GPU-queue worker without CUDA fails its merges unless this allows them to run on the CPU.
+MERGEHUB_GPU_FALLBACK_TO_CPU = env_bool("MERGEHUB_GPU_FALLBACK_TO_CPU", False)
 # Block size (bytes) for indexing and planning; 0 = the engine's default (1 MiB).
 MERGEHUB_BLOCK_SIZE = env_int("MERGEHUB_BLOCK_SIZE", 0)
 REDIS_URL = env_str("REDIS_URL", "")
 
 Q_CLUSTER = {
-    "name": "mergehub",
+    "name": "mergehub",  # the site: signs queued tasks; the same for every queue
+    "cluster_name": f"mergehub-{MERGEHUB_QUEUE}",  # this worker's queue (dispatch.cluster_name)
     "workers": MERGEHUB_WORKERS,
     "timeout": MERGEHUB_JOB_TIMEOUT,
-    "retry": MERGEHUB_JOB_TIMEOUT + 600,  # must exceed timeout or jobs get delivered twice
+    "retry": MERGEHUB_JOB_TIMEOUT + 600,  # must exceed timeout or tasks get delivered twice
     "max_attempts": 1,
     "ack_failures": True,
     "catch_up": False,

@@ -1,6 +1,6 @@
 # Web application targets; included from the Makefile.
 #   make demo   create .venv if needed, migrate, collect static files, prepare the demo data and
-#               run gunicorn + a qcluster worker on 127.0.0.1:8000 (Ctrl-C stops both)
+#               run gunicorn + a worker (manage.py worker) on 127.0.0.1:8000 (Ctrl-C stops both)
 
 DEMO_PYTHON ?= python3
 DEMO_VENV ?= .venv

@@ -8,6 +8,7 @@
     run_merge(config, out_dir, ...)           -> MergeResult (publishes atomically)
     sweep(config, budgets, ...)               -> list of per-budget dicts (one pass)
     replay(manifest_path, out_dir, ...)       -> MergeResult, or ReplayMismatch
+    read_manifest(out_dir or manifest path)   -> the manifest dict, or InvalidCheckpoint
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from .publish import Staging, check_target
 from .writer import DEFAULT_OUTPUT_HASH, DEFAULT_SHARD_BYTES, ShardedWriter
 
 __all__ = ["inspect_model", "check_compatible", "index_model", "load_config", "load_config_mapping",
-           "plan_merge", "run_merge", "sweep", "replay", "NotIndexed", "MergeResult", "PlanReport"]
+           "plan_merge", "run_merge", "sweep", "replay", "read_manifest", "NotIndexed", "MergeResult", "PlanReport"]
 
 PlanReport = Plan
+read_manifest = manifest_mod.read
 
 
 class NotIndexed(MergeHubError):

@@ -36,3 +36,8 @@ class ReplayMismatch(MergeHubError):
 
 class Cancelled(MergeHubError):
     """The caller asked the job to stop; nothing was published."""
+
+
+class NonFiniteOutput(MergeHubError):
+    """The merge turned finite inputs into Inf/NaN (a weight or parameter overflows the
+    working dtype, or a value exceeds the output dtype's range); nothing was published."""

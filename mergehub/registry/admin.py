@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from .models import Checkpoint, Family
+from .models import Checkpoint, Family, IndexJob
 
 
 @admin.register(Family)
@@ -33,8 +33,18 @@ class CheckpointAdmin(admin.ModelAdmin):
             if checkpoint.role != Checkpoint.Role.EXPERT and checkpoint.path:
                 continue  # a base with files needs no index of its own
             try:
-                queue_reindex(checkpoint=checkpoint)
+                queue_reindex(checkpoint=checkpoint, user=request.user)
                 queued += 1
             except ValidationError as err:
                 self.message_user(request, " ".join(err.messages), messages.WARNING)
         self.message_user(request, f"Queued {queued} checkpoint(s) for indexing.", messages.SUCCESS)
+
+
+@admin.register(IndexJob)
+class IndexJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "checkpoint", "team", "author", "status", "progress", "created_at", "finished_at"]
+    list_filter = ["status", "team"]
+    search_fields = ["checkpoint__name", "team__name", "author__username", "worker", "error"]
+    readonly_fields = ["log", "error", "worker", "attempts", "progress", "stage", "created_at", "started_at",
+                       "finished_at", "heartbeat_at"]
+    raw_id_fields = ["checkpoint", "author", "retry_of"]

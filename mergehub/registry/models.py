@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from mergehub.accounts.models import Team
+from mergehub.jobs.models import Job
 
 
 class Family(models.Model):
@@ -83,3 +84,33 @@ class Checkpoint(models.Model):
         if self.source == self.Source.HF:
             return f"{self.hf_repo_id}@{self.hf_revision or 'main'}"
         return self.local_path
+
+
+class IndexJob(Job):
+    """One index of a checkpoint: a Hub download if needed, then (for an expert) a full read
+    of expert and base into the block catalog. The checkpoint's ``index_status`` follows the
+    latest job (the runner keeps them in step)."""
+
+    runner_kind = "index"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="index_jobs")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="index_jobs")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                               blank=True, related_name="index_jobs")
+    retry_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
+                                 related_name="retries")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["checkpoint", "-created_at"], name="indexjob_checkpoint_recent"),
+            models.Index(fields=["status", "queue", "created_at"], name="indexjob_claim_order"),
+            models.Index(fields=["status", "heartbeat_at"], name="indexjob_heartbeats"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
+                                   name="indexjob_progress_in_unit_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"index #{self.pk} of {self.checkpoint_id}"

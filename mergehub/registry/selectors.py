@@ -11,15 +11,28 @@ from mergehub.accounts.models import Team
 from mergehub.accounts.selectors import teams_for
 from mergehub.engine.config import layer_index
 
-from .models import Checkpoint, Family
+from .models import Checkpoint, Family, IndexJob
 
 
-def checkpoints_for(*, user, team: Team | None = None) -> QuerySet[Checkpoint]:
-    """Checkpoints of the user's teams (of ``team`` only, if given and the user belongs to it)."""
+def checkpoints_for(*, user, team: Team | None = None, status: str | None = None,
+                    role: str | None = None) -> QuerySet[Checkpoint]:
+    """Checkpoints of the user's teams (of ``team`` only, if given and the user belongs to it),
+    optionally only those with index status ``status`` and role ``role``."""
     qs = Checkpoint.objects.filter(team__in=teams_for(user)).select_related("team", "family", "added_by")
     if team is not None:
         qs = qs.filter(team=team)
+    if status:
+        qs = qs.filter(index_status=status)
+    if role:
+        qs = qs.filter(role=role)
     return qs
+
+
+def checkpoints_for_listing(checkpoints: QuerySet[Checkpoint]) -> QuerySet[Checkpoint]:
+    """``checkpoints`` as the list page shows them: by name, family and author joined, the
+    JSON columns (index stats, file hashes, the family's signature) left in the database."""
+    return (checkpoints.select_related(None).select_related("family", "added_by")
+            .defer("index_stats", "file_hashes", "family__signature").order_by("name", "pk"))
 
 
 def get_checkpoint(*, user, pk) -> Checkpoint:
@@ -28,6 +41,20 @@ def get_checkpoint(*, user, pk) -> Checkpoint:
     if checkpoint is None:
         raise Http404("No such checkpoint.")
     return checkpoint
+
+
+def index_jobs_of(*, checkpoint: Checkpoint) -> QuerySet[IndexJob]:
+    """The checkpoint's index jobs, newest first (the caller has checked access to it)."""
+    return IndexJob.objects.filter(checkpoint=checkpoint).select_related("author")
+
+
+def get_index_job(*, user, checkpoint_pk, pk) -> IndexJob:
+    """Http404 unless the index job exists, is of that checkpoint and the user's teams."""
+    checkpoint = get_checkpoint(user=user, pk=checkpoint_pk)
+    job = index_jobs_of(checkpoint=checkpoint).filter(pk=pk).select_related("checkpoint", "team").first()
+    if job is None:
+        raise Http404("No such index job.")
+    return job
 
 
 def families_for(*, user, team: Team | None = None) -> QuerySet[Family]:

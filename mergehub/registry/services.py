@@ -10,27 +10,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
-from django_q.tasks import async_task
 
 from mergehub.accounts.models import Role, Team
 from mergehub.accounts.services import require_role
 from mergehub.engine import api as engine
-from mergehub.engine.control import Progress
 from mergehub.engine.errors import MergeHubError
+from mergehub.jobs import dispatch
+from mergehub.jobs.control import request_cancel
+from mergehub.jobs.joblog import log_entry
 
 from . import hf
-from .models import Checkpoint, Family
+from .models import Checkpoint, Family, IndexJob
 from .roots import block_size, catalog_dir, resolve_checkpoint_dir
 
 log = logging.getLogger(__name__)
 Status = Checkpoint.IndexStatus
+INDEX_QUEUE = "cpu"  # indexing reads and hashes: no GPU needed
 
 
 def signature_of(layout) -> dict[str, list]:
@@ -99,12 +99,14 @@ def _set_signature(family: Family, layout) -> None:
     family.tensor_count = len(layout.tensors)
 
 
-def _queue_index(checkpoint: Checkpoint) -> None:
-    """Queue the index job once the registration is committed (the worker must see the row)."""
-    pk = checkpoint.pk
-    transaction.on_commit(lambda: async_task("jobs.tasks.index_checkpoint", pk,
-                                             task_name=f"index-checkpoint-{pk}",
-                                             timeout=settings.MERGEHUB_JOB_TIMEOUT))
+def _queue_index(checkpoint: Checkpoint, user, retry_of: IndexJob | None = None) -> IndexJob:
+    """An index job for ``checkpoint``, woken once the caller's transaction commits."""
+    job = IndexJob.objects.create(team=checkpoint.team, checkpoint=checkpoint, author=user,
+                                  queue=INDEX_QUEUE, stage="queued", retry_of=retry_of,
+                                  log=[log_entry(f"queued by {user or 'MergeHub'}"
+                                                 + (f" as a retry of index job #{retry_of.pk}" if retry_of else ""))])
+    dispatch.wake_on_commit(job)
+    return job
 
 
 @transaction.atomic
@@ -169,52 +171,64 @@ def register_checkpoint(*, team: Team, user, name: str, role: str, family_name: 
         family.base = checkpoint
         family.save(update_fields=["base"])
     if checkpoint.index_status == Status.PENDING:
-        _queue_index(checkpoint)
+        _queue_index(checkpoint, user)
     return checkpoint
 
 
-@transaction.atomic
 def reindex_checkpoint(*, checkpoint: Checkpoint, user) -> Checkpoint:
     """Queue a fresh index (e.g. after the files changed or a failed index)."""
     require_role(user=user, team=checkpoint.team, role=Role.MEMBER, action="re-index checkpoints")
-    return queue_reindex(checkpoint=checkpoint)
+    return queue_reindex(checkpoint=checkpoint, user=user)
 
 
 @transaction.atomic
-def queue_reindex(*, checkpoint: Checkpoint) -> Checkpoint:
-    """Reset a checkpoint to "pending" and queue its index job. No permission check: for trusted
-    callers (the Django admin action, management commands) and ``reindex_checkpoint``."""
+def queue_reindex(*, checkpoint: Checkpoint, user=None, retry_of: IndexJob | None = None) -> Checkpoint:
+    """Reset a checkpoint to "pending" and queue an index job. No permission check: for trusted
+    callers (the Django admin action, management commands) and the services above."""
     checkpoint = Checkpoint.objects.select_for_update().get(pk=checkpoint.pk)
-    if checkpoint.index_status == Status.INDEXING:
-        raise ValidationError(f"{checkpoint.name} is being indexed right now; wait for it to finish.")
+    if checkpoint.index_jobs.filter(status__in=IndexJob.ACTIVE).exists():
+        raise ValidationError(f"{checkpoint.name} is being indexed right now; wait for it to finish or cancel it.")
     checkpoint.index_status = Status.PENDING
     checkpoint.index_error = ""
     checkpoint.save(update_fields=["index_status", "index_error"])
-    _queue_index(checkpoint)
+    _queue_index(checkpoint, user, retry_of=retry_of)
     return checkpoint
 
 
-# --- the indexing job's body ------------------------------------------------------------------
-
-def _claim(checkpoint_id: int) -> Checkpoint | None:
-    """Move a pending checkpoint to "indexing"; None if it is gone or someone else has it."""
-    with transaction.atomic():
-        checkpoint = Checkpoint.objects.select_for_update().filter(pk=checkpoint_id).first()
-        if checkpoint is None or checkpoint.index_status != Status.PENDING:
-            return None
-        checkpoint.index_status = Status.INDEXING
-        checkpoint.index_error = ""
-        checkpoint.save(update_fields=["index_status", "index_error"])
-        return checkpoint
+@transaction.atomic
+def cancel_index(*, job: IndexJob, user) -> IndexJob:
+    """A queued index job is cancelled at once; a running one stops at its next block."""
+    require_role(user=user, team=job.team, role=Role.MEMBER, action="cancel indexing")
+    job = request_cancel(IndexJob, job.pk, by=user, label=f"Index job #{job.pk}")
+    if job.status == IndexJob.Status.CANCELLED:
+        settle_checkpoint(job, job.status)
+    return job
 
 
-def _fail(checkpoint: Checkpoint, message: str) -> None:
-    checkpoint.index_status = Status.FAILED
-    checkpoint.index_error = message
-    checkpoint.save(update_fields=["index_status", "index_error"])
+def retry_index(*, job: IndexJob, user) -> Checkpoint:
+    """Index the checkpoint again after a failed or cancelled index job."""
+    require_role(user=user, team=job.team, role=Role.MEMBER, action="re-index checkpoints")
+    if job.is_active:
+        raise ValidationError(f"Index job #{job.pk} is still {job.status}; cancel it or wait before retrying.")
+    return queue_reindex(checkpoint=job.checkpoint, user=user, retry_of=job)
 
 
-def _materialise(checkpoint: Checkpoint):
+def settle_checkpoint(job: IndexJob, status: str) -> None:
+    """The checkpoint's index_status follows its index job's status."""
+    fields = {
+        IndexJob.Status.RUNNING: {"index_status": Status.INDEXING, "index_error": ""},
+        IndexJob.Status.SUCCEEDED: {"index_status": Status.READY, "index_error": "", "indexed_at": timezone.now()},
+        IndexJob.Status.FAILED: {"index_status": Status.FAILED, "index_error": job.error},
+        IndexJob.Status.CANCELLED: {"index_status": Status.FAILED,
+                                    "index_error": "indexing was cancelled; re-index to use this checkpoint"},
+    }.get(status)
+    if fields:
+        Checkpoint.objects.filter(pk=job.checkpoint_id).update(**fields)
+
+
+# --- the indexing job's body (run by registry.indexing.IndexRunner) ----------------------------
+
+def materialise(checkpoint: Checkpoint):
     """Download a pending HF snapshot if needed; return the checkpoint's layout."""
     if not checkpoint.path:
         checkpoint.path = str(hf.download(checkpoint.hf_repo_id, checkpoint.hf_revision))
@@ -226,68 +240,23 @@ def _materialise(checkpoint: Checkpoint):
     return layout
 
 
-def _finish_base(checkpoint: Checkpoint, layout) -> None:
+def finish_base(checkpoint: Checkpoint, layout) -> None:
     family = checkpoint.family
     if family is not None:
         _set_signature(family, layout)
         family.save(update_fields=["signature", "signature_digest", "tensor_count"])
-    checkpoint.index_status = Status.READY
-    checkpoint.indexed_at = timezone.now()
-    checkpoint.save(update_fields=["index_status", "indexed_at"])
 
 
-def _index_expert(checkpoint: Checkpoint, progress) -> None:
+def index_expert(checkpoint: Checkpoint, *, progress=None, cancel=None) -> None:
     family = checkpoint.family
     base = family.base if family is not None else None
     if base is None or base.index_status != Status.READY or not base.path:
         raise ValidationError("its family's base is not ready; index the base first, then re-index")
     # index_model checks the expert against the base (MismatchedCheckpoints) before indexing.
     summary = engine.index_model(Path(checkpoint.path), Path(base.path), catalog_dir=catalog_dir(),
-                                 block_size=block_size(), progress=progress).to_dict()
+                                 block_size=block_size(), progress=progress, cancel=cancel).to_dict()
     checkpoint.index_stats = summary
     checkpoint.file_hashes = summary.get("file_hashes", {})
-    checkpoint.index_status = Status.READY
-    checkpoint.indexed_at = timezone.now()
-    checkpoint.save(update_fields=["index_stats", "file_hashes", "index_status", "indexed_at"])
+    checkpoint.save(update_fields=["index_stats", "file_hashes"])
     if not base.file_hashes and summary.get("base_file_hashes"):
         Checkpoint.objects.filter(pk=base.pk).update(file_hashes=summary["base_file_hashes"])
-
-
-def index_checkpoint(*, checkpoint_id: int, progress=None) -> Checkpoint | None:
-    """Body of the index job: download if needed, validate, and index an expert against its base.
-
-    Bad input ends in index_status "failed" with a one-line ``index_error``; an unexpected
-    exception does too, and is re-raised so the queue records it.
-    """
-    checkpoint = _claim(checkpoint_id)
-    if checkpoint is None:
-        log.info("checkpoint %s is not pending; nothing to index", checkpoint_id)
-        return None
-    try:
-        layout = _materialise(checkpoint)
-        if checkpoint.role == Checkpoint.Role.BASE:
-            _finish_base(checkpoint, layout)
-        else:
-            _index_expert(checkpoint, progress)
-    except MergeHubError as err:
-        _fail(checkpoint, str(err))
-    except ValidationError as err:
-        _fail(checkpoint, f"{checkpoint.name}: {' '.join(err.messages)}")
-    except Exception as err:
-        _fail(checkpoint, f"indexing failed unexpectedly ({err.__class__.__name__}: {err}); "
-                          "see the worker log, then re-index")
-        raise
-    return checkpoint
-
-
-def progress_logger(checkpoint_id: int, every: float = 5.0):
-    """A throttled engine progress callback that logs indexing progress."""
-    last = [0.0]
-
-    def report(p: Progress) -> None:
-        now = time.monotonic()
-        if now - last[0] >= every or p.done >= p.total:
-            last[0] = now
-            log.info("checkpoint %s: %s %.0f%%", checkpoint_id, p.stage, 100 * p.fraction)
-
-    return report

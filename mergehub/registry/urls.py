@@ -10,4 +10,6 @@ urlpatterns = [
     path("<int:pk>/", views.checkpoint_detail, name="detail"),
     path("<int:pk>/status/", views.checkpoint_status, name="status"),
     path("<int:pk>/reindex/", views.reindex, name="reindex"),
+    path("<int:pk>/index/<int:job_pk>/cancel/", views.cancel_index, name="cancel_index"),
+    path("<int:pk>/index/<int:job_pk>/retry/", views.retry_index, name="retry_index"),
 ]

@@ -13,6 +13,7 @@ from mergehub.accounts.selectors import has_role
 from mergehub.engine.errors import MergeHubError
 from mergehub.web.charts import delta_norms_chart
 from mergehub.web.errors import add_service_errors
+from mergehub.web.pagination import paginate
 from mergehub.web.teams import current_team
 
 from . import selectors, services
@@ -21,17 +22,27 @@ from .models import Checkpoint
 from .roots import checkpoint_roots
 
 INDEX_ACTIVE = (Checkpoint.IndexStatus.PENDING, Checkpoint.IndexStatus.INDEXING)
+JOBS_SHOWN = 5  # index jobs listed on a checkpoint's page
+LOG_LINES_SHOWN = 300
 
 
 @login_required
 def checkpoint_list(request):
     team = current_team(request)
-    checkpoints = selectors.checkpoints_for(user=request.user, team=team) if team else Checkpoint.objects.none()
-    families = (selectors.families_for(user=request.user, team=team).annotate(
+    status = request.GET.get("status", "")
+    role = request.GET.get("role", "")
+    checkpoints = (selectors.checkpoints_for(user=request.user, team=team, status=status or None,
+                                             role=role or None)
+                   if team else Checkpoint.objects.none())
+    families = (selectors.families_for(user=request.user, team=team)
+                .defer("signature", "base__index_stats", "base__file_hashes").annotate(
         expert_count=Count("checkpoints", filter=Q(checkpoints__role=Checkpoint.Role.EXPERT)))
         if team else [])
+    filters = {"status": status, "role": role}
+    pages = paginate(request, selectors.checkpoints_for_listing(checkpoints), filters=filters)
     return render(request, "registry/list.html", {
-        "team": team, "checkpoints": checkpoints, "families": families,
+        "team": team, "checkpoints": pages["page_obj"], **pages, "families": families, "filters": filters,
+        "statuses": Checkpoint.IndexStatus.choices, "roles": Checkpoint.Role.choices,
         "can_register": bool(team) and has_role(user=request.user, team=team, role=Role.MEMBER)})
 
 
@@ -41,11 +52,18 @@ def checkpoint_detail(request, pk):
     norms = selectors.delta_norms_by_layer(checkpoint=checkpoint) if checkpoint.role == Checkpoint.Role.EXPERT else None
     stats = checkpoint.index_stats or {}
     tensors = sorted((norms or {}).get("tensors", []), key=lambda t: -t["delta_norm"])
+    index_jobs = list(selectors.index_jobs_of(checkpoint=checkpoint)[:JOBS_SHOWN])
+    index_job = index_jobs[0] if index_jobs else None
     return render(request, "registry/detail.html", {
         "checkpoint": checkpoint, "chart": delta_norms_chart(norms), "stats": stats,
         "tensors": tensors, "blocks": _block_totals(stats),
         "indexing": checkpoint.index_status in INDEX_ACTIVE,
+        "index_job": index_job, "index_jobs": index_jobs, "log": _log_of(index_job),
         "can_reindex": has_role(user=request.user, team=checkpoint.team, role=Role.MEMBER)})
+
+
+def _log_of(job) -> list:
+    return (job.log or [])[-LOG_LINES_SHOWN:] if job is not None else []
 
 
 def _block_totals(stats: dict) -> dict:
@@ -57,13 +75,16 @@ def _block_totals(stats: dict) -> dict:
 
 @login_required
 def checkpoint_status(request, pk):
-    """htmx poll target while a checkpoint is being indexed; reloads the page when it is done."""
+    """htmx poll target while a checkpoint's index job is active (progress and log); reloads
+    the page when it is done."""
     checkpoint = selectors.get_checkpoint(user=request.user, pk=pk)
-    if checkpoint.index_status not in INDEX_ACTIVE:
+    index_job = selectors.index_jobs_of(checkpoint=checkpoint).first()
+    if index_job is None or not index_job.is_active:
         response = HttpResponse(status=204)
         response["HX-Refresh"] = "true"
         return response
-    return render(request, "registry/_status.html", {"checkpoint": checkpoint, "indexing": True})
+    return render(request, "registry/_index_live.html", {"checkpoint": checkpoint, "index_job": index_job,
+                                                         "log": _log_of(index_job)})
 
 
 @login_required
@@ -101,3 +122,30 @@ def reindex(request, pk):
     else:
         messages.success(request, f"Re-indexing {checkpoint.name}.")
     return redirect("registry:detail", pk=checkpoint.pk)
+
+
+@login_required
+@require_POST
+def cancel_index(request, pk, job_pk):
+    job = selectors.get_index_job(user=request.user, checkpoint_pk=pk, pk=job_pk)
+    try:
+        job = services.cancel_index(job=job, user=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, "Indexing cancelled." if job.status == job.Status.CANCELLED
+                         else "Cancel requested; indexing stops at its next block.")
+    return redirect("registry:detail", pk=pk)
+
+
+@login_required
+@require_POST
+def retry_index(request, pk, job_pk):
+    job = selectors.get_index_job(user=request.user, checkpoint_pk=pk, pk=job_pk)
+    try:
+        services.retry_index(job=job, user=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Indexing {job.checkpoint.name} again.")
+    return redirect("registry:detail", pk=pk)

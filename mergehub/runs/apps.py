@@ -5,3 +5,10 @@ class RunsConfig(AppConfig):
     name = "mergehub.runs"
     label = "runs"
     verbose_name = "Merge runs"
+
+    def ready(self):
+        from mergehub.jobs import kinds
+
+        from .runner import MergeRunner
+
+        kinds.register(MergeRunner)

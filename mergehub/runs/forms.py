@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from mergehub.engine.operators.base import REQUIRED, Operator, Param
 from mergehub.engine.operators.registry import OPERATORS, _load_all, get_operator
@@ -63,6 +64,9 @@ class MergeForm(forms.Form):
                               label="Working dtype", help_text="dtype the inputs are cast to for the merge.")
     out_dtype = forms.ChoiceField(choices=[("", "same as the base")] + DTYPES, required=False,
                                   label="Output dtype")
+    queue = forms.ChoiceField(
+        required=False, label="Worker queue",
+        help_text="gpu: a worker with CUDA (MERGEHUB_QUEUE=gpu) takes it; cpu workers never do.")
     measure_deviation = forms.BooleanField(
         required=False, label="Measure deviation from the full-read merge",
         help_text="Also computes the unbudgeted merge to report ‖Δ_A − Δ_full‖; reads every expert byte.")
@@ -71,6 +75,8 @@ class MergeForm(forms.Form):
         """``bases``: the team's base checkpoints; ``experts_for(base)``: that base's experts."""
         super().__init__(data, initial=initial, **kwargs)
         self.fields["method"].choices = [(n, n) for n in operator_names()]
+        self.fields["queue"].choices = [(q, q) for q in settings.MERGEHUB_QUEUES]
+        self.fields["queue"].initial = settings.MERGEHUB_QUEUES[0]
         self.fields["base"].queryset = bases
         self.operator = self._chosen_operator()
         self.chosen_base = self._chosen_base(bases)
@@ -169,7 +175,8 @@ class MergeForm(forms.Form):
     def run_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for runs.services.create_run."""
         return {**self.merge_inputs(), "name": self.cleaned_data.get("name", ""),
-                "seed": self.cleaned_data["seed"], "measure_deviation": self.cleaned_data["measure_deviation"]}
+                "seed": self.cleaned_data["seed"], "measure_deviation": self.cleaned_data["measure_deviation"],
+                "queue": self.cleaned_data.get("queue") or None}
 
 
 def initial_from_query(query) -> dict[str, Any]:

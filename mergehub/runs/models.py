@@ -7,9 +7,8 @@ from django.conf import settings
 from django.db import models
 
 from mergehub.accounts.models import Team
+from mergehub.jobs.models import Job
 from mergehub.registry.models import Checkpoint
-
-LOG_LIMIT = 1000  # log lines kept per run; older lines are dropped (and a marker says so)
 
 
 def bytes_saved(metrics: dict) -> int | None:
@@ -23,16 +22,11 @@ def bytes_saved(metrics: dict) -> int | None:
     return max(0, int(full) - int(requested))
 
 
-class MergeRun(models.Model):
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+class MergeRun(Job):
+    """A merge job: what to merge (config, budget, seed) and what came of it (plan, metrics,
+    manifest, output). Status, progress, log and times are the job's (mergehub/jobs)."""
 
-    ACTIVE = (Status.QUEUED, Status.RUNNING)
-    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    runner_kind = "merge"
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
@@ -50,28 +44,26 @@ class MergeRun(models.Model):
     block_size = models.PositiveIntegerField(null=True, blank=True)  # None = engine default
     measure_deviation = models.BooleanField(default=False)
 
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    stage = models.CharField(max_length=50, blank=True)
-    progress = models.FloatField(default=0.0)  # 0..1
-    log = models.JSONField(default=list, blank=True)  # [{"t": iso, "msg": str}], append only
-    plan = models.JSONField(default=dict, blank=True)  # engine PlanReport.to_dict()
+    plan = models.JSONField(default=dict, blank=True)  # engine PlanReport.to_dict() of the plan that ran
     metrics = models.JSONField(default=dict, blank=True)
     manifest = models.JSONField(default=dict, blank=True)
     output_path = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    task_id = models.CharField(max_length=64, blank=True)
-    cancel_requested = models.BooleanField(default=False)
+    expert_bytes_saved = models.BigIntegerField(null=True, blank=True)  # bytes_saved(metrics), for sums
     retry_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
                                  related_name="retries")
 
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["team", "status"]), models.Index(fields=["status", "heartbeat_at"])]
+        indexes = [
+            models.Index(fields=["team", "-created_at"], name="run_team_recent"),
+            models.Index(fields=["team", "status", "-created_at"], name="run_team_status_recent"),
+            models.Index(fields=["team", "method", "-created_at"], name="run_team_method_recent"),
+            models.Index(fields=["team", "author", "-created_at"], name="run_team_author_recent"),
+            # the dashboard's bytes-saved sum reads only this index, not the wide rows
+            models.Index(fields=["team", "status", "expert_bytes_saved"], name="run_team_status_saved"),
+            models.Index(fields=["status", "queue", "created_at"], name="run_claim_order"),
+            models.Index(fields=["status", "heartbeat_at"], name="run_heartbeats"),
+        ]
         constraints = [
             models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
                                    name="run_progress_in_unit_range"),
@@ -79,14 +71,6 @@ class MergeRun(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.name}"
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in self.ACTIVE
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in self.FINISHED
 
     @property
     def bytes_saved(self) -> int | None:

@@ -8,26 +8,24 @@ form field at fault, raised before any row is written.
 from __future__ import annotations
 
 import logging
-import shutil
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import Http404
-from django.utils import timezone
-from django_q.tasks import async_task
 
 from mergehub.accounts.models import Role, Team
 from mergehub.accounts.services import require_role
 from mergehub.engine import api as engine
 from mergehub.engine import errors
+from mergehub.jobs import dispatch, joblog
+from mergehub.jobs.control import request_cancel
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import block_size as default_block_size
-from mergehub.registry.roots import catalog_dir, outputs_dir
+from mergehub.registry.roots import catalog_dir
 
-from .models import LOG_LIMIT, MergeRun
+from .models import MergeRun
 
 log = logging.getLogger(__name__)
 Status = MergeRun.Status
@@ -41,32 +39,6 @@ ERROR_FIELDS: list[tuple[type[Exception], str]] = [
     (errors.MismatchedCheckpoints, "experts"),
     (errors.ConfigError, "parameters"),
 ]
-
-
-# --- the run log ------------------------------------------------------------------------------
-
-def log_entry(msg: str) -> dict:
-    return {"t": timezone.now().isoformat(timespec="seconds"), "msg": str(msg)}
-
-
-def append_log(run_id: int, *messages: str) -> None:
-    """Append lines to a run's log under a row lock (the web process and the worker both write);
-    past LOG_LIMIT lines the oldest are dropped and a marker line says how many."""
-    with transaction.atomic():
-        run = MergeRun.objects.select_for_update().only("log").get(pk=run_id)
-        lines = list(run.log or [])
-        dropped = 0
-        if lines and lines[0].get("dropped"):
-            dropped = lines.pop(0)["dropped"]
-        lines.extend(log_entry(m) for m in messages)
-        excess = len(lines) - (LOG_LIMIT - 1)
-        if excess > 0:
-            dropped += excess
-            lines = lines[excess:]
-        if dropped:
-            lines.insert(0, {**log_entry(f"… {dropped} earlier lines dropped"), "dropped": dropped})
-        run.log = lines
-        run.save(update_fields=["log"])
 
 
 # --- config and plan --------------------------------------------------------------------------
@@ -170,16 +142,11 @@ def preview_plan(*, user, team: Team, method: str, base: Checkpoint, experts: li
 
 # --- queueing ---------------------------------------------------------------------------------
 
-def _queue(run: MergeRun) -> None:
-    """Queue the merge job after commit and remember its task id."""
-    pk = run.pk
-
-    def enqueue() -> None:
-        task_id = async_task("jobs.tasks.run_merge", pk, task_name=f"merge-run-{pk}",
-                             timeout=settings.MERGEHUB_JOB_TIMEOUT)
-        MergeRun.objects.filter(pk=pk).update(task_id=task_id or "")
-
-    transaction.on_commit(enqueue)
+def _check_queue(queue: str | None) -> str:
+    queue = queue or settings.MERGEHUB_QUEUES[0]
+    if queue not in settings.MERGEHUB_QUEUES:
+        raise ValidationError({"queue": f"No {queue!r} queue here; choose one of {', '.join(settings.MERGEHUB_QUEUES)}."})
+    return queue
 
 
 def _default_name(method: str, n_experts: int, budget: str) -> str:
@@ -196,62 +163,52 @@ def _check_seed(seed) -> int:
     return value
 
 
-@transaction.atomic
 def create_run(*, user, team: Team, name: str = "", method: str, base: Checkpoint,
                experts: list[ExpertSpec], parameters: dict[str, Any] | None = None, budget,
                seed: int = 0, dtype: str | None = None, out_dtype: str | None = None,
-               measure_deviation: bool = False, block_size: int | None = None) -> MergeRun:
-    """Validate, plan and queue a merge. Members and admins only."""
+               measure_deviation: bool = False, block_size: int | None = None,
+               queue: str | None = None) -> MergeRun:
+    """Validate, plan and queue a merge. Members and admins only. The plan is made before the
+    write transaction (it reads the catalog, which can take a while), so the write is short."""
     require_role(user=user, team=team, role=Role.MEMBER, action="start merges")
     _check_inputs(team, base, experts)
     budget = _check_budget(budget)
     seed = _check_seed(seed)
+    queue = _check_queue(queue)
     block_size = block_size or default_block_size()
     config = build_config(method=method, base=base, experts=experts, parameters=parameters,
                           dtype=dtype, out_dtype=out_dtype)
     plan = _plan(config, budget, block_size, seed)
     return _insert(team=team, author=user, name=(name or "").strip() or _default_name(method, len(experts), budget),
                    method=method, config=config, base=base, experts=[c for c, _ in experts], budget=budget,
-                   seed=seed, block_size=block_size, measure_deviation=bool(measure_deviation), plan=plan)
+                   seed=seed, block_size=block_size, measure_deviation=bool(measure_deviation), plan=plan,
+                   queue=queue)
 
 
+@transaction.atomic
 def _insert(*, team, author, name, method, config, base, experts, budget, seed, block_size,
-            measure_deviation, plan, retry_of: MergeRun | None = None) -> MergeRun:
+            measure_deviation, plan, queue, retry_of: MergeRun | None = None) -> MergeRun:
     run = MergeRun.objects.create(
         team=team, author=author, name=name[:200], method=method, config=config, base=base,
         budget=budget, seed=seed, block_size=block_size, measure_deviation=measure_deviation,
-        plan=plan, status=Status.QUEUED, stage="queued", retry_of=retry_of,
-        log=[log_entry(f"queued by {author}" + (f" as a retry of run #{retry_of.pk}" if retry_of else ""))],
+        plan=plan, status=Status.QUEUED, stage="queued", queue=queue, retry_of=retry_of,
+        log=[joblog.log_entry(f"queued by {author} on the {queue} queue"
+                              + (f" as a retry of run #{retry_of.pk}" if retry_of else ""))],
     )
     run.experts.set(experts)
-    _queue(run)
+    dispatch.wake_on_commit(run)
     return run
 
 
-@transaction.atomic
 def cancel_run(*, run: MergeRun, user) -> MergeRun:
     """A queued run is cancelled at once; a running one stops at its next block."""
     require_role(user=user, team=run.team, role=Role.MEMBER, action="cancel merges")
-    run = MergeRun.objects.select_for_update().get(pk=run.pk)
-    if run.status == Status.QUEUED:
-        now = timezone.now()
-        run.status, run.cancel_requested, run.finished_at, run.stage = Status.CANCELLED, True, now, "cancelled"
-        run.save(update_fields=["status", "cancel_requested", "finished_at", "stage"])
-        append_log(run.pk, f"cancelled by {user} before it started")
-    elif run.status == Status.RUNNING:
-        if not run.cancel_requested:
-            run.cancel_requested = True
-            run.save(update_fields=["cancel_requested"])
-            append_log(run.pk, f"cancel requested by {user}; stopping at the next block")
-    else:
-        raise ValidationError(f"Run #{run.pk} already {run.status}; there is nothing to cancel.")
-    run.refresh_from_db()
-    return run
+    return request_cancel(MergeRun, run.pk, by=user, label=f"Run #{run.pk}")
 
 
-@transaction.atomic
 def retry_run(*, run: MergeRun, user) -> MergeRun:
-    """A new queued run with the same config, budget and seed (re-planned: the index may have moved)."""
+    """A new queued run with the same config, budget, seed and queue (re-planned: the index
+    may have moved)."""
     require_role(user=user, team=run.team, role=Role.MEMBER, action="retry merges")
     if run.is_active:
         raise ValidationError(f"Run #{run.pk} is still {run.status}; cancel it or wait before retrying.")
@@ -267,49 +224,4 @@ def retry_run(*, run: MergeRun, user) -> MergeRun:
     return _insert(team=run.team, author=user, name=run.name, method=run.method, config=run.config,
                    base=base, experts=[c for c, _ in experts], budget=run.budget, seed=run.seed,
                    block_size=run.block_size, measure_deviation=run.measure_deviation, plan=plan,
-                   retry_of=run)
-
-
-# --- the reaper -------------------------------------------------------------------------------
-
-def _stale_message(run: MergeRun, now, silence: int) -> str:
-    limit = int(settings.MERGEHUB_JOB_TIMEOUT)
-    if run.started_at and (now - run.started_at).total_seconds() >= limit:
-        return (f"the job ran past its time limit of {limit} s (MERGEHUB_JOB_TIMEOUT) and was stopped; "
-                "raise the limit or lower the budget, then retry")
-    return (f"the worker stopped responding (no heartbeat for {silence} s): it was killed or crashed; "
-            "nothing was published — retry the run")
-
-
-def remove_staging(run_id: int) -> None:
-    """Delete what a dead worker left in the outputs dir (the engine's staging directories)."""
-    for path in outputs_dir().glob(f".run-{run_id}.staging-*"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def reap_stale_runs(now=None) -> int:
-    """Mark "running" runs whose heartbeat is older than MERGEHUB_HEARTBEAT_TIMEOUT failed.
-
-    Returns how many were reaped. Runs at the start of every job and once a minute from the
-    django-q schedule, so a killed worker never leaves a run "running" for ever.
-    """
-    now = now or timezone.now()
-    timeout = int(settings.MERGEHUB_HEARTBEAT_TIMEOUT)
-    cutoff = now - timedelta(seconds=timeout)
-    reaped = 0
-    candidates = MergeRun.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff).values_list("pk", flat=True)
-    for pk in list(candidates):
-        with transaction.atomic():
-            run = MergeRun.objects.select_for_update().filter(pk=pk, status=Status.RUNNING,
-                                                              heartbeat_at__lt=cutoff).first()
-            if run is None:  # it beat again, or finished, meanwhile
-                continue
-            silence = int((now - run.heartbeat_at).total_seconds())
-            run.status, run.finished_at = Status.FAILED, now
-            run.error = _stale_message(run, now, silence)
-            run.save(update_fields=["status", "finished_at", "error"])
-            append_log(run.pk, f"reaper: {run.error}")
-        remove_staging(pk)
-        log.warning("reaped run %s: %s", pk, run.error)
-        reaped += 1
-    return reaped
+                   queue=_check_queue(run.queue), retry_of=run)

@@ -20,6 +20,7 @@ from mergehub.registry.models import Checkpoint
 from mergehub.registry.selectors import checkpoints_for
 from mergehub.web.charts import run_report_charts
 from mergehub.web.errors import add_service_errors
+from mergehub.web.pagination import paginate
 from mergehub.web.reports import savings_of, served_from_cache, with_checkpoint_names
 from mergehub.web.teams import current_team
 
@@ -43,10 +44,11 @@ def run_list(request):
             if team else MergeRun.objects.none())
     authors = (get_user_model().objects.filter(memberships__team=team).order_by("username")
                if team else [])
+    filters = {"status": status, "method": method, "author": author}
+    pages = paginate(request, selectors.for_listing(runs), filters=filters)
     return render(request, "runs/list.html", {
-        "team": team, "runs": runs[:200], "statuses": MergeRun.Status.choices,
-        "methods": operator_names(), "authors": authors,
-        "filters": {"status": status, "method": method, "author": author},
+        "team": team, "runs": pages["page_obj"], **pages, "statuses": MergeRun.Status.choices,
+        "methods": operator_names(), "authors": authors, "filters": filters,
         "can_run": bool(team) and has_role(user=request.user, team=team, role=Role.MEMBER)})
 
 

@@ -1,5 +1,3 @@
-from datetime import timedelta
-
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
@@ -8,7 +6,7 @@ from django.utils import timezone
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import outputs_dir, run_output_dir
 from mergehub.runs import services
-from mergehub.runs.models import LOG_LIMIT, MergeRun
+from mergehub.runs.models import MergeRun
 from mergehub.runs.runner import MergeRunner
 from mergehub.runs.selectors import dashboard_stats, get_run, runs_for
 
@@ -153,7 +151,7 @@ def test_create_run_queues_and_succeeds(registered_family, alice, acme, run_on_c
     run = _create(fam, alice, acme, run_on_commit, measure_deviation=True)
     assert run.status == Status.SUCCEEDED, run.error
     assert run.name == "ties: 2 experts at budget 0.5"
-    assert run.progress == 1.0 and run.stage == "done" and run.task_id
+    assert run.progress == 1.0 and run.stage == "done" and run.attempts == 1 and run.queue == "cpu"
     assert run.started_at <= run.finished_at and run.heartbeat_at is not None
     assert run.output_path == str(run_output_dir(run.pk))
     out = run_output_dir(run.pk)
@@ -249,66 +247,6 @@ def test_retry_refuses_active_runs(registered_family, alice, acme, django_captur
         services.retry_run(run=run, user=alice)
 
 
-# --- reaper -----------------------------------------------------------------------------------
-
-def _running(fam, user, team, heartbeat_age: float, started_age: float | None = None):
-    run = MergeRun.objects.create(team=team, author=user, name="r", method="ties", config={}, budget="0.5",
-                                  status=Status.RUNNING, base=fam["base"])
-    now = timezone.now()
-    MergeRun.objects.filter(pk=run.pk).update(
-        heartbeat_at=now - timedelta(seconds=heartbeat_age),
-        started_at=now - timedelta(seconds=started_age if started_age is not None else heartbeat_age))
-    return run
-
-
-def test_reaper_fails_silent_runs_only(registered_family, alice, acme, settings):
-    settings.MERGEHUB_HEARTBEAT_TIMEOUT = 60
-    stale = _running(registered_family, alice, acme, heartbeat_age=61)
-    fresh = _running(registered_family, alice, acme, heartbeat_age=5)
-    staging = outputs_dir() / f".run-{stale.pk}.staging-abc123"
-    staging.mkdir(parents=True)
-    (staging / "model.safetensors").write_bytes(b"partial")
-    assert services.reap_stale_runs() == 1
-    stale.refresh_from_db()
-    fresh.refresh_from_db()
-    assert stale.status == Status.FAILED and stale.finished_at
-    assert "stopped responding" in stale.error and "retry" in stale.error
-    assert stale.log[-1]["msg"].startswith("reaper:")
-    assert fresh.status == Status.RUNNING
-    assert not staging.exists()
-    assert services.reap_stale_runs() == 0  # idempotent
-
-
-def test_reaper_names_the_job_timeout(registered_family, alice, acme, settings):
-    settings.MERGEHUB_HEARTBEAT_TIMEOUT = 60
-    settings.MERGEHUB_JOB_TIMEOUT = 600
-    run = _running(registered_family, alice, acme, heartbeat_age=100, started_age=700)
-    assert services.reap_stale_runs() == 1
-    run.refresh_from_db()
-    assert "time limit of 600 s" in run.error and "MERGEHUB_JOB_TIMEOUT" in run.error
-
-
-def test_reaper_with_explicit_now(registered_family, alice, acme, settings):
-    settings.MERGEHUB_HEARTBEAT_TIMEOUT = 120
-    run = _running(registered_family, alice, acme, heartbeat_age=1)
-    assert services.reap_stale_runs() == 0
-    assert services.reap_stale_runs(now=timezone.now() + timedelta(seconds=200)) == 1
-    run.refresh_from_db()
-    assert run.status == Status.FAILED
-
-
-# --- log --------------------------------------------------------------------------------------
-
-def test_log_is_capped_with_a_marker(registered_family, alice, acme):
-    run = MergeRun.objects.create(team=acme, author=alice, name="r", method="ties", config={}, budget="1")
-    services.append_log(run.pk, *[f"line {i}" for i in range(LOG_LIMIT + 50)])
-    services.append_log(run.pk, "last")
-    run.refresh_from_db()
-    assert len(run.log) == LOG_LIMIT
-    assert run.log[0]["msg"] == "… 52 earlier lines dropped"  # 1051 lines, 999 kept + the marker
-    assert run.log[-1]["msg"] == "last" and run.log[-2]["msg"] == f"line {LOG_LIMIT + 49}"
-
-
 # --- selectors --------------------------------------------------------------------------------
 
 def test_run_selectors_are_scoped_and_filter(registered_family, alice, carol, bob, mallory, acme, run_on_commit):
@@ -342,11 +280,33 @@ def test_dashboard_stats(registered_family, alice, mallory, acme, run_on_commit,
                                              "queue": {"queued": 0, "running": 0}}
 
 
-def test_jobs_are_queued_with_the_configured_timeout(registered_family, alice, acme, settings, monkeypatch,
-                                                     run_on_commit):
+def test_a_run_wakes_its_queue_with_the_configured_timeout(registered_family, alice, acme, settings,
+                                                           monkeypatch, run_on_commit):
+    from mergehub.jobs import dispatch
+
     settings.MERGEHUB_JOB_TIMEOUT = 77
     calls = []
-    monkeypatch.setattr(services, "async_task", lambda func, *a, **kw: calls.append((func, a, kw)) or "tid-1")
+    monkeypatch.setattr(dispatch, "async_task", lambda func, *a, **kw: calls.append((func, a, kw)) or "tid-1")
     run = _create(registered_family, alice, acme, run_on_commit)
-    assert calls == [("jobs.tasks.run_merge", (run.pk,), {"task_name": f"merge-run-{run.pk}", "timeout": 77})]
-    assert run.task_id == "tid-1" and run.status == Status.QUEUED
+    assert calls == [("jobs.tasks.run_next_job", ("cpu", "merge", run.pk),
+                      {"cluster": "mergehub-cpu", "task_name": "wake-cpu", "timeout": 77})]
+    assert run.status == Status.QUEUED and run.queue == "cpu"
+
+
+def test_a_run_is_queued_even_when_the_broker_is_down(registered_family, alice, acme, monkeypatch, run_on_commit):
+    """The row is the job: a broker outage at submission loses nothing (the watchdog wakes it)."""
+    from mergehub.jobs import dispatch
+
+    def broker_down(*a, **kw):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(dispatch, "async_task", broker_down)
+    run = _create(registered_family, alice, acme, run_on_commit)
+    assert run.status == Status.QUEUED
+
+
+def test_unknown_queues_are_refused(registered_family, alice, acme):
+    with pytest.raises(ValidationError) as err:
+        _create(registered_family, alice, acme, queue="gpu")
+    assert "No 'gpu' queue here" in str(err.value.message_dict["queue"])
+    assert not MergeRun.objects.exists()

@@ -20,7 +20,8 @@ PAGES = [
     ("runs:operator_fields", {}), ("runs:detail", {"pk": 1}), ("runs:live", {"pk": 1}),
     ("accounts:team", {"slug": "acme"}),
 ]
-ACTIONS = [("registry:reindex", {"pk": 1}), ("runs:preview", {}), ("runs:cancel", {"pk": 1}),
+ACTIONS = [("registry:reindex", {"pk": 1}), ("registry:cancel_index", {"pk": 1, "job_pk": 1}),
+           ("registry:retry_index", {"pk": 1, "job_pk": 1}), ("runs:preview", {}), ("runs:cancel", {"pk": 1}),
            ("runs:retry", {"pk": 1}), ("accounts:switch_team", {})]
 
 
@@ -93,14 +94,65 @@ def test_base_detail_has_no_chart(alice_client, registered_family):
     assert response.status_code == 200 and response.context["chart"] is None
 
 
-def test_index_status_poll_reloads_the_page_once_indexed(alice_client, registered_family):
+def test_index_status_poll_shows_progress_then_reloads_the_page(alice, alice_client, registered_family,
+                                                               django_capture_on_commit_callbacks):
+    from mergehub.registry.models import IndexJob
+    from mergehub.registry.services import reindex_checkpoint
+
     expert = registered_family["experts"][0]
     response = alice_client.get(reverse("registry:status", args=[expert.pk]))
     assert response.status_code == 204 and response["HX-Refresh"] == "true"
-    expert.index_status = "indexing"
-    expert.save(update_fields=["index_status"])
+    with django_capture_on_commit_callbacks():  # queued, not run
+        reindex_checkpoint(checkpoint=expert, user=alice)
+    job = expert.index_jobs.first()
+    IndexJob.objects.filter(pk=job.pk).update(status="running", stage="index", progress=0.4)
     response = alice_client.get(reverse("registry:status", args=[expert.pk]))
-    assert response.status_code == 200 and b'hx-trigger="every 2s"' in response.content
+    html = response.content.decode()
+    assert response.status_code == 200 and 'hx-trigger="every 1s"' in html
+    assert 'id="index-status"' not in html and 'id="index-job-live"' in html and "40%" in html
+
+
+def test_a_failed_index_job_can_be_retried_from_the_checkpoint_page(alice, alice_client, registered_family,
+                                                                   run_on_commit, monkeypatch):
+    from mergehub.registry import services as registry_services
+    from mergehub.registry.models import IndexJob
+
+    expert = registered_family["experts"][0]
+
+    def broken(checkpoint, **kwargs):
+        raise registry_services.ValidationError("the disk is on fire")
+
+    with monkeypatch.context() as m, run_on_commit():
+        m.setattr(registry_services, "index_expert", broken)
+        alice_client.post(reverse("registry:reindex", args=[expert.pk]))
+    failed = expert.index_jobs.first()
+    assert failed.status == IndexJob.Status.FAILED and "the disk is on fire" in failed.error
+    page = alice_client.get(reverse("registry:detail", args=[expert.pk])).content.decode()
+    assert "Retry indexing" in page and "the disk is on fire" in page
+    with run_on_commit():
+        response = alice_client.post(reverse("registry:retry_index", args=[expert.pk, failed.pk]))
+    assert response.status_code == 302
+    retried = expert.index_jobs.first()
+    assert retried.retry_of == failed and retried.status == IndexJob.Status.SUCCEEDED
+    expert.refresh_from_db()
+    assert expert.index_status == "ready" and expert.index_error == ""
+
+
+def test_a_queued_index_job_can_be_cancelled(alice, alice_client, registered_family,
+                                             django_capture_on_commit_callbacks):
+    from mergehub.registry.models import IndexJob
+    from mergehub.registry.services import reindex_checkpoint
+
+    expert = registered_family["experts"][0]
+    with django_capture_on_commit_callbacks():
+        reindex_checkpoint(checkpoint=expert, user=alice)
+    job = expert.index_jobs.first()
+    assert "Cancel indexing" in alice_client.get(reverse("registry:detail", args=[expert.pk])).content.decode()
+    alice_client.post(reverse("registry:cancel_index", args=[expert.pk, job.pk]))
+    job.refresh_from_db()
+    expert.refresh_from_db()
+    assert job.status == IndexJob.Status.CANCELLED and expert.index_status == "failed"
+    assert "cancelled" in expert.index_error
 
 
 def test_register_a_base_and_an_expert(alice_client, family, run_on_commit):
@@ -313,3 +365,19 @@ def test_admin_adds_a_member(alice_client, acme, django_user_model):
     assert acme.memberships.get(user__username="dave").role == "member"
     missing = alice_client.post(reverse("accounts:team", args=["acme"]), {"username": "nobody", "role": "member"})
     assert b"No user named" in missing.content
+
+
+def test_the_merge_form_offers_the_queues_of_the_site(alice_client, registered_family, settings,
+                                                     django_capture_on_commit_callbacks):
+    from tests.web.conftest import merge_post
+
+    settings.MERGEHUB_QUEUES = ["cpu"]
+    assert "Worker queue" not in alice_client.get(reverse("runs:new")).content.decode()
+    settings.MERGEHUB_QUEUES = ["cpu", "gpu"]
+    assert "Worker queue" in alice_client.get(reverse("runs:new")).content.decode()
+    with django_capture_on_commit_callbacks():  # queued only: no GPU worker here
+        response = alice_client.post(reverse("runs:new"), {**merge_post(registered_family), "queue": "gpu"})
+    assert response.status_code == 302
+    run = MergeRun.objects.get()
+    assert run.queue == "gpu" and run.status == "queued"
+    assert "gpu" in alice_client.get(reverse("runs:detail", args=[run.pk])).content.decode()

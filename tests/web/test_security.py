@@ -19,8 +19,11 @@ def _acme_urls(registered_family, run):
     gets = [reverse("registry:detail", args=[expert.pk]), reverse("registry:detail", args=[base.pk]),
             reverse("registry:status", args=[expert.pk]), reverse("runs:detail", args=[run.pk]),
             reverse("runs:live", args=[run.pk]), reverse("accounts:team", args=["acme"])]
+    job = expert.index_jobs.first()
     posts = [reverse("registry:reindex", args=[expert.pk]), reverse("runs:cancel", args=[run.pk]),
-             reverse("runs:retry", args=[run.pk]), reverse("accounts:team", args=["acme"])]
+             reverse("runs:retry", args=[run.pk]), reverse("accounts:team", args=["acme"]),
+             reverse("registry:cancel_index", args=[expert.pk, job.pk]),
+             reverse("registry:retry_index", args=[expert.pk, job.pk])]
     return gets, posts
 
 

@@ -20,7 +20,8 @@ from mergehub.accounts.models import Membership, Role, Team
 from mergehub.engine.errors import MergeHubError
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import checkpoint_roots, data_dir
-from mergehub.registry.services import index_checkpoint, register_checkpoint
+from mergehub.registry.indexing import index_now
+from mergehub.registry.services import register_checkpoint
 
 DEMO_FAMILY = "demo"
 FAMILY_FILE = "family.json"
@@ -104,10 +105,10 @@ class Command(BaseCommand):
             except ValidationError as err:
                 raise CommandError(f"{name}: {' '.join(err.messages)}") from None
         if ckpt.index_status == Checkpoint.IndexStatus.PENDING:
-            # Index here and now, so the demo is ready before any worker starts; the queued
-            # index job then finds nothing pending and does nothing.
+            # Index here and now, so the demo is ready before any worker starts; the wake-up
+            # sent for the index job then finds nothing queued and does nothing.
             self.stdout.write(f"Indexing {name} against its base...")
-            index_checkpoint(checkpoint_id=ckpt.pk)
+            index_now(ckpt)
         ckpt.refresh_from_db()
         if ckpt.index_status != Checkpoint.IndexStatus.READY:
             raise CommandError(f"{name} is {ckpt.index_status}: {ckpt.index_error or 'see the log'}; "

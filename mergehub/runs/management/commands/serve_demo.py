@@ -2,7 +2,7 @@
 
     python manage.py serve_demo [--bind 127.0.0.1:8000]
 
-gunicorn and ``manage.py qcluster`` run as children in their own sessions, so Ctrl-C reaches
+gunicorn and ``manage.py worker`` (a django-q2 cluster and the job watchdog) run as children in their own sessions, so Ctrl-C reaches
 only this launcher, which then sends SIGTERM to each child's own PID and waits for both
 (SIGKILL after a grace period). If either child dies, the other is stopped too.
 """
@@ -36,7 +36,7 @@ class Command(BaseCommand):
             "web": subprocess.Popen([sys.executable, "-m", "gunicorn", "mergehub.wsgi", "--bind", opts["bind"],
                                      "--workers", str(opts["web_workers"]), "--timeout", "120",
                                      "--access-logfile", "-"], cwd=settings.BASE_DIR, start_new_session=True),
-            "worker": subprocess.Popen([sys.executable, manage, "qcluster"], cwd=settings.BASE_DIR,
+            "worker": subprocess.Popen([sys.executable, manage, "worker"], cwd=settings.BASE_DIR,
                                        start_new_session=True),
         }
         stop = {"signal": None}
