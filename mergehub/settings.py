@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -95,6 +96,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_q",
+    "axes",
+    "csp",
     "mergehub.jobs",
     "mergehub.accounts",
     "mergehub.registry",
@@ -111,6 +114,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",  # above axes, so that the locked-out page gets the policy too
+    "axes.middleware.AxesMiddleware",  # last, as axes requires: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "mergehub.urls"
@@ -133,9 +138,11 @@ TEMPLATES = [
 
 # --- storage ----------------------------------------------------------------------------------
 
+# Checkpoint roots a site admin shares with *every* team (none by default). Each team also has
+# its own folder, DATA_DIR/teams/<slug>/checkpoints, and the roots given to it alone in the
+# admin (StorageRoot); see mergehub/registry/roots.py and docs/security.md.
 MERGEHUB_CHECKPOINT_ROOTS = [
-    Path(p) for p in env_list("MERGEHUB_CHECKPOINT_ROOTS",
-                              [str(MERGEHUB_DATA_DIR / "checkpoints")], separators="," + os.pathsep)
+    Path(p) for p in env_list("MERGEHUB_CHECKPOINT_ROOTS", [], separators="," + os.pathsep)
 ]
 
 DATABASE_URL = env_str("DATABASE_URL", "")
@@ -212,6 +219,54 @@ if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+
+# --- login throttling (django-axes; mergehub/accounts/throttling.py) ---------------------------
+
+# LOGIN_FAILURE_LIMIT failed logins for one username, or from one client address, lock logins
+# for that username (from anywhere) and from that address (as anyone) until LOGIN_COOLOFF_MINUTES
+# after the last failure; failures older than that are forgotten. Every login that calls
+# authenticate() with the request is covered: /login/ and /admin/login/. A site admin lifts a
+# lock early by deleting its "Access attempts" in the admin, or `manage.py axes_reset_username`.
+# NOTE: API token authentication (not built yet) must be throttled the same way: pass the request
+# to authenticate(), or report failures with axes (the user_login_failed signal with the request)
+# and refuse while AxesProxyHandler.is_allowed(request, credentials) is false.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # works on SQLite and PostgreSQL alike
+# Not reset on success: with the address as a lock parameter, a success would wipe the failures
+# from that address, so an attacker with an account of their own could reset their count.
+AXES_RESET_ON_SUCCESS = False
+# Tries during a lock are refused without extending it, so the time the page names holds.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "mergehub.accounts.throttling.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "mergehub.accounts.throttling.client_ip"
+# Behind the TLS proxy the peer is the proxy: the client's address is the X-Forwarded-For entry
+# the proxies appended (MERGEHUB_TRUSTED_PROXIES of them in a row). Never trusted otherwise.
+MERGEHUB_TRUST_X_FORWARDED_FOR = env_bool("BEHIND_TLS_PROXY", False)
+MERGEHUB_TRUSTED_PROXIES = max(env_int("TRUSTED_PROXY_COUNT", 1), 1)
+
+# --- Content-Security-Policy (django-csp) ------------------------------------------------------
+
+# Scripts only from this site (no inline code: static/js/app.js does the page glue). Styles also
+# inline: Plotly and htmx add <style> elements and templates use style="" attributes. Images also
+# from blob: URLs, through which Plotly's "Download plot as png" draws the chart.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "blob:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    },
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from .models import Checkpoint, Family, IndexJob
+from .models import Checkpoint, Family, IndexJob, StorageRoot
 
 
 @admin.register(Family)
@@ -30,8 +30,6 @@ class CheckpointAdmin(admin.ModelAdmin):
 
         queued = 0
         for checkpoint in queryset:
-            if checkpoint.role != Checkpoint.Role.EXPERT and checkpoint.path:
-                continue  # a base with files needs no index of its own
             try:
                 queue_reindex(checkpoint=checkpoint, user=request.user)
                 queued += 1
@@ -48,3 +46,12 @@ class IndexJobAdmin(admin.ModelAdmin):
     readonly_fields = ["log", "error", "worker", "attempts", "progress", "stage", "created_at", "started_at",
                        "finished_at", "heartbeat_at"]
     raw_id_fields = ["checkpoint", "author", "retry_of"]
+
+
+@admin.register(StorageRoot)
+class StorageRootAdmin(admin.ModelAdmin):
+    """Site admins open directories to one team here (docs/security.md)."""
+
+    list_display = ["path", "team", "note", "created_at"]
+    list_filter = ["team"]
+    search_fields = ["path", "team__name", "note"]

@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from django.conf import settings
 from django.db import models
 
 from mergehub.accounts.models import Team
 from mergehub.jobs.models import Job
+
+
+class StorageRoot(models.Model):
+    """A directory a site admin opened to one team for registering local checkpoints (besides
+    the team's own folder under the data directory; see roots.py)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="storage_roots")
+    path = models.CharField(max_length=4096, help_text="Absolute path of a directory on the workers and web "
+                                                       "servers; symlinks are resolved when it is used.")
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "path"]
+        constraints = [models.UniqueConstraint(fields=["team", "path"], name="unique_root_per_team")]
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.team})"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from .roots import data_dir
+
+        path = Path(self.path or "")
+        if not path.is_absolute():
+            raise ValidationError({"path": "Enter an absolute path."})
+        real = Path(os.path.realpath(path))
+        data = Path(os.path.realpath(data_dir()))
+        if real == data or real.is_relative_to(data) or data.is_relative_to(real):
+            raise ValidationError({"path": f"{path} overlaps MergeHub's data directory ({data}), which holds "
+                                           "every team's files; choose a directory outside it."})
 
 
 class Family(models.Model):
@@ -58,6 +93,9 @@ class Checkpoint(models.Model):
     size_bytes = models.BigIntegerField(default=0)  # weight bytes
     tensor_count = models.PositiveIntegerField(default=0)
     file_hashes = models.JSONField(default=dict, blank=True)  # {filename: sha256}
+    # {filename: [device, inode, size, mtime_ns]} of each weight file, pinned at registration
+    # (and at each index); a merge refuses files that changed or moved since (pinning.py)
+    file_identity = models.JSONField(default=dict, blank=True)
     index_status = models.CharField(max_length=10, choices=IndexStatus.choices,
                                     default=IndexStatus.PENDING)
     index_error = models.TextField(blank=True)

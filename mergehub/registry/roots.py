@@ -1,9 +1,16 @@
 """Where MergeHub keeps its files, and the one gate local checkpoint paths go through.
 
-Directories (all read from settings at call time, so tests can point them elsewhere):
-``data_dir()/catalog`` (block indexes), ``data_dir()/outputs`` (merged models),
-``data_dir()/hf`` (Hugging Face downloads). Local checkpoints must resolve (symlinks followed)
-to a directory inside one of ``settings.MERGEHUB_CHECKPOINT_ROOTS``.
+Every team has its own folder, ``DATA_DIR/teams/<slug>/``, holding its default checkpoint root
+(``checkpoints/``), its merged models (``outputs/run-<id>``) and its Hugging Face cache
+(``hf/``). A team may register checkpoints only under its own roots: that default folder, the
+roots a site admin gave it (``StorageRoot`` rows, in the Django admin), and the roots a site
+admin shares with every team (``MERGEHUB_CHECKPOINT_ROOTS``, empty by default). Whatever the
+roots say, another team's folder, the catalog and the database are never registrable.
+
+Paths are resolved once (symlinks followed, ``..`` removed) and the result must lie inside a
+root; a path that does not is refused with one message that says nothing about whether it
+exists or where a link leads. The block catalog (``DATA_DIR/catalog``) is shared: it is keyed
+by file content hashes and holds no weights.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+MAX_NAME_BYTES = 255  # NAME_MAX
+
 
 def data_dir() -> Path:
     return Path(settings.MERGEHUB_DATA_DIR)
@@ -23,16 +33,29 @@ def catalog_dir() -> Path:
     return data_dir() / "catalog"
 
 
-def outputs_dir() -> Path:
-    return data_dir() / "outputs"
+def teams_dir() -> Path:
+    return data_dir() / "teams"
 
 
-def hf_cache_dir() -> Path:
-    return data_dir() / "hf"
+def team_dir(team) -> Path:
+    return teams_dir() / team.slug
 
 
-def run_output_dir(run_id: int) -> Path:
-    return outputs_dir() / f"run-{run_id}"
+def team_checkpoints_dir(team) -> Path:
+    """The team's default checkpoint root (created when first needed)."""
+    return team_dir(team) / "checkpoints"
+
+
+def outputs_dir(team) -> Path:
+    return team_dir(team) / "outputs"
+
+
+def hf_cache_dir(team) -> Path:
+    return team_dir(team) / "hf"
+
+
+def run_output_dir(run) -> Path:
+    return outputs_dir(run.team) / f"run-{run.pk}"
 
 
 def block_size() -> int | None:
@@ -40,45 +63,100 @@ def block_size() -> int | None:
     return int(settings.MERGEHUB_BLOCK_SIZE) or None
 
 
-def checkpoint_roots() -> list[Path]:
-    """The allowed roots, symlinks resolved (a root may itself be a link)."""
-    return [Path(os.path.realpath(root)) for root in settings.MERGEHUB_CHECKPOINT_ROOTS]
+def _real(path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def shared_roots() -> list[Path]:
+    """Roots a site admin shares with every team (MERGEHUB_CHECKPOINT_ROOTS), links resolved."""
+    return [_real(root) for root in settings.MERGEHUB_CHECKPOINT_ROOTS]
+
+
+def checkpoint_roots(team) -> list[Path]:
+    """The roots ``team`` may register local checkpoints from, links resolved."""
+    own = team_checkpoints_dir(team)
+    own.mkdir(parents=True, exist_ok=True)
+    given = [_real(p) for p in team.storage_roots.values_list("path", flat=True)]
+    return [_real(own), *given, *shared_roots()]
 
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
-def resolve_checkpoint_dir(raw: str, field: str = "local_path") -> Path:
-    """The real directory ``raw`` names, if it lies under an allowed root; ValidationError otherwise.
+def allowed(real: Path, team) -> bool:
+    """Is the resolved path ``real`` inside one of the team's roots and outside every other
+    team's files? Of the data directory only the team's own folder is open (its checkpoints
+    and its own merged models), never its Hub cache (Hub snapshots register as Hub sources)."""
+    if _inside(real, _real(team_dir(team))):
+        return not _inside(real, _real(hf_cache_dir(team)))
+    if _inside(real, _real(data_dir())):
+        return False
+    return any(_inside(real, root) for root in checkpoint_roots(team))
 
-    The check is made on the fully resolved path (``os.path.realpath``), so ``root/link`` where
-    ``link -> /elsewhere`` is refused even though its spelling is under the root.
-    """
+
+def check_path_text(raw: str, field: str) -> str:
+    """Reject what no file system would take, before touching it: empty, NUL, too long, and
+    names that are not UTF-8 (a browser cannot send them; a script can)."""
     raw = (raw or "").strip()
-    roots = checkpoint_roots()
-    listed = ", ".join(str(r) for r in roots) or "(none configured)"
     if not raw:
         raise ValidationError({field: "Enter the path of a checkpoint directory."})
     if "\x00" in raw:
         raise ValidationError({field: "The path contains a NUL character."})
+    try:
+        encoded = raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError({field: "The path is not valid UTF-8; rename the directory."}) from None
+    if len(raw) > MAX_PATH_CHARS or any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        raise ValidationError({field: f"The path is too long (at most {MAX_PATH_CHARS} characters, "
+                                      f"{MAX_NAME_BYTES} bytes a name)."})
+    return raw
+
+
+def resolve_checkpoint_dir(raw: str, team, field: str = "local_path") -> Path:
+    """The real directory ``raw`` names, if it lies under one of ``team``'s roots;
+    ValidationError otherwise.
+
+    The check is made on the fully resolved path (``os.path.realpath``), so ``root/link`` where
+    ``link -> /elsewhere`` is refused even though its spelling is under the root. The refusal
+    is the same whether the path exists, is a file or a link: it tells nothing about what lies
+    outside the team's roots.
+    """
+    raw = check_path_text(raw, field)
+    roots = checkpoint_roots(team)
+    listed = ", ".join(str(r) for r in roots)
     given = Path(raw).expanduser()
     if not given.is_absolute():
-        raise ValidationError({field: f"Enter an absolute path under one of the allowed roots: {listed}."})
-    real = Path(os.path.realpath(given))
-    if not any(_inside(real, root) for root in roots):
-        spelled_inside = any(_inside(Path(os.path.abspath(given)), root) for root in roots) or any(
-            _inside(Path(os.path.abspath(given)), Path(os.path.abspath(r)))
-            for r in settings.MERGEHUB_CHECKPOINT_ROOTS)
-        if spelled_inside:
-            raise ValidationError({field: f"{raw} is a symlink that leads to {real}, outside the allowed "
-                                          f"roots ({listed}); copy or move the checkpoint under a root."})
-        raise ValidationError({field: f"{raw} is outside the allowed checkpoint roots ({listed}); move the "
-                                      "checkpoint under a root or ask an operator to add one "
-                                      "(MERGEHUB_CHECKPOINT_ROOTS)."})
+        raise ValidationError({field: f"Enter an absolute path under one of your team's roots: {listed}."})
+    try:
+        real = _real(given)
+    except (OSError, ValueError):
+        real = None
+    if real is None or not allowed(real, team):
+        raise ValidationError({field: f"{raw} is not inside your team's checkpoint roots ({listed}); move "
+                                      "the checkpoint under one, or ask a site admin to add a root for "
+                                      "your team."})
     if not real.exists():
         raise ValidationError({field: f"{raw}: no such directory; check the path."})
     if not real.is_dir():
         raise ValidationError({field: f"{raw} is a file; enter the checkpoint's directory "
                                       "(the one holding config.json and the .safetensors files)."})
     return real
+
+
+def hub_repo_dir(team, repo_id: str) -> Path:
+    """The folder of one Hub repository in the team's cache (huggingface_hub's layout)."""
+    return hf_cache_dir(team) / ("models--" + repo_id.replace("/", "--"))
+
+
+def root_of(checkpoint) -> Path | None:
+    """The root a registered checkpoint's files are pinned to: its repository's folder in the
+    team's Hub cache, or the innermost of the team's roots holding its directory (None if no
+    root holds it any more)."""
+    if checkpoint.source == "hf":
+        return _real(hub_repo_dir(checkpoint.team, checkpoint.hf_repo_id))
+    path = Path(checkpoint.path)
+    if _inside(path, _real(team_dir(checkpoint.team))):
+        return _real(team_dir(checkpoint.team))
+    holding = [root for root in checkpoint_roots(checkpoint.team) if _inside(path, root)]
+    return max(holding, key=lambda root: len(root.parts)) if holding else None

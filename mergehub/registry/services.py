@@ -24,9 +24,9 @@ from mergehub.jobs import dispatch
 from mergehub.jobs.control import request_cancel
 from mergehub.jobs.joblog import log_entry
 
-from . import hf
+from . import hf, pinning
 from .models import Checkpoint, Family, IndexJob
-from .roots import block_size, catalog_dir, resolve_checkpoint_dir
+from .roots import block_size, catalog_dir, hf_cache_dir, resolve_checkpoint_dir
 
 log = logging.getLogger(__name__)
 Status = Checkpoint.IndexStatus
@@ -135,12 +135,19 @@ def register_checkpoint(*, team: Team, user, name: str, role: str, family_name: 
 
     if local_path:
         source, field = Checkpoint.Source.LOCAL, "local_path"
-        path: Path | None = resolve_checkpoint_dir(local_path, field)
+        path: Path | None = resolve_checkpoint_dir(local_path, team, field)
     else:
         source, field = Checkpoint.Source.HF, "hf_repo_id"
         if not hf.valid_repo_id(hf_repo_id):
             raise ValidationError({field: f"{hf_repo_id!r} is not a repo id; write it as owner/name."})
-        path = hf.cached_snapshot(hf_repo_id, hf_revision)
+        if not hf.valid_revision(hf_revision):
+            raise ValidationError({"hf_revision": f"{hf_revision[:100]!r} is not a valid revision; give a branch "
+                                                  "or tag name (such as main or v1.0, without '..') or a "
+                                                  "40-character commit hash."})
+        try:
+            path = hf.cached_snapshot(hf_repo_id, hf_revision, cache_dir=hf_cache_dir(team))
+        except hf.HubError as err:
+            raise ValidationError({field: str(err)}) from None
         if path is None and hf.offline():
             raise ValidationError({field: f"{hf_repo_id}@{hf_revision or 'main'} is not in the offline "
                                           "cache and HF_HUB_OFFLINE is set; download it first."})
@@ -157,7 +164,7 @@ def register_checkpoint(*, team: Team, user, name: str, role: str, family_name: 
             family = _family_for_expert(team, family_name, layout)
             _check_against_base(family, layout, field)
 
-    checkpoint = Checkpoint.objects.create(
+    checkpoint = Checkpoint(
         team=team, family=family, name=name, role=role, source=source,
         local_path=local_path if source == Checkpoint.Source.LOCAL else "",
         hf_repo_id=hf_repo_id, hf_revision=hf_revision, path=str(path) if path else "",
@@ -167,6 +174,12 @@ def register_checkpoint(*, team: Team, user, name: str, role: str, family_name: 
         indexed_at=timezone.now() if (role == Checkpoint.Role.BASE and layout) else None,
         added_by=user,
     )
+    if path is not None:
+        try:
+            checkpoint.file_identity = pinning.pin_checkpoint(checkpoint)
+        except MergeHubError as err:
+            raise ValidationError({field: str(err)}) from None
+    checkpoint.save()
     if role == Checkpoint.Role.BASE:
         family.base = checkpoint
         family.save(update_fields=["base"])
@@ -231,12 +244,16 @@ def settle_checkpoint(job: IndexJob, status: str) -> None:
 def materialise(checkpoint: Checkpoint):
     """Download a pending HF snapshot if needed; return the checkpoint's layout."""
     if not checkpoint.path:
-        checkpoint.path = str(hf.download(checkpoint.hf_repo_id, checkpoint.hf_revision))
+        checkpoint.path = str(hf.download(checkpoint.hf_repo_id, checkpoint.hf_revision,
+                                          cache_dir=hf_cache_dir(checkpoint.team)))
         checkpoint.save(update_fields=["path"])
+    # A (re-)index pins the files as they are now, after the same containment checks as at
+    # registration: a directory swapped for a link since is refused here.
+    checkpoint.file_identity = pinning.pin_checkpoint(checkpoint)
     layout = engine.inspect_model(Path(checkpoint.path))
     checkpoint.size_bytes = layout.weight_bytes
     checkpoint.tensor_count = len(layout.tensors)
-    checkpoint.save(update_fields=["size_bytes", "tensor_count"])
+    checkpoint.save(update_fields=["file_identity", "size_bytes", "tensor_count"])
     return layout
 
 
@@ -252,6 +269,7 @@ def index_expert(checkpoint: Checkpoint, *, progress=None, cancel=None) -> None:
     base = family.base if family is not None else None
     if base is None or base.index_status != Status.READY or not base.path:
         raise ValidationError("its family's base is not ready; index the base first, then re-index")
+    pinning.verify_checkpoint(base)
     # index_model checks the expert against the base (MismatchedCheckpoints) before indexing.
     summary = engine.index_model(Path(checkpoint.path), Path(base.path), catalog_dir=catalog_dir(),
                                  block_size=block_size(), progress=progress, cancel=cancel).to_dict()

@@ -94,7 +94,7 @@ def register(request):
         return render(request, "web/no_team.html", status=403)
     families = selectors.families_for(user=request.user, team=team)
     form = RegisterCheckpointForm(request.POST if request.method == "POST" else None,
-                                  families=families, roots=checkpoint_roots())
+                                  families=families, roots=checkpoint_roots(team))
     if request.method == "POST" and form.is_valid():
         try:
             checkpoint = services.register_checkpoint(team=team, user=request.user, **form.service_kwargs())

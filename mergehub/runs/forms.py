@@ -139,8 +139,28 @@ class MergeForm(forms.Form):
     def clean_budget(self):
         return self.cleaned_data["budget"].strip()
 
+    def _posted_expert_ids(self) -> list[str]:
+        """The ids of every ``expert_<id>__use`` box the POST ticks, fields or not."""
+        prefix, suffix = self.add_prefix("expert_"), "__use"
+        ticked = forms.BooleanField(required=False).to_python
+        return [key[len(prefix):-len(suffix)] for key in self.data
+                if key.startswith(prefix) and key.endswith(suffix) and ticked(self.data.get(key))]
+
     def clean(self):
         data = super().clean()
+        # Fields exist only for this team's indexed experts of the chosen base, so any other id
+        # (another team's, another family's, none at all) would be dropped without a word: say
+        # so instead, in words that do not tell whether the id exists elsewhere.
+        usable = {str(c.pk): c for c in self.candidates if c.is_ready}
+        for raw in self._posted_expert_ids():
+            if raw in usable:
+                continue
+            ckpt = next((c for c in self.candidates if str(c.pk) == raw), None)
+            if ckpt is not None:
+                self.add_error(None, f"{ckpt.name} is not indexed yet, so it cannot be merged.")
+            else:
+                self.add_error(None, f"Expert #{raw[:20]} is not one of your team's indexed experts "
+                                     "for the chosen base.")
         chosen = [c for c in self.candidates if data.get(f"expert_{c.pk}__use")]
         if self.chosen_base is not None and not chosen:
             self.add_error(None, "Choose at least one expert.")

@@ -13,6 +13,8 @@ from django.conf import settings
 from mergehub.engine import api as engine
 from mergehub.engine.errors import ConfigError, MergeHubError
 from mergehub.jobs.runner import JobRunner
+from mergehub.registry import pinning
+from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import catalog_dir, outputs_dir, run_output_dir
 from mergehub.web.formatting import human_bytes
 
@@ -45,14 +47,24 @@ class MergeRunner(JobRunner):
         device, note = merge_device(run.queue)
         if note:
             self.note(note)
+        self._verify_inputs()
         config = engine.load_config_mapping(engine_mapping(run.config))
         result = engine.run_merge(
-            config, run_output_dir(run.pk), budget=run.budget, seed=run.seed, device=device,
+            config, run_output_dir(run), budget=run.budget, seed=run.seed, device=device,
             block_size=run.block_size, catalog_dir=catalog_dir(), force=False,
             measure_deviation=run.measure_deviation, progress=self.on_progress,
             cancel=self.should_cancel, verify=self._note_plan_changes)
         return {"metrics": result.metrics, "manifest": result.manifest, "output_path": str(result.out_dir),
                 "plan": self._plan_that_ran(result.plan), "expert_bytes_saved": bytes_saved(result.metrics)}
+
+    def _verify_inputs(self) -> None:
+        """The checkpoints' files must still be the ones registered (registry/pinning.py)."""
+        ids = set((self.job.config.get("checkpoint_ids") or {}).values())
+        checkpoints = list(Checkpoint.objects.filter(pk__in=ids, team=self.job.team).select_related("team"))
+        if len(checkpoints) != len(ids):
+            raise ConfigError("a checkpoint of this run was deleted; start a new merge")
+        for checkpoint in checkpoints:
+            pinning.verify_checkpoint(checkpoint)
 
     def _note_plan_changes(self, manifest: dict) -> None:
         """The worker plans again from the catalog; if that plan is not the one queued (an
@@ -81,7 +93,7 @@ class MergeRunner(JobRunner):
     @classmethod
     def reconcile(cls, job: MergeRun) -> dict | None:
         """A published output with its manifest means the merge succeeded, whatever the row says."""
-        out_dir = run_output_dir(job.pk)
+        out_dir = run_output_dir(job)
         try:
             manifest = engine.read_manifest(out_dir)
         except MergeHubError:
@@ -93,6 +105,6 @@ class MergeRunner(JobRunner):
     @classmethod
     def cleanup(cls, job: MergeRun) -> None:
         """Delete the staging directories a dead worker left in the outputs dir."""
-        for path in outputs_dir().glob(f".{run_output_dir(job.pk).name}.staging-*"):
+        for path in outputs_dir(job.team).glob(f".{run_output_dir(job).name}.staging-*"):
             shutil.rmtree(path, ignore_errors=True)
             log.info("removed %s", Path(path))

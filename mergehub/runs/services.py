@@ -21,6 +21,7 @@ from mergehub.engine import api as engine
 from mergehub.engine import errors
 from mergehub.jobs import dispatch, joblog
 from mergehub.jobs.control import request_cancel
+from mergehub.registry import pinning
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import block_size as default_block_size
 from mergehub.registry.roots import catalog_dir
@@ -109,6 +110,17 @@ def _check_inputs(team: Team, base: Checkpoint | None, experts: list[ExpertSpec]
         if not ckpt.is_ready:
             state = "failed" if ckpt.index_status == Checkpoint.IndexStatus.FAILED else "not indexed yet"
             raise ValidationError({"experts": f"{ckpt.name} is {state}; wait for its index (or re-index it)."})
+    _check_pins(base, "base")
+    for ckpt, _ in experts:
+        _check_pins(ckpt, "experts")
+
+
+def _check_pins(checkpoint: Checkpoint, field: str) -> None:
+    """The files must still be the ones registered (the worker checks again before merging)."""
+    try:
+        pinning.verify_checkpoint(checkpoint)
+    except errors.MergeHubError as err:
+        raise ValidationError({field: str(err)}) from None
 
 
 def _check_budget(budget) -> str:

@@ -1,4 +1,6 @@
 /* MergeHub page glue: CSRF for htmx requests and Plotly charts from embedded figure JSON.
+ * All page code lives here (or in static/vendor): the Content-Security-Policy allows scripts
+ * from this site only, so templates carry no inline code or on* attributes.
  *
  * A chart is a <div class="chart" data-figure="ID"> next to <script type="application/json" id="ID">
  * holding the figure ({data, layout}) that mergehub/web/charts.py wrote. Charts are drawn on page
@@ -43,6 +45,12 @@
     });
   }
   document.addEventListener("change", function (event) { applyShowWhen(event.target); });
+
+  /* <select data-autosubmit> submits its form when changed (the team switcher). */
+  document.addEventListener("change", function (event) {
+    var node = event.target;
+    if (node.matches && node.matches("[data-autosubmit]") && node.form) { node.form.submit(); }
+  });
 
   /* Keep live logs scrolled to their newest line. */
   function scrollLogs(root) {

@@ -38,12 +38,22 @@ def browser_page():
         page = context.new_page()
         page.set_default_timeout(30_000)
         external = []
-        page.on("request", lambda r: external.append(r.url) if not r.url.startswith(("http://localhost",
-                                                                                         "data:")) else None)
+        page.on("request", lambda r: external.append(r.url) if not r.url.startswith((
+            "http://localhost", "blob:http://localhost", "data:")) else None)
+        # Content-Security-Policy violations: Chromium logs each one to the console; the page's
+        # securitypolicyviolation events are logged too (an init script, which CSP does not govern).
+        context.add_init_script("document.addEventListener('securitypolicyviolation', function (e) {"
+                                " console.error('securitypolicyviolation: ' + e.violatedDirective + ' '"
+                                " + e.blockedURI + ' at ' + e.documentURI); });")
+        violations = []
+        page.on("console", lambda m: violations.append(m.text) if (
+            "Content Security Policy" in m.text or "securitypolicyviolation" in m.text) else None)
+        page.csp_violations = violations  # for a test to assert on at its end
         yield page
         context.close()
         browser.close()
         assert external == [], f"pages loaded something from outside the server: {external}"
+        assert violations == [], f"pages broke their Content-Security-Policy: {violations}"
 
 
 def _shot(page, name: str) -> None:
@@ -129,6 +139,9 @@ def test_merge_flow(browser_page, live_server, alice, family):
     assert "Expert bytes read from storage".lower() in text.lower()
     assert page.locator("#bytes-read").inner_text() == human_bytes(run.metrics["expert_bytes_read"])
     _shot(page, "run-detail")
+    page.hover("#chart-io")  # Plotly's "Download plot as png" (a blob: image, which the CSP allows)
+    page.locator("#chart-io .modebar-btn[data-title='Download plot as a PNG']").click()
+    page.wait_for_selector(".plotly-notifier :text('Image download succeeded')")
 
     # 6. the live part: while the row says "running" the page polls it once a second, and when the
     #    row says "succeeded" it reloads into the report (the worker only ever writes the row, so
@@ -146,3 +159,45 @@ def test_merge_flow(browser_page, live_server, alice, family):
     for name, path in (("dashboard", "/"), ("runs", "/runs/")):
         page.goto(url + path)
         _shot(page, name)
+    assert page.csp_violations == []  # every page above kept to its Content-Security-Policy
+
+
+def test_team_switcher_admin_and_lockout_pages_keep_the_policy(browser_page, live_server, alice, rival,
+                                                               admin_user, settings):
+    """The pages the merge flow does not visit: the team switcher (its script is in app.js, not
+    an onchange attribute), the admin, and the page a locked-out login gets."""
+    from mergehub.accounts.models import Membership
+    from tests.conftest import PASSWORD
+
+    settings.AXES_FAILURE_LIMIT = 2
+    Membership.objects.create(user=alice, team=rival, role="viewer")
+    page, url = browser_page, live_server.url.replace("127.0.0.1", "localhost")
+
+    for password in ("wrong", "wrong again"):
+        page.goto(url + "/login/")
+        page.fill("input[name=username]", "alice")
+        page.fill("input[name=password]", password)
+        page.click("button:has-text('Log in')")
+    page.wait_for_selector("h1:has-text('Login temporarily locked')")
+    assert "Logging in is locked until" in page.locator("#locked-out").inner_text()
+    _shot(page, "locked-out")
+    from axes.models import AccessAttempt
+    AccessAttempt.objects.all().delete()  # what an admin does to lift a lock early
+
+    page.goto(url + "/login/")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text('Log in')")
+    page.wait_for_selector("h1:has-text('Dashboard')")
+    page.select_option("#team-switch", "rival")
+    page.wait_for_selector("text=Now working in Rival")
+
+    page.context.clear_cookies()
+    page.goto(url + "/admin/login/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "password")
+    page.click("input[type=submit]")
+    page.wait_for_url(re.compile(r"/admin/$"))
+    page.goto(url + "/admin/auth/user/")
+    page.wait_for_selector("#result_list")
+    assert page.csp_violations == []

@@ -48,12 +48,12 @@ def finished(pk: int) -> bool:
     return MergeRun.objects.get(pk=pk).is_finished
 
 
-def assert_no_partial_outputs() -> None:
-    """Every directory in the outputs folder is a complete merge of a succeeded run."""
-    leftovers = [p.name for p in outputs_dir().iterdir() if ".staging-" in p.name]
+def assert_no_partial_outputs(team) -> None:
+    """Every directory in the team's outputs folder is a complete merge of a succeeded run."""
+    leftovers = [p.name for p in outputs_dir(team).iterdir() if ".staging-" in p.name]
     assert not leftovers, f"staging directories left behind: {leftovers}"
     succeeded = set(MergeRun.objects.filter(status=Status.SUCCEEDED).values_list("pk", flat=True))
-    for path in outputs_dir().iterdir():
+    for path in outputs_dir(team).iterdir():
         pk = int(path.name.removeprefix("run-"))
         assert pk in succeeded and (path / "mergehub_manifest.json").is_file(), path
 
@@ -116,14 +116,14 @@ def test_workers_killed_at_every_point_of_20_merges(registered_family, alice, ac
             else:
                 assert status == Status.SUCCEEDED or "is gone: it was killed or crashed" in run.error, run.error
         assert not MergeRun.objects.filter(status__in=MergeRun.ACTIVE).exists()
-        assert_no_partial_outputs()
+        assert_no_partial_outputs(acme)
 
         retries = [services.retry_run(run=run, user=alice) for _, status, _, run in outcomes if status == Status.FAILED]
         wait_for(lambda: all(finished(r.pk) for r in retries), worker, "the retries", timeout=300)
     finally:
         worker.stop()
     assert {r.status for r in MergeRun.objects.filter(pk__in=[r.pk for r in retries])} <= {Status.SUCCEEDED}
-    assert_no_partial_outputs()
+    assert_no_partial_outputs(acme)
     counts = Counter((point, status) for point, status, _, _ in outcomes)
     slowest = max(seconds for _, _, seconds, _ in outcomes)
     print(f"\nkills: {dict(counts)}; settled within {slowest:.1f} s of each kill "
@@ -208,6 +208,6 @@ def test_the_database_going_away_mid_merge(registered_family, alice, acme, monke
     assert running.status == Status.SUCCEEDED or running.error.startswith("the database became unavailable"), \
         (running.status, running.error)
     assert waiting.status == Status.SUCCEEDED, (waiting.error, worker.output())
-    assert_no_partial_outputs()
+    assert_no_partial_outputs(acme)
     print(f"\n{'SQLite locked 5 s' if sqlite else 'PostgreSQL restarted'} mid-merge: the running merge "
           f"{running.status}, the waiting one {waiting.status}")

@@ -38,7 +38,7 @@ def test_silent_runs_fail_and_their_staging_goes(alice, acme, settings):
     settings.MERGEHUB_HEARTBEAT_TIMEOUT = 60
     stale = _running(acme, alice, heartbeat_age=61, worker="elsewhere:123")
     fresh = _running(acme, alice, heartbeat_age=5)
-    staging = outputs_dir() / f".run-{stale.pk}.staging-abc123"
+    staging = outputs_dir(acme) / f".run-{stale.pk}.staging-abc123"
     staging.mkdir(parents=True)
     (staging / "model.safetensors").write_bytes(b"partial")
     assert reap_stale_jobs() == 1
@@ -99,7 +99,7 @@ def test_a_published_output_is_reconciled_as_succeeded(registered_family, alice,
     done.refresh_from_db()
     assert done.status == Status.SUCCEEDED
     lost = _running(acme, alice, heartbeat_age=120)
-    run_output_dir(done.pk).rename(run_output_dir(lost.pk))  # as if the worker died right after publishing
+    outputs_dir(acme).joinpath(f"run-{done.pk}").rename(run_output_dir(lost))  # as if the worker died right after publishing
     assert reap_stale_jobs() == 1
     lost.refresh_from_db()
     assert lost.status == Status.SUCCEEDED and lost.error == "" and lost.progress == 1.0

@@ -65,7 +65,7 @@ def test_a_result_the_database_never_took_is_reconciled_by_the_reaper(queued, mo
     monkeypatch.setattr(JobRunner, "_finish", wrapper)
     dispatch.run_next_job("cpu", "merge", queued.pk)
     queued.refresh_from_db()
-    assert queued.status == Status.RUNNING and (run_output_dir(queued.pk) / "mergehub_manifest.json").is_file()
+    assert queued.status == Status.RUNNING and (run_output_dir(queued) / "mergehub_manifest.json").is_file()
     monkeypatch.undo()
     settings.MERGEHUB_HEARTBEAT_TIMEOUT = 60
     assert reap_stale_jobs(now=timezone.now() + timedelta(seconds=120)) == 1

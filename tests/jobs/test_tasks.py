@@ -5,6 +5,7 @@ import pytest
 
 from jobs import tasks
 from mergehub.registry.models import Checkpoint, IndexJob
+from mergehub.registry.roots import run_output_dir
 from mergehub.runs import services
 from mergehub.runs.models import MergeRun
 
@@ -41,7 +42,7 @@ def test_a_wake_up_without_a_name_runs_the_oldest_queued_job(registered_family, 
 def test_engine_errors_fail_the_run_with_the_message(registered_family, alice, acme,
                                                      django_capture_on_commit_callbacks):
     run = _queued(registered_family, alice, acme, django_capture_on_commit_callbacks)
-    (services.catalog_dir().parent / "outputs" / f"run-{run.pk}").mkdir(parents=True)  # something is in the way
+    run_output_dir(run).mkdir(parents=True)  # something is in the way
     assert tasks.run_next_job("cpu", "merge", run.pk) == Status.FAILED
     run.refresh_from_db()
     assert "already exists" in run.error and "\n" not in run.error

@@ -38,7 +38,7 @@ def test_a_worker_takes_a_queued_merge_to_succeeded(registered_family, alice, ac
         worker.stop()
     run.refresh_from_db()
     assert run.status == Status.SUCCEEDED, (run.error, worker.output())
-    assert run.progress == 1.0 and run_output_dir(run.pk).is_dir()
+    assert run.progress == 1.0 and run_output_dir(run).is_dir()
     assert any(line["msg"].startswith("started on") for line in run.log)
     assert run.metrics["expert_bytes_read"] <= run.metrics["budget_bytes"]
 
@@ -59,15 +59,15 @@ def test_a_worker_killed_mid_merge_is_reaped_with_the_true_cause_and_the_retry_s
                            worker, "the worker to reach the middle of the merge"))
         running = MergeRun.objects.get(pk=run.pk)
         assert running.status == Status.RUNNING and 0 < running.progress < 1
-        assert list(outputs_dir().glob(f".run-{run.pk}.staging-*")), "the engine writes into a staging dir"
+        assert list(outputs_dir(acme).glob(f".run-{run.pk}.staging-*")), "the engine writes into a staging dir"
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: pid_gone(pid), worker, "the killed worker to disappear", timeout=30)
         wait_for(lambda: MergeRun.objects.get(pk=run.pk).is_finished, worker, "the watchdog to reap the run",
                  timeout=2 * 4 + 5)
         run.refresh_from_db()
         assert run.status == Status.FAILED and f"pid {pid}) is gone: it was killed or crashed" in run.error
-        assert not run_output_dir(run.pk).exists()
-        assert not list(outputs_dir().glob(f".run-{run.pk}.*")), "the staging directory was left behind"
+        assert not run_output_dir(run).exists()
+        assert not list(outputs_dir(acme).glob(f".run-{run.pk}.*")), "the staging directory was left behind"
 
         (fault_dir / "pause_at").unlink()
         monkeypatch.setattr(Conf, "SYNC", False)

@@ -113,7 +113,7 @@ def test_path_outside_roots(alice, acme, tmp_path_factory, django_capture_on_com
     outside = make_family(tmp_path_factory.mktemp("outside"))["base"]
     msg = _form_error(django_capture_on_commit_callbacks,
                       lambda: _register(acme, alice, "b", "base", outside), "local_path")
-    assert "outside the allowed checkpoint roots" in msg
+    assert "is not inside your team's checkpoint roots" in msg
 
 
 def test_symlink_escape(alice, acme, tmp_path, tmp_path_factory, django_capture_on_commit_callbacks):
@@ -121,7 +121,7 @@ def test_symlink_escape(alice, acme, tmp_path, tmp_path_factory, django_capture_
     (tmp_path / "link").symlink_to(outside)
     msg = _form_error(django_capture_on_commit_callbacks,
                       lambda: _register(acme, alice, "b", "base", tmp_path / "link"), "local_path")
-    assert "symlink" in msg
+    assert "is not inside your team's checkpoint roots" in msg and "outside" not in msg.split("roots")[-1]
 
 
 def test_missing_directory(alice, acme, tmp_path, django_capture_on_commit_callbacks):
@@ -227,7 +227,8 @@ def test_index_job_failure_is_recorded(alice, acme, family, run_on_commit):
         shutil.rmtree(family["experts"][0])
     expert.refresh_from_db()
     assert expert.index_status == Status.FAILED
-    assert "no such file or directory" in expert.index_error and "\n" not in expert.index_error
+    assert "moved or is now a link (No such file or directory)" in expert.index_error
+    assert "\n" not in expert.index_error
 
 
 # --- chart data -------------------------------------------------------------------------------
@@ -250,8 +251,8 @@ def test_delta_norms_by_layer(registered_family):
 
 def test_hf_sources_from_the_offline_cache(alice, acme, family, monkeypatch, run_on_commit):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    fill_cache(hf_cache_dir(), "acme/tiny-base", family["base"])
-    fill_cache(hf_cache_dir(), "acme/tiny-expert", family["experts"][0], revision="v1")
+    fill_cache(hf_cache_dir(acme), "acme/tiny-base", family["base"])
+    fill_cache(hf_cache_dir(acme), "acme/tiny-expert", family["experts"][0], revision="v1")
     base = register_checkpoint(team=acme, user=alice, name="hub-base", role="base", hf_repo_id="acme/tiny-base")
     assert base.is_ready and base.source == "hf" and "snapshots" in base.path
     with run_on_commit():
@@ -283,11 +284,11 @@ def test_hf_download_happens_in_the_job(alice, acme, family, monkeypatch, run_on
     _register(acme, alice, "base", "base", family["base"])
     calls = []
 
-    def fake_snapshot_download(repo_id, *, local_files_only, **kwargs):
+    def fake_snapshot_download(repo_id, *, local_files_only, cache_dir, **kwargs):
         calls.append(local_files_only)
         if local_files_only:
             raise hf.LocalEntryNotFoundError("not cached")
-        return str(family["experts"][1])
+        return str(fill_cache(cache_dir, "acme/remote", family["experts"][1]))
 
     monkeypatch.setattr(hf, "snapshot_download", fake_snapshot_download)
     with run_on_commit():
@@ -297,4 +298,4 @@ def test_hf_download_happens_in_the_job(alice, acme, family, monkeypatch, run_on
     expert.refresh_from_db()
     assert calls == [True, False]
     assert expert.index_status == Status.READY, expert.index_error
-    assert expert.path == str(family["experts"][1]) and expert.tensor_count > 0
+    assert expert.path.startswith(str(hf_cache_dir(acme))) and expert.tensor_count > 0

@@ -3,6 +3,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth import authenticate
 from django.core.management import CommandError, call_command
+from django.test import RequestFactory
 
 from mergehub.accounts.models import Membership
 from mergehub.registry.models import Checkpoint, Family
@@ -15,10 +16,15 @@ def _demo(tmp_path, **kw):
     return out.getvalue()
 
 
+def _authenticate(username, password):
+    """Log in the way the login page does: with the request, which the throttle (axes) needs."""
+    return authenticate(RequestFactory().post("/login/"), username=username, password=password)
+
+
 def test_demo_setup_creates_an_indexed_family_and_is_idempotent(db, tmp_path):
     out = _demo(tmp_path)
     assert "log in as admin / demo-pass-1" in out
-    admin = authenticate(username="admin", password="demo-pass-1")
+    admin = _authenticate("admin", "demo-pass-1")
     assert admin is not None and admin.is_superuser and admin.is_staff
     assert Membership.objects.get(user=admin, team__slug="demo").role == "admin"
     family = Family.objects.get(name="demo")
@@ -30,9 +36,9 @@ def test_demo_setup_creates_an_indexed_family_and_is_idempotent(db, tmp_path):
     assert "Kept the demo family" in out and "Expert demo-expert-1 is ready" in out
     assert "Registering" not in out and "Indexing" not in out
     assert Checkpoint.objects.count() == 3 and Family.objects.count() == 1
-    assert authenticate(username="admin", password="demo-pass-2") is not None
+    assert _authenticate("admin", "demo-pass-2") is not None
 
 
 def test_demo_setup_refuses_a_directory_outside_the_roots(db, tmp_path_factory):
-    with pytest.raises(CommandError, match="outside MERGEHUB_CHECKPOINT_ROOTS"):
+    with pytest.raises(CommandError, match="outside the Demo team's checkpoint roots"):
         call_command("demo_setup", "--dir", str(tmp_path_factory.mktemp("elsewhere") / "demo"), stdout=StringIO())

@@ -153,8 +153,8 @@ def test_create_run_queues_and_succeeds(registered_family, alice, acme, run_on_c
     assert run.name == "ties: 2 experts at budget 0.5"
     assert run.progress == 1.0 and run.stage == "done" and run.attempts == 1 and run.queue == "cpu"
     assert run.started_at <= run.finished_at and run.heartbeat_at is not None
-    assert run.output_path == str(run_output_dir(run.pk))
-    out = run_output_dir(run.pk)
+    assert run.output_path == str(run_output_dir(run))
+    out = run_output_dir(run)
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
     m = run.metrics
     assert m["planned_expert_bytes"] <= m["budget_bytes"] < m["full_expert_bytes"]
@@ -164,7 +164,7 @@ def test_create_run_queues_and_succeeds(registered_family, alice, acme, run_on_c
     msgs = [line["msg"] for line in run.log]
     assert msgs[0].startswith("queued by alice") and any(m.startswith("started on") for m in msgs)
     assert any(m.startswith("succeeded: read") for m in msgs)
-    assert not list(outputs_dir().glob(".run-*"))  # no staging left behind
+    assert not list(outputs_dir(acme).glob(".run-*"))  # no staging left behind
 
 
 def test_member_can_start(registered_family, carol, acme, run_on_commit):
@@ -181,7 +181,7 @@ def test_cancel_a_queued_run(registered_family, alice, acme, django_capture_on_c
     for callback in callbacks:  # the job starts late: it must leave the run alone
         callback()
     run.refresh_from_db()
-    assert run.status == Status.CANCELLED and not run_output_dir(run.pk).exists()
+    assert run.status == Status.CANCELLED and not run_output_dir(run).exists()
     with pytest.raises(ValidationError, match="nothing to cancel"):
         services.cancel_run(run=run, user=alice)
 
@@ -204,7 +204,7 @@ def test_cancel_a_running_run_stops_at_the_next_block(registered_family, alice, 
     run.refresh_from_db()
     assert run.status == Status.CANCELLED, (run.status, run.error)
     assert run.cancel_requested and run.progress < 1.0
-    assert not run_output_dir(run.pk).exists() and not list(outputs_dir().glob(".run-*"))
+    assert not run_output_dir(run).exists() and not list(outputs_dir(acme).glob(".run-*"))
     msgs = [line["msg"] for line in run.log]
     assert any("cancel requested by alice" in m for m in msgs)
     assert msgs[-1] == "cancelled at the next block; nothing was published"

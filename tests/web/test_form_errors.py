@@ -40,14 +40,15 @@ def no_queueing(django_capture_on_commit_callbacks):
 def test_local_path_outside_the_roots(alice_client, registered_family, tmp_path_factory, no_queueing):
     outside = tmp_path_factory.mktemp("outside")
     response = _register(alice_client, outside)
-    assert "outside the allowed checkpoint roots" in _field_errors(response)
-    assert b"outside the allowed checkpoint roots" in response.content
+    assert "is not inside your team's checkpoint roots" in _field_errors(response)
+    assert b"is not inside your team&#x27;s checkpoint roots" in response.content
 
 
 def test_symlink_escaping_a_root(alice_client, registered_family, tmp_path, tmp_path_factory, no_queueing):
     outside = tmp_path_factory.mktemp("secret")
     os.symlink(outside, tmp_path / "innocent")
-    assert "symlink" in _field_errors(_register(alice_client, tmp_path / "innocent"))
+    errors = _field_errors(_register(alice_client, tmp_path / "innocent"))
+    assert "is not inside your team's checkpoint roots" in errors and "secret" not in errors
 
 
 def test_missing_directory(alice_client, registered_family, tmp_path, no_queueing):
@@ -153,3 +154,28 @@ def test_expert_not_indexed_yet_cannot_be_chosen(alice_client, registered_family
     assert "Not indexed yet" in page
     form = _merge(alice_client, registered_family, **{f"expert_{registered_family['experts'][1].pk}__use": None})
     assert "Choose at least one expert" in _all_errors(form)
+
+
+@pytest.fixture
+def rival_expert(mallory, rival):
+    """An indexed expert of mallory's team, made directly (no files needed: it is never read)."""
+    return Checkpoint.objects.create(team=rival, name="rival-expert", role="expert", index_status="ready",
+                                     path="/nowhere", added_by=mallory)
+
+
+def test_expert_of_another_team_is_named_not_dropped(alice_client, registered_family, rival_expert, no_queueing):
+    """Fields exist only for acme's experts, so a ticked box for another team's expert used to
+    vanish: now it is an error naming the id, worded as for an id that exists nowhere."""
+    ticked = {f"expert_{rival_expert.pk}__use": "on", f"expert_{rival_expert.pk}__weight": "1.0",
+              "expert_999999__use": "on"}
+    response = alice_client.post(reverse("runs:new"), merge_post(registered_family, **ticked))
+    assert response.status_code == 200
+    errors = response.context["form"].non_field_errors()
+    theirs = f"Expert #{rival_expert.pk} is not one of your team's indexed experts for the chosen base."
+    assert theirs in errors and "Expert #999999 is not one of your team's indexed experts" in " ".join(errors)
+    assert theirs.replace("'", "&#x27;").encode() in response.content
+    assert b"rival-expert" not in response.content
+
+    preview = alice_client.post(reverse("runs:preview"), merge_post(registered_family, **ticked))
+    assert preview.context["plan"] is None
+    assert theirs in " ".join(preview.context["problems"])

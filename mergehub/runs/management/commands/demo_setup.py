@@ -9,6 +9,7 @@ password is reset to the one given, so the printed credentials always work).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 from mergehub.accounts.models import Membership, Role, Team
 from mergehub.engine.errors import MergeHubError
 from mergehub.registry.models import Checkpoint
-from mergehub.registry.roots import checkpoint_roots, data_dir
+from mergehub.registry.roots import allowed, team_checkpoints_dir
 from mergehub.registry.indexing import index_now
 from mergehub.registry.services import register_checkpoint
 
@@ -38,13 +39,14 @@ class Command(BaseCommand):
         parser.add_argument("--experts", type=int, default=3)
         parser.add_argument("--delta", default="lora", choices=["lora", "dense"])
         parser.add_argument("--dir", default=None,
-                            help="where the family goes (default DATA_DIR/checkpoints/demo)")
+                            help="where the family goes (default: the demo team's own folder, "
+                                 "DATA_DIR/teams/<slug>/checkpoints/demo)")
 
     def handle(self, *args, **opts):
         user = self._admin(opts["username"], opts["password"])
         team = self._team(opts["team"], user)
-        family_dir = Path(opts["dir"]) if opts["dir"] else data_dir() / "checkpoints" / DEMO_FAMILY
-        paths = self._family(family_dir.absolute(), opts["size"], opts["experts"], opts["delta"])
+        family_dir = Path(opts["dir"]) if opts["dir"] else team_checkpoints_dir(team) / DEMO_FAMILY
+        paths = self._family(team, family_dir.absolute(), opts["size"], opts["experts"], opts["delta"])
         self._register(team, user, paths)
         self.stdout.write(self.style.SUCCESS(
             f"Demo ready: log in as {opts['username']} / {opts['password']} (team {team.name})."))
@@ -66,9 +68,11 @@ class Command(BaseCommand):
         Membership.objects.update_or_create(user=user, team=team, defaults={"role": Role.ADMIN})
         return team
 
-    def _family(self, root: Path, size: str, experts: int, delta: str) -> dict:
-        if not any(root == r or root.is_relative_to(r) for r in checkpoint_roots()):
-            raise CommandError(f"{root} is outside MERGEHUB_CHECKPOINT_ROOTS; pass --dir under a root")
+    def _family(self, team: Team, root: Path, size: str, experts: int, delta: str) -> dict:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if not allowed(Path(os.path.realpath(root.parent)) / root.name, team):
+            raise CommandError(f"{root} is outside the {team.name} team's checkpoint roots; pass --dir under "
+                               "one (its own folder, a StorageRoot, or MERGEHUB_CHECKPOINT_ROOTS)")
         manifest = root / FAMILY_FILE
         if manifest.is_file():
             info = json.loads(manifest.read_text())

@@ -1,0 +1,635 @@
+"""The isolation matrix: every URL pattern of the project × every persona, with the expected answer.
+
+Personas (tests/conftest.py): ``anonymous`` (not logged in), ``viewer`` (bob, viewer of acme),
+``member`` (carol, member of acme), ``other_admin`` (mallory, admin of rival) and ``admin``
+(alice, admin of acme). The objects are acme's: its registered family (a base and two indexed
+experts), a queued run, a cancelled run, a third expert whose index job is queued and expert-2's
+succeeded index job; every URL that takes an id gets the id of one of them (and the index-job
+actions also get mallory's own checkpoint with acme's job, ids that do not belong together).
+They are built once for the module in a transaction that every test rolls back to (see
+``matrix_world``), so each cell costs only its requests.
+
+What the app promises, cell by cell:
+
+- anonymous: a redirect to ``/login/`` for every page and action (the login page aside);
+- other_admin: 404 for acme's objects and acme's team page, the same answer (status and body)
+  as for an id that does not exist, so nothing tells her they exist; pages scoped to the
+  current team (lists, forms, htmx fragments) answer 200 for her own team and show nothing of
+  acme's; whatever she posts changes nothing of acme's;
+- viewer: reads every page; every action that changes something answers 403 and changes
+  nothing (the object is as it was, no new run or index job, no job queued);
+- member and admin: may do everything, except that managing members is for admins only;
+- nobody's page shows another team's names (acme's to anonymous and mallory, rival's to acme).
+
+A cell that fails today because of an isolation bug goes into KNOWN_BUGS: it then runs as a
+strict xfail, visible in every run until the bug is fixed.
+
+The Django admin (``admin:`` namespace) is the site admins' area: no persona here is staff, so
+every admin URL, named or not (the "view on site" shortcut and the catch-all included),
+redirects to the admin login (its logout to the admin index, which does); the admin login page
+itself answers 200.
+
+``test_every_url_has_a_matrix_entry`` walks Django's resolver: a URL (page or API) added without
+an entry in MATRIX fails it, and so does an entry whose URL is gone. Unnamed patterns are keyed
+by their route; the admin namespace is one group. API URLs get their entries the same way
+(a router's format-suffix variants share their name, hence their entry).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from tests.web.conftest import merge_post, ties_inputs
+
+pytestmark = pytest.mark.django_db
+
+PERSONAS = ("anonymous", "viewer", "member", "other_admin", "admin")
+USERNAMES = {"viewer": "bob", "member": "carol", "other_admin": "mallory", "admin": "alice"}
+MISSING_PK = 10**6
+
+# Strings that only acme's pages may show: names of its checkpoints, family, runs and team.
+ACME_MARKERS = ("expert-1", "expert-2", "expert-3", "tiny-llama", "matrix queued run", "matrix cancelled run",
+                "Acme")
+RIVAL_MARKERS = ("rival-base", "rival-family", "Rival")  # and what only rival's may show
+
+
+# --- the objects ------------------------------------------------------------------------------
+
+@dataclass
+class World:
+    users: dict  # persona → user (anonymous aside)
+    acme: object
+    rival: object
+    base: object
+    experts: list  # expert-1 and expert-2 indexed, expert-3 just registered
+    family_paths: dict
+    queued_run: object
+    cancelled_run: object
+    active_job: object  # expert-3's queued index job
+    done_job: object  # expert-2's succeeded index job (from its registration)
+    rival_base: object  # a checkpoint of mallory's team
+    settings: dict  # the data dir and checkpoint root the objects live in
+    run_count: int = 0
+    index_job_count: int = 0
+    checkpoint_count: int = 0
+
+    def client(self, persona: str) -> Client:
+        client = Client()
+        if persona != "anonymous":
+            client.force_login(self.users[persona])
+        return client
+
+
+def world_settings(root) -> dict:
+    """What tests/conftest.py's ``mergehub_env`` sets, for a directory shared by the module."""
+    return {"MERGEHUB_DATA_DIR": root / "data", "MERGEHUB_CHECKPOINT_ROOTS": [root],
+            "MERGEHUB_BLOCK_SIZE": 256, "MERGEHUB_HEARTBEAT_TIMEOUT": 120, "MERGEHUB_JOB_TIMEOUT": 600,
+            # the personas never log in with a password (force_login): hash it cheaply
+            "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"]}
+
+
+def build_world(root) -> World:
+    """The personas and acme's objects, as tests/conftest.py makes them (alice, bob, carol in
+    acme as admin, viewer, member; mallory admin of rival; acme's family registered by alice and
+    indexed), plus a queued run, a cancelled run and a queued index job. Only the family's
+    index jobs are executed; the runs and expert-3's index job stay queued."""
+    from django.contrib.auth import get_user_model
+    from django.test import TestCase
+
+    from mergehub.accounts.models import Membership, Role, Team
+    from mergehub.registry.models import Checkpoint, IndexJob
+    from mergehub.registry.services import register_checkpoint
+    from mergehub.runs.models import MergeRun
+    from mergehub.runs.services import cancel_run, create_run
+    from tests.conftest import PASSWORD
+    from tests.fixtures.family import make_family
+
+    acme = Team.objects.create(name="Acme", slug="acme")
+    rival = Team.objects.create(name="Rival", slug="rival")
+    roles = {"admin": (acme, Role.ADMIN), "viewer": (acme, Role.VIEWER), "member": (acme, Role.MEMBER),
+             "other_admin": (rival, Role.ADMIN)}
+    users = {}
+    for persona, username in USERNAMES.items():
+        users[persona] = get_user_model().objects.create_user(
+            username=username, email=f"{username}@example.com", password=PASSWORD)
+        team, role = roles[persona]
+        Membership.objects.create(user=users[persona], team=team, role=role)
+    alice = users["admin"]
+
+    paths = make_family(root)
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        base = register_checkpoint(team=acme, user=alice, name="base", role="base", family_name="tiny-llama",
+                                   local_path=str(paths["base"]))
+    experts = []
+    for i, path in enumerate(paths["experts"], start=1):
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            experts.append(register_checkpoint(team=acme, user=alice, name=f"expert-{i}", role="expert",
+                                               family_name="tiny-llama", local_path=str(path)))
+    for obj in (base, *experts):
+        obj.refresh_from_db()
+    family = {"base": base, "experts": experts}
+    queued_run = create_run(user=alice, team=acme, name="matrix queued run", **ties_inputs(family))
+    cancelled_run = create_run(user=alice, team=acme, name="matrix cancelled run", **ties_inputs(family))
+    cancel_run(run=cancelled_run, user=alice)
+    # A third expert, just registered: its index job stays queued (its wake-up is never run).
+    # Re-indexing expert-1 instead would make it pending, and then no merge of it could start.
+    e3 = register_checkpoint(team=acme, user=alice, name="expert-3", role="expert", family_name="tiny-llama",
+                             local_path=str(paths["experts"][1]))
+    rival_base = register_checkpoint(team=rival, user=users["other_admin"], name="rival-base", role="base",
+                                     family_name="rival-family", local_path=str(paths["base"]))
+    for obj in (queued_run, cancelled_run):
+        obj.refresh_from_db()
+    e1, e2 = experts
+    done_job, active_job = e2.index_jobs.get(), e3.index_jobs.get()
+    assert e1.index_status == e2.index_status == "ready" and done_job.status == "succeeded"
+    assert active_job.status == "queued"
+    assert queued_run.status == "queued" and cancelled_run.status == "cancelled"
+    return World(users=users, acme=acme, rival=rival, base=base, experts=[e1, e2, e3], family_paths=paths,
+                 queued_run=queued_run, cancelled_run=cancelled_run, active_job=active_job,
+                 done_job=done_job, rival_base=rival_base, settings=world_settings(root),
+                 run_count=MergeRun.objects.count(), index_job_count=IndexJob.objects.count(),
+                 checkpoint_count=Checkpoint.objects.count())
+
+
+@pytest.fixture(scope="module")
+def matrix_world(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The world, built once for the module inside a transaction that is rolled back at its
+    end (Django's setUpTestData pattern): every test runs in a savepoint of it, so each starts
+    from the same objects and nothing it does survives it. Its job wake-ups never run (they
+    wait for a commit that never comes), so the runs and index job stay queued."""
+    from django.db import transaction
+    from django.test import override_settings
+    from django_q.conf import Conf
+
+    root = tmp_path_factory.mktemp("isolation-matrix")
+    with (override_settings(**world_settings(root)), pytest.MonkeyPatch.context() as patch,
+          django_db_blocker.unblock()):
+        patch.setattr(Conf, "SYNC", True)  # the family's index jobs run in-process
+        atomic = transaction.atomic()
+        atomic.__enter__()
+        try:
+            world = build_world(root)
+        except BaseException:
+            transaction.set_rollback(True)
+            atomic.__exit__(None, None, None)
+            raise
+    try:
+        yield world
+    finally:
+        with django_db_blocker.unblock():
+            transaction.set_rollback(True)
+            atomic.__exit__(None, None, None)
+
+
+@pytest.fixture
+def world(matrix_world, mergehub_env, settings) -> World:
+    """The module's world, with the settings pointing at its files (``mergehub_env`` points
+    them at this test's tmp_path)."""
+    from mergehub.registry.models import Checkpoint, IndexJob
+    from mergehub.runs.models import MergeRun
+
+    for name, value in matrix_world.settings.items():
+        setattr(settings, name, value)
+    w = matrix_world
+    # What an earlier test did was rolled back with its savepoint.
+    assert (MergeRun.objects.count(), IndexJob.objects.count(), Checkpoint.objects.count()) == (
+        w.run_count, w.index_job_count, w.checkpoint_count)
+    assert MergeRun.objects.filter(pk=w.queued_run.pk, status="queued", cancel_requested=False).exists()
+    assert IndexJob.objects.filter(pk=w.active_job.pk, status="queued", cancel_requested=False).exists()
+    return w
+
+
+# --- expected answers -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    to: str | Callable[[World], str] | None = None  # a redirect's Location (a prefix of it unless exact)
+    exact: bool = False
+    effect: bool | None = None  # for an action: whether it changed acme's state
+
+    def location(self, w: World) -> str:
+        return self.to(w) if callable(self.to) else self.to
+
+
+OK, FORBIDDEN, NOT_FOUND, NOT_ALLOWED = Answer(200), Answer(403), Answer(404), Answer(405)
+TO_LOGIN = Answer(302, to="/login/?next=")
+
+
+def redirect(to, *, effect: bool | None = None) -> Answer:
+    """A redirect to exactly ``to`` (a path, or a function of the world giving one)."""
+    return Answer(302, to=to, exact=True, effect=effect)
+
+
+def refused(answer: Answer) -> Answer:
+    return Answer(answer.status, answer.to, answer.exact, effect=False)
+
+
+def done(to, *, exact: bool = True) -> Answer:
+    return Answer(302, to=to, exact=exact, effect=True)
+
+
+def reads(*, other: Answer = NOT_FOUND) -> dict[str, Answer]:
+    """A page: acme's personas read it; ``other`` is what mallory gets (404 for acme's objects,
+    200 for pages scoped to her own current team)."""
+    return {"anonymous": TO_LOGIN, "viewer": OK, "member": OK, "other_admin": other, "admin": OK}
+
+
+def acts(success: Answer, *, other: Answer = refused(NOT_FOUND), viewer: Answer = refused(FORBIDDEN),
+         member: Answer | None = None) -> dict[str, Answer]:
+    """An action: anonymous is sent to log in, the viewer refused, member and admin succeed."""
+    return {"anonymous": refused(TO_LOGIN), "viewer": viewer, "member": member or success,
+            "other_admin": other, "admin": success}
+
+
+def nobody() -> dict[str, Answer]:
+    """An action on ids that do not belong together: 404 for everyone logged in, no change."""
+    return {"anonymous": refused(TO_LOGIN), **{p: refused(NOT_FOUND) for p in USERNAMES}}
+
+
+def post_only() -> dict[str, Answer]:
+    """GET on a POST-only view: 405 for everyone logged in (before any object is looked up,
+    so it tells mallory nothing), the login redirect first for anonymous."""
+    return {"anonymous": TO_LOGIN, "viewer": NOT_ALLOWED, "member": NOT_ALLOWED,
+            "other_admin": NOT_ALLOWED, "admin": NOT_ALLOWED}
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str  # "get" or "post"
+    expect: dict[str, Answer]
+    variant: str = ""  # names a second case of the same method (other ids)
+    args: Callable[[World], list] = lambda w: []
+    data: Callable[[World], dict] | None = None  # POST body or GET query
+    effect: Callable[[World, Client], bool] | None = None  # True once acme's state changed
+    htmx: bool = False
+    check: Callable[[World, str, object], None] | None = None  # extra check of a response
+
+
+# --- the effects an action may have on acme ---------------------------------------------------
+
+def _mallory_in_acme(w: World, client: Client) -> bool:
+    from mergehub.accounts.models import Membership
+
+    return Membership.objects.filter(team=w.acme, user=w.users["other_admin"]).exists()
+
+
+def _new_checkpoint(w: World, client: Client) -> bool:
+    from mergehub.registry.models import Checkpoint
+
+    return (Checkpoint.objects.filter(name="matrix-expert").exists()
+            or Checkpoint.objects.count() != w.checkpoint_count)
+
+
+def _new_index_job(w: World, client: Client) -> bool:
+    from mergehub.registry.models import IndexJob
+
+    return IndexJob.objects.count() != w.index_job_count
+
+
+def _active_job_cancelled(w: World, client: Client) -> bool:
+    w.active_job.refresh_from_db()
+    return w.active_job.status != "queued" or w.active_job.cancel_requested
+
+
+def _index_retried(w: World, client: Client) -> bool:
+    from mergehub.registry.models import IndexJob
+
+    return IndexJob.objects.filter(retry_of=w.done_job).exists() or _new_index_job(w, client)
+
+
+def _new_run(w: World, client: Client) -> bool:
+    from mergehub.runs.models import MergeRun
+
+    return MergeRun.objects.count() != w.run_count
+
+
+def _queued_run_cancelled(w: World, client: Client) -> bool:
+    w.queued_run.refresh_from_db()
+    return w.queued_run.status != "queued" or w.queued_run.cancel_requested
+
+
+def _run_retried(w: World, client: Client) -> bool:
+    from mergehub.runs.models import MergeRun
+
+    return MergeRun.objects.filter(retry_of=w.cancelled_run).exists() or _new_run(w, client)
+
+
+def _working_in_acme(w: World, client: Client) -> bool:
+    return client.session.get("mergehub_team") == "acme"
+
+
+def _preview_check(w: World, persona: str, response) -> None:
+    """acme's personas get a plan of acme's checkpoints; mallory none (they are not hers)."""
+    plan = response.context["plan"]
+    if persona == "other_admin":
+        assert plan is None, "mallory got a plan of acme's checkpoints"
+    else:
+        assert plan is not None and plan["planned_expert_bytes"] > 0, f"{persona}: no plan"
+
+
+def _expert(i: int):
+    return lambda w: [w.experts[i].pk]
+
+
+def _checkpoint_page(i: int):
+    return lambda w: reverse("registry:detail", args=[w.experts[i].pk])
+
+
+def _run_page(w: World) -> str:
+    return reverse("runs:detail", args=[w.queued_run.pk])
+
+
+def _register_data(w: World) -> dict:
+    return {"name": "matrix-expert", "role": "expert", "family_name": "tiny-llama", "source": "local",
+            "local_path": str(w.family_paths["experts"][1])}
+
+
+def _merge_data(w: World) -> dict:
+    return merge_post({"base": w.base, "experts": w.experts[:2]})
+
+
+# --- the matrix -------------------------------------------------------------------------------
+# url name → the cases (one per HTTP method that applies). "admin" stands for the whole Django
+# admin namespace (see test_admin_site_is_staff_only).
+
+MATRIX: dict[str, list[Case]] = {
+    "web:dashboard": [Case("get", reads(other=OK))],
+    "login": [Case("get", {"anonymous": OK, **{p: redirect("/") for p in USERNAMES}})],
+    "logout": [
+        Case("post", {p: redirect("/login/") for p in PERSONAS}),
+        Case("get", {p: NOT_ALLOWED for p in PERSONAS}),
+    ],
+    "accounts:switch_team": [  # any member may switch to acme; mallory may not
+        Case("post", acts(done("/"), viewer=done("/")), data=lambda w: {"team": "acme"},
+             effect=_working_in_acme),
+        Case("get", post_only()),
+    ],
+    "accounts:team": [  # members' list for the team; adding a member is for admins
+        Case("get", reads(), args=lambda w: [w.acme.slug]),
+        Case("post", acts(done("/teams/acme/"), member=refused(FORBIDDEN)), args=lambda w: [w.acme.slug],
+             data=lambda w: {"username": "mallory", "role": "viewer"}, effect=_mallory_in_acme),
+    ],
+    "registry:list": [Case("get", reads(other=OK))],
+    "registry:register": [
+        Case("get", reads(other=OK)),
+        # mallory registers into her own current team: acme's family is not hers, so the form
+        # answers with an error and nothing is registered anywhere.
+        Case("post", acts(done("/checkpoints/", exact=False), other=refused(OK)), data=_register_data,
+             effect=_new_checkpoint),
+    ],
+    "registry:detail": [Case("get", reads(), args=_expert(0))],
+    "registry:status": [Case("get", reads(), args=_expert(2), htmx=True)],  # htmx poll: expert-3 is indexing
+    "registry:reindex": [
+        Case("post", acts(done(_checkpoint_page(1))), args=_expert(1), effect=_new_index_job),
+        Case("get", post_only(), args=_expert(1)),
+    ],
+    "registry:cancel_index": [
+        Case("post", acts(done(_checkpoint_page(2))), args=lambda w: [w.experts[2].pk, w.active_job.pk],
+             effect=_active_job_cancelled),
+        Case("get", post_only(), args=lambda w: [w.experts[2].pk, w.active_job.pk]),
+        # mallory's own checkpoint with acme's index job: the job must be of that checkpoint
+        Case("post", nobody(), variant="mixed-ids", args=lambda w: [w.rival_base.pk, w.active_job.pk],
+             effect=_active_job_cancelled),
+    ],
+    "registry:retry_index": [
+        Case("post", acts(done(_checkpoint_page(1))), args=lambda w: [w.experts[1].pk, w.done_job.pk],
+             effect=_index_retried),
+        Case("get", post_only(), args=lambda w: [w.experts[1].pk, w.done_job.pk]),
+        Case("post", nobody(), variant="mixed-ids", args=lambda w: [w.rival_base.pk, w.done_job.pk],
+             effect=_index_retried),
+    ],
+    "runs:list": [Case("get", reads(other=OK))],
+    "runs:new": [
+        Case("get", reads(other=OK)),
+        # mallory's form offers her own team's checkpoints only: acme's are "not a valid choice".
+        Case("post", acts(done("/runs/", exact=False), other=refused(OK)), data=_merge_data, effect=_new_run),
+    ],
+    "runs:operator_fields": [  # htmx, scoped to the current team
+        Case("get", reads(other=OK), data=lambda w: {"method": "ties", "base": str(w.base.pk)}, htmx=True),
+    ],
+    "runs:preview": [  # htmx, reads the index only: viewers may preview, mallory gets no plan
+        Case("post", reads(other=OK), data=_merge_data, htmx=True, check=_preview_check),
+        Case("get", post_only(), htmx=True),
+    ],
+    "runs:detail": [Case("get", reads(), args=lambda w: [w.queued_run.pk])],
+    "runs:live": [Case("get", reads(), args=lambda w: [w.queued_run.pk], htmx=True)],  # htmx poll
+    "runs:cancel": [
+        Case("post", acts(done(_run_page)), args=lambda w: [w.queued_run.pk], effect=_queued_run_cancelled),
+        Case("get", post_only(), args=lambda w: [w.queued_run.pk]),
+    ],
+    "runs:retry": [
+        # to the new run's page
+        Case("post", acts(done("/runs/", exact=False)), args=lambda w: [w.cancelled_run.pk],
+             effect=_run_retried),
+        Case("get", post_only(), args=lambda w: [w.cancelled_run.pk]),
+    ],
+    "admin": [],  # the Django admin as a group: test_admin_site_is_staff_only
+}
+
+# Cells that fail today because of an isolation bug in the app: (url name, method[/variant], persona) →
+# reason. They run as strict xfails, so a fix makes them pass loudly (and they are then removed).
+KNOWN_BUGS: dict[tuple[str, str, str], str] = {}
+
+
+# --- the URL patterns -------------------------------------------------------------------------
+
+GROUPS = ("admin",)  # namespaces the matrix covers as a whole
+
+
+def url_patterns(patterns=None, prefix: str = "", namespaces: tuple = ()):
+    """(full route, namespaced name or None, namespaces) of every URL pattern, recursively."""
+    if patterns is None:
+        patterns = get_resolver().url_patterns
+    for p in patterns:
+        if isinstance(p, URLResolver):
+            ns = namespaces + ((p.namespace,) if p.namespace else ())
+            yield from url_patterns(p.url_patterns, prefix + str(p.pattern), ns)
+        elif isinstance(p, URLPattern):
+            name = ":".join(namespaces + (p.name,)) if p.name else None
+            yield prefix + str(p.pattern), name, namespaces
+
+
+def matrix_key(route: str, name: str | None, namespaces: tuple) -> str:
+    """The MATRIX key of a pattern: its group, its namespaced name, or (unnamed) its route."""
+    if namespaces and namespaces[0] in GROUPS:
+        return namespaces[0]
+    return name or f"route:{route}"
+
+
+def test_every_url_has_a_matrix_entry():
+    found = {matrix_key(*p) for p in url_patterns()}
+    missing = sorted(found - set(MATRIX))
+    stale = sorted(set(MATRIX) - found)
+    assert not missing, f"URL patterns without an entry in the isolation matrix: {missing}"
+    assert not stale, f"Isolation matrix entries whose URL no longer exists: {stale}"
+    for name, cases in MATRIX.items():
+        assert cases or name in GROUPS, f"{name}: no case"
+        for case in cases:
+            assert set(case.expect) == set(PERSONAS), f"{name} {case.method}: personas {sorted(case.expect)}"
+            assert case.method in ("get", "post"), (name, case.method)
+        methods = [(c.method, c.variant) for c in cases]
+        assert len(set(methods)) == len(methods), f"{name}: one case per method (and variant)"
+
+
+# --- the cells --------------------------------------------------------------------------------
+
+def _cells():
+    for name, cases in MATRIX.items():
+        for case in cases:
+            method = case.method + (f"/{case.variant}" if case.variant else "")
+            for persona in PERSONAS:
+                reason = KNOWN_BUGS.get((name, method, persona))
+                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+                who = f"{persona}({USERNAMES[persona]})" if persona in USERNAMES else persona
+                yield pytest.param(name, case, persona, marks=marks, id=f"{name}-{method.upper()}-{who}")
+
+
+def _request(client: Client, case: Case, url: str, data: dict):
+    headers = {"HTTP_HX_REQUEST": "true"} if case.htmx else {}
+    return getattr(client, case.method)(url, data, **headers)
+
+
+_TOKEN = re.compile(rb"[A-Za-z0-9]{64}")  # masked CSRF tokens differ per response
+
+
+def _normalised(content: bytes) -> bytes:
+    return _TOKEN.sub(b"<token>", content)
+
+
+def _missing_args(args: list) -> list:
+    return [MISSING_PK if isinstance(a, int) else "no-such-team" for a in args]
+
+
+@pytest.mark.parametrize(("name", "case", "persona"), list(_cells()))
+def test_isolation_matrix(name, case, persona, world, django_capture_on_commit_callbacks):
+    expected = case.expect[persona]
+    url = reverse(name, args=case.args(world))
+    client = world.client(persona)
+    data = case.data(world) if case.data else {}
+    with django_capture_on_commit_callbacks() as queued:
+        response = _request(client, case, url, data)
+    where = f"{case.method.upper()} {url} as {persona}"
+    assert response.status_code == expected.status, (
+        f"{where}: {response.status_code}, expected {expected.status}"
+        + (f" (Location {response.get('Location')})" if response.has_header("Location") else ""))
+    if expected.to is not None:
+        to, location = expected.location(world), response["Location"]
+        assert location == to if expected.exact else location.startswith(to), (
+            f"{where}: redirected to {location}, expected {to}{'' if expected.exact else '…'}")
+
+    body = response.content.decode(errors="replace")
+    echoed = " ".join(map(str, data.values()))  # what they typed may be echoed back in a form
+    others = ACME_MARKERS if persona in ("anonymous", "other_admin") else RIVAL_MARKERS
+    leaked = [m for m in others if m in body and m not in echoed]
+    assert not leaked, f"{where}: shows another team's {leaked}"
+
+    if case.effect is not None:
+        changed = case.effect(world, client)
+        assert changed == bool(expected.effect), \
+            f"{where}: acme's state {'changed' if changed else 'unchanged'}"
+        if not expected.effect:
+            assert queued == [], f"{where}: a refused action queued {len(queued)} job wake-up(s)"
+    else:
+        assert queued == [], f"{where}: a page queued {len(queued)} job wake-up(s)"
+
+    if case.check is not None and response.status_code == 200:
+        case.check(world, persona, response)
+
+    if persona == "other_admin" and expected.status == 404:
+        # No leak of existence: an id that exists in acme answers exactly like one that exists nowhere.
+        missing = reverse(name, args=_missing_args(case.args(world)))
+        with django_capture_on_commit_callbacks():
+            other = _request(client, case, missing, data)
+        assert other.status_code == response.status_code, f"{where}: {missing} answers {other.status_code}"
+        assert _normalised(other.content) == _normalised(response.content), \
+            f"{where}: the 404 for acme's object differs from the 404 for {missing}"
+
+
+# --- the Django admin, as a group -------------------------------------------------------------
+
+_CONVERTER = re.compile(r"<(?:(?P<conv>\w+):)?(?P<arg>\w+)>")
+
+
+def _admin_objects(w: World) -> dict[str, int]:
+    """An existing acme object of each admin model (by ``app_model``)."""
+    from mergehub.accounts.models import Membership
+
+    return {"accounts_team": w.acme.pk, "accounts_membership": Membership.objects.get(user=w.users["admin"]).pk,
+            "auth_user": w.users["admin"].pk, "registry_family": w.base.family_id,
+            "registry_checkpoint": w.experts[0].pk, "registry_indexjob": w.active_job.pk,
+            "runs_mergerun": w.queued_run.pk}
+
+
+def admin_urls(w: World) -> list[tuple[str, str]]:
+    """(label, path) for every pattern under admin/, ids filled with acme's objects."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from mergehub.runs.models import MergeRun
+
+    objects = _admin_objects(w)
+    run_ct = ContentType.objects.get_for_model(MergeRun).pk
+    urls = []
+    for route, name, namespaces in url_patterns():
+        if not namespaces or namespaces[0] != "admin":
+            continue
+        label = name or f"admin route {route}"
+        model = next((k for k in objects if route.startswith(f"admin/{k.replace('_', '/', 1)}/")), None)
+        values = {"object_id": objects.get(model, 1), "id": w.users["admin"].pk,
+                  "content_type_id": run_ct}
+        if name == "admin:view_on_site":
+            values["object_id"] = w.queued_run.pk
+        if "(?P<app_label>" in route:  # the app index: one per app label
+            for app in re.search(r"\(\?P<app_label>([^)]*)\)", route)[1].split("|"):
+                urls.append((f"{name} {app}", f"/admin/{app}/"))
+            continue
+        if "(?P<url>" in route:  # the catch-all
+            urls.append((label, "/admin/no-such-page/"))
+            continue
+        path = _CONVERTER.sub(lambda m: str(values[m["arg"]]), route)
+        assert "<" not in path and "(" not in path, f"admin route {route} not filled: {path}"
+        urls.append((label, "/" + path))
+    return urls
+
+
+# By URL name; anything else: a redirect to the admin login. Non-staff at the admin's logout
+# are sent to the admin index (Django's admin_view), which sends them on to the admin login.
+ADMIN_EXPECTED = {"admin:login": OK, "admin:logout": redirect("/admin/")}
+ADMIN_DEFAULT = Answer(302, to="/admin/login/?next=")
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_admin_site_is_staff_only(persona, world, django_capture_on_commit_callbacks):
+    """Every admin URL (all of them, named or not) redirects non-staff to the admin login;
+    a POST that would add mallory to acme as an admin changes nothing."""
+    from mergehub.accounts.models import Membership
+
+    client = world.client(persona)
+    urls = admin_urls(world)
+    assert len(urls) > 50 and any(label.endswith("_changelist") for label, _ in urls)
+    problems = []
+    for label, path in urls:
+        response = client.get(path)
+        want = ADMIN_EXPECTED.get(label.split(" ")[0], ADMIN_DEFAULT)
+        if response.status_code != want.status:
+            problems.append(f"GET {path} ({label}): {response.status_code}, expected {want.status}")
+        elif want.to is not None and not (response["Location"] == want.to if want.exact
+                                          else response["Location"].startswith(want.to)):
+            problems.append(f"GET {path} ({label}): redirected to {response['Location']}, expected {want.to}")
+        body = response.content.decode(errors="replace")
+        if any(m in body for m in ACME_MARKERS):
+            problems.append(f"GET {path} ({label}): shows acme's objects")
+    with django_capture_on_commit_callbacks() as queued:
+        response = client.post(reverse("admin:accounts_membership_add"),
+                               {"user": world.users["other_admin"].pk, "team": world.acme.pk, "role": "admin"})
+    if response.status_code != 302 or not response["Location"].startswith("/admin/login/"):
+        problems.append(f"POST membership add: {response.status_code} {response.get('Location')}")
+    assert not problems, "\n".join(problems)
+    assert not Membership.objects.filter(team=world.acme, user=world.users["other_admin"]).exists()
+    assert queued == []
