@@ -75,7 +75,7 @@ class MergeRunner(JobRunner):
             self.note(f"note: the plan changed since the run was queued (the catalog changed); ran plan "
                             f"{ran[:12]} instead of {queued[:12]}; the report shows the plan that ran")
         else:
-            self.note(f"running the queued plan {ran[:12]}")
+            self.note(f"ran the queued plan {ran[:12]}")
 
     def _plan_that_ran(self, plan) -> dict:
         ran = plan.to_dict()

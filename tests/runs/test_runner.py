@@ -128,7 +128,7 @@ def test_the_worker_runs_the_queued_plan_and_says_so(registered_family, alice, a
     run.refresh_from_db()
     assert run.plan["plan_digest"] == queued_digest == run.manifest["plan"]["digest"]
     assert "queued_plan_digest" not in run.plan
-    assert f"running the queued plan {queued_digest[:12]}" in [line["msg"] for line in run.log]
+    assert f"ran the queued plan {queued_digest[:12]}" in [line["msg"] for line in run.log]
 
 
 def test_a_plan_that_changed_since_queueing_is_recorded(registered_family, alice, acme, monkeypatch):
