@@ -45,7 +45,8 @@ def _settings(env: dict) -> dict:
     code = ("import json, mergehub.settings as s; print(json.dumps({'db': s.DATABASES['default']['ENGINE'], "
             "'name': str(s.DATABASES['default']['NAME']), 'q': s.Q_CLUSTER, 'debug': s.DEBUG, "
             "'hosts': s.ALLOWED_HOSTS, 'roots': [str(r) for r in s.MERGEHUB_CHECKPOINT_ROOTS], "
-            "'key': s.SECRET_KEY}))")
+            "'key': s.SECRET_KEY, 'db_options': s.DATABASES['default'].get('OPTIONS', {}), "
+            "'queue': s.MERGEHUB_QUEUE, 'queues': s.MERGEHUB_QUEUES}))")
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("MERGEHUB_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS"))}
     out = subprocess.run([sys.executable, "-c", code], env=base | env, cwd=REPO, check=True,
@@ -60,8 +61,18 @@ def test_defaults_are_safe(tmp_path):
     assert s["q"]["orm"] == "default" and "redis" not in s["q"]
     assert s["q"]["retry"] > s["q"]["timeout"] == 6 * 3600
     assert s["q"]["max_attempts"] == 1 and s["q"]["ack_failures"] is True and s["q"]["catch_up"] is False
-    assert s["roots"] == [str(tmp_path / "checkpoints")]
+    assert s["roots"] == []  # no root is shared with every team unless a site admin says so
     assert s["key"] == (tmp_path / "secret_key").read_text().strip()
+    # SQLite as a real default: WAL, IMMEDIATE transactions, a busy timeout
+    assert s["db_options"]["transaction_mode"] == "IMMEDIATE" and s["db_options"]["timeout"] == 30
+    assert "journal_mode=WAL" in s["db_options"]["init_command"]
+    assert s["queue"] == "cpu" and s["queues"] == ["cpu"] and s["q"]["cluster_name"] == "mergehub-cpu"
+
+
+def test_a_gpu_worker_serves_the_gpu_queue(tmp_path):
+    s = _settings({"MERGEHUB_DATA_DIR": str(tmp_path), "MERGEHUB_QUEUE": "gpu"})
+    assert s["q"]["cluster_name"] == "mergehub-gpu" and s["q"]["name"] == "mergehub"
+    assert s["queues"] == ["cpu", "gpu"]
 
 
 def test_production_settings_from_the_environment(tmp_path):

@@ -35,10 +35,6 @@ def cluster_name(queue: str) -> str:
     return f"mergehub-{queue}"
 
 
-def known_queues() -> list[str]:
-    return list(settings.MERGEHUB_QUEUES)
-
-
 def wake(queue: str, job: Job | None = None) -> bool:
     """Put one wake-up on ``queue``'s broker, naming the job it was sent for (claimed first if
     still queued); False (logged) if the broker is unreachable: the watchdog sends it later."""
