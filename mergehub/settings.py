@@ -102,6 +102,7 @@ INSTALLED_APPS = [
     "mergehub.accounts",
     "mergehub.registry",
     "mergehub.runs",
+    "mergehub.evaluation",
     "mergehub.web",
 ]
 
@@ -181,6 +182,17 @@ MERGEHUB_GPU_FALLBACK_TO_CPU = env_bool("MERGEHUB_GPU_FALLBACK_TO_CPU", False)
 # Block size (bytes) for indexing and planning; 0 = the engine's default (1 MiB).
 MERGEHUB_BLOCK_SIZE = env_int("MERGEHUB_BLOCK_SIZE", 0)
 REDIS_URL = env_str("REDIS_URL", "")
+
+# --- evaluation (docs/evaluation.md) ------------------------------------------------------------
+
+# Largest task file a team may upload or register (bytes).
+MERGEHUB_TASK_MAX_BYTES = env_int("MERGEHUB_TASK_MAX_BYTES", 16 * 1024 * 1024)
+# lm-evaluation-harness YAML can name any file on the worker as its data (and Python to run,
+# which mergehub.scoring refuses), so such tasks are off unless the site trusts every team.
+MERGEHUB_ALLOW_LM_EVAL_TASKS = env_bool("MERGEHUB_ALLOW_LM_EVAL_TASKS", False)
+# Examples per task scored in one batch, and readable samples kept per result.
+MERGEHUB_EVAL_BATCH_SIZE = env_int("MERGEHUB_EVAL_BATCH_SIZE", 64)
+MERGEHUB_EVAL_SAMPLES = env_int("MERGEHUB_EVAL_SAMPLES", 12)
 
 Q_CLUSTER = {
     "name": "mergehub",  # the site: signs queued tasks; the same for every queue

@@ -11,5 +11,6 @@ urlpatterns = [
     path("teams/", include("mergehub.accounts.urls")),
     path("checkpoints/", include("mergehub.registry.urls")),
     path("runs/", include("mergehub.runs.urls")),
+    path("evaluation/", include("mergehub.evaluation.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -146,3 +146,33 @@ def registered_family(family, alice, acme, run_on_commit):
         experts.append(ckpt)
     base.refresh_from_db()
     return {"base": base, "experts": experts}
+
+
+# --- logged-in clients, one per persona ---------------------------------------------------------
+
+def _client_for(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def alice_client(alice):
+    return _client_for(alice)
+
+
+@pytest.fixture
+def bob_client(bob):
+    return _client_for(bob)
+
+
+@pytest.fixture
+def carol_client(carol):
+    return _client_for(carol)
+
+
+@pytest.fixture
+def mallory_client(mallory):
+    return _client_for(mallory)

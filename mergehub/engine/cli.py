@@ -1,4 +1,4 @@
-"""``mergehub`` command line: merge, index, plan, sweep, replay.
+"""``mergehub`` command line: merge, index, plan, sweep, replay, eval.
 
 Bad input ends with exit status 2 and one line on stderr saying what is wrong and what to do;
 a progress bar is drawn only when stderr is a terminal.
@@ -124,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true")
     r.add_argument("--catalog", default=None)
     r.add_argument("--device", default=None, choices=["cpu", "cuda"])
+
+    fam = sub.add_parser("family", help="the demo family: a tiny Llama base and four task experts")
+    fam_sub = fam.add_subparsers(dest="family_command", required=True)
+    ft = fam_sub.add_parser("train", help="train the demo family from scratch (about 1-2 minutes on "
+                                          "2 CPU cores); reuses OUT_DIR if it holds this seed's family")
+    ft.add_argument("out_dir")
+    ft.add_argument("--seed", type=int, default=0, help="seed of the whole family (default 0)")
+    ft.add_argument("--force", action="store_true", help="retrain, replacing the family in OUT_DIR")
+    ft.add_argument("--workers", type=int, default=2, help="processes training the experts (default 2)")
+    ft.add_argument("--steps-scale", type=float, default=1.0,
+                    help="multiply every phase's training steps, e.g. 0.05 for a quick smoke run (default 1)")
+    ft.add_argument("--evaluate", action="store_true",
+                    help="score every model on the four built-in tasks when done")
+
+    from mergehub.scoring.command import add_eval_parser  # torch-free
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -242,8 +259,20 @@ def _cmd_replay(args, bar) -> int:
     return 0
 
 
+def _cmd_family(args, bar) -> int:
+    from mergehub.family.command import run_train  # the only family subcommand
+
+    return run_train(args)
+
+
+def _cmd_eval(args, bar) -> int:
+    from mergehub.scoring.command import run_eval
+
+    return run_eval(args)
+
+
 COMMANDS = {"merge": _cmd_merge, "index": _cmd_index, "plan": _cmd_plan, "sweep": _cmd_sweep,
-            "replay": _cmd_replay}
+            "replay": _cmd_replay, "family": _cmd_family, "eval": _cmd_eval}
 
 
 def _warm_up(args) -> Prefetch | None:
@@ -270,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(sys.stderr.isatty())
     prefetch = _warm_up(args) if args.command == "merge" else None
+    if args.command == "family":
+        import mergehub.family  # noqa: F401  (sets OMP_WAIT_POLICY, which must precede torch's import)
+    if args.command == "eval":  # idle OpenMP threads sleep instead of spinning between forward passes
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         _import_engine()
         if args.command == "merge":

@@ -1,10 +1,11 @@
 """Where MergeHub keeps its files, and the one gate local checkpoint paths go through.
 
 Every team has its own folder, ``DATA_DIR/teams/<slug>/``, holding its default checkpoint root
-(``checkpoints/``), its merged models (``outputs/run-<id>``) and its Hugging Face cache
-(``hf/``). A team may register checkpoints only under its own roots: that default folder, the
-roots a site admin gave it (``StorageRoot`` rows, in the Django admin), and the roots a site
-admin shares with every team (``MERGEHUB_CHECKPOINT_ROOTS``, empty by default). Whatever the
+(``checkpoints/``), its merged models (``outputs/run-<id>``, ``outputs/sweep-<id>``), its
+Hugging Face cache (``hf/``) and its uploaded evaluation tasks (``tasks/``). A team may
+register checkpoints only under its own roots: that default folder, the roots a site admin
+gave it (``StorageRoot`` rows, in the Django admin), and the roots a site admin shares with
+every team (``MERGEHUB_CHECKPOINT_ROOTS``, empty by default). Whatever the
 roots say, another team's folder, the catalog and the database are never registrable.
 
 Paths are resolved once (symlinks followed, ``..`` removed) and the result must lie inside a
@@ -56,6 +57,16 @@ def hf_cache_dir(team) -> Path:
 
 def run_output_dir(run) -> Path:
     return outputs_dir(run.team) / f"run-{run.pk}"
+
+
+def sweep_output_dir(sweep) -> Path:
+    """Where a sweep writes each budget's merge (``budget-<i>``) when it evaluates them."""
+    return outputs_dir(sweep.team) / f"sweep-{sweep.pk}"
+
+
+def tasks_dir(team) -> Path:
+    """Uploaded evaluation task files, named by their content hash."""
+    return team_dir(team) / "tasks"
 
 
 def block_size() -> int | None:
@@ -113,8 +124,8 @@ def check_path_text(raw: str, field: str) -> str:
     return raw
 
 
-def resolve_checkpoint_dir(raw: str, team, field: str = "local_path") -> Path:
-    """The real directory ``raw`` names, if it lies under one of ``team``'s roots;
+def _resolve_under_roots(raw: str, team, field: str, what: str) -> Path:
+    """The real path ``raw`` names, if it lies under one of ``team``'s roots (and exists);
     ValidationError otherwise.
 
     The check is made on the fully resolved path (``os.path.realpath``), so ``root/link`` where
@@ -134,13 +145,30 @@ def resolve_checkpoint_dir(raw: str, team, field: str = "local_path") -> Path:
         real = None
     if real is None or not allowed(real, team):
         raise ValidationError({field: f"{raw} is not inside your team's checkpoint roots ({listed}); move "
-                                      "the checkpoint under one, or ask a site admin to add a root for "
+                                      f"the {what} under one, or ask a site admin to add a root for "
                                       "your team."})
     if not real.exists():
-        raise ValidationError({field: f"{raw}: no such directory; check the path."})
+        raise ValidationError({field: f"{raw}: no such {'directory' if what == 'checkpoint' else 'file'}; "
+                                      "check the path."})
+    return real
+
+
+def resolve_checkpoint_dir(raw: str, team, field: str = "local_path") -> Path:
+    """The real directory ``raw`` names, if it lies under one of ``team``'s roots;
+    ValidationError otherwise (see _resolve_under_roots)."""
+    real = _resolve_under_roots(raw, team, field, "checkpoint")
     if not real.is_dir():
-        raise ValidationError({field: f"{raw} is a file; enter the checkpoint's directory "
+        raise ValidationError({field: f"{raw.strip()} is a file; enter the checkpoint's directory "
                                       "(the one holding config.json and the .safetensors files)."})
+    return real
+
+
+def resolve_task_file(raw: str, team, field: str = "path") -> Path:
+    """The real file ``raw`` names, if it lies under one of ``team``'s roots (an evaluation
+    task file); ValidationError otherwise."""
+    real = _resolve_under_roots(raw, team, field, "task file")
+    if not real.is_file():
+        raise ValidationError({field: f"{raw.strip()} is not a regular file; enter the task file's path."})
     return real
 
 

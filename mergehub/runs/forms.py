@@ -70,10 +70,20 @@ class MergeForm(forms.Form):
     measure_deviation = forms.BooleanField(
         required=False, label="Measure deviation from the full-read merge",
         help_text="Also computes the unbudgeted merge to report ‖Δ_A − Δ_full‖; reads every expert byte.")
+    evaluate_tasks = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="Evaluate after the merge on",
+        help_text="Scores the merged model, its base and its experts on these tasks once the merge succeeds.")
+    sweep_budgets = forms.CharField(
+        required=False, max_length=500, initial="0.05, 0.1, 0.25, 0.5, 1", label="Budgets to sweep",
+        help_text="For “Sweep budgets”: the deviation of each budget's merge in one pass; with tasks "
+                  "chosen above, each budget's merge is also written and scored.")
 
-    def __init__(self, data=None, *, bases, experts_for, initial=None, **kwargs):
-        """``bases``: the team's base checkpoints; ``experts_for(base)``: that base's experts."""
+    def __init__(self, data=None, *, bases, experts_for, tasks=(), initial=None, **kwargs):
+        """``bases``: the team's base checkpoints; ``experts_for(base)``: that base's experts;
+        ``tasks``: the team's evaluation tasks."""
         super().__init__(data, initial=initial, **kwargs)
+        self.tasks = list(tasks)
+        self.fields["evaluate_tasks"].choices = [(str(t.pk), t.name) for t in self.tasks]
         self.fields["method"].choices = [(n, n) for n in operator_names()]
         self.fields["queue"].choices = [(q, q) for q in settings.MERGEHUB_QUEUES]
         self.fields["queue"].initial = settings.MERGEHUB_QUEUES[0]
@@ -192,14 +202,26 @@ class MergeForm(forms.Form):
             "out_dtype": self.cleaned_data.get("out_dtype") or None,
         }
 
+    def chosen_tasks(self) -> list:
+        chosen = set(self.cleaned_data.get("evaluate_tasks") or [])
+        return [t for t in self.tasks if str(t.pk) in chosen]
+
     def run_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for runs.services.create_run."""
         return {**self.merge_inputs(), "name": self.cleaned_data.get("name", ""),
                 "seed": self.cleaned_data["seed"], "measure_deviation": self.cleaned_data["measure_deviation"],
-                "queue": self.cleaned_data.get("queue") or None}
+                "queue": self.cleaned_data.get("queue") or None, "evaluate_tasks": self.chosen_tasks()}
+
+    def sweep_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for evaluation.sweeps.create_sweep (the budget field is not used)."""
+        inputs = {k: v for k, v in self.merge_inputs().items() if k != "budget"}
+        return {**inputs, "name": self.cleaned_data.get("name", ""), "budgets": self.cleaned_data.get("sweep_budgets", ""),
+                "seed": self.cleaned_data["seed"], "queue": self.cleaned_data.get("queue") or None,
+                "tasks": self.chosen_tasks()}
 
 
 def initial_from_query(query) -> dict[str, Any]:
     """A QueryDict as form ``initial`` (used to re-render the operator fields after a change
     without showing validation errors for fields the user has not filled yet)."""
-    return {key: query.get(key) for key in query if key != "csrfmiddlewaretoken"}
+    return {key: values if len(values) > 1 else values[-1]
+            for key, values in query.lists() if key != "csrfmiddlewaretoken" and values}

@@ -51,6 +51,9 @@ class MergeRun(Job):
     expert_bytes_saved = models.BigIntegerField(null=True, blank=True)  # bytes_saved(metrics), for sums
     retry_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
                                  related_name="retries")
+    # ids of the team's evaluation tasks to score the merged model on once the run succeeds
+    # (mergehub/evaluation/receivers.py queues that evaluation)
+    evaluate_task_ids = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -20,6 +20,7 @@ from mergehub.web.formatting import human_bytes
 
 from .models import MergeRun, bytes_saved
 from .services import engine_mapping
+from .signals import merge_settled
 
 log = logging.getLogger(__name__)
 GPU_QUEUE = "gpu"
@@ -89,6 +90,10 @@ class MergeRunner(JobRunner):
         return [f"succeeded: read {human_bytes(metrics.get('expert_bytes_read'))} of "
                 f"{human_bytes(metrics.get('full_expert_bytes'))} expert bytes; output in {fields['output_path']}",
                 *(f"warning: {w}" for w in metrics.get("warnings") or [])]
+
+    @classmethod
+    def settle_related(cls, job: MergeRun, status: str) -> None:
+        merge_settled.send(sender=MergeRun, run=job, status=status)
 
     @classmethod
     def reconcile(cls, job: MergeRun) -> dict | None:

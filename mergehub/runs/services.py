@@ -85,7 +85,7 @@ def _as_validation_error(err: errors.MergeHubError) -> ValidationError:
     return ValidationError(str(err))
 
 
-def _check_inputs(team: Team, base: Checkpoint | None, experts: list[ExpertSpec]) -> None:
+def check_inputs(team: Team, base: Checkpoint | None, experts: list[ExpertSpec]) -> None:
     """Inputs must be the team's own, ready, and of one family."""
     if base is None:
         raise ValidationError({"base": "Choose a base model."})
@@ -123,14 +123,14 @@ def _check_pins(checkpoint: Checkpoint, field: str) -> None:
         raise ValidationError({field: str(err)}) from None
 
 
-def _check_budget(budget) -> str:
+def check_budget(budget) -> str:
     text = str(budget if budget is not None else "").strip()
     if not text:
         raise ValidationError({"budget": "Enter a budget: a fraction like 0.5 or a size like 512MB."})
     return text
 
 
-def _plan(config: dict, budget: str, block_size: int | None, seed: int = 0) -> dict:
+def plan_config(config: dict, budget: str, block_size: int | None, seed: int = 0) -> dict:
     try:
         parsed = engine.load_config_mapping(engine_mapping(config))
         report = engine.plan_merge(parsed, budget=budget, catalog_dir=catalog_dir(),
@@ -140,21 +140,30 @@ def _plan(config: dict, budget: str, block_size: int | None, seed: int = 0) -> d
     return report.to_dict()
 
 
+def checked_config(*, team: Team, method: str, base: Checkpoint, experts: list[ExpertSpec],
+                   parameters: dict[str, Any] | None = None, dtype: str | None = None,
+                   out_dtype: str | None = None) -> dict:
+    """The config for these inputs once they pass check_inputs (used by sweeps too)."""
+    check_inputs(team, base, experts)
+    return build_config(method=method, base=base, experts=experts, parameters=parameters,
+                        dtype=dtype, out_dtype=out_dtype)
+
+
 def preview_plan(*, user, team: Team, method: str, base: Checkpoint, experts: list[ExpertSpec],
                  parameters: dict[str, Any] | None = None, budget, block_size: int | None = None,
                  dtype: str | None = None, out_dtype: str | None = None) -> dict:
     """The engine's plan for these inputs (PlanReport.to_dict()); computed from the index only."""
     require_role(user=user, team=team, role=Role.VIEWER, action="preview merges")
-    _check_inputs(team, base, experts)
-    budget = _check_budget(budget)
+    check_inputs(team, base, experts)
+    budget = check_budget(budget)
     config = build_config(method=method, base=base, experts=experts, parameters=parameters,
                           dtype=dtype, out_dtype=out_dtype)
-    return _plan(config, budget, block_size or default_block_size())
+    return plan_config(config, budget, block_size or default_block_size())
 
 
 # --- queueing ---------------------------------------------------------------------------------
 
-def _check_queue(queue: str | None) -> str:
+def check_queue(queue: str | None) -> str:
     queue = queue or settings.MERGEHUB_QUEUES[0]
     if queue not in settings.MERGEHUB_QUEUES:
         raise ValidationError({"queue": f"No {queue!r} queue here; choose one of {', '.join(settings.MERGEHUB_QUEUES)}."})
@@ -165,7 +174,7 @@ def _default_name(method: str, n_experts: int, budget: str) -> str:
     return f"{method}: {n_experts} expert{'s' if n_experts != 1 else ''} at budget {budget}"
 
 
-def _check_seed(seed) -> int:
+def check_seed(seed) -> int:
     try:
         value = int(seed if seed is not None else 0)
     except (TypeError, ValueError):
@@ -179,31 +188,42 @@ def create_run(*, user, team: Team, name: str = "", method: str, base: Checkpoin
                experts: list[ExpertSpec], parameters: dict[str, Any] | None = None, budget,
                seed: int = 0, dtype: str | None = None, out_dtype: str | None = None,
                measure_deviation: bool = False, block_size: int | None = None,
-               queue: str | None = None) -> MergeRun:
+               queue: str | None = None, evaluate_tasks: list | None = None) -> MergeRun:
     """Validate, plan and queue a merge. Members and admins only. The plan is made before the
-    write transaction (it reads the catalog, which can take a while), so the write is short."""
+    write transaction (it reads the catalog, which can take a while), so the write is short.
+    ``evaluate_tasks`` (the team's evaluation tasks) are scored on the merged model once it
+    succeeds (mergehub/evaluation/receivers.py)."""
     require_role(user=user, team=team, role=Role.MEMBER, action="start merges")
-    _check_inputs(team, base, experts)
-    budget = _check_budget(budget)
-    seed = _check_seed(seed)
-    queue = _check_queue(queue)
+    check_inputs(team, base, experts)
+    budget = check_budget(budget)
+    seed = check_seed(seed)
+    queue = check_queue(queue)
     block_size = block_size or default_block_size()
     config = build_config(method=method, base=base, experts=experts, parameters=parameters,
                           dtype=dtype, out_dtype=out_dtype)
-    plan = _plan(config, budget, block_size, seed)
+    task_ids = check_task_ids(team, evaluate_tasks)
+    plan = plan_config(config, budget, block_size, seed)
     return _insert(team=team, author=user, name=(name or "").strip() or _default_name(method, len(experts), budget),
                    method=method, config=config, base=base, experts=[c for c, _ in experts], budget=budget,
                    seed=seed, block_size=block_size, measure_deviation=bool(measure_deviation), plan=plan,
-                   queue=queue)
+                   queue=queue, evaluate_task_ids=task_ids)
+
+
+def check_task_ids(team: Team, tasks: list | None) -> list[int]:
+    """The ids of evaluation tasks chosen for a run; another team's task is a 404."""
+    if any(task.team_id != team.pk for task in tasks or []):
+        raise Http404("No such task.")
+    return sorted({task.pk for task in tasks or []})
 
 
 @transaction.atomic
 def _insert(*, team, author, name, method, config, base, experts, budget, seed, block_size,
-            measure_deviation, plan, queue, retry_of: MergeRun | None = None) -> MergeRun:
+            measure_deviation, plan, queue, evaluate_task_ids: list[int], retry_of: MergeRun | None = None) -> MergeRun:
     run = MergeRun.objects.create(
         team=team, author=author, name=name[:200], method=method, config=config, base=base,
         budget=budget, seed=seed, block_size=block_size, measure_deviation=measure_deviation,
         plan=plan, status=Status.QUEUED, stage="queued", queue=queue, retry_of=retry_of,
+        evaluate_task_ids=evaluate_task_ids,
         log=[joblog.log_entry(f"queued by {author} on the {queue} queue"
                               + (f" as a retry of run #{retry_of.pk}" if retry_of else ""))],
     )
@@ -231,9 +251,9 @@ def retry_run(*, run: MergeRun, user) -> MergeRun:
         raise ValidationError("A checkpoint of this run was deleted; start a new merge instead.")
     base = found[run.base_id]
     experts = [(found[pk], {}) for pk in run.experts.values_list("pk", flat=True)]
-    _check_inputs(run.team, base, experts)
-    plan = _plan(run.config, run.budget, run.block_size, run.seed)
+    check_inputs(run.team, base, experts)
+    plan = plan_config(run.config, run.budget, run.block_size, run.seed)
     return _insert(team=run.team, author=user, name=run.name, method=run.method, config=run.config,
                    base=base, experts=[c for c, _ in experts], budget=run.budget, seed=run.seed,
                    block_size=run.block_size, measure_deviation=run.measure_deviation, plan=plan,
-                   queue=_check_queue(run.queue), retry_of=run)
+                   queue=check_queue(run.queue), evaluate_task_ids=run.evaluate_task_ids, retry_of=run)

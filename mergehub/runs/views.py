@@ -16,6 +16,8 @@ from django.views.decorators.http import require_POST
 from mergehub.accounts.models import Role
 from mergehub.accounts.selectors import has_role
 from mergehub.engine.errors import MergeHubError
+from mergehub.evaluation.charts import benchmark_chart
+from mergehub.evaluation.selectors import benchmark_for_run, tasks_for
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.selectors import checkpoints_for
 from mergehub.web.charts import run_report_charts
@@ -54,7 +56,8 @@ def run_list(request):
 
 # --- the merge form ---------------------------------------------------------------------------
 
-def _merge_form(request, team, data=None, initial=None) -> MergeForm:
+def merge_form_for(request, team, data=None, initial=None) -> MergeForm:
+    """The merge form for ``team`` (also posted to start a sweep: mergehub/evaluation/views.py)."""
     team_checkpoints = checkpoints_for(user=request.user, team=team)
     bases = team_checkpoints.filter(role=Checkpoint.Role.BASE).order_by("name")
 
@@ -63,7 +66,8 @@ def _merge_form(request, team, data=None, initial=None) -> MergeForm:
             return team_checkpoints.none()
         return team_checkpoints.filter(role=Checkpoint.Role.EXPERT, family=base.family_id).order_by("name")
 
-    return MergeForm(data, bases=bases, experts_for=experts_for, initial=initial)
+    return MergeForm(data, bases=bases, experts_for=experts_for, initial=initial,
+                     tasks=tasks_for(user=request.user, team=team))
 
 
 @login_required
@@ -71,7 +75,7 @@ def run_new(request):
     team = current_team(request)
     if team is None:
         return render(request, "web/no_team.html", status=403)
-    form = _merge_form(request, team, data=request.POST if request.method == "POST" else None,
+    form = merge_form_for(request, team, data=request.POST if request.method == "POST" else None,
                        initial=None if request.method == "POST" else initial_from_query(request.GET))
     if request.method == "POST" and form.is_valid():
         try:
@@ -93,7 +97,7 @@ def operator_fields(request):
     team = current_team(request)
     if team is None:
         return render(request, "web/no_team.html", status=403)
-    form = _merge_form(request, team, initial=initial_from_query(request.GET))
+    form = merge_form_for(request, team, initial=initial_from_query(request.GET))
     response = render(request, "runs/_operator_fields.html", {"form": form})
     response["HX-Trigger"] = "fields-swapped"  # the plan preview listens and refreshes
     return response
@@ -106,7 +110,7 @@ def preview(request):
     team = current_team(request)
     if team is None:
         return render(request, "web/no_team.html", status=403)
-    form = _merge_form(request, team, data=request.POST)
+    form = merge_form_for(request, team, data=request.POST)
     plan, problems = None, []
     if form.is_valid():
         try:
@@ -167,7 +171,16 @@ def run_detail(request, pk):
         "from_cache": served_from_cache(metrics),
         "config_text": json.dumps(services.engine_mapping(run.config or {}), indent=2),
         "log": (run.log or [])[-LOG_LINES_SHOWN:],
+        **_benchmark_context(request, run),
         "can_run": has_role(user=request.user, team=run.team, role=Role.MEMBER)})
+
+
+def _benchmark_context(request, run: MergeRun) -> dict:
+    """The report's benchmark section: the newest evaluation's scores and chart, and the
+    team's tasks for the "evaluate" form."""
+    benchmark = benchmark_for_run(run)
+    return {"benchmark": benchmark, "benchmark_chart": benchmark_chart(benchmark.tasks, benchmark.rows),
+            "team_tasks": tasks_for(user=request.user, team=run.team)}
 
 
 @login_required

@@ -42,3 +42,16 @@ def test_demo_setup_creates_an_indexed_family_and_is_idempotent(db, tmp_path):
 def test_demo_setup_refuses_a_directory_outside_the_roots(db, tmp_path_factory):
     with pytest.raises(CommandError, match="outside the Demo team's checkpoint roots"):
         call_command("demo_setup", "--dir", str(tmp_path_factory.mktemp("elsewhere") / "demo"), stdout=StringIO())
+
+
+def test_demo_setup_queues_the_trained_family_and_registers_its_tasks_without_waiting(db, tmp_path):
+    from mergehub.evaluation.models import EvalTask, FamilyJob
+
+    out = _demo(tmp_path)
+    job = FamilyJob.objects.get()
+    assert job.status == "queued" and job.family_name == "tiny-llama" and job.team.slug == "demo"
+    assert f"Queued training #{job.pk}" in out
+    assert sorted(EvalTask.objects.values_list("name", flat=True)) == ["caesar", "reverse", "sort", "swap"]
+    out = _demo(tmp_path)  # again: the queued training is not queued twice, the tasks not duplicated
+    assert "already queued" in out
+    assert FamilyJob.objects.count() == 1 and EvalTask.objects.count() == 4

@@ -1,35 +1,8 @@
-"""Fixtures for the page tests: logged-in clients per persona and runs in various states."""
+"""Fixtures for the page tests: runs in various states (logged-in clients: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-from django.test import Client
-
-
-def _client_for(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def alice_client(alice):
-    return _client_for(alice)
-
-
-@pytest.fixture
-def bob_client(bob):
-    return _client_for(bob)
-
-
-@pytest.fixture
-def carol_client(carol):
-    return _client_for(carol)
-
-
-@pytest.fixture
-def mallory_client(mallory):
-    return _client_for(mallory)
 
 
 def ties_inputs(registered_family, budget="0.5") -> dict:

@@ -4,8 +4,10 @@ Personas (tests/conftest.py): ``anonymous`` (not logged in), ``viewer`` (bob, vi
 ``member`` (carol, member of acme), ``other_admin`` (mallory, admin of rival) and ``admin``
 (alice, admin of acme). The objects are acme's: its registered family (a base and two indexed
 experts), a queued run, a cancelled run, a third expert whose index job is queued and expert-2's
-succeeded index job; every URL that takes an id gets the id of one of them (and the index-job
-actions also get mallory's own checkpoint with acme's job, ids that do not belong together).
+succeeded index job; for evaluation, a succeeded run, an uploaded task, a queued and a cancelled
+evaluation of the base, a queued and a cancelled sweep and a queued training of a demo family;
+every URL that takes an id gets the id of one of them (and the index-job actions also get
+mallory's own checkpoint with acme's job, ids that do not belong together).
 They are built once for the module in a transaction that every test rolls back to (see
 ``matrix_world``), so each cell costs only its requests.
 
@@ -55,8 +57,9 @@ MISSING_PK = 10**6
 
 # Strings that only acme's pages may show: names of its checkpoints, family, runs and team.
 ACME_MARKERS = ("expert-1", "expert-2", "expert-3", "tiny-llama", "matrix queued run", "matrix cancelled run",
-                "Acme")
-RIVAL_MARKERS = ("rival-base", "rival-family", "Rival")  # and what only rival's may show
+                "matrix succeeded run", "matrix-task", "matrix-family", "matrix queued sweep",
+                "matrix cancelled sweep", "Acme")
+RIVAL_MARKERS = ("rival-base", "rival-family", "rival-task", "Rival")  # and what only rival's may show
 
 
 # --- the objects ------------------------------------------------------------------------------
@@ -75,9 +78,22 @@ class World:
     done_job: object  # expert-2's succeeded index job (from its registration)
     rival_base: object  # a checkpoint of mallory's team
     settings: dict  # the data dir and checkpoint root the objects live in
+    # evaluation
+    succeeded_run: object = None  # merged by the (sync) worker: the one run that may be evaluated
+    task: object = None  # acme's task, uploaded (so its file is in acme's folder)
+    rival_task: object = None
+    queued_evaluation: object = None  # of the base, on the task
+    cancelled_evaluation: object = None
+    queued_sweep: object = None
+    cancelled_sweep: object = None
+    family_job: object = None  # a queued training of "matrix-family" (so "tiny-llama" may be trained)
     run_count: int = 0
     index_job_count: int = 0
     checkpoint_count: int = 0
+    evaluation_count: int = 0
+    sweep_count: int = 0
+    family_job_count: int = 0
+    task_count: int = 0
 
     def client(self, persona: str) -> Client:
         client = Client()
@@ -150,11 +166,52 @@ def build_world(root) -> World:
     assert e1.index_status == e2.index_status == "ready" and done_job.status == "succeeded"
     assert active_job.status == "queued"
     assert queued_run.status == "queued" and cancelled_run.status == "cancelled"
-    return World(users=users, acme=acme, rival=rival, base=base, experts=[e1, e2, e3], family_paths=paths,
-                 queued_run=queued_run, cancelled_run=cancelled_run, active_job=active_job,
-                 done_job=done_job, rival_base=rival_base, settings=world_settings(root),
-                 run_count=MergeRun.objects.count(), index_job_count=IndexJob.objects.count(),
-                 checkpoint_count=Checkpoint.objects.count())
+    w = World(users=users, acme=acme, rival=rival, base=base, experts=[e1, e2, e3], family_paths=paths,
+              queued_run=queued_run, cancelled_run=cancelled_run, active_job=active_job,
+              done_job=done_job, rival_base=rival_base, settings=world_settings(root))
+    build_evaluation_world(w, family)
+    w.run_count, w.index_job_count = MergeRun.objects.count(), IndexJob.objects.count()
+    w.checkpoint_count = Checkpoint.objects.count()
+    return w
+
+
+TASK_LINES = b'{"prompt": "reverse:abcd=", "target": "dcba"}\n{"prompt": "reverse:word=", "target": "drow"}\n'
+
+
+def build_evaluation_world(w: World, family: dict) -> None:
+    """acme's evaluation objects: a run merged by the (sync) worker, an uploaded task, a queued
+    and a cancelled evaluation of the base, a queued and a cancelled sweep, a queued training
+    of a demo family; and rival's own task. Only the merge is executed."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test import TestCase
+
+    from mergehub.evaluation import services as evaluations, sweeps, training
+    from mergehub.evaluation.models import EvalTask, EvaluationJob, FamilyJob, SweepJob
+    from mergehub.evaluation.task_registry import register_task
+    from mergehub.runs.services import create_run
+
+    alice, mallory = w.users["admin"], w.users["other_admin"]
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        w.succeeded_run = create_run(user=alice, team=w.acme, name="matrix succeeded run", **ties_inputs(family))
+    w.succeeded_run.refresh_from_db()
+    assert w.succeeded_run.status == "succeeded", w.succeeded_run.error
+    w.task = register_task(team=w.acme, user=alice, name="matrix-task",
+                           upload=SimpleUploadedFile("matrix.jsonl", TASK_LINES))
+    w.rival_task = register_task(team=w.rival, user=mallory, name="rival-task",
+                                 upload=SimpleUploadedFile("rival.jsonl", TASK_LINES))
+    w.queued_evaluation = evaluations.queue_evaluation(user=alice, team=w.acme, tasks=[w.task], checkpoint=w.base)
+    w.cancelled_evaluation = evaluations.cancel_evaluation(
+        job=evaluations.queue_evaluation(user=alice, team=w.acme, tasks=[w.task], checkpoint=w.base), user=alice)
+    inputs = {k: v for k, v in ties_inputs(family).items() if k != "budget"}
+    w.queued_sweep = sweeps.create_sweep(user=alice, team=w.acme, name="matrix queued sweep", budgets="0.5",
+                                         tasks=[w.task], **inputs)
+    w.cancelled_sweep = sweeps.cancel_sweep(sweep=sweeps.create_sweep(
+        user=alice, team=w.acme, name="matrix cancelled sweep", budgets="0.5", **inputs), user=alice)
+    w.family_job = training.queue_family_training(team=w.acme, user=alice, name="matrix-family")
+    assert w.queued_evaluation.status == w.queued_sweep.status == w.family_job.status == "queued"
+    assert w.cancelled_evaluation.status == w.cancelled_sweep.status == "cancelled"
+    w.evaluation_count, w.sweep_count = EvaluationJob.objects.count(), SweepJob.objects.count()
+    w.family_job_count, w.task_count = FamilyJob.objects.count(), EvalTask.objects.count()
 
 
 @pytest.fixture(scope="module")
@@ -194,14 +251,20 @@ def world(matrix_world, mergehub_env, settings) -> World:
     from mergehub.registry.models import Checkpoint, IndexJob
     from mergehub.runs.models import MergeRun
 
+    from mergehub.evaluation.models import EvalTask, EvaluationJob, FamilyJob, SweepJob
+
     for name, value in matrix_world.settings.items():
         setattr(settings, name, value)
     w = matrix_world
     # What an earlier test did was rolled back with its savepoint.
     assert (MergeRun.objects.count(), IndexJob.objects.count(), Checkpoint.objects.count()) == (
         w.run_count, w.index_job_count, w.checkpoint_count)
+    assert (EvaluationJob.objects.count(), SweepJob.objects.count(), FamilyJob.objects.count(),
+            EvalTask.objects.count()) == (w.evaluation_count, w.sweep_count, w.family_job_count, w.task_count)
     assert MergeRun.objects.filter(pk=w.queued_run.pk, status="queued", cancel_requested=False).exists()
     assert IndexJob.objects.filter(pk=w.active_job.pk, status="queued", cancel_requested=False).exists()
+    for model, job in ((EvaluationJob, w.queued_evaluation), (SweepJob, w.queued_sweep), (FamilyJob, w.family_job)):
+        assert model.objects.filter(pk=job.pk, status="queued", cancel_requested=False).exists()
     return w
 
 
@@ -270,6 +333,9 @@ class Case:
     effect: Callable[[World, Client], bool] | None = None  # True once acme's state changed
     htmx: bool = False
     check: Callable[[World, str, object], None] | None = None  # extra check of a response
+    # personas whose action, though it changes nothing of acme's, queues one job of their own team
+    # (mallory training her own team's demo family); the effect still must not touch acme
+    own_team_job: tuple[str, ...] = ()
 
 
 # --- the effects an action may have on acme ---------------------------------------------------
@@ -321,6 +387,63 @@ def _run_retried(w: World, client: Client) -> bool:
     return MergeRun.objects.filter(retry_of=w.cancelled_run).exists() or _new_run(w, client)
 
 
+def _new_task(w: World, client: Client) -> bool:
+    from mergehub.evaluation.models import EvalTask
+
+    return EvalTask.objects.filter(team=w.acme).count() != w.task_count - 1  # rival's is the other
+
+
+def _task_deleted(w: World, client: Client) -> bool:
+    from mergehub.evaluation.models import EvalTask
+
+    return not EvalTask.objects.filter(pk=w.task.pk).exists()
+
+
+def _new_family_job(w: World, client: Client) -> bool:
+    from mergehub.evaluation.models import FamilyJob
+
+    return FamilyJob.objects.filter(team=w.acme).count() != w.family_job_count  # every one is acme's
+
+
+def _family_job_cancelled(w: World, client: Client) -> bool:
+    w.family_job.refresh_from_db()
+    return w.family_job.status != "queued" or w.family_job.cancel_requested
+
+
+def _new_evaluation(w: World, client: Client) -> bool:
+    from mergehub.evaluation.models import EvaluationJob
+
+    return EvaluationJob.objects.count() != w.evaluation_count
+
+
+def _evaluation_cancelled(w: World, client: Client) -> bool:
+    w.queued_evaluation.refresh_from_db()
+    return w.queued_evaluation.status != "queued" or w.queued_evaluation.cancel_requested
+
+
+def _evaluation_retried(w: World, client: Client) -> bool:
+    from mergehub.evaluation.models import EvaluationJob
+
+    return EvaluationJob.objects.filter(retry_of=w.cancelled_evaluation).exists() or _new_evaluation(w, client)
+
+
+def _new_sweep(w: World, client: Client) -> bool:
+    from mergehub.evaluation.models import SweepJob
+
+    return SweepJob.objects.count() != w.sweep_count
+
+
+def _sweep_cancelled(w: World, client: Client) -> bool:
+    w.queued_sweep.refresh_from_db()
+    return w.queued_sweep.status != "queued" or w.queued_sweep.cancel_requested
+
+
+def _sweep_retried(w: World, client: Client) -> bool:
+    from mergehub.evaluation.models import SweepJob
+
+    return SweepJob.objects.filter(retry_of=w.cancelled_sweep).exists() or _new_sweep(w, client)
+
+
 def _working_in_acme(w: World, client: Client) -> bool:
     return client.session.get("mergehub_team") == "acme"
 
@@ -353,6 +476,36 @@ def _register_data(w: World) -> dict:
 
 def _merge_data(w: World) -> dict:
     return merge_post({"base": w.base, "experts": w.experts[:2]})
+
+
+def _task_data(w: World) -> dict:
+    """A new task from the file of acme's uploaded one (in acme's folder: not mallory's to read)."""
+    return {"name": "matrix-new-task", "kind": "auto", "path": w.task.path}
+
+
+def _task_refused_check(w: World, persona: str, response) -> None:
+    """The only persona the form answers (200) is mallory: acme's folder is not hers."""
+    assert persona == "other_admin", persona
+    assert "is not inside your team&#x27;s checkpoint roots" in response.content.decode()
+
+
+def _tasks_data(w: World) -> dict:
+    return {"tasks": [str(w.task.pk)]}
+
+
+def _sweep_data(w: World) -> dict:
+    return {**_merge_data(w), "sweep_budgets": "0.25, 0.5", "evaluate_tasks": [str(w.task.pk)]}
+
+
+def _evaluation_page(attr: str):
+    return lambda w: reverse("evaluation:detail", args=[getattr(w, attr).pk])
+
+
+def _sweep_page(w: World) -> str:
+    return reverse("evaluation:sweep", args=[w.queued_sweep.pk])
+
+
+TASKS_PAGE = "/evaluation/tasks/"
 
 
 # --- the matrix -------------------------------------------------------------------------------
@@ -429,6 +582,70 @@ MATRIX: dict[str, list[Case]] = {
         Case("post", acts(done("/runs/", exact=False)), args=lambda w: [w.cancelled_run.pk],
              effect=_run_retried),
         Case("get", post_only(), args=lambda w: [w.cancelled_run.pk]),
+    ],
+    # --- evaluation ---
+    "evaluation:tasks": [
+        Case("get", reads(other=OK)),
+        # mallory registers into her own team: the file lies in acme's folder, so her form says it is
+        # not inside her roots and nothing is registered anywhere
+        Case("post", acts(done(TASKS_PAGE), other=refused(OK)), data=_task_data, effect=_new_task,
+             check=_task_refused_check),
+    ],
+    "evaluation:task_delete": [
+        Case("post", acts(done(TASKS_PAGE)), args=lambda w: [w.task.pk], effect=_task_deleted),
+        Case("get", post_only(), args=lambda w: [w.task.pk]),
+    ],
+    "evaluation:family_train": [  # team admins only; mallory trains her own team's family
+        Case("post", acts(done(TASKS_PAGE), member=refused(FORBIDDEN), other=refused(redirect(TASKS_PAGE))),
+             data=lambda w: {"seed": "0"}, effect=_new_family_job, own_team_job=("other_admin",)),
+        Case("get", post_only()),
+    ],
+    "evaluation:family_live": [Case("get", reads(), args=lambda w: [w.family_job.pk], htmx=True)],  # htmx poll
+    "evaluation:family_cancel": [
+        Case("post", acts(done(TASKS_PAGE), member=refused(FORBIDDEN)), args=lambda w: [w.family_job.pk],
+             effect=_family_job_cancelled),
+        Case("get", post_only(), args=lambda w: [w.family_job.pk]),
+    ],
+    "evaluation:evaluate_run": [
+        Case("post", acts(done(lambda w: reverse("runs:detail", args=[w.succeeded_run.pk]) + "#benchmark")),
+             args=lambda w: [w.succeeded_run.pk], data=_tasks_data, effect=_new_evaluation),
+        Case("get", post_only(), args=lambda w: [w.succeeded_run.pk]),
+    ],
+    "evaluation:evaluate_checkpoint": [
+        # to the new evaluation's page
+        Case("post", acts(done("/evaluation/evaluations/", exact=False)), args=lambda w: [w.base.pk],
+             data=_tasks_data, effect=_new_evaluation),
+        Case("get", post_only(), args=lambda w: [w.base.pk]),
+    ],
+    "evaluation:detail": [Case("get", reads(), args=lambda w: [w.cancelled_evaluation.pk])],
+    "evaluation:live": [Case("get", reads(), args=lambda w: [w.queued_evaluation.pk], htmx=True)],  # htmx poll
+    "evaluation:cancel": [
+        Case("post", acts(done(_evaluation_page("queued_evaluation"))), args=lambda w: [w.queued_evaluation.pk],
+             effect=_evaluation_cancelled),
+        Case("get", post_only(), args=lambda w: [w.queued_evaluation.pk]),
+    ],
+    "evaluation:retry": [
+        Case("post", acts(done("/evaluation/evaluations/", exact=False)), args=lambda w: [w.cancelled_evaluation.pk],
+             effect=_evaluation_retried),
+        Case("get", post_only(), args=lambda w: [w.cancelled_evaluation.pk]),
+    ],
+    "evaluation:sweeps": [Case("get", reads(other=OK))],
+    "evaluation:sweep_new": [
+        # the merge form posted with "Sweep budgets": mallory's form offers her own checkpoints only
+        Case("post", acts(done("/evaluation/sweeps/", exact=False), other=refused(OK)), data=_sweep_data,
+             effect=_new_sweep),
+        Case("get", post_only()),
+    ],
+    "evaluation:sweep": [Case("get", reads(), args=lambda w: [w.cancelled_sweep.pk])],
+    "evaluation:sweep_live": [Case("get", reads(), args=lambda w: [w.queued_sweep.pk], htmx=True)],  # htmx poll
+    "evaluation:sweep_cancel": [
+        Case("post", acts(done(_sweep_page)), args=lambda w: [w.queued_sweep.pk], effect=_sweep_cancelled),
+        Case("get", post_only(), args=lambda w: [w.queued_sweep.pk]),
+    ],
+    "evaluation:sweep_retry": [
+        Case("post", acts(done("/evaluation/sweeps/", exact=False)), args=lambda w: [w.cancelled_sweep.pk],
+             effect=_sweep_retried),
+        Case("get", post_only(), args=lambda w: [w.cancelled_sweep.pk]),
     ],
     "admin": [],  # the Django admin as a group: test_admin_site_is_staff_only
 }
@@ -534,7 +751,9 @@ def test_isolation_matrix(name, case, persona, world, django_capture_on_commit_c
         changed = case.effect(world, client)
         assert changed == bool(expected.effect), \
             f"{where}: acme's state {'changed' if changed else 'unchanged'}"
-        if not expected.effect:
+        if not expected.effect and persona in case.own_team_job:
+            assert len(queued) == 1, f"{where}: {len(queued)} job wake-up(s) for her own team's job"
+        elif not expected.effect:
             assert queued == [], f"{where}: a refused action queued {len(queued)} job wake-up(s)"
     else:
         assert queued == [], f"{where}: a page queued {len(queued)} job wake-up(s)"

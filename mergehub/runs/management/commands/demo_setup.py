@@ -1,8 +1,13 @@
-"""Prepare a demo: an admin user, a demo team, and a small indexed model family.
+"""Prepare a demo: an admin user, a demo team, a small indexed model family, and the trained
+demo family (mergehub.family) with its four evaluation tasks.
 
-    python manage.py demo_setup [--username admin] [--password ...] [--size 100MB]
+    python manage.py demo_setup [--username admin] [--password ...] [--size 100MB] [--no-trained-family]
 
-Idempotent: re-running keeps the users, team, family and checkpoints it made before (the
+The LoRA-style family is generated and indexed here; the trained family is queued as a
+background job (a few minutes on a CPU) that the demo's worker runs while the pages are up,
+so nothing here waits for training.
+
+Idempotent: re-running keeps the users, team, families and checkpoints it made before (the
 password is reset to the one given, so the printed credentials always work).
 """
 
@@ -38,6 +43,8 @@ class Command(BaseCommand):
         parser.add_argument("--size", default="100MB", help="weight bytes of each model (default 100MB)")
         parser.add_argument("--experts", type=int, default=3)
         parser.add_argument("--delta", default="lora", choices=["lora", "dense"])
+        parser.add_argument("--no-trained-family", action="store_true",
+                            help="do not queue the training of the tiny Llama family (docs/family.md)")
         parser.add_argument("--dir", default=None,
                             help="where the family goes (default: the demo team's own folder, "
                                  "DATA_DIR/teams/<slug>/checkpoints/demo)")
@@ -48,6 +55,8 @@ class Command(BaseCommand):
         family_dir = Path(opts["dir"]) if opts["dir"] else team_checkpoints_dir(team) / DEMO_FAMILY
         paths = self._family(team, family_dir.absolute(), opts["size"], opts["experts"], opts["delta"])
         self._register(team, user, paths)
+        if not opts["no_trained_family"]:
+            self._trained_family(team, user)
         self.stdout.write(self.style.SUCCESS(
             f"Demo ready: log in as {opts['username']} / {opts['password']} (team {team.name})."))
 
@@ -93,6 +102,26 @@ class Command(BaseCommand):
         if total:
             sys.stdout.write(f"\r  written {done / total:6.1%}")
             sys.stdout.flush()
+
+    def _trained_family(self, team: Team, user) -> None:
+        """Register the four built-in tasks now and queue the family's training, unless the
+        family is registered already or its training is under way."""
+        from mergehub.evaluation.models import FamilyJob
+        from mergehub.evaluation.task_registry import ensure_builtin_tasks
+        from mergehub.evaluation.training import DEFAULT_FAMILY, queue_family_training
+
+        ensure_builtin_tasks(team, user)
+        names = Checkpoint.objects.filter(team=team, family__name=DEFAULT_FAMILY,
+                                          index_status=Checkpoint.IndexStatus.READY).count()
+        if names >= 5:
+            self.stdout.write(f"Kept the trained {DEFAULT_FAMILY} family.")
+            return
+        if FamilyJob.objects.filter(team=team, family_name=DEFAULT_FAMILY, status__in=FamilyJob.ACTIVE).exists():
+            self.stdout.write(f"The {DEFAULT_FAMILY} family's training is already queued.")
+            return
+        job = queue_family_training(team=team, user=user)
+        self.stdout.write(f"Queued training #{job.pk} of the {DEFAULT_FAMILY} family; the worker trains it in the "
+                          "background (progress on the Tasks page).")
 
     def _register(self, team: Team, user, paths: dict) -> None:
         self._register_one(team, user, "demo-base", "base", paths["base"])
