@@ -95,6 +95,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from /static/ (no CDN)
     "django_q",
     "axes",
     "csp",
@@ -103,6 +105,7 @@ INSTALLED_APPS = [
     "mergehub.registry",
     "mergehub.runs",
     "mergehub.evaluation",
+    "mergehub.api",
     "mergehub.web",
 ]
 
@@ -239,9 +242,8 @@ SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 # after the last failure; failures older than that are forgotten. Every login that calls
 # authenticate() with the request is covered: /login/ and /admin/login/. A site admin lifts a
 # lock early by deleting its "Access attempts" in the admin, or `manage.py axes_reset_username`.
-# NOTE: API token authentication (not built yet) must be throttled the same way: pass the request
-# to authenticate(), or report failures with axes (the user_login_failed signal with the request)
-# and refuse while AxesProxyHandler.is_allowed(request, credentials) is false.
+# Failed API token authentications count the same way, per address and per token id
+# (mergehub/api/throttling.py): the API then answers 429 with Retry-After.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before any password check
     "django.contrib.auth.backends.ModelBackend",
@@ -280,8 +282,40 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
+# --- REST API (mergehub/api; docs/api.md) ------------------------------------------------------
+
+# Token authentication only (no sessions, hence no CSRF): a token sees its team alone, with its
+# user's current role there; changes need a read-write token too (mergehub/api/permissions.py).
 REST_FRAMEWORK = {
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["mergehub.api.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["mergehub.api.permissions.HasTeamToken"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "mergehub.api.base.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "mergehub.api.exceptions.exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": env_str("API_RATE_LIMIT", "1200/minute")},  # per user
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MergeHub API",
+    "DESCRIPTION": "Budget-aware merging of LLM checkpoints. Authenticate with a team API token: "
+                   "`Authorization: Bearer mh_…` (create one on your team's page).",
+    "VERSION": "1",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and the docs page: for a token or a logged-in user.
+    "SERVE_AUTHENTICATION": ["mergehub.api.authentication.BearerTokenAuthentication",
+                             "rest_framework.authentication.SessionAuthentication"],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # No validator badge: it is an image from validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- i18n, static -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""URL map: pages per app, Django's auth views with our templates, and the admin."""
+"""URL map: pages per app, Django's auth views with our templates, the REST API and the admin."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -8,9 +8,11 @@ urlpatterns = [
     path("", include("mergehub.web.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("teams/", include("mergehub.api.token_urls")),  # a team's API tokens page
     path("teams/", include("mergehub.accounts.urls")),
     path("checkpoints/", include("mergehub.registry.urls")),
     path("runs/", include("mergehub.runs.urls")),
     path("evaluation/", include("mergehub.evaluation.urls")),
+    path("api/v1/", include("mergehub.api.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -15,8 +15,11 @@ from datetime import datetime, timedelta
 from axes.handlers.proxy import AxesProxyHandler
 from axes.helpers import get_cool_off, get_failure_limit
 from django.conf import settings
+from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+
+API_PATH = "/api/"  # token failures there lock too; the API gets its lockout as JSON
 
 
 def _valid_ip(value: str | None) -> str | None:
@@ -44,6 +47,13 @@ def client_ip(request) -> str | None:
     return _valid_ip(hops[max(len(hops) - settings.MERGEHUB_TRUSTED_PROXIES, 0)]) or remote
 
 
+def lockout_detail(seconds: int) -> str:
+    """What the API says while token authentications from an address (or for a token) are locked."""
+    minutes = max(math.ceil(seconds / 60), 1)
+    return (f"Too many failed logins or token authentications from this address, or for this token; "
+            f"try again in {minutes} minute{'s' if minutes != 1 else ''}.")
+
+
 def locked_until(request, credentials: dict | None) -> datetime | None:
     """When the lock on this request's username or address lifts: for each lock, the failures
     newest first, the one that reaches the limit expires a cool-off after its last attempt."""
@@ -65,12 +75,17 @@ def locked_until(request, credentials: dict | None) -> datetime | None:
 
 
 def lockout_response(request, original_response=None, credentials=None):
-    """AXES_LOCKOUT_CALLABLE: the locked-out page, 429 with Retry-After."""
+    """AXES_LOCKOUT_CALLABLE: the locked-out page, 429 with Retry-After (for the API, whose token
+    failures lock too, the same as JSON: ``{"detail": …}``)."""
     credentials = credentials if isinstance(credentials, dict) else getattr(request, "axes_credentials", None)
     until = locked_until(request, credentials)
     if until is None:  # the lock is about to lift; say a full cool-off rather than nothing
         until = timezone.now() + (get_cool_off(request) or timedelta(0))
     seconds = max(math.ceil((until - timezone.now()).total_seconds()), 1)
+    if request.path.startswith(API_PATH):
+        response = JsonResponse({"detail": lockout_detail(seconds)}, status=429)
+        response["Retry-After"] = str(seconds)
+        return response
     response = render(request, "registration/locked_out.html", {
         "retry_at": until, "minutes": math.ceil(seconds / 60),
         "failure_limit": get_failure_limit(request, credentials),

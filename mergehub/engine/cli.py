@@ -1,4 +1,4 @@
-"""``mergehub`` command line: merge, index, plan, sweep, replay, eval.
+"""``mergehub`` command line: merge, index, plan, sweep, replay, family, eval, remote.
 
 Bad input ends with exit status 2 and one line on stderr saying what is wrong and what to do;
 a progress bar is drawn only when stderr is a terminal.
@@ -138,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--evaluate", action="store_true",
                     help="score every model on the four built-in tasks when done")
 
+    from mergehub.remote.command import add_remote_parser  # the API client: no torch, no Django
     from mergehub.scoring.command import add_eval_parser  # torch-free
 
     add_eval_parser(sub)
+    add_remote_parser(sub)
     return parser
 
 
@@ -271,8 +273,14 @@ def _cmd_eval(args, bar) -> int:
     return run_eval(args)
 
 
+def _cmd_remote(args, bar) -> int:
+    from mergehub.remote.command import run_remote
+
+    return run_remote(args)
+
+
 COMMANDS = {"merge": _cmd_merge, "index": _cmd_index, "plan": _cmd_plan, "sweep": _cmd_sweep,
-            "replay": _cmd_replay, "family": _cmd_family, "eval": _cmd_eval}
+            "replay": _cmd_replay, "family": _cmd_family, "eval": _cmd_eval, "remote": _cmd_remote}
 
 
 def _warm_up(args) -> Prefetch | None:
@@ -304,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":  # idle OpenMP threads sleep instead of spinning between forward passes
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        _import_engine()
+        if args.command != "remote":  # the API client needs neither the engine nor torch
+            _import_engine()
         if args.command == "merge":
             return _cmd_merge(args, bar, prefetch)
         return COMMANDS[args.command](args, bar)

@@ -37,6 +37,10 @@ from .operators.registry import get_operator
 
 ALLOWED_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype")
 
+# Sections the engine reads past: MergeHub's own notes on an exported run (checkpoint names,
+# budget, seed, block size), which mergekit ignores as well.
+METADATA_KEYS = ("mergehub",)
+
 # mergekit keys we recognise but cannot honour (yet): each gets its own explanation.
 UNSUPPORTED_KEYS = {
     "slices": "slices are not supported yet; list models instead",
@@ -94,17 +98,38 @@ def load_config(path: str | Path, check_paths: bool = True) -> MergeConfig:
         raise ConfigError(f"config file {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path} ({exc})") from None
+    mapping = load_yaml(text, source=str(path))
+    return parse_config(mapping, base_dir=path.resolve().parent, check_paths=check_paths)
+
+
+class _NoAliasLoader(_StrictLoader):
+    """_StrictLoader that also refuses anchors and aliases: YAML from outside (a web form, an
+    API call) could otherwise nest aliases into a value that grows exponentially when it is
+    copied, printed or stored."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"YAML aliases (*name) are not accepted here (line {mark.line + 1}); "
+                              "write the value out")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, *, source: str = "", allow_aliases: bool = True) -> Any:
+    """YAML text as Python data (safe types only; duplicate keys refused). Every error is a
+    ConfigError that says where: ``source`` (a file name) and the line and column."""
+    prefix = f"{source}: " if source else ""
+    loader = _StrictLoader if allow_aliases else _NoAliasLoader
     try:
-        mapping = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        return yaml.load(text, Loader=loader)  # a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {exc.problem}") from None
+        raise ConfigError(f"{prefix}invalid YAML{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{prefix}invalid YAML: {' '.join(str(exc).split())}") from None
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return parse_config(mapping, base_dir=path.resolve().parent, check_paths=check_paths)
+        raise ConfigError(f"{prefix}{exc}") from None
 
 
 def parse_config(mapping: Mapping[str, Any], base_dir: Path | None = None,
@@ -119,7 +144,7 @@ def parse_config(mapping: Mapping[str, Any], base_dir: Path | None = None,
     if not isinstance(mapping, Mapping):
         raise ConfigError("the config must be a mapping with merge_method, models and friends; "
                           f"got {type(mapping).__name__}")
-    _check_keys(mapping)
+    check_keys(mapping)
     method = mapping.get("merge_method")
     if not isinstance(method, str) or not method:
         raise ConfigError("merge_method is missing: name the merge method, e.g. "
@@ -150,8 +175,11 @@ def parse_config(mapping: Mapping[str, Any], base_dir: Path | None = None,
     )
 
 
-def _check_keys(mapping: Mapping[str, Any]) -> None:
+def check_keys(mapping: Mapping[str, Any]) -> None:
+    """Every top-level key must be one the engine honours (or MergeHub's metadata section)."""
     for key in mapping:
+        if key in METADATA_KEYS:
+            continue
         if key in UNSUPPORTED_KEYS:
             raise ConfigError(UNSUPPORTED_KEYS[key])
         if key not in ALLOWED_KEYS:
@@ -477,7 +505,12 @@ def to_mergekit_yaml(config: MergeConfig) -> str:
     for key, dtype in (("dtype", config.dtype), ("out_dtype", config.out_dtype)):
         if dtype is not None:
             mapping[key] = CONFIG_NAME[dtype]
-    return yaml.dump(mapping, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
+    return dump_yaml(mapping)
+
+
+def dump_yaml(mapping: Mapping[str, Any]) -> str:
+    """A config mapping as YAML, keys in the given order and gradients inline (as mergekit)."""
+    return yaml.dump(dict(mapping), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
 
 
 def _model_entry(ref: ModelRef) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -37,6 +38,32 @@ def tasks_for(*, user, team: Team | None = None) -> QuerySet[EvalTask]:
 
 def get_task(*, user, pk) -> EvalTask:
     return _get(EvalTask, user, pk, "task")
+
+
+def tasks_by_reference(*, team: Team, refs, field: str = "tasks") -> list[EvalTask]:
+    """The team's tasks that ``refs`` name, by id or by name, in the order given (repeats
+    dropped). A reference to no task of the team (another team's included, so nothing tells
+    whether it exists) is a ValidationError keyed by ``field`` that names it."""
+    if refs is None:
+        return []
+    if not isinstance(refs, (list, tuple)):
+        raise ValidationError({field: "List the tasks by id or name, e.g. [3, \"arith\"]."})
+    team_tasks = EvalTask.objects.filter(team=team)
+    chosen: list[EvalTask] = []
+    for ref in refs:
+        task = None
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            task = team_tasks.filter(pk=ref).first()
+        elif isinstance(ref, str) and ref.strip():
+            task = team_tasks.filter(name=ref.strip()).first()
+            if task is None and ref.strip().isdigit() and len(ref.strip()) <= 18:
+                task = team_tasks.filter(pk=int(ref.strip())).first()
+        if task is None:
+            shown = repr(ref) if len(repr(ref)) <= 120 else repr(ref)[:117] + "…"
+            raise ValidationError({field: f"{shown} is not one of your team's evaluation tasks (by id or name)."})
+        if task not in chosen:
+            chosen.append(task)
+    return chosen
 
 
 def get_evaluation(*, user, pk) -> EvaluationJob:

@@ -20,6 +20,7 @@ from mergehub.accounts.selectors import has_role
 from mergehub.engine.errors import MergeHubError
 from mergehub.registry.selectors import get_checkpoint
 from mergehub.runs.selectors import get_run
+from mergehub.runs.forms import ImportConfigForm
 from mergehub.runs.views import merge_form_for
 from mergehub.web.errors import add_service_errors
 from mergehub.web.pagination import paginate
@@ -221,7 +222,7 @@ def sweep_new(request):
         else:
             messages.success(request, f"Queued sweep #{sweep.pk}.")
             return redirect("evaluation:sweep", pk=sweep.pk)
-    return render(request, "runs/new.html", {"form": form, "team": team,
+    return render(request, "runs/new.html", {"form": form, "team": team, "import_form": ImportConfigForm(),
                                              "can_run": has_role(user=request.user, team=team, role=Role.MEMBER)})
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
 
+from mergehub.engine.dtypes import CONFIG_NAME, parse_config_dtype
 from mergehub.engine.operators.base import REQUIRED, Operator, Param
 from mergehub.engine.operators.registry import OPERATORS, _load_all, get_operator
 from mergehub.registry.models import Checkpoint
+from mergehub.registry.roots import block_size as default_block_size
 
 DEFAULT_METHOD = "ties"
 DTYPES = [("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")]
@@ -225,3 +228,94 @@ def initial_from_query(query) -> dict[str, Any]:
     without showing validation errors for fields the user has not filled yet)."""
     return {key: values if len(values) > 1 else values[-1]
             for key, values in query.lists() if key != "csrfmiddlewaretoken" and values}
+
+
+# --- an imported mergekit config as the form's initial values ---------------------------------
+
+class ImportConfigForm(forms.Form):
+    """A pasted mergekit config (runs.yaml_config.inputs_from_config reads it)."""
+
+    yaml = forms.CharField(
+        label="mergekit YAML", max_length=100_000, strip=False,
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "class": "mono",
+                                     "placeholder": "merge_method: ties\nbase_model: my-base\nmodels:\n  - model: my-expert\n"
+                                                    "    parameters: {weight: 1.0, density: 0.7}"}),
+        help_text="models and base_model name your team's checkpoints by name, id, path or Hub id "
+                  "(owner/name, optionally @revision). A run's exported YAML works as it is.")
+
+
+def _form_value(param: Param, value: Any) -> str | None:
+    """A parameter value as the form field's query value; None when the form cannot show it
+    (a gradient or a filter list, which only the API and the CLI take)."""
+    if param.kind is bool:
+        if isinstance(value, str) and value.strip().lower() in {"true", "yes", "on", "1", "false", "no", "off", "0"}:
+            value = value.strip().lower() in {"true", "yes", "on", "1"}
+        if isinstance(value, (bool, int)) and not isinstance(value, float) and value in (0, 1):
+            return "on" if value else ""  # an empty value renders the box unticked
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            float(value.strip())
+        except ValueError:
+            return None
+        return value.strip()
+    return None
+
+
+def import_query(inputs: dict[str, Any], run_settings: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+    """The merge form's query string (read back by ``initial_from_query``) for ``inputs`` from
+    runs.yaml_config.inputs_from_config, and what the form cannot show. A per-model parameter
+    set globally is filled in for every expert without its own value (the same merge)."""
+    operator = get_operator(inputs["method"])
+    global_params = {p.name: p for p in operator.params if p.scope == "global"}
+    model_params = [p for p in operator.params if p.scope == "model"]
+    shared = inputs.get("parameters") or {}
+    query: list[tuple[str, str]] = [("method", operator.name), ("base", str(inputs["base"].pk))]
+    hidden: list[str] = []
+    for name, value in shared.items():
+        if name in global_params:
+            shown = _form_value(global_params[name], value)
+            if shown is None:
+                hidden.append(f"parameters.{name}")
+            else:
+                query.append((f"param__{name}", shown))
+    for ckpt, params in inputs["experts"]:
+        query.append((f"expert_{ckpt.pk}__use", "on"))
+        for param in model_params:
+            value = params.get(param.name, shared.get(param.name))
+            if value is None:
+                continue
+            shown = _form_value(param, value)
+            if shown is None:
+                hidden.append(f"{param.name} of {ckpt.name}")
+            else:
+                query.append((f"expert_{ckpt.pk}__{param.name}", shown))
+    form_dtypes = {value for value, _ in DTYPES}
+    for key in ("dtype", "out_dtype"):
+        if inputs.get(key) is None:
+            continue
+        name = CONFIG_NAME.get(parse_config_dtype(inputs[key], key))
+        if name in form_dtypes:
+            query.append((key, name))
+        else:
+            hidden.append(f"{key} {inputs[key]}")
+    notes = []
+    if hidden:
+        notes.append(f"Not shown in the form: {', '.join(hidden)}. Gradients, filter lists and these dtypes are "
+                     "not representable in the form; submit the config through the API (POST /api/v1/runs/) or "
+                     "the CLI (mergehub merge) to merge with them. The form uses the operator's defaults instead.")
+    extra = run_settings or {}
+    if extra.get("budget") not in (None, ""):
+        query.append(("budget", str(extra["budget"])))
+    if isinstance(extra.get("seed"), int) and not isinstance(extra.get("seed"), bool):
+        query.append(("seed", str(extra["seed"])))
+    if extra.get("measure_deviation") is True:
+        query.append(("measure_deviation", "on"))
+    if extra.get("block_size") not in (None, "") and str(extra["block_size"]) != str(default_block_size()):
+        notes.append(f"The config's block size ({extra['block_size']}) is not a form field; the form merges with "
+                     f"this site's default ({default_block_size()} bytes). Submit it through the API to keep it.")
+    return urlencode(query), notes

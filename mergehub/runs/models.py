@@ -54,6 +54,9 @@ class MergeRun(Job):
     # ids of the team's evaluation tasks to score the merged model on once the run succeeds
     # (mergehub/evaluation/receivers.py queues that evaluation)
     evaluate_task_ids = models.JSONField(default=list, blank=True)
+    # the Idempotency-Key of the API request that created the run: the same request sent again
+    # with that key (same team and author) gets this run back instead of a second one
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -70,6 +73,8 @@ class MergeRun(Job):
         constraints = [
             models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
                                    name="run_progress_in_unit_range"),
+            models.UniqueConstraint(fields=["team", "author", "idempotency_key"],
+                                    condition=~models.Q(idempotency_key=""), name="run_idempotency_key_once"),
         ]
 
     def __str__(self) -> str:

@@ -60,6 +60,13 @@ def get_run(*, user, pk) -> MergeRun:
     return run
 
 
+def run_for_idempotency_key(*, team: Team, user, key: str) -> MergeRun | None:
+    """The run ``user`` created in ``team`` with this idempotency key (services.create_run_once)."""
+    if not key:
+        return None
+    return MergeRun.objects.filter(team=team, author=user, idempotency_key=key).first()
+
+
 def dashboard_stats(*, user, recent: int = 10) -> dict:
     """Recent runs, total expert bytes saved by succeeded runs, and the queue state.
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import Http404
 
 from mergehub.accounts.models import Role, Team
@@ -27,6 +27,7 @@ from mergehub.registry.roots import block_size as default_block_size
 from mergehub.registry.roots import catalog_dir
 
 from .models import MergeRun
+from .selectors import run_for_idempotency_key
 
 log = logging.getLogger(__name__)
 Status = MergeRun.Status
@@ -188,11 +189,12 @@ def create_run(*, user, team: Team, name: str = "", method: str, base: Checkpoin
                experts: list[ExpertSpec], parameters: dict[str, Any] | None = None, budget,
                seed: int = 0, dtype: str | None = None, out_dtype: str | None = None,
                measure_deviation: bool = False, block_size: int | None = None,
-               queue: str | None = None, evaluate_tasks: list | None = None) -> MergeRun:
+               queue: str | None = None, evaluate_tasks: list | None = None,
+               idempotency_key: str = "") -> MergeRun:
     """Validate, plan and queue a merge. Members and admins only. The plan is made before the
     write transaction (it reads the catalog, which can take a while), so the write is short.
     ``evaluate_tasks`` (the team's evaluation tasks) are scored on the merged model once it
-    succeeds (mergehub/evaluation/receivers.py)."""
+    succeeds (mergehub/evaluation/receivers.py). ``idempotency_key``: see create_run_once."""
     require_role(user=user, team=team, role=Role.MEMBER, action="start merges")
     check_inputs(team, base, experts)
     budget = check_budget(budget)
@@ -206,7 +208,34 @@ def create_run(*, user, team: Team, name: str = "", method: str, base: Checkpoin
     return _insert(team=team, author=user, name=(name or "").strip() or _default_name(method, len(experts), budget),
                    method=method, config=config, base=base, experts=[c for c, _ in experts], budget=budget,
                    seed=seed, block_size=block_size, measure_deviation=bool(measure_deviation), plan=plan,
-                   queue=queue, evaluate_task_ids=task_ids)
+                   queue=queue, evaluate_task_ids=task_ids, idempotency_key=idempotency_key)
+
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def check_idempotency_key(key) -> str:
+    key = str(key or "").strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY or any(not ch.isprintable() for ch in key):
+        raise ValidationError({"idempotency_key": f"An Idempotency-Key is at most {MAX_IDEMPOTENCY_KEY} "
+                                                  "printable characters."})
+    return key
+
+
+def create_run_once(*, user, team: Team, idempotency_key: str = "", **kwargs) -> tuple[MergeRun, bool]:
+    """create_run, at most once per (team, user, idempotency key): a request sent again with the
+    same key gets the first run back. Returns (run, created). Without a key, always creates."""
+    key = check_idempotency_key(idempotency_key)
+    earlier = run_for_idempotency_key(team=team, user=user, key=key)
+    if earlier is not None:
+        return earlier, False
+    try:
+        return create_run(user=user, team=team, idempotency_key=key, **kwargs), True
+    except IntegrityError:
+        earlier = run_for_idempotency_key(team=team, user=user, key=key)  # the same request, sent twice at once
+        if earlier is None:
+            raise
+        return earlier, False
 
 
 def check_task_ids(team: Team, tasks: list | None) -> list[int]:
@@ -218,12 +247,13 @@ def check_task_ids(team: Team, tasks: list | None) -> list[int]:
 
 @transaction.atomic
 def _insert(*, team, author, name, method, config, base, experts, budget, seed, block_size,
-            measure_deviation, plan, queue, evaluate_task_ids: list[int], retry_of: MergeRun | None = None) -> MergeRun:
+            measure_deviation, plan, queue, evaluate_task_ids: list[int], retry_of: MergeRun | None = None,
+            idempotency_key: str = "") -> MergeRun:
     run = MergeRun.objects.create(
         team=team, author=author, name=name[:200], method=method, config=config, base=base,
         budget=budget, seed=seed, block_size=block_size, measure_deviation=measure_deviation,
         plan=plan, status=Status.QUEUED, stage="queued", queue=queue, retry_of=retry_of,
-        evaluate_task_ids=evaluate_task_ids,
+        evaluate_task_ids=evaluate_task_ids, idempotency_key=idempotency_key,
         log=[joblog.log_entry(f"queued by {author} on the {queue} queue"
                               + (f" as a retry of run #{retry_of.pk}" if retry_of else ""))],
     )

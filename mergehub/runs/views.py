@@ -3,14 +3,13 @@ and report, cancel and retry. Views parse input, call a service or selector, and
 
 from __future__ import annotations
 
-import json
-
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from mergehub.accounts.models import Role
@@ -26,8 +25,8 @@ from mergehub.web.pagination import paginate
 from mergehub.web.reports import savings_of, served_from_cache, with_checkpoint_names
 from mergehub.web.teams import current_team
 
-from . import selectors, services
-from .forms import MergeForm, initial_from_query, operator_names
+from . import selectors, services, yaml_config
+from .forms import ImportConfigForm, MergeForm, import_query, initial_from_query, operator_names
 from .models import MergeRun
 
 LOG_LINES_SHOWN = 300
@@ -85,9 +84,40 @@ def run_new(request):
         else:
             messages.success(request, f"Queued run #{run.pk}.")
             return redirect("runs:detail", pk=run.pk)
+    return _render_new(request, team, form, ImportConfigForm())
+
+
+def _render_new(request, team, form: MergeForm, import_form: ImportConfigForm):
     return render(request, "runs/new.html", {
-        "form": form, "team": team,
+        "form": form, "team": team, "import_form": import_form,
         "can_run": has_role(user=request.user, team=team, role=Role.MEMBER)})
+
+
+@login_required
+@require_POST
+def import_yaml(request):
+    """The merge form filled in from a pasted mergekit config whose models name the team's
+    checkpoints; what the form cannot show (gradients, filter lists) is said in a message."""
+    team = current_team(request)
+    if team is None:
+        return render(request, "web/no_team.html", status=403)
+    import_form = ImportConfigForm(request.POST)
+    if import_form.is_valid():
+        text = import_form.cleaned_data["yaml"]
+        try:
+            inputs = yaml_config.inputs_from_config(team, text, field="yaml")
+            services.check_inputs(team, inputs["base"], inputs["experts"])
+        except (ValidationError, MergeHubError) as error:
+            add_service_errors(import_form, error)
+        else:
+            query, notes = import_query(inputs, yaml_config.settings_from_config(text, field="yaml"))
+            n = len(inputs["experts"])
+            messages.success(request, f"Imported the config: {inputs['method']} of {n} expert{'s' if n != 1 else ''} "
+                                      f"onto {inputs['base'].name}. Check the form, then start the merge.")
+            for note in notes:
+                messages.warning(request, note)
+            return redirect(f"{reverse('runs:new')}?{query}")
+    return _render_new(request, team, merge_form_for(request, team, initial={}), import_form)
 
 
 @login_required
@@ -169,7 +199,7 @@ def run_detail(request, pk):
         "charts": run_report_charts(metrics) if run.status == MergeRun.Status.SUCCEEDED else [],
         "savings": savings_of(metrics if "planned_expert_bytes" in metrics else run.plan),
         "from_cache": served_from_cache(metrics),
-        "config_text": json.dumps(services.engine_mapping(run.config or {}), indent=2),
+        "config_yaml": yaml_config.config_yaml(run),
         "log": (run.log or [])[-LOG_LINES_SHOWN:],
         **_benchmark_context(request, run),
         "can_run": has_role(user=request.user, team=run.team, role=Role.MEMBER)})
@@ -181,6 +211,15 @@ def _benchmark_context(request, run: MergeRun) -> dict:
     benchmark = benchmark_for_run(run)
     return {"benchmark": benchmark, "benchmark_chart": benchmark_chart(benchmark.tasks, benchmark.rows),
             "team_tasks": tasks_for(user=request.user, team=run.team)}
+
+
+@login_required
+def config_yaml(request, pk):
+    """The run as mergekit YAML, as a download (runs.yaml_config.config_yaml)."""
+    run = selectors.get_run(user=request.user, pk=pk)
+    response = HttpResponse(yaml_config.config_yaml(run), content_type="text/yaml; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{yaml_config.config_filename(run)}"'
+    return response
 
 
 @login_required

@@ -52,6 +52,37 @@
     if (node.matches && node.matches("[data-autosubmit]") && node.form) { node.form.submit(); }
   });
 
+  /* <button data-copy="ID"> copies the text of the element with that id to the clipboard (a run's
+   * YAML); its label says "Copied" (data-copied-label) for a moment. */
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) { return navigator.clipboard.writeText(text); }
+    var area = document.createElement("textarea");  // plain-http fallback
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    var ok = document.execCommand("copy");
+    document.body.removeChild(area);
+    return ok ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+  }
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("[data-copy]") : null;
+    if (!button) { return; }
+    var source = document.getElementById(button.dataset.copy);
+    if (!source) { return; }
+    var label = button.dataset.label || button.textContent;
+    button.dataset.label = label;
+    copyText(source.textContent).then(function () {
+      button.textContent = button.dataset.copiedLabel || "Copied";
+    }, function () {
+      button.textContent = "Select the text to copy";
+    }).then(function () {
+      window.setTimeout(function () { button.textContent = label; }, 1500);
+    });
+  });
+
   /* Keep live logs scrolled to their newest line. */
   function scrollLogs(root) {
     var nodes = root.querySelectorAll ? root.querySelectorAll("[data-autoscroll]") : [];

@@ -250,6 +250,21 @@ def test_unknown_top_level_key_is_named_with_the_allowed_keys(models):
         assert key in message
 
 
+def test_mergehub_section_is_metadata_the_engine_reads_past(models):
+    """A run exported by the web app carries a ``mergehub:`` section (names, budget, seed), which
+    mergekit ignores and so does the engine."""
+    config = additive(models, "mergehub: {run: 3, budget: '0.5', checkpoints: {base_model: base}}")
+    assert [ref.name for ref in config.models] == ["a", "b"]
+    assert "mergehub" not in yaml.safe_load(to_mergekit_yaml(config))
+
+
+def test_load_yaml_names_the_line_and_can_refuse_aliases():
+    assert cfg.load_yaml("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}
+    assert "line 2" in error(cfg.load_yaml, "a: &x [1, 2]\nb: *x\n", allow_aliases=False)
+    assert error(cfg.load_yaml, "a: [1,\n", source="x.yaml").startswith("x.yaml: invalid YAML at line 2")
+    assert "duplicate key 'a' at line 2" in error(cfg.load_yaml, "a: 1\na: 2\n")
+
+
 @pytest.mark.parametrize("key,value,expected", [
     ("slices", "[]", "slices are not supported yet; list models instead"),
     ("modules", "{}", "modules are not supported yet"),

@@ -33,8 +33,10 @@ itself answers 200.
 
 ``test_every_url_has_a_matrix_entry`` walks Django's resolver: a URL (page or API) added without
 an entry in MATRIX fails it, and so does an entry whose URL is gone. Unnamed patterns are keyed
-by their route; the admin namespace is one group. API URLs get their entries the same way
-(a router's format-suffix variants share their name, hence their entry).
+by their route; the admin namespace is one group. The REST API (``/api/v1/``) is one group here too:
+tokens are its credentials, not these personas' sessions, so tests/api/test_token_matrix.py holds
+its matrix (every API URL × every kind of credential, session included), and fails the same way for
+an API URL without an entry there.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class World:
     sweep_count: int = 0
     family_job_count: int = 0
     task_count: int = 0
+    token: object = None  # carol's API token (the team's tokens page)
+    token_count: int = 0
 
     def client(self, persona: str) -> Client:
         client = Client()
@@ -170,6 +174,11 @@ def build_world(root) -> World:
               queued_run=queued_run, cancelled_run=cancelled_run, active_job=active_job,
               done_job=done_job, rival_base=rival_base, settings=world_settings(root))
     build_evaluation_world(w, family)
+    from mergehub.api.models import ApiToken
+    from mergehub.api.tokens import create_token
+
+    w.token, _ = create_token(user=users["member"], team=acme, name="matrix token", by=users["member"])
+    w.token_count = ApiToken.objects.count()
     w.run_count, w.index_job_count = MergeRun.objects.count(), IndexJob.objects.count()
     w.checkpoint_count = Checkpoint.objects.count()
     return w
@@ -346,6 +355,17 @@ def _mallory_in_acme(w: World, client: Client) -> bool:
     return Membership.objects.filter(team=w.acme, user=w.users["other_admin"]).exists()
 
 
+def _new_token(w: World, client: Client) -> bool:
+    from mergehub.api.models import ApiToken
+
+    return ApiToken.objects.count() != w.token_count
+
+
+def _token_revoked(w: World, client: Client) -> bool:
+    w.token.refresh_from_db()
+    return w.token.revoked_at is not None
+
+
 def _new_checkpoint(w: World, client: Client) -> bool:
     from mergehub.registry.models import Checkpoint
 
@@ -478,6 +498,19 @@ def _merge_data(w: World) -> dict:
     return merge_post({"base": w.base, "experts": w.experts[:2]})
 
 
+def _import_data(w: World) -> dict:
+    """A mergekit config naming acme's checkpoints (mallory's team has none of these names)."""
+    return {"yaml": "merge_method: ties\nbase_model: base\nmodels:\n"
+                    "  - model: expert-1\n    parameters: {weight: 1.0, density: 0.7}\n"
+                    "  - model: expert-2\n    parameters: {weight: 0.5, density: 0.7}\n"}
+
+
+def _import_refused_check(w: World, persona: str, response) -> None:
+    """The only persona the import answers (200) is mallory: the names are not her team's."""
+    assert persona == "other_admin", persona
+    assert "is not one of your team&#x27;s checkpoints" in response.content.decode()
+
+
 def _task_data(w: World) -> dict:
     """A new task from the file of acme's uploaded one (in acme's folder: not mallory's to read)."""
     return {"name": "matrix-new-task", "kind": "auto", "path": w.task.path}
@@ -529,6 +562,16 @@ MATRIX: dict[str, list[Case]] = {
         Case("post", acts(done("/teams/acme/"), member=refused(FORBIDDEN)), args=lambda w: [w.acme.slug],
              data=lambda w: {"username": "mallory", "role": "viewer"}, effect=_mallory_in_acme),
     ],
+    "tokens:list": [  # anyone in the team may create tokens for themself; the page shows a new one once
+        Case("get", reads(), args=lambda w: [w.acme.slug]),
+        Case("post", acts(Answer(200, effect=True), viewer=Answer(200, effect=True)), args=lambda w: [w.acme.slug],
+             data=lambda w: {"name": "matrix new token"}, effect=_new_token),
+    ],
+    "tokens:revoke": [  # carol's token: hers, or a team admin's to revoke; bob does not see it (404)
+        Case("post", acts(done("/teams/acme/tokens/"), viewer=refused(NOT_FOUND)),
+             args=lambda w: [w.acme.slug, w.token.pk], effect=_token_revoked),
+        Case("get", post_only(), args=lambda w: [w.acme.slug, w.token.pk]),
+    ],
     "registry:list": [Case("get", reads(other=OK))],
     "registry:register": [
         Case("get", reads(other=OK)),
@@ -571,7 +614,16 @@ MATRIX: dict[str, list[Case]] = {
         Case("post", reads(other=OK), data=_merge_data, htmx=True, check=_preview_check),
         Case("get", post_only(), htmx=True),
     ],
+    "runs:import_yaml": [
+        # fills the merge form in and changes nothing: viewers may import too; mallory's team has
+        # no checkpoints of these names, so her import answers with the error
+        Case("post", {**reads(other=OK), **{p: Answer(302, to="/runs/new/?", exact=False)
+                                            for p in ("viewer", "member", "admin")}},
+             data=_import_data, check=_import_refused_check),
+        Case("get", post_only()),
+    ],
     "runs:detail": [Case("get", reads(), args=lambda w: [w.queued_run.pk])],
+    "runs:config_yaml": [Case("get", reads(), args=lambda w: [w.queued_run.pk])],  # the run's YAML, a download
     "runs:live": [Case("get", reads(), args=lambda w: [w.queued_run.pk], htmx=True)],  # htmx poll
     "runs:cancel": [
         Case("post", acts(done(_run_page)), args=lambda w: [w.queued_run.pk], effect=_queued_run_cancelled),
@@ -648,6 +700,7 @@ MATRIX: dict[str, list[Case]] = {
         Case("get", post_only(), args=lambda w: [w.cancelled_sweep.pk]),
     ],
     "admin": [],  # the Django admin as a group: test_admin_site_is_staff_only
+    "api": [],  # the REST API as a group: tests/api/test_token_matrix.py
 }
 
 # Cells that fail today because of an isolation bug in the app: (url name, method[/variant], persona) →
@@ -657,7 +710,8 @@ KNOWN_BUGS: dict[tuple[str, str, str], str] = {}
 
 # --- the URL patterns -------------------------------------------------------------------------
 
-GROUPS = ("admin",)  # namespaces the matrix covers as a whole
+GROUPS = ("admin", "api")  # the parts of the site the matrix covers as a whole
+API_PREFIX = "api/v1/"  # the "api" group: every route under it
 
 
 def url_patterns(patterns=None, prefix: str = "", namespaces: tuple = ()):
@@ -677,6 +731,8 @@ def matrix_key(route: str, name: str | None, namespaces: tuple) -> str:
     """The MATRIX key of a pattern: its group, its namespaced name, or (unnamed) its route."""
     if namespaces and namespaces[0] in GROUPS:
         return namespaces[0]
+    if route.startswith(API_PREFIX):
+        return "api"
     return name or f"route:{route}"
 
 
