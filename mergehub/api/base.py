@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 from django.http import Http404
+from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
 
 from .permissions import token_team
@@ -61,3 +62,10 @@ class TeamScopedMixin:
 
     def get_scoped(self, queryset: QuerySet, pk):
         return get_scoped_or_404(self.request, queryset, pk, self.not_found, self.team_field)
+
+
+def form_errors(form) -> serializers.ValidationError:
+    """A page form's errors as the API's 400: {field: [message, ...]}, the form's own words."""
+    return serializers.ValidationError({
+        ("non_field_errors" if field == "__all__" else field): [e["message"] for e in errors]
+        for field, errors in form.errors.get_json_data().items()})

@@ -22,7 +22,7 @@ from mergehub.registry import selectors, services
 from mergehub.registry.forms import RegisterCheckpointForm
 from mergehub.registry.models import Checkpoint
 
-from .base import TeamScopedMixin
+from .base import TeamScopedMixin, form_errors
 
 NOT_FOUND = "No such checkpoint."
 
@@ -88,9 +88,7 @@ class RegisterCheckpointSerializer(serializers.Serializer):
                             and not values.get("local_path", "").strip() else Checkpoint.Source.LOCAL)
         form = RegisterCheckpointForm(values)
         if not form.is_valid():
-            raise serializers.ValidationError({
-                ("non_field_errors" if field == "__all__" else field): [e["message"] for e in errors]
-                for field, errors in form.errors.get_json_data().items()})
+            raise form_errors(form)
         data = form.cleaned_data
         # Both sources go to the service, which refuses a local path and a repo id together.
         return {"name": data["name"], "role": data["role"], "family_name": data.get("family_name") or None,

@@ -37,7 +37,7 @@ from mergehub.runs.forms import import_query
 from mergehub.runs.models import MergeRun
 from mergehub.runs.yaml_config import inputs_from_config
 
-from .base import Pagination, TeamScopedMixin, get_scoped_or_404
+from .base import Pagination, TeamScopedMixin, form_errors, get_scoped_or_404
 from .jobs import (JOB_FIELDS, ApiUrlField, ConfigField, QueuedSerializer, ReferenceListField, TextOrNumberField,
                    block_size_of, queued)
 
@@ -92,12 +92,6 @@ def _form_values(data, fields, **defaults) -> dict:
     return values
 
 
-def _form_errors(form) -> serializers.ValidationError:
-    return serializers.ValidationError({
-        ("non_field_errors" if field == "__all__" else field): [e["message"] for e in errors]
-        for field, errors in form.errors.get_json_data().items()})
-
-
 class TaskList(TeamScopedMixin, generics.ListAPIView):
     serializer_class = TaskSerializer
     pagination_class = Pagination
@@ -117,7 +111,7 @@ class TaskList(TeamScopedMixin, generics.ListAPIView):
         """Register a task from a file under the team's roots (``path``) or an uploaded one (``upload``)."""
         form = RegisterTaskForm(_form_values(request.data, RegisterTaskForm.base_fields, kind="auto"), request.FILES)
         if not form.is_valid():
-            raise _form_errors(form)
+            raise form_errors(form)
         task = task_registry.register_task(team=self.team, user=request.user, **form.service_kwargs())
         return Response(TaskSerializer(task, context={"request": request}).data, status=status.HTTP_201_CREATED)
 

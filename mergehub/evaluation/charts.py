@@ -81,7 +81,7 @@ def sweep_score_chart(points: list[dict[str, Any]], tasks: list[str], references
     means = [sum(p["scores"].get(t, 0.0) for t in tasks) / len(tasks) for p in scored]
     fig.add_scatter(x=xs, y=means, mode="lines+markers", name="mean", line={"color": "#111", "width": 3},
                     hovertemplate="mean: %{y:.3f}<extra></extra>")
-    full = next((p for p in scored if p.get("budget") and _is_full(p)), None)
+    full = next((p for p in scored if _is_full(p)), None)
     if full is not None:
         fig.add_hline(y=sum(full["scores"].get(t, 0.0) for t in tasks) / len(tasks), line_dash="dot",
                       annotation_text="full-budget mean", annotation_position="bottom right")
@@ -96,8 +96,11 @@ def sweep_score_chart(points: list[dict[str, Any]], tasks: list[str], references
 
 
 def _is_full(point: dict[str, Any]) -> bool:
-    full = point.get("full_expert_bytes") or 0
-    return bool(full) and (point.get("planned_expert_bytes") or 0) >= full or point.get("budget") in ("1", "1.0")
+    """The full-read merge: budget 1, or a plan that reads every expert byte."""
+    if point.get("budget") in ("1", "1.0"):
+        return True
+    full = point.get("full_expert_bytes")
+    return bool(full) and (point.get("planned_expert_bytes") or 0) >= full
 
 
 def sweep_deviation_chart(points: list[dict[str, Any]]) -> Chart | None:

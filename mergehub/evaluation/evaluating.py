@@ -18,7 +18,7 @@ from mergehub.registry.models import Checkpoint
 from mergehub.runs.runner import merge_device
 
 from . import services
-from .models import EvalTask, EvaluationJob
+from .models import EvalResult, EvalTask, EvaluationJob
 from .task_registry import load_registered
 
 
@@ -55,9 +55,13 @@ class TaskScorer:
         self.device = scoring.pick_device(device)
         self.done, self.total = 0, 0
 
+    def stored(self, model_hash: str) -> dict[str, EvalResult | None]:
+        """{task name: the stored score of this model on it, or None}."""
+        return {task.name: services.cached_result(self.team, model_hash, parsed) for task, parsed in self.tasks}
+
     def missing(self, model_hash: str) -> list[tuple[EvalTask, scoring.Task]]:
-        return [(task, parsed) for task, parsed in self.tasks
-                if services.cached_result(self.team, model_hash, parsed) is None]
+        stored = self.stored(model_hash)
+        return [(task, parsed) for task, parsed in self.tasks if stored[task.name] is None]
 
     def plan(self, subjects: list[Subject]) -> None:
         """Fingerprint every model and count the examples still to score."""
@@ -70,7 +74,8 @@ class TaskScorer:
         """Score one model on every task (stored ones are reused); {task name: score}."""
         if not subject.model_hash:
             subject.model_hash = scoring.model_fingerprint(subject.path)
-        todo = self.missing(subject.model_hash)
+        results = self.stored(subject.model_hash)
+        todo = [(task, parsed) for task, parsed in self.tasks if results[task.name] is None]
         if not todo:
             self.runner.note(f"{subject.label}: every score was already stored; nothing to compute")
         else:
@@ -87,12 +92,11 @@ class TaskScorer:
                 batch_size=settings.MERGEHUB_EVAL_BATCH_SIZE, sample_size=settings.MERGEHUB_EVAL_SAMPLES,
                 progress=progress, cancel=self.runner.should_cancel)
             for (task, parsed), score in zip(todo, scores):
-                services.store_score(self.team, subject.model_hash, parsed, task, score)
+                results[task.name] = services.store_score(self.team, subject.model_hash, parsed, task, score)
                 self.runner.note(f"{subject.label} · {task.name}: {score.metric} {score.score:.3f} "
                                  f"(95% CI {score.ci_low:.3f}–{score.ci_high:.3f}, n={score.n}, {score.seconds:.1f} s)")
             self.done = start + sum(len(parsed.examples) or 1 for _, parsed in todo)
-        return {task.name: services.cached_result(self.team, subject.model_hash, parsed).score
-                for task, parsed in self.tasks}
+        return {name: result.score for name, result in results.items()}
 
 
 class EvaluationRunner(JobRunner):
@@ -122,7 +126,8 @@ class EvaluationRunner(JobRunner):
         run = job.run
         out = Path(run.output_path or "")
         if not run.output_path or not out.is_dir():
-            raise ConfigError(f"run #{run.pk}'s merged model is not on disk any more ({run.output_path or 'none'})")
+            raise ConfigError(f"run #{run.pk}'s merged model is not on disk any more ({run.output_path or 'none'}); "
+                              "retry the run to merge it again, then evaluate that run")
         subjects = [Subject(f"merge (run #{run.pk})", "merge", out, {"run_id": run.pk})]
         if job.with_references:
             if run.base is not None:

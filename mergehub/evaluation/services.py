@@ -40,10 +40,12 @@ def _check_subject(team: Team, run: MergeRun | None, checkpoint: Checkpoint | No
         raise Http404("No such object.")
     if run is not None:
         if run.status != MergeRun.Status.SUCCEEDED or not run.output_path:
-            raise ValidationError(f"Run #{run.pk} is {run.status}; only a merged model can be evaluated.")
+            raise ValidationError(f"Run #{run.pk} is {run.status}; only a merged model can be evaluated: wait for "
+                                  "the merge to succeed (or retry it).")
         return f"run #{run.pk}"
     if not checkpoint.is_ready or not checkpoint.path:
-        raise ValidationError(f"{checkpoint.name} is not ready yet ({checkpoint.index_status}).")
+        raise ValidationError(f"{checkpoint.name} is not ready yet ({checkpoint.index_status}); wait for its "
+                              "index (or re-index it from its page).")
     return checkpoint.name
 
 

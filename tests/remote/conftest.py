@@ -12,31 +12,11 @@ import urllib.parse
 import pytest
 
 from mergehub.engine import cli
+from tests.api.conftest import fresh_cache, make_token  # noqa: F401  (the API tests' fixtures)
 
 TIES = ("merge_method: ties\nbase_model: base\nmodels:\n"
         "  - model: expert-1\n    parameters: {weight: 1.0, density: 0.7}\n"
         "  - model: expert-2\n    parameters: {weight: 0.5, density: 0.7}\n")
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    """DRF's rate throttle counts in Django's cache, which outlives a test's transaction."""
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
-    cache.clear()
-
-
-@pytest.fixture
-def make_token(db):
-    """``make_token(user, team, write=False)`` → (ApiToken, text)."""
-    from mergehub.api.tokens import create_token
-
-    def make(user, team, *, write: bool = False):
-        return create_token(user=user, team=team, name="cli", can_write=write, by=user)
-
-    return make
 
 
 @pytest.fixture
