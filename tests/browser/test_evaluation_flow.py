@@ -74,6 +74,9 @@ def test_evaluate_after_merge(browser_page, live_server, alice, registered_lm, t
     # 5. the report's Benchmark section: the chart is drawn, the table has the four models
     benchmark = page.locator("#benchmark")
     assert benchmark.locator("h2").inner_text() == "Benchmark"
+    # the page may have loaded while the evaluation still ran: its live part reloads the page
+    # once the evaluation is done (and leaves it then)
+    page.wait_for_selector("#evaluation-live", state="detached", timeout=60_000)
     page.wait_for_selector("#chart-benchmark .main-svg")
     assert page.locator("#chart-benchmark .trace.bars").count() == 4  # merge, base and two experts
     rows = page.locator("#benchmark-table tbody tr")
