@@ -1,4 +1,12 @@
-"""Writes for teams and memberships."""
+"""Writes for teams and memberships: team self-service (create a team, invite, change roles,
+remove members, leave).
+
+The rules: any signed-in user may create a team and becomes its admin; only a team's admins
+manage its members; a team always keeps at least one admin, so no removal, role change or
+leaving takes away its last one. Each write is one transaction in which the team's admin rows
+are locked while they are counted, so two admins demoting (or removing) each other at the same
+moment cannot leave a team without one.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,11 @@ from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
 from .models import ROLE_ORDER, Membership, Role, Team
-from .selectors import has_role
+from .selectors import has_role, users_matching
+
+NAME_MAX = Team._meta.get_field("name").max_length
+# Routes under /teams/ that are not teams: a team with one of these slugs would be unreachable.
+RESERVED_SLUGS = frozenset({"switch"})
 
 
 def require_role(*, user, team: Team, role: str, action: str) -> None:
@@ -18,50 +30,141 @@ def require_role(*, user, team: Team, role: str, action: str) -> None:
 
 @transaction.atomic
 def create_team(*, name: str, owner) -> Team:
-    """Create a team; ``owner`` becomes its admin."""
+    """Create a team named ``name`` (its address, the slug, is made from the name); ``owner``
+    becomes its admin."""
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": "Give the team a name."})
+    if len(name) > NAME_MAX:
+        raise ValidationError({"name": f"A team name has at most {NAME_MAX} characters; this one has {len(name)}."})
     slug = slugify(name)
     if not slug:
-        raise ValidationError({"name": "The name needs at least one letter or digit."})
-    if Team.objects.filter(name__iexact=name).exists() or Team.objects.filter(slug=slug).exists():
-        raise ValidationError({"name": f"A team named {name!r} already exists; choose another name."})
+        raise ValidationError({"name": "The name needs at least one letter from A to Z or a digit: "
+                                       "the team's address (/teams/<address>/) is made from them."})
+    if slug in RESERVED_SLUGS:
+        raise ValidationError({"name": f"The name {name!r} would give the team the address /teams/{slug}/, "
+                                       "which the site uses itself; choose another name."})
+    taken = ValidationError({"name": f"A team named {name!r} already exists; choose another name."})
+    if Team.objects.filter(name__iexact=name).exists():
+        raise taken
+    if Team.objects.filter(slug=slug).exists():
+        raise ValidationError({"name": f"A team with the address /teams/{slug}/ already exists (names that differ "
+                                       "only in letter case, spaces or punctuation share an address); "
+                                       "choose another name."})
     try:
         with transaction.atomic():
             team = Team.objects.create(name=name, slug=slug)
-    except IntegrityError:
-        raise ValidationError({"name": f"A team named {name!r} already exists; choose another name."}) from None
+    except IntegrityError:  # created by someone else since the checks above
+        raise taken from None
     Membership.objects.create(user=owner, team=team, role=Role.ADMIN)
     return team
 
 
 @transaction.atomic
-def add_member(*, team: Team, user, role: str, by) -> Membership:
-    """Add ``user`` to ``team`` with ``role`` (or change their role). Only team admins may."""
-    require_role(user=by, team=team, role=Role.ADMIN, action="manage members")
-    if role not in ROLE_ORDER:
-        raise ValidationError({"role": f"Unknown role {role!r}; choose one of {', '.join(ROLE_ORDER)}."})
-    membership, created = Membership.objects.get_or_create(user=user, team=team, defaults={"role": role})
-    if not created and membership.role != role:
-        if membership.role == Role.ADMIN and _admin_count(team) == 1:
-            raise ValidationError({"role": "A team needs at least one admin; promote someone else first."})
-        membership.role = role
-        membership.save(update_fields=["role"])
-    return membership
+def invite_member(*, team: Team, username: str, role: str, by) -> Membership:
+    """Add the existing account named ``username`` (or whose email address it is) to ``team``
+    with ``role``. Only team admins may; someone already in the team is an error (their role
+    is changed with ``change_role``)."""
+    require_role(user=by, team=team, role=Role.ADMIN, action="invite members")
+    _check_role(role)
+    username = (username or "").strip()
+    if not username:
+        raise ValidationError({"username": "Enter the username or the email address of an existing account."})
+    users = users_matching(username)
+    if not users:
+        raise ValidationError({"username": f"No user named {username!r} or with that email address; "
+                                           "ask them to get an account first, then invite them."})
+    if len(users) > 1:
+        raise ValidationError({"username": f"Several accounts use the email address {username!r}; "
+                                           "invite by username instead."})
+    user = users[0]
+    already = ValidationError({"username": f"{user.get_username()} is already a member of {team.name}; "
+                                           "change their role in the members list instead."})
+    if Membership.objects.filter(team=team, user=user).exists():
+        raise already
+    try:
+        with transaction.atomic():
+            return Membership.objects.create(user=user, team=team, role=role)
+    except IntegrityError:  # added by another admin since the check above
+        raise already from None
+
+
+@transaction.atomic
+def change_role(*, membership: Membership, role: str, by) -> Membership:
+    """Give the member of ``membership`` the role ``role``. Only team admins may, and never
+    to the team's last admin."""
+    team = membership.team
+    require_role(user=by, team=team, role=Role.ADMIN, action="change members' roles")
+    _check_role(role)
+    current = Membership.objects.select_for_update().filter(pk=membership.pk).select_related("user").first()
+    if current is None:
+        raise ValidationError(f"{membership.user.get_username()} is no longer a member of {team.name}.")
+    if current.role == role:
+        return current
+    name = current.user.get_username()
+    if current.role == Role.ADMIN:
+        _keep_an_admin(team, f"{name} is the last admin of {team.name}, and a team needs at least one admin: "
+                             f"make another member an admin first, then change {name}'s role.", field="role")
+    current.role = role
+    current.save(update_fields=["role"])
+    return current
 
 
 @transaction.atomic
 def remove_member(*, team: Team, user, by) -> None:
-    require_role(user=by, team=team, role=Role.ADMIN, action="manage members")
-    membership = Membership.objects.filter(team=team, user=user).first()
+    """Take ``user`` out of ``team``. Only team admins may, and never the team's last admin."""
+    require_role(user=by, team=team, role=Role.ADMIN, action="remove members")
+    membership = Membership.objects.select_for_update().filter(team=team, user=user).first()
     if membership is None:
-        raise ValidationError(f"{user} is not a member of {team.name}.")
-    if membership.role == Role.ADMIN and _admin_count(team) == 1:
-        raise ValidationError("A team needs at least one admin; promote someone else first.")
+        raise ValidationError(f"{user.get_username()} is not a member of {team.name}.")
+    if membership.role == Role.ADMIN:
+        name = user.get_username()
+        _keep_an_admin(team, f"{name} is the last admin of {team.name}, and a team needs at least one admin: "
+                             f"make another member an admin first, then remove {name}.")
     membership.delete()
 
 
-def _admin_count(team: Team) -> int:
-    """Admins of ``team``, their rows locked (FOR UPDATE cannot wrap COUNT on PostgreSQL)."""
-    return len(Membership.objects.select_for_update().filter(team=team, role=Role.ADMIN).values_list("pk", flat=True))
+@transaction.atomic
+def leave_team(*, team: Team, user) -> None:
+    """``user`` leaves ``team`` (any member may), unless they are its last admin."""
+    membership = Membership.objects.select_for_update().filter(team=team, user=user).first()
+    if membership is None:
+        raise ValidationError(f"You are not a member of {team.name}.")
+    if membership.role == Role.ADMIN:
+        if Membership.objects.filter(team=team).count() == 1:
+            message = (f"You are the only member of {team.name}, and a team needs at least one admin: invite "
+                       "someone and make them an admin first, then leave (or ask a site admin to delete the team).")
+        else:
+            message = (f"You are the last admin of {team.name}, and a team needs at least one admin: "
+                       "make another member an admin first, then leave.")
+        _keep_an_admin(team, message)
+    membership.delete()
+
+
+@transaction.atomic
+def add_member(*, team: Team, user, role: str, by) -> Membership:
+    """Make ``user`` a member of ``team`` with ``role``, whether or not they already are one
+    (for scripts; the team page invites with ``invite_member``). Only team admins may."""
+    require_role(user=by, team=team, role=Role.ADMIN, action="manage members")
+    _check_role(role)
+    membership = Membership.objects.filter(user=user, team=team).select_related("team").first()
+    if membership is not None:
+        return change_role(membership=membership, role=role, by=by)
+    try:
+        with transaction.atomic():
+            return Membership.objects.create(user=user, team=team, role=role)
+    except IntegrityError:  # added meanwhile: set the role instead
+        return change_role(membership=Membership.objects.get(user=user, team=team), role=role, by=by)
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLE_ORDER:
+        raise ValidationError({"role": f"Unknown role {role!r}; choose one of {', '.join(ROLE_ORDER)}."})
+
+
+def _keep_an_admin(team: Team, message: str, *, field: str | None = None) -> None:
+    """ValidationError(``message``) unless ``team`` has another admin besides the one a change
+    would take away. The admin rows are locked (FOR UPDATE cannot wrap COUNT on PostgreSQL)."""
+    admins = Membership.objects.select_for_update().filter(team=team, role=Role.ADMIN).values_list("pk", flat=True)
+    if len(admins) <= 1:
+        raise ValidationError({field: message} if field else message)

@@ -355,6 +355,36 @@ def _mallory_in_acme(w: World, client: Client) -> bool:
     return Membership.objects.filter(team=w.acme, user=w.users["other_admin"]).exists()
 
 
+def _bobs_membership(w: World) -> list:
+    from mergehub.accounts.models import Membership
+
+    return [w.acme.slug, Membership.objects.get(team=w.acme, user=w.users["viewer"]).pk]
+
+
+def _bob_promoted(w: World, client: Client) -> bool:
+    from mergehub.accounts.models import Membership
+
+    return Membership.objects.get(team=w.acme, user=w.users["viewer"]).role != "viewer"
+
+
+def _bob_removed(w: World, client: Client) -> bool:
+    from mergehub.accounts.models import Membership
+
+    return not Membership.objects.filter(team=w.acme, user=w.users["viewer"]).exists()
+
+
+def _acme_lost_a_member(w: World, client: Client) -> bool:
+    from mergehub.accounts.models import Membership
+
+    return Membership.objects.filter(team=w.acme).count() != 3
+
+
+def _matrix_team_created(w: World, client: Client) -> bool:
+    from mergehub.accounts.models import Team
+
+    return Team.objects.filter(slug="matrix-team").exists()
+
+
 def _new_token(w: World, client: Client) -> bool:
     from mergehub.api.models import ApiToken
 
@@ -557,10 +587,35 @@ MATRIX: dict[str, list[Case]] = {
              effect=_working_in_acme),
         Case("get", post_only()),
     ],
-    "accounts:team": [  # members' list for the team; adding a member is for admins
+    "accounts:teams": [  # one's own teams; anyone signed in may create a team (a new team, not acme's state)
+        Case("get", reads(other=OK)),
+        Case("post", {"anonymous": refused(TO_LOGIN), **{p: done("/teams/matrix-team/") for p in USERNAMES}},
+             data=lambda w: {"name": "Matrix team"}, effect=_matrix_team_created),
+    ],
+    "accounts:team": [  # members' list for the team; inviting a member is for admins
         Case("get", reads(), args=lambda w: [w.acme.slug]),
         Case("post", acts(done("/teams/acme/"), member=refused(FORBIDDEN)), args=lambda w: [w.acme.slug],
              data=lambda w: {"username": "mallory", "role": "viewer"}, effect=_mallory_in_acme),
+    ],
+    "accounts:leave": [  # any member may leave; alice, acme's last admin, is sent back with the reason
+        Case("post", {**acts(done("/teams/"), viewer=done("/teams/")), "admin": redirect("/teams/acme/", effect=False)},
+             args=lambda w: [w.acme.slug], effect=_acme_lost_a_member),
+        Case("get", post_only(), args=lambda w: [w.acme.slug]),
+    ],
+    "accounts:member_role": [  # bob made a member: team admins only
+        Case("post", acts(done("/teams/acme/"), member=refused(FORBIDDEN)), args=_bobs_membership,
+             data=lambda w: {"role": "member"}, effect=_bob_promoted),
+        Case("get", post_only(), args=_bobs_membership),
+        # rival's slug with acme's membership: the membership must be of that team
+        Case("post", nobody(), variant="mixed-ids", args=lambda w: [w.rival.slug, _bobs_membership(w)[1]],
+             data=lambda w: {"role": "member"}, effect=_bob_promoted),
+    ],
+    "accounts:member_remove": [  # bob removed: team admins only
+        Case("post", acts(done("/teams/acme/"), member=refused(FORBIDDEN)), args=_bobs_membership,
+             effect=_bob_removed),
+        Case("get", post_only(), args=_bobs_membership),
+        Case("post", nobody(), variant="mixed-ids", args=lambda w: [w.rival.slug, _bobs_membership(w)[1]],
+             effect=_bob_removed),
     ],
     "tokens:list": [  # anyone in the team may create tokens for themself; the page shows a new one once
         Case("get", reads(), args=lambda w: [w.acme.slug]),
