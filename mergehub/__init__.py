@@ -2,7 +2,7 @@
 
 import os
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 # torch's OpenMP threads otherwise spin between parallel regions: on a few cores that takes
 # CPU from the merge's reader, writer and compiled-loop threads (measured here: sce 7.0 s →

@@ -148,6 +148,36 @@ def registered_family(family, alice, acme, run_on_commit):
     return {"base": base, "experts": experts}
 
 
+@pytest.fixture
+def registered_sketch_family(tmp_path, alice, acme, run_on_commit):
+    """A family whose matrices are large enough for the index's low-rank sketches to pay (hidden
+    128, one layer) and whose experts' deltas are of rank 2, registered in acme and indexed:
+    a budgeted task_arithmetic plan reads sketches. {"base", "experts"}."""
+    from mergehub.registry.services import register_checkpoint
+
+    family = make_family(tmp_path / "lowrank", hidden=128, layers=1, delta_rank=2)
+    with run_on_commit():
+        base = register_checkpoint(team=acme, user=alice, name="lowrank-base", role="base",
+                                   family_name="lowrank", local_path=str(family["base"]))
+    experts = []
+    for i, path in enumerate(family["experts"], start=1):
+        with run_on_commit():
+            ckpt = register_checkpoint(team=acme, user=alice, name=f"lowrank-expert-{i}", role="expert",
+                                       family_name="lowrank", local_path=str(path))
+        ckpt.refresh_from_db()
+        assert ckpt.is_ready, ckpt.index_error
+        experts.append(ckpt)
+    base.refresh_from_db()
+    return {"base": base, "experts": experts}
+
+
+def sketch_merge_inputs(family: dict, budget: str = "0.25", **extra) -> dict:
+    """Keyword arguments for runs.services.create_run / preview_plan: task arithmetic of both
+    experts of ``registered_sketch_family``, which sketches by default."""
+    return {"method": "task_arithmetic", "base": family["base"],
+            "experts": [(e, {"weight": 0.5}) for e in family["experts"]], "budget": budget, **extra}
+
+
 # --- logged-in clients, one per persona ---------------------------------------------------------
 
 def _client_for(user):

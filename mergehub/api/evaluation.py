@@ -9,7 +9,8 @@
     POST /api/v1/evaluations/{id}/cancel/   cancel; .../retry/ queues it again
     GET  /api/v1/sweeps/                    the team's sweeps, newest first
     POST /api/v1/sweeps/                    {"config": <mergekit YAML>, "budgets": "0.1, 0.25, 1", "tasks": [...]}
-    GET  /api/v1/sweeps/{id}/               status, one point per budget, the references' scores
+    GET  /api/v1/sweeps/{id}/               status, one point per budget (two with sketches on: "sketch" and
+                                            "blocks"), the references' scores
     POST /api/v1/sweeps/{id}/cancel/        cancel; .../retry/ queues it again
 
 Views parse and call the evaluation services (task_registry, services, sweeps) and selectors;
@@ -35,11 +36,11 @@ from mergehub.evaluation.selectors import Benchmark
 from mergehub.registry.models import Checkpoint
 from mergehub.runs.forms import import_query
 from mergehub.runs.models import MergeRun
-from mergehub.runs.yaml_config import inputs_from_config
+from mergehub.runs.yaml_config import inputs_from_config, settings_from_config
 
 from .base import Pagination, TeamScopedMixin, form_errors, get_scoped_or_404
 from .jobs import (JOB_FIELDS, ApiUrlField, ConfigField, QueuedSerializer, ReferenceListField, TextOrNumberField,
-                   block_size_of, queued)
+                   block_size_of, queued, sketch_rank_field)
 
 # --- tasks ------------------------------------------------------------------------------------
 
@@ -313,7 +314,8 @@ class SweepSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = SweepJob
-        fields = [*JOB_FIELDS, "name", "author", "method", "base", "budgets", "seed", "block_size", "retry_of"]
+        fields = [*JOB_FIELDS, "name", "author", "method", "base", "budgets", "seed", "block_size", "sketch_rank",
+                  "retry_of"]
         read_only_fields = fields
 
 
@@ -321,7 +323,10 @@ class SweepDetailSerializer(SweepSerializer):
     experts = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     tasks = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
     points = serializers.ListField(child=serializers.DictField(), read_only=True,
-                                   help_text="One per budget: plan, bytes, deviation and (with tasks) scores.")
+                                   help_text='One per budget and mode: plan, bytes, deviation and (with tasks) scores. '
+                                             'mode "sketch": the plan may use low-rank sketches (sketch_bytes of its '
+                                             'planned_expert_bytes); mode "blocks": exact blocks only. With sketches '
+                                             'on, every budget has both.')
     references = serializers.ListField(child=serializers.DictField(), read_only=True,
                                        help_text="The base and experts: label, role, model hash.")
 
@@ -339,6 +344,7 @@ class SweepCreateSerializer(serializers.Serializer):
     block_size = TextOrNumberField(required=False, allow_blank=True, help_text="Bytes or e.g. 1MiB.")
     tasks = ReferenceListField(required=False, help_text="With tasks, each budget's merge is written and scored.")
     queue = serializers.CharField(required=False, allow_blank=True)
+    sketch_rank = sketch_rank_field()
 
     def validate_budgets(self, value):
         if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
@@ -369,11 +375,15 @@ class SweepList(TeamScopedMixin, generics.ListAPIView):
         inputs = inputs_from_config(self.team, data["config"], field="config")
         tasks = selectors.tasks_by_reference(team=self.team, refs=data.get("tasks"))
         query, _ = import_query(inputs)
+        sketch_rank = data.get("sketch_rank")
+        if sketch_rank is None:  # the config's mergehub section, as a run's
+            sketch_rank = settings_from_config(data["config"], field="config").get("sketch_rank")
         try:
             sweep = sweeps.create_sweep(
                 user=request.user, team=self.team, **inputs, name=data.get("name", ""), budgets=data["budgets"],
                 seed=data.get("seed", 0), tasks=tasks, block_size=block_size_of(data.get("block_size")),
-                queue=data.get("queue") or None, form_data=parse_qs(query, keep_blank_values=True))
+                queue=data.get("queue") or None, form_data=parse_qs(query, keep_blank_values=True),
+                sketch_rank=sketch_rank)
         except ValidationError as error:
             raise _renamed(error, {"sweep_budgets": "budgets"}) from None
         return _created(request, sweep, "api-sweep-detail")

@@ -10,7 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from mergehub.engine.api import parse_block_size
+from mergehub.engine.api import DEFAULT_SKETCH_RANK, MAX_SKETCH_RANK, parse_block_size
 from mergehub.engine.errors import ConfigError
 from mergehub.jobs.models import Job
 
@@ -89,6 +89,19 @@ class ReferenceListField(serializers.ListField):
         if any(not isinstance(v, (int, str)) or isinstance(v, bool) for v in values):
             raise serializers.ValidationError("List ids (numbers) or names (text).")
         return values
+
+
+SKETCH_RANK_HELP = ("Rank of the low-rank sketches of each expert's delta that a budgeted plan may read in place "
+                    "of exact blocks it leaves out (their bytes count against the budget): a whole number from 0 "
+                    f"(off) to {MAX_SKETCH_RANK}, at most the rank the experts were indexed with. Default: the "
+                    "config's mergehub section, else the method's default (rank "
+                    f"{DEFAULT_SKETCH_RANK}; sketches were measured to help every method that has a base model).")
+
+
+def sketch_rank_field(**kwargs) -> serializers.IntegerField:
+    """The optional ``sketch_rank`` of a run, plan or sweep body (checked by
+    runs.services.check_sketch_rank, with the engine's rule)."""
+    return serializers.IntegerField(required=False, allow_null=True, help_text=SKETCH_RANK_HELP, **kwargs)
 
 
 def block_size_of(value) -> int | None:

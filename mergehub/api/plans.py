@@ -2,12 +2,13 @@
 
     POST /api/v1/plans/   {"config": <mergekit YAML text or a JSON object>, "budget": "0.1"}
 
-The body is a run's (POST runs/) as far as the plan goes: config, budget, block_size, with the
-same defaults from the config's ``mergehub:`` section (an exported run plans as it ran).
+The body is a run's (POST runs/) as far as the plan goes: config, budget, block_size and
+sketch_rank, with the same defaults from the config's ``mergehub:`` section (an exported run plans as it ran).
 
 The config names the team's checkpoints as a run's config does (runs.yaml_config translates it);
-the answer is the engine's plan: planned and full expert bytes, the error certificate, blocks
-planned of the total, and the same per expert. It reads the index only and changes nothing, so
+the answer is the engine's plan: planned and full expert bytes (the planned ones split into
+low-rank sketches and exact blocks), the error certificate, blocks planned of the total, and
+the same per expert. It reads the index only and changes nothing, so
 a read-only token (and a viewer) may ask.
 """
 
@@ -22,7 +23,7 @@ from mergehub.runs import services as runs
 from mergehub.runs.yaml_config import inputs_from_config, settings_from_config
 
 from .base import TeamScopedMixin
-from .jobs import ConfigField, TextOrNumberField, block_size_of
+from .jobs import ConfigField, TextOrNumberField, block_size_of, sketch_rank_field
 
 
 class PlanRequestSerializer(serializers.Serializer):
@@ -35,6 +36,7 @@ class PlanRequestSerializer(serializers.Serializer):
     block_size = TextOrNumberField(required=False, allow_blank=True, max_length=50,
                                    help_text="Bytes or e.g. 1MiB. Default: the config's mergehub section, else the "
                                              "site's block size.")
+    sketch_rank = sketch_rank_field()
 
 
 class PerExpertPlanSerializer(serializers.Serializer):
@@ -44,6 +46,8 @@ class PerExpertPlanSerializer(serializers.Serializer):
     full_bytes = serializers.IntegerField()
     nonzero_bytes = serializers.IntegerField()
     planned_bytes = serializers.IntegerField()
+    sketch_bytes = serializers.IntegerField(default=0, help_text="Of planned_bytes, the low-rank sketches' share.")
+    sketches_planned = serializers.IntegerField(default=0)
     blocks_planned = serializers.IntegerField()
     blocks_total = serializers.IntegerField()
 
@@ -59,6 +63,12 @@ class PlanSerializer(serializers.Serializer):
     blocks_planned = serializers.IntegerField()
     blocks_total = serializers.IntegerField()
     block_size = serializers.IntegerField()
+    sketch_rank = serializers.IntegerField(default=0, help_text="Rank of the sketches the plan may use (0: none).")
+    sketch_bytes = serializers.IntegerField(default=0, help_text="Of planned_expert_bytes, the low-rank sketches' "
+                                                                 "share; the rest, block_bytes, is exact blocks.")
+    block_bytes = serializers.IntegerField(default=0)
+    sketches_planned = serializers.IntegerField(default=0, help_text="(expert, tensor) sketches the plan reads.")
+    sketches_available = serializers.IntegerField(default=0)
     plan_digest = serializers.CharField()
     per_expert = PerExpertPlanSerializer(many=True)
 
@@ -76,7 +86,10 @@ class PlanPreview(TeamScopedMixin, APIView):
         noted = settings_from_config(data["config"], field="config")  # an exported run's mergehub section
         budget = data.get("budget") or noted.get("budget", "")
         block_size = block_size_of(data.get("block_size") or noted.get("block_size"))
-        plan = runs.preview_plan(user=request.user, team=self.team, budget=budget, block_size=block_size, **inputs)
+        sketch_rank = data.get("sketch_rank")
+        plan = runs.preview_plan(user=request.user, team=self.team, budget=budget, block_size=block_size,
+                                 sketch_rank=sketch_rank if sketch_rank is not None else noted.get("sketch_rank"),
+                                 **inputs)
         experts = [checkpoint for checkpoint, _ in inputs.get("experts", [])]
         per_expert = [dict(entry, checkpoint_id=experts[k].pk if k < len(experts) else None)
                       for k, entry in enumerate(plan.get("per_expert", []))]

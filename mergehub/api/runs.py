@@ -31,7 +31,7 @@ from mergehub.runs.models import MergeRun
 from .base import Pagination, TeamScopedMixin
 from .evaluation import BenchmarkSerializer, benchmark_data
 from .jobs import (JOB_FIELDS, ApiUrlField, ConfigField, QueuedSerializer, ReferenceListField, TextOrNumberField,
-                   api_url, block_size_of, queued)
+                   api_url, block_size_of, queued, sketch_rank_field)
 
 NOT_FOUND = "No such run."
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -49,7 +49,7 @@ class RunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = MergeRun
-        fields = [*JOB_FIELDS, "name", "author", "method", "base", "budget", "seed", "block_size",
+        fields = [*JOB_FIELDS, "name", "author", "method", "base", "budget", "seed", "block_size", "sketch_rank",
                   "measure_deviation", "expert_bytes_saved", "retry_of"]
         read_only_fields = fields
 
@@ -62,10 +62,13 @@ class RunDetailSerializer(RunSerializer):
     config_yaml_url = serializers.SerializerMethodField()
     evaluation = serializers.SerializerMethodField()
     evaluate_tasks = serializers.ListField(source="evaluate_task_ids", child=serializers.IntegerField(), read_only=True)
-    plan = serializers.DictField(read_only=True, help_text="The engine's plan: planned and full expert bytes, the "
-                                                           "error certificate, blocks planned, per expert.")
+    plan = serializers.DictField(read_only=True, help_text="The engine's plan: planned and full expert bytes (of "
+                                                           "them, sketch_bytes in low-rank sketches and block_bytes "
+                                                           "in exact blocks), the error certificate, blocks planned, "
+                                                           "per expert.")
     metrics = serializers.DictField(read_only=True, help_text="Measured once the run succeeded: bytes read and "
-                                                              "written, time split, deviation.")
+                                                              "written (expert_bytes_* count exact blocks, "
+                                                              "sketch_bytes_* the sketches), time split, deviation.")
     manifest = serializers.DictField(read_only=True, help_text="The output's manifest: inputs with file hashes, "
                                                                "plan digest, output file hashes.")
 
@@ -115,6 +118,7 @@ class RunCreateSerializer(serializers.Serializer):
                                              "site's block size.")
     measure_deviation = serializers.BooleanField(required=False,
                                                  help_text="Also compute the full-read merge to report the deviation.")
+    sketch_rank = sketch_rank_field()
     evaluate_tasks = ReferenceListField(required=False, help_text="Evaluation tasks (ids or names) to score the "
                                                                   "merged model on once it succeeds.")
     queue = serializers.CharField(required=False, allow_blank=True, help_text="The worker queue (e.g. cpu, gpu).")
@@ -169,6 +173,7 @@ class RunList(TeamScopedMixin, generics.ListAPIView):
             user=request.user, team=self.team, idempotency_key=key, **inputs, name=data.get("name", ""),
             budget=given("budget", ""), seed=given("seed", 0), block_size=block_size_of(given("block_size")),
             measure_deviation=bool(given("measure_deviation", False)), queue=data.get("queue") or None,
+            sketch_rank=given("sketch_rank"),
             evaluate_tasks=tasks_by_reference(team=self.team, refs=data.get("evaluate_tasks"), field="evaluate_tasks"))
         return _queued(request, run, created=created)
 
@@ -209,7 +214,7 @@ class RunRetry(TeamScopedMixin, APIView):
 
     @extend_schema(request=None, responses={201: QueuedSerializer})
     def post(self, request, pk):
-        """Queue the same merge again (same config, budget, seed and queue; planned afresh)."""
+        """Queue the same merge again (same config, budget, seed, sketch rank and queue; planned afresh)."""
         run = services.retry_run(run=self.get_scoped(_run_queryset(), pk), user=request.user)
         return _queued(request, run, created=True)
 

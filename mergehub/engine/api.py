@@ -36,6 +36,7 @@ from .layout import ModelLayout, read_model_layout
 from .planner import Plan, make_plan, parse_budget, expand_ranges
 from .prefetch import Prefetch
 from .publish import Staging, check_target
+from .sketch import DEFAULT_SKETCH_RANK, MAX_SKETCH_RANK, check_rank
 from .writer import DEFAULT_OUTPUT_HASH, DEFAULT_SHARD_BYTES, ShardedWriter
 
 __all__ = ["inspect_model", "check_compatible", "index_model", "load_config", "load_config_mapping",
@@ -69,11 +70,27 @@ class IndexSummary:
 
 def index_model(model_dir, base_dir, *, catalog_dir=None, block_size: int | None = None,
                 force: bool = False, progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None) -> IndexSummary:
+                cancel: CancelFn | None = None, sketch_rank: int = DEFAULT_SKETCH_RANK) -> IndexSummary:
+    """Index an expert against its base, with low-rank sketches of ``sketch_rank`` (0: none).
+    An entry that is current is kept (a rank-0 request accepts any rank)."""
+    sketch_rank = check_rank(sketch_rank)
     base, expert = read_model_layout(base_dir), read_model_layout(model_dir)
     entries, todo = Catalog(catalog_dir).ensure([expert], base, block_size or DEFAULT_BLOCK_SIZE,
-                                                Control(progress, cancel), force=force)
+                                                Control(progress, cancel), force=force,
+                                                sketch_rank=sketch_rank, index_rank=sketch_rank)
     return IndexSummary(entries[0], expert, bool(todo))
+
+
+def merge_sketch_rank(config: MergeConfig, requested: int | None = None) -> int:
+    """The sketch rank a budgeted merge uses: ``requested`` (a CLI flag, a form), else the
+    config's ``mergehub: {sketch_rank: N}``, else the default for operators whose quality
+    sketches were measured to help (``Operator.sketches_by_default``), else 0 (off)."""
+    if requested is not None:
+        return check_rank(requested)
+    meta = config.raw.get("mergehub") if isinstance(config.raw, dict) else None
+    if isinstance(meta, dict) and meta.get("sketch_rank") is not None:
+        return check_rank(meta["sketch_rank"], "mergehub.sketch_rank")
+    return DEFAULT_SKETCH_RANK if config.operator.sketches_by_default else 0
 
 
 @dataclass
@@ -83,10 +100,11 @@ class _Inputs:
     entries: list[IndexEntry] | None
     index_seconds: float
     indexed: list[int]
+    sketch_files: list[Path | None] | None = None
 
 
 def _open_inputs(config: MergeConfig, catalog_dir, block_size: int, control: Control,
-                 index_missing: bool) -> _Inputs:
+                 index_missing: bool, sketch_rank: int = 0) -> _Inputs:
     base = read_model_layout(config.base_model.path) if config.base_model else None
     experts = [read_model_layout(m.path) for m in config.models]
     reference = base or experts[0]
@@ -96,24 +114,31 @@ def _open_inputs(config: MergeConfig, catalog_dir, block_size: int, control: Con
         return _Inputs(base, experts, None, 0.0, [])
     catalog = Catalog(catalog_dir)
     if not index_missing:
-        entries = [catalog.lookup(e, base, block_size) for e in experts]
+        entries = [catalog.lookup(e, base, block_size, sketch_rank) for e in experts]
         missing = [str(e.root) for e, entry in zip(experts, entries) if entry is None]
         if missing:
-            raise NotIndexed(f"not indexed yet (or changed since): {', '.join(missing)}; run "
-                             "`mergehub index MODEL --base BASE` or wait for indexing to finish")
-        return _Inputs(base, experts, entries, 0.0, [])
+            rank_flag = f" --sketch-rank {sketch_rank}" if sketch_rank else ""
+            raise NotIndexed(f"not indexed yet{' with sketches of rank ' + str(sketch_rank) if sketch_rank else ''} "
+                             f"(or changed since): {', '.join(missing)}; run "
+                             f"`mergehub index MODEL --base BASE{rank_flag}` or wait for indexing to finish")
+        return _Inputs(base, experts, entries, 0.0, [], [catalog.sketch_path(e) for e in entries])
     t0 = time.perf_counter()
-    entries, todo = catalog.ensure(experts, base, block_size, control)
-    return _Inputs(base, experts, entries, time.perf_counter() - t0 if todo else 0.0, todo)
+    entries, todo = catalog.ensure(experts, base, block_size, control, sketch_rank=sketch_rank)
+    return _Inputs(base, experts, entries, time.perf_counter() - t0 if todo else 0.0, todo,
+                   [catalog.sketch_path(e) for e in entries])
 
 
 def plan_merge(config: MergeConfig, *, budget=1.0, catalog_dir=None, block_size: int | None = None,
-               seed: int = 0, index_missing: bool = False, progress: ProgressFn | None = None) -> Plan:
-    """Plan from the catalog alone: no expert weight is read (unless ``index_missing``)."""
+               seed: int = 0, index_missing: bool = False, progress: ProgressFn | None = None,
+               sketch_rank: int | None = None) -> Plan:
+    """Plan from the catalog alone: no expert weight is read (unless ``index_missing``).
+    ``sketch_rank``: see merge_sketch_rank."""
     block_size = block_size or DEFAULT_BLOCK_SIZE
     budget_obj = parse_budget(budget)  # a bad budget fails before any indexing
-    inputs = _open_inputs(config, catalog_dir, block_size, Control(progress), index_missing)
-    return make_plan(config, inputs.base, inputs.experts, inputs.entries, budget_obj, block_size, seed)
+    rank = merge_sketch_rank(config, sketch_rank)
+    inputs = _open_inputs(config, catalog_dir, block_size, Control(progress), index_missing, rank)
+    return make_plan(config, inputs.base, inputs.experts, inputs.entries, budget_obj, block_size, seed,
+                     sketch_rank=rank)
 
 
 @dataclass
@@ -135,12 +160,14 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
               cancel: CancelFn | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
               access: list[dict[str, list[int]]] | None = None,
               verify: Callable[[dict], None] | None = None,
-              prefetch: Prefetch | None = None, output_hash: str = DEFAULT_OUTPUT_HASH) -> MergeResult:
+              prefetch: Prefetch | None = None, output_hash: str = DEFAULT_OUTPUT_HASH,
+              sketch_rank: int | None = None, sketches: list[list[str]] | None = None) -> MergeResult:
     """Merge and publish atomically. ``access`` replays a recorded access set; ``verify`` sees
     the manifest before publishing and may raise to publish nothing. ``prefetch``: a page-cache
     warm-up the caller started (prefetch.py, which the caller also stops on errors); it is
     stopped before the first read, and what it read is counted with the merge's reads.
-    ``output_hash``: how the output files are hashed (writer.OUTPUT_HASHES)."""
+    ``output_hash``: how the output files are hashed (writer.OUTPUT_HASHES). ``sketch_rank``: see
+    merge_sketch_rank; ``sketches`` replays a recorded plan's sketches (with ``access``)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_target(out_dir.absolute(), force)  # fail before any work
@@ -148,16 +175,19 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
     control = Control(progress, cancel)
     dev = pick_device(device)
     budget_obj = parse_budget(budget)
-    inputs = _open_inputs(config, catalog_dir, block_size, control, index_missing=True)
+    rank = merge_sketch_rank(config, sketch_rank)
+    inputs = _open_inputs(config, catalog_dir, block_size, control, index_missing=True, sketch_rank=rank)
     t_plan = time.perf_counter()
     plan = make_plan(config, inputs.base, inputs.experts, inputs.entries, budget_obj, block_size,
-                     seed, access=access)
+                     seed, access=access, sketch_rank=rank, sketches=sketches)
     plan_s = time.perf_counter() - t_plan
     warnings = _warnings(config, inputs)
     evaluate = measure_deviation and inputs.entries is not None
     executor = Executor(config, inputs.base, inputs.experts, plan.access, block_size, seed, dev,
                         control, references=[plan.access] if evaluate else None,
-                        full_access=_changed_access(inputs) if evaluate else None)
+                        full_access=_changed_access(inputs) if evaluate or plan.sketch_bytes else None,
+                        sketches=plan.sketches, reference_sketches=[plan.sketches] if evaluate else None,
+                        sketch_files=inputs.sketch_files)
     control.check()
     warmed = prefetch.finish() if prefetch is not None else {}
     with Staging(out_dir, force) as stage:
@@ -203,6 +233,11 @@ def _metrics(plan, stats, inputs, executor, plan_s, total_s, dev, warnings, writ
         "budget": plan.budget.text,
         "budget_bytes": plan.budget_bytes,
         "planned_expert_bytes": plan.planned_expert_bytes,
+        "planned_sketch_bytes": plan.sketch_bytes,
+        "sketch_rank": plan.sketch_rank,
+        "sketches_planned": plan.sketches_planned,
+        "sketch_bytes_read": stats.sketch_storage,
+        "sketch_bytes_requested": stats.sketch_logical,
         "full_expert_bytes": plan.full_expert_bytes,
         "nonzero_expert_bytes": plan.nonzero_expert_bytes,
         "blocks_planned": plan.blocks_planned,
@@ -273,24 +308,38 @@ def _write_model_config(src: Path, dest: Path, source: ModelLayout, config: Merg
 
 def sweep(config: MergeConfig, budgets: list, *, seed: int = 0, device: str = "auto",
           block_size: int | None = None, catalog_dir=None, progress: ProgressFn | None = None,
-          cancel: CancelFn | None = None) -> list[dict]:
-    """Planned bytes, certificate and exact deviation for each budget, in one pass over the data."""
+          cancel: CancelFn | None = None, sketch_rank: int | None = None,
+          compare_blocks_only: bool = True) -> list[dict]:
+    """Planned bytes, certificate and exact deviation for each budget, in one pass over the data.
+    Each row has ``"mode"``: "sketch" (plans that may use sketches of ``sketch_rank``, see
+    merge_sketch_rank) or "blocks"; with sketches on and ``compare_blocks_only``, every budget
+    gets both rows. Where the catalog holds no sketch (no tensor is big enough for one at this
+    rank), only "blocks" rows."""
     block_size = block_size or DEFAULT_BLOCK_SIZE
     control = Control(progress, cancel)
     parsed = [parse_budget(b) for b in budgets]  # bad budgets fail before any indexing
-    inputs = _open_inputs(config, catalog_dir, block_size, control, index_missing=True)
+    rank = merge_sketch_rank(config, sketch_rank)
+    inputs = _open_inputs(config, catalog_dir, block_size, control, index_missing=True, sketch_rank=rank)
     if inputs.entries is None:
         raise MergeHubError(f"{config.merge_method} without a base reads whole models at any budget; "
                             "a sweep needs a base model")
-    plans = [make_plan(config, inputs.base, inputs.experts, inputs.entries, b, block_size, seed)
-             for b in parsed]
+    if not any(e.sketch_total_bytes for e in inputs.entries):
+        rank = 0  # no tensor is worth a sketch at this rank: every plan is blocks only
+    modes = [("sketch", rank)] if rank else []
+    if not rank or compare_blocks_only:
+        modes.append(("blocks", 0))
+    plans = [(mode, make_plan(config, inputs.base, inputs.experts, inputs.entries, b, block_size, seed,
+                              sketch_rank=r))
+             for b in parsed for mode, r in modes]
     full = _changed_access(inputs)
     executor = Executor(config, inputs.base, inputs.experts, full, block_size, seed, pick_device(device),
-                        control, references=[p.access for p in plans], full_access=full)
+                        control, references=[p.access for _, p in plans], full_access=full,
+                        reference_sketches=[p.sketches for _, p in plans], sketch_files=inputs.sketch_files)
     executor.run(None)
     rows = []
-    for plan, dev in zip(plans, executor.deviations):
+    for (mode, plan), dev in zip(plans, executor.deviations):
         row = plan.to_dict()
+        row["mode"] = mode
         row["deviation"] = dev.result()
         rows.append(row)
     return rows
@@ -309,6 +358,7 @@ def replay(manifest_path, out_dir, *, force: bool = False, catalog_dir=None, dev
         block_size=doc["plan"]["block_size"], catalog_dir=catalog_dir, force=force,
         progress=progress, cancel=cancel, shard_bytes=doc.get("shard_bytes", DEFAULT_SHARD_BYTES),
         access=expand_ranges(doc["plan"]["access"]) if doc["plan"].get("access") is not None else None,
+        sketch_rank=doc["plan"].get("sketch_rank", 0), sketches=doc["plan"].get("sketches") or None,
         verify=lambda replayed: manifest_mod.verify_replay(doc, replayed),
         output_hash=manifest_mod.output_hash(doc))
     return result
@@ -318,4 +368,8 @@ def parse_block_size(text: Any) -> int:
     return parse_size(text, "block size")
 
 
-__all__ += ["parse_block_size", "ReplayMismatch", "IndexSummary"]
+__all__ += ["parse_block_size", "ReplayMismatch", "IndexSummary", "merge_sketch_rank", "DEFAULT_SKETCH_RANK",
+            "MAX_SKETCH_RANK", "check_sketch_rank"]
+
+# the rule for a sketch rank (a whole number from 0, off, to MAX_SKETCH_RANK), for the apps
+check_sketch_rank = check_rank

@@ -8,8 +8,12 @@ records, for every block b of every tensor of expert k:
 * ``norm``     — ‖δ_kb‖₂ computed in fp32 with a float64 sum;
 * ``max_abs``  — max |δ_kb|; ``nonzero`` — fraction of non-zero entries;
 * ``hash``     — xxh3-128 of the expert block's bytes (content identity);
+* ``residual`` — for a tensor with a low-rank sketch (sketch.py), per rung r of its rank ladder
+  (``sketch_ranks``), ‖δ_kb − (A_r·B_rᵀ)_b‖₂: what the rank-r sketch misses in the block (0 for
+  unchanged blocks, which a merge never approximates);
 
-plus the sha256 of every file of both models. An entry stays valid while the files' stat
+plus the sha256 of every file of both models. The sketch factors themselves go to a
+safetensors file next to the entry's JSON (``sketch_file``). An entry stays valid while the files' stat
 fingerprints (size, mtime, inode) match; any change makes it stale and it is rebuilt.
 """
 
@@ -20,6 +24,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,8 +38,9 @@ from .control import Control
 from .errors import MismatchedCheckpoints
 from .layout import ModelLayout
 from .reader import RangeReader
+from .sketch import DEFAULT_SKETCH_RANK, factor_dtype, sketch_bytes, sketch_delta, tensor_rungs, write_factors
 
-CATALOG_FORMAT = 2
+CATALOG_FORMAT = 3  # 3: low-rank sketches (residual, sketch_bytes, sketch_rank, sketch_file)
 CHUNK_BYTES = 64 << 20  # rows read per step while indexing
 
 
@@ -63,6 +69,9 @@ class TensorStats:
     nonzero: list[float]
     hash: list[str]
     nonfinite: bool = False
+    sketch_ranks: list[int] = field(default_factory=list)  # the rungs stored (empty: no sketch)
+    residual: list[list[float]] = field(default_factory=list)  # per rung, per block
+    sketch_bytes: int = 0  # bytes of the stored factors (the top rung)
 
     @property
     def delta_norm(self) -> float:
@@ -85,6 +94,13 @@ class IndexEntry:
     pass_experts: int = 1  # experts indexed in the same pass over the base
     format: int = CATALOG_FORMAT
     nonfinite: list[str] = field(default_factory=list)
+    sketch_rank: int = 0  # the rank sketches were asked for at indexing (0: none); see sketch.ladder
+    sketch_file: str = ""  # the factors' file, in the catalog directory
+    sketch_seconds: float = 0.0  # time spent sketching (all experts of the pass), overlapping the reads
+
+    @property
+    def sketch_total_bytes(self) -> int:
+        return sum(st.sketch_bytes for st in self.tensors.values())
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -117,7 +133,10 @@ class IndexEntry:
         return {"file_hashes": self.expert_files, "base_file_hashes": self.base_files,
                 "tensors": tensors, "nonfinite": self.nonfinite, "seconds": self.seconds,
                 "bytes_read": self.storage_bytes_read, "base_bytes_read": self.base_storage_bytes_read,
-                "pass_experts": self.pass_experts, "block_size": self.block_size}
+                "pass_experts": self.pass_experts, "block_size": self.block_size,
+                "sketch_rank": self.sketch_rank, "sketch_bytes": self.sketch_total_bytes,
+                "sketched_tensors": sum(1 for st in self.tensors.values() if st.sketch_bytes),
+                "sketch_seconds": self.sketch_seconds}
 
 
 def check_compatible(base: ModelLayout, expert: ModelLayout) -> None:
@@ -142,8 +161,13 @@ class Catalog:
         key = f"{expert.root}\x1f{base.root}\x1f{block_size}"
         return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
-    def lookup(self, expert: ModelLayout, base: ModelLayout, block_size: int) -> IndexEntry | None:
-        """The stored entry if it is still valid for the files as they are now."""
+    def sketch_path(self, entry: IndexEntry) -> Path | None:
+        return self.root / entry.sketch_file if entry.sketch_file else None
+
+    def lookup(self, expert: ModelLayout, base: ModelLayout, block_size: int,
+               sketch_rank: int = 0) -> IndexEntry | None:
+        """The stored entry if it is still valid for the files as they are now (and, when
+        ``sketch_rank`` > 0, was indexed with sketches of at least that rank)."""
         path = self._path(expert, base, block_size)
         try:
             entry = IndexEntry.from_json(json.loads(path.read_text()))
@@ -152,25 +176,42 @@ class Catalog:
         if (entry.format != CATALOG_FORMAT or entry.expert_fingerprint != fingerprint(expert)
                 or entry.base_fingerprint != fingerprint(base)):
             return None
+        if entry.sketch_rank < sketch_rank:  # a higher-rank sketch also holds every lower rung
+            return None
+        if entry.sketch_file and not (self.root / entry.sketch_file).is_file():
+            return None
         return entry
 
-    def store(self, entry: IndexEntry, expert: ModelLayout, base: ModelLayout) -> None:
+    def store(self, entry: IndexEntry, expert: ModelLayout, base: ModelLayout,
+              factors: dict | None = None) -> None:
+        """Write the entry (and its sketch factors first, so a stored entry never names a
+        missing file)."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._path(expert, base, entry.block_size)
+        entry.sketch_file = ""
+        if factors:
+            sidecar = path.with_name(path.stem + ".sketch.safetensors")
+            write_factors(sidecar, factors)
+            entry.sketch_file = sidecar.name
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(entry.to_json()))
         os.replace(tmp, path)
 
     def ensure(self, experts: list[ModelLayout], base: ModelLayout, block_size: int = DEFAULT_BLOCK_SIZE,
-               control: Control | None = None, force: bool = False) -> tuple[list[IndexEntry], list[int]]:
+               control: Control | None = None, force: bool = False, sketch_rank: int = 0,
+               index_rank: int | None = None) -> tuple[list[IndexEntry], list[int]]:
         """Entries for all experts, indexing the missing or stale ones in one pass over the base.
+        ``sketch_rank`` > 0: entries must hold sketches of at least that rank. Missing entries are
+        built with sketches of ``index_rank`` (default: ``sketch_rank``, or the default rank
+        when that is 0, so that a later budgeted merge finds them).
         Returns (entries, positions of the experts that were indexed now)."""
-        entries = [None if force else self.lookup(e, base, block_size) for e in experts]
+        entries = [None if force else self.lookup(e, base, block_size, sketch_rank) for e in experts]
         todo = [i for i, e in enumerate(entries) if e is None]
         if todo:
-            built = build_index([experts[i] for i in todo], base, block_size, control or Control())
-            for i, entry in zip(todo, built):
-                self.store(entry, experts[i], base)
+            rank = index_rank if index_rank is not None else (sketch_rank or DEFAULT_SKETCH_RANK)
+            built = build_index([experts[i] for i in todo], base, block_size, control or Control(), rank)
+            for i, (entry, factors) in zip(todo, built):
+                self.store(entry, experts[i], base, factors)
                 entries[i] = entry
         return entries, todo
 
@@ -205,20 +246,23 @@ class _FileHasher:
         return out
 
 
-def build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
-                control: Control) -> list[IndexEntry]:
-    """One sequential pass over the base and each expert, computing per-block delta stats."""
+def build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int, control: Control,
+                sketch_rank: int = 0) -> list[tuple[IndexEntry, dict]]:
+    """One sequential pass over the base and each expert, computing per-block delta stats and
+    (``sketch_rank`` > 0) low-rank sketches. Returns (entry, {tensor: (A, B)}) per expert."""
     with retained_heap():  # per-chunk buffers are reused instead of faulted in again
-        return _build_index(experts, base, block_size, control)
+        return _build_index(experts, base, block_size, control, sketch_rank)
 
 
 def _build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
-                 control: Control) -> list[IndexEntry]:
+                 control: Control, sketch_rank: int) -> list[tuple[IndexEntry, dict]]:
     for e in experts:
         check_compatible(base, e)
     started = time.perf_counter()
     base_hash, expert_hash = _FileHasher(base), [_FileHasher(e) for e in experts]
     stats: list[dict[str, TensorStats]] = [{} for _ in experts]
+    factors: list[dict] = [{} for _ in experts]
+    sketch_seconds: list[float] = []
     total = base.weight_bytes * (1 + len(experts))
     done = 0
     # Through the page cache: this pass reads everything in order, and the kernel's readahead
@@ -226,11 +270,17 @@ def _build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
     # The pages it leaves behind also serve a merge that follows at once.
     base_reader = RangeReader(sequential=True, direct=False)
     readers = [RangeReader(sequential=True, direct=False) for _ in experts]  # per-expert storage bytes
+    # Sketching is compute-bound and the pass is mostly waiting for reads: one worker sketches a
+    # tensor's deltas while this thread reads the next. One tensor at most waits for it, which
+    # bounds the float32 deltas held to two tensors' worth.
+    sketcher, pending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sketch"), None
     try:
         for name, binfo in base.tensors.items():
             rpb = rows_per_block(binfo, block_size)
             for st in stats:
                 st[name] = TensorStats(rpb, [], [], [], [], [])
+            sketching = bool(tensor_rungs(binfo, sketch_rank))
+            deltas: list[list[torch.Tensor]] = [[] for _ in experts]  # float32 rows, when sketching
             step = max(rpb, (CHUNK_BYTES // max(1, binfo.row_bytes)) // rpb * rpb)
             for r0 in range(0, max(binfo.rows, 1), step):
                 control.check()
@@ -244,9 +294,19 @@ def _build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
                     ebytes = memoryview(rows.view(-1).view(torch.uint8).numpy())
                     expert_hash[k].feed(einfo.file, einfo.start + r0 * einfo.row_bytes, ebytes)
                     _block_stats(stats[k][name], base_rows, rows, base_bytes, ebytes, rpb, binfo.row_bytes)
+                    if sketching:
+                        deltas[k].append((rows.float() - base_rows.float()).reshape(r1 - r0, -1))
                 done += (r1 - r0) * binfo.row_bytes * (1 + len(experts))
                 control.report("index", done, total)
+            if sketching:
+                _wait(pending)
+                pending = sketcher.submit(_sketch_experts, [st[name] for st in stats], [f for f in factors],
+                                          name, binfo, deltas, sketch_rank, sketch_seconds)
+        _wait(pending)
     finally:
+        if pending is not None:
+            pending.cancel()
+        sketcher.shutdown(wait=True)
         for r in (base_reader, *readers):
             r.close()
     seconds = time.perf_counter() - started
@@ -254,14 +314,42 @@ def _build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
     entries = []
     for k, expert in enumerate(experts):
         nonfinite = [n for n, s in stats[k].items() if s.nonfinite]
-        entries.append(IndexEntry(
+        entries.append((IndexEntry(
             expert=str(expert.root), base=str(base.root), block_size=block_size,
             expert_fingerprint=fingerprint(expert), base_fingerprint=fingerprint(base),
             expert_files=expert_hash[k].digests(), base_files=base_files, tensors=stats[k],
             seconds=seconds, storage_bytes_read=readers[k].storage_bytes,
             base_storage_bytes_read=base_reader.storage_bytes, pass_experts=len(experts),
-            nonfinite=nonfinite))
+            nonfinite=nonfinite, sketch_rank=sketch_rank,
+            sketch_seconds=sum(sketch_seconds)), factors[k]))
     return entries
+
+
+def _wait(pending: Future | None) -> None:
+    if pending is not None:
+        pending.result()  # re-raises what the sketch worker raised
+
+
+def _sketch_experts(stats: list[TensorStats], factors: list[dict], name: str, info, deltas: list[list[torch.Tensor]],
+                    rank: int, seconds: list[float]) -> None:
+    """Sketch tensor ``name`` of every expert of the pass (run by the sketch worker)."""
+    t0 = time.perf_counter()
+    for st, found, rows in zip(stats, factors, deltas):
+        _sketch_tensor(st, found, name, info, rows, rank)
+    seconds.append(time.perf_counter() - t0)
+
+
+def _sketch_tensor(st: TensorStats, factors: dict, name: str, info, deltas: list[torch.Tensor],
+                   rank: int) -> None:
+    """Sketch one expert's delta of one tensor, unless nothing changed or it holds Inf/NaN."""
+    if not any(st.changed) or st.nonfinite:
+        return
+    rungs = tensor_rungs(info, rank)
+    at, bt, residual = sketch_delta(torch.cat(deltas), rungs, st.rows_per_block, factor_dtype(info))
+    st.sketch_ranks = rungs
+    st.residual = [[r if changed else 0.0 for r, changed in zip(per_block, st.changed)] for per_block in residual]
+    st.sketch_bytes = sketch_bytes(info, rungs[-1])
+    factors[name] = (at, bt)
 
 
 def _block_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, base_bytes: memoryview,

@@ -82,6 +82,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random operators (default 0)")
 
 
+def _sketch_flag(p: argparse.ArgumentParser, default_help: str) -> None:
+    p.add_argument("--sketch-rank", type=int, default=None,
+                   help=f"rank of the low-rank delta sketches a budgeted plan may use; 0 = off ({default_help})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergehub", description="Budget-aware merging of LLM checkpoints")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--measure-deviation", action="store_true",
                    help="also read the omitted blocks (counted apart) to measure the exact deviation")
     m.add_argument("--shard-size", default="5GB", help="largest output shard (default 5GB)")
+    _sketch_flag(m, "default: the config's mergehub.sketch_rank, else the operator's default")
     _common(m)
 
     i = sub.add_parser("index", help="build or refresh the catalog entry of an expert against its base")
@@ -103,12 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--base", required=True)
     i.add_argument("--force", action="store_true", help="rebuild even if the entry is current")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--sketch-rank", type=int, default=None,
+                   help="rank of the low-rank delta sketches stored with the entry; 0 = none (default 16)")
     _common(i)
 
     pl = sub.add_parser("plan", help="show the access set a budget gives; reads no expert weights")
     pl.add_argument("config")
     pl.add_argument("--budget", default="1.0")
     pl.add_argument("--json", action="store_true")
+    _sketch_flag(pl, "default: the config's mergehub.sketch_rank, else the operator's default")
     _common(pl)
 
     s = sub.add_parser("sweep", help="planned bytes, certificate and exact deviation per budget, one pass")
@@ -116,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budgets", default="1,0.5,0.25,0.1")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--json", action="store_true")
+    _sketch_flag(s, "default: the config's mergehub.sketch_rank, else the operator's default; "
+                    "with sketches on, each budget is also planned without them")
     _common(s)
 
     r = sub.add_parser("replay", help="re-run a manifest; non-zero exit unless bit-identical")
@@ -160,7 +171,8 @@ def _cmd_merge(args, bar, prefetch: Prefetch | None = None) -> int:
     result = api.run_merge(config, args.out_dir, budget=args.budget, seed=args.seed, device=args.device,
                            block_size=_block_size(args), catalog_dir=args.catalog, force=args.force,
                            measure_deviation=args.measure_deviation, progress=bar,
-                           shard_bytes=parse_size(args.shard_size, "--shard-size"), prefetch=prefetch)
+                           shard_bytes=parse_size(args.shard_size, "--shard-size"), prefetch=prefetch,
+                           sketch_rank=args.sketch_rank)
     bar.close()
     m = result.metrics
     s = m["seconds"]
@@ -173,6 +185,9 @@ def _cmd_merge(args, bar, prefetch: Prefetch | None = None) -> int:
           f" ({_pct(m['planned_expert_bytes'], m['full_expert_bytes'])}), read from storage "
           f"{_human(m['expert_bytes_read'])}; base read {_human(m['base_bytes_read'])}; "
           f"written {_human(m['bytes_written'])}")
+    if m["planned_sketch_bytes"]:
+        print(f"of the planned bytes, {_human(m['planned_sketch_bytes'])} are {m['sketches_planned']} rank-"
+              f"{m['sketch_rank']} sketches (read {_human(m['sketch_bytes_read'])} from the catalog)")
     if m["certificate"] is not None:
         print(f"certificate: ‖θ_A − θ_full‖₂ ≤ {m['certificate']:.6g}")
     if m["deviation"]:
@@ -191,8 +206,9 @@ def _pct(a, b) -> str:
 def _cmd_index(args, bar) -> int:
     from . import api
 
+    rank = {} if args.sketch_rank is None else {"sketch_rank": args.sketch_rank}
     summary = api.index_model(args.model_dir, args.base, catalog_dir=args.catalog,
-                              block_size=_block_size(args), force=args.force, progress=bar)
+                              block_size=_block_size(args), force=args.force, progress=bar, **rank)
     bar.close()
     d = summary.to_dict()
     if args.json:
@@ -201,6 +217,9 @@ def _cmd_index(args, bar) -> int:
     changed = sum(1 for t in d["tensors"].values() if t["delta_norm"] > 0)
     state = f"indexed in {d['seconds']:.2f} s" if summary.indexed_now else "already indexed (current)"
     print(f"{args.model_dir}: {state}; {changed} of {len(d['tensors'])} tensors differ from the base")
+    if d["sketch_bytes"]:
+        print(f"sketches: rank {d['sketch_rank']} of {d['sketched_tensors']} tensors, {_human(d['sketch_bytes'])} "
+              f"({d['sketch_seconds']:.2f} s of the pass)")
     for name in d["nonfinite"]:
         print(f"warning: NaN or Inf in {name}", file=sys.stderr)
     return 0
@@ -210,7 +229,8 @@ def _cmd_plan(args, bar) -> int:
     from . import api
 
     config = api.load_config(args.config)
-    options = dict(budget=args.budget, catalog_dir=args.catalog, block_size=_block_size(args), seed=args.seed)
+    options = dict(budget=args.budget, catalog_dir=args.catalog, block_size=_block_size(args), seed=args.seed,
+                   sketch_rank=args.sketch_rank)
     try:
         plan = api.plan_merge(config, **options)
     except api.NotIndexed:  # index the missing experts first: a one-off cost, reported apart
@@ -226,6 +246,9 @@ def _cmd_plan(args, bar) -> int:
     print(f"budget {d['budget']}: planned {_human(d['planned_expert_bytes'])} of "
           f"{_human(d['full_expert_bytes'])} expert bytes ({d['blocks_planned']}/{d['blocks_total']} blocks); "
           f"non-zero {_human(d['nonzero_expert_bytes'])}")
+    if d["sketch_bytes"]:
+        print(f"of which sketches: {_human(d['sketch_bytes'])} ({d['sketches_planned']} of "
+              f"{d['sketches_available']} rank-{d['sketch_rank']} sketches), exact blocks: {_human(d['block_bytes'])}")
     cert = "n/a (operator is not additive)" if d["certificate"] is None else f"{d['certificate']:.6g}"
     print(f"certificate: {cert}\nplan digest: {d['plan_digest']}")
     return 0
@@ -237,15 +260,16 @@ def _cmd_sweep(args, bar) -> int:
     config = api.load_config(args.config)
     budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
     rows = api.sweep(config, budgets, seed=args.seed, device=args.device, block_size=_block_size(args),
-                     catalog_dir=args.catalog, progress=bar)
+                     catalog_dir=args.catalog, progress=bar, sketch_rank=args.sketch_rank)
     bar.close()
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'budget':>8} {'planned':>12} {'of full':>8} {'certificate':>12} {'dev/update':>11} {'dev/weights':>11}")
+    print(f"{'budget':>8} {'plan':>7} {'planned':>12} {'sketches':>10} {'of full':>8} {'certificate':>12} "
+          f"{'dev/update':>11} {'dev/weights':>11}")
     for r in rows:
         cert = "n/a" if r["certificate"] is None else f"{r['certificate']:.4g}"
-        print(f"{r['budget']:>8} {_human(r['planned_expert_bytes']):>12} "
+        print(f"{r['budget']:>8} {r['mode']:>7} {_human(r['planned_expert_bytes']):>12} {_human(r['sketch_bytes']):>10} "
               f"{_pct(r['planned_expert_bytes'], r['full_expert_bytes']):>8} {cert:>12} "
               f"{r['deviation']['update_relative']:>11.3e} {r['deviation']['weight_relative']:>11.3e}")
     return 0

@@ -18,6 +18,12 @@ Optionally the same pass evaluates *reference* access sets (every changed block,
 budgets of a sweep): the extra blocks come from a separate verification reader, so the
 merge's own I/O stays honest, and ‖θ_A − θ_full‖, ‖θ_full − θ₀‖, ‖θ_full‖ are accumulated.
 
+Sketches: for an (expert, tensor) the plan sketched at rank r, the expert's rows start as
+base + A_r·B_rᵀ (the catalog's low-rank factors, read with their own reader and counted apart) on
+the tensor's changed blocks, computed in float32 (float64 for a float64 merge) and rounded once
+to the working dtype; the blocks the plan reads replace them. Such units skip the stored-dtype
+fast path (their inputs are in the working dtype already).
+
 Every computed unit's output, in the output dtype, is checked for Inf/NaN (``all_finite``, one
 pass over its bits; Inf/NaN in the working dtype stays Inf/NaN through the cast). If the unit's
 inputs were all finite, the merge stops with NonFiniteOutput naming the tensor before the unit
@@ -47,6 +53,7 @@ from .errors import NonFiniteOutput
 from .layout import ModelLayout, TensorInfo
 from .operators.base import MergeContext, TensorParams
 from .reader import RangeReader
+from .sketch import approximate_rows, factor_layout
 from .writer import OutSpec
 
 UNIT_BYTES = 16 << 20
@@ -81,6 +88,7 @@ class Loaded:
     base: torch.Tensor  # stored dtype, CPU
     experts: list[torch.Tensor | None]  # stored dtype; None = nothing read (equals base)
     read_blocks: list[set[int]]  # per expert: blocks whose real bytes are in experts[k]
+    approx: list[dict[int, torch.Tensor]] = field(default_factory=list)  # per expert: rank -> base + sketch
 
 
 @dataclass
@@ -112,6 +120,8 @@ class ExecStats:
     base_storage: int = 0
     verify_logical: int = 0
     verify_storage: int = 0
+    sketch_logical: int = 0  # sketch factors (expert-derived bytes from the catalog)
+    sketch_storage: int = 0
     read_s: float = 0.0
     compute_s: float = 0.0
     write_s: float = 0.0
@@ -124,9 +134,15 @@ class Executor:
                  access: list[dict[str, list[int]]], block_size: int, seed: int,
                  device: torch.device, control: Control,
                  references: list[list[dict[str, list[int]]]] | None = None,
-                 full_access: list[dict[str, list[int]]] | None = None):
+                 full_access: list[dict[str, list[int]]] | None = None,
+                 sketches: list[dict[str, int]] | None = None,
+                 reference_sketches: list[list[dict[str, int]]] | None = None,
+                 sketch_files: list | None = None):
         """``access``: blocks the merge reads. ``references``: access sets to evaluate against
-        the full merge (``full_access`` = every changed block), read beyond ``access``."""
+        the full merge (``full_access`` = every changed block), read beyond ``access``.
+        ``sketches`` (per expert: tensor -> rank of the sketch the merge uses; ``reference_sketches``
+        likewise per reference) need ``sketch_files`` (per expert: the catalog's factor file)
+        and ``full_access`` (a sketch stands in on changed blocks only)."""
         self.config, self.op = config, config.operator
         self.base, self.experts = base, experts
         self.uses_base = base is not None and self.op.base != "ignored"
@@ -137,10 +153,21 @@ class Executor:
                            for ref in (references or [])]
         self.full = [{t: set(bs) for t, bs in per.items()} for per in (full_access or access)]
         self.evaluate = bool(self.references)
+        none = [{} for _ in experts]
+        self.sketches = [dict(s) for s in sketches] if sketches else none
+        self.ref_sketches = [[dict(s) for s in rs] if rs else none
+                             for rs in (reference_sketches or [None] * len(self.references))]
+        self.sketch_files = list(sketch_files or [None] * len(experts))
+        self._approximated: list[dict[str, set[int]]] = [{} for _ in experts]  # k -> tensor -> ranks
+        for per in (self.sketches, *self.ref_sketches):
+            for k, chosen in enumerate(per):
+                for t, r in chosen.items():
+                    self._approximated[k].setdefault(t, set()).add(r)
         self.layers = count_layers(list(self.ref_layout.tensors))
         self.stats = ExecStats(per_expert_logical=[0] * len(experts), per_expert_storage=[0] * len(experts))
         self.deviations = [Deviation() for _ in self.references]
-        self._ref_is_access = [ref == self.access for ref in self.references]
+        self._ref_is_access = [ref == self.access and rs == self.sketches
+                               for ref, rs in zip(self.references, self.ref_sketches)]
 
     # ----- planning the units -------------------------------------------------------------
     def out_specs(self) -> list[OutSpec]:
@@ -200,7 +227,7 @@ class Executor:
                 b0 = b1
 
     # ----- loading ---------------------------------------------------------------------------
-    def _load(self, unit: Unit, readers, slab: Slab) -> Loaded:
+    def _load(self, unit: Unit, readers, slab: Slab, sketch_source=None) -> Loaded:
         base_reader, expert_readers, verify_reader = readers
         info = self.ref_layout.tensors[unit.tensor]
         rpb = rows_per_block(info, self.block_size)
@@ -235,8 +262,25 @@ class Executor:
                             rows[r0 - unit.row_start:r1 - unit.row_start] = part
                 experts.append(rows)
             read_blocks.append(set(blocks))
+        approx = [{r: self._approximate(k, unit, base_rows, sketch_source, r)
+                   for r in self._approximated[k].get(unit.tensor, ())} for k in range(len(self.experts))]
         self.stats.read_s += time.perf_counter() - t0
-        return Loaded(unit, slab, base_rows, experts, read_blocks)
+        return Loaded(unit, slab, base_rows, experts, read_blocks, approx)
+
+    def _approximate(self, k: int, unit: Unit, base_rows: torch.Tensor, source: "_SketchSource",
+                     rank: int) -> torch.Tensor:
+        """Expert k's rows of the unit as its rank-``rank`` sketch has them: base + A_r·B_rᵀ on
+        changed blocks."""
+        info = self.ref_layout.tensors[unit.tensor]
+        work = self._work_dtype(info)
+        acc = torch.float64 if work == torch.float64 else torch.float32
+        rows = base_rows.to(acc, copy=True)  # never the base rows themselves: they are added to
+        changed = sorted(b for b in unit.blocks if b in self.full[k].get(unit.tensor, ()))
+        at, bt = source.factors(k, unit.tensor, max(self._approximated[k][unit.tensor]))
+        for r0, r1 in _runs(changed, rows_per_block(info, self.block_size), unit, info.rows):
+            i0, i1 = r0 - unit.row_start, r1 - unit.row_start
+            rows[i0:i1] += approximate_rows(at[:rank], bt[:rank], r0, r1, tuple(rows[i0:i1].shape)).to(acc)
+        return rows.to(work)
 
     # ----- computing -------------------------------------------------------------------------
     def _input(self, x: torch.Tensor, work: torch.dtype) -> torch.Tensor:
@@ -276,13 +320,15 @@ class Executor:
         if not torch_dtype(info.dtype).is_floating_point:
             src = loaded.base if loaded.base is not None else loaded.experts[0]
             return src
-        nothing_read = all(not self._in_access(k, unit) for k in range(len(self.experts)))
+        nothing_read = all(not self._in_access(k, unit) and unit.tensor not in self.sketches[k]
+                           for k in range(len(self.experts)))
         if self.uses_base and nothing_read and self.op.zero_delta_identity and not self.evaluate:
             if loaded.base.dtype == out_dtype and torch.promote_types(out_dtype, work) == work:
                 return loaded.base  # the round trip through the working dtype is exact
             return loaded.base.to(work).to(out_dtype)
-        inputs = [self._restrict(loaded, k, self.access[k]) for k in range(len(self.experts))]
-        if self.device.type == "cpu" and not self.evaluate:
+        inputs = [self._restrict(loaded, k, self.access[k], self.sketches[k]) for k in range(len(self.experts))]
+        sketched = any(unit.tensor in s for s in self.sketches)
+        if self.device.type == "cpu" and not self.evaluate and not sketched:
             stored = [loaded.base if x is None else x for x in inputs]
             merged = self.op.merge_stored(loaded.base, stored, p, self._context(loaded), work, out_dtype)
             if merged is not None:
@@ -326,12 +372,16 @@ class Executor:
         chosen = self.access[k].get(unit.tensor, ())
         return any(b in chosen for b in unit.blocks)
 
-    def _restrict(self, loaded: Loaded, k: int, access_k: dict[str, set[int]]) -> torch.Tensor | None:
-        """Expert k's rows as seen by an access set: read blocks outside it revert to the base."""
+    def _restrict(self, loaded: Loaded, k: int, access_k: dict[str, set[int]],
+                  sketched_k: dict[str, int] | None = None) -> torch.Tensor | None:
+        """Expert k's rows as seen by an access set (and its sketches): read blocks outside it
+        revert to the base, or to the sketch's approximation where the tensor is sketched."""
         x = loaded.experts[k]
+        unit = loaded.unit
+        if sketched_k and unit.tensor in sketched_k:
+            return self._over_sketch(loaded, k, access_k, sketched_k[unit.tensor])
         if x is None or not self.uses_base:
             return x
-        unit = loaded.unit
         chosen = access_k.get(unit.tensor, set())
         keep = loaded.read_blocks[k] & chosen
         if keep == loaded.read_blocks[k]:
@@ -345,6 +395,19 @@ class Executor:
             rows[r0 - unit.row_start:r1 - unit.row_start] = x[r0 - unit.row_start:r1 - unit.row_start]
         return rows
 
+    def _over_sketch(self, loaded: Loaded, k: int, access_k: dict[str, set[int]], rank: int) -> torch.Tensor:
+        """The rank-``rank`` sketch's approximation with the blocks of ``access_k`` that were
+        read written over it."""
+        unit, approx, x = loaded.unit, loaded.approx[k][rank], loaded.experts[k]
+        keep = loaded.read_blocks[k] & access_k.get(unit.tensor, set())
+        if not keep:
+            return approx
+        info = self.ref_layout.tensors[unit.tensor]
+        rows = approx.clone()
+        for r0, r1 in _runs(sorted(keep), rows_per_block(info, self.block_size), unit, info.rows):
+            rows[r0 - unit.row_start:r1 - unit.row_start] = x[r0 - unit.row_start:r1 - unit.row_start]
+        return rows
+
     def _evaluate(self, loaded: Loaded, p, merged: torch.Tensor, work_base: torch.Tensor | None) -> None:
         full_inputs = [self._restrict(loaded, k, self.full[k]) for k in range(len(self.experts))]
         full = self._merge(loaded, p, full_inputs, work_base).double()
@@ -352,11 +415,12 @@ class Executor:
         update_sq = float(((full - base) ** 2).sum())
         weight_sq = float((full ** 2).sum())
         layer = layer_index(loaded.unit.tensor)
-        for ref, same, dev in zip(self.references, self._ref_is_access, self.deviations):
+        for ref, ref_sketches, same, dev in zip(self.references, self.ref_sketches, self._ref_is_access,
+                                                self.deviations):
             if same:
                 merged_ref = merged
             else:
-                merged_ref = self._merge(loaded, p, [self._restrict(loaded, k, ref[k])
+                merged_ref = self._merge(loaded, p, [self._restrict(loaded, k, ref[k], ref_sketches[k])
                                                      for k in range(len(self.experts))], work_base)
             diff_sq = float(((merged_ref.double() - full) ** 2).sum())
             dev.diff_sq += diff_sq
@@ -373,7 +437,7 @@ class Executor:
         Costs one pass over the output; the inputs are only looked at when that finds some."""
         if rows is loaded.base or all_finite(rows):
             return
-        inputs = [self._restrict(loaded, k, self.access[k]) for k in range(len(self.experts))]
+        inputs = [self._restrict(loaded, k, self.access[k], self.sketches[k]) for k in range(len(self.experts))]
         if all(all_finite(x) for x in (loaded.base, *inputs) if x is not None):
             raise NonFiniteOutput(self._nonfinite_message(loaded, p, inputs, publishing))
 
@@ -440,12 +504,13 @@ class Executor:
             readers = (RangeReader(sequential=True, pool=io_pool),
                        [RangeReader(sequential=not self.uses_base, pool=io_pool) for _ in self.experts],
                        RangeReader(sequential=False, pool=io_pool))
+            sketch_source = _SketchSource(self.sketch_files, RangeReader(sequential=False, pool=io_pool))
             try:
                 for unit, p in units:
                     slab = None if stop.is_set() else pool.get(stop, self._unit_bytes(unit))
                     if slab is None:
                         break
-                    loaded_q.put((self._load(unit, readers, slab), p))
+                    loaded_q.put((self._load(unit, readers, slab, sketch_source), p))
             except BaseException as exc:  # surfaced in the caller's thread
                 errors.append(exc)
             finally:
@@ -457,7 +522,9 @@ class Executor:
                 self.stats.expert_logical = sum(self.stats.per_expert_logical)
                 self.stats.expert_storage = sum(self.stats.per_expert_storage)
                 self.stats.verify_logical, self.stats.verify_storage = verify_r.logical_bytes, verify_r.storage_bytes
-                for r in (base_r, *expert_rs, verify_r):
+                self.stats.sketch_logical = sketch_source.reader.logical_bytes
+                self.stats.sketch_storage = sketch_source.reader.storage_bytes
+                for r in (base_r, *expert_rs, verify_r, sketch_source.reader):
                     r.close()
                 io_pool.shutdown()
 
@@ -516,6 +583,26 @@ class Executor:
         if errors:
             raise errors[0]
         return self.stats
+
+
+class _SketchSource:
+    """The loader's view of the catalog's sketch factors: the first ``rank`` rows of Aᵀ and Bᵀ,
+    read once per (expert, tensor) and kept while that tensor's units load."""
+
+    def __init__(self, files: list, reader: RangeReader):
+        self.files, self.reader = files, reader
+        self._layouts: dict[int, dict] = {}
+        self._kept: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def factors(self, k: int, tensor: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if k not in self._layouts:
+            self._layouts[k] = factor_layout(self.files[k])
+        key = (k, tensor)
+        if key not in self._kept:
+            self._kept = {kk: v for kk, v in self._kept.items() if kk[1] == tensor}  # one tensor at a time
+            at_info, bt_info = self._layouts[k][tensor]
+            self._kept[key] = (self.reader.read_rows(at_info, 0, rank), self.reader.read_rows(bt_info, 0, rank))
+        return self._kept[key]
 
 
 CHECK_CHUNK_BYTES = 256 << 10  # all_finite's piece of a tensor: well inside a core's L2

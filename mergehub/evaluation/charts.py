@@ -1,7 +1,8 @@
 """Plotly figures for evaluation: the benchmark bars of a run report or a checkpoint, and the
 three quality-versus-budget charts of a sweep (see mergehub/web/charts.py for how pages
 embed a ``Chart``). Builders take the plain rows the selectors return and give ``None`` when
-there is nothing to draw."""
+there is nothing to draw. A sweep whose points come in two modes (selectors.MODE_LABELS: with
+low-rank sketches, and exact blocks only) gets one curve per mode on the same axes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import plotly.graph_objects as go
 
 from mergehub.web.charts import PALETTE, Chart, _bytes_axis, _layout
 from mergehub.web.formatting import human_bytes
+
+from .selectors import BLOCKS, MODE_LABELS, SKETCH
 
 ROLE_COLOURS = {"base": PALETTE["base"], "merge": PALETTE["planned"], "checkpoint": PALETTE["planned"]}
 EXPERT_COLOURS = ["#e07b00", "#1f7a4d", "#b8336a", "#7a5cc6", "#2a9d8f", "#8a6d00", "#5c6b8a", "#c44536"]
@@ -66,33 +69,77 @@ def _budget_axis() -> dict[str, Any]:
     return {"title": "planned share of the full expert bytes", "tickformat": ".0%", "rangemode": "tozero"}
 
 
+# The two curves a sweep with sketches compares on the same axes: its colour and dash per mode.
+MODE_STYLES = {SKETCH: {"color": PALETTE["sketch"], "dash": "solid"}, BLOCKS: {"color": PALETTE["planned"], "dash": "dash"}}
+
+
+def _by_mode(points: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The points per mode ("sketch" first; a point without one: "blocks"), each group in the
+    order of its x (planned share), so that its curve runs left to right."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for point in points:
+        groups.setdefault(point.get("mode") or BLOCKS, []).append(point)
+    ordered = []
+    for mode in [m for m in MODE_LABELS if m in groups] + [m for m in groups if m not in MODE_LABELS]:
+        rows = groups[mode]
+        ordered.append((mode, [p for _, p in sorted(zip(_fractions(rows), rows), key=lambda pair: pair[0])]))
+    return ordered
+
+
+def _height(compare: bool) -> int:
+    """Two modes double the legend: a taller chart keeps the plot itself as large."""
+    return 440 if compare else 320
+
+
+def _mode_label(mode: str) -> str:
+    return MODE_LABELS.get(mode, mode)
+
+
+def _mean(point: dict[str, Any], tasks: list[str]) -> float:
+    return sum(point["scores"].get(t, 0.0) for t in tasks) / len(tasks)
+
+
 def sweep_score_chart(points: list[dict[str, Any]], tasks: list[str], references: list[dict[str, Any]]) -> Chart | None:
-    """Score per task against budget, with the full-budget merge and the base as references."""
+    """Score per task against budget, with the full-budget merge and the base as references.
+    With points of both modes: the mean score of "sketch + blocks" and of "blocks only" as two
+    curves on the same axes (each task's curves one legend click away)."""
     scored = [p for p in points if p.get("scores")]
     if not scored or not tasks:
         return None
-    xs = _fractions(scored)
+    groups = _by_mode(scored)
+    compare = len(groups) > 1
     fig = go.Figure()
-    for i, task in enumerate(tasks):
-        colour = TASK_COLOURS[i % len(TASK_COLOURS)]
-        fig.add_scatter(x=xs, y=[p["scores"].get(task) for p in scored], mode="lines+markers", name=task,
-                        line={"color": colour}, customdata=[p["budget"] for p in scored],
-                        hovertemplate="%{fullData.name}<br>budget %{customdata}: %{y:.3f}<extra></extra>")
-    means = [sum(p["scores"].get(t, 0.0) for t in tasks) / len(tasks) for p in scored]
-    fig.add_scatter(x=xs, y=means, mode="lines+markers", name="mean", line={"color": "#111", "width": 3},
-                    hovertemplate="mean: %{y:.3f}<extra></extra>")
+    for mode, rows in groups:
+        xs, label, style = _fractions(rows), _mode_label(mode), MODE_STYLES.get(mode, MODE_STYLES[BLOCKS])
+        for i, task in enumerate(tasks):
+            fig.add_scatter(x=xs, y=[p["scores"].get(task) for p in rows], mode="lines+markers",
+                            name=f"{task} · {label}" if compare else task, legendgroup=task,
+                            visible="legendonly" if compare else True,
+                            line={"color": TASK_COLOURS[i % len(TASK_COLOURS)], "dash": style["dash"] if compare else "solid"},
+                            customdata=[p["budget"] for p in rows],
+                            hovertemplate="%{fullData.name}<br>budget %{customdata}: %{y:.3f}<extra></extra>")
+        fig.add_scatter(x=xs, y=[_mean(p, tasks) for p in rows], mode="lines+markers",
+                        name=label if compare else "mean",
+                        line={"color": style["color"] if compare else "#111", "width": 3, "dash": style["dash"]},
+                        customdata=[p["budget"] for p in rows],
+                        hovertemplate="%{fullData.name}<br>budget %{customdata}: mean %{y:.3f}<extra></extra>")
     full = next((p for p in scored if _is_full(p)), None)
     if full is not None:
-        fig.add_hline(y=sum(full["scores"].get(t, 0.0) for t in tasks) / len(tasks), line_dash="dot",
+        fig.add_hline(y=_mean(full, tasks), line_dash="dot",
                       annotation_text="full-budget mean", annotation_position="bottom right")
     base = next((r for r in references if r.get("role") == "base" and r.get("scores")), None)
     if base is not None:
         fig.add_hline(y=sum(base["scores"].get(t, 0.0) for t in tasks) / len(tasks), line_dash="dash",
                       line_color=PALETTE["base"], annotation_text="base mean", annotation_position="top left")
-    _layout(fig, xaxis=_budget_axis(), yaxis={"title": "score", "rangemode": "tozero"})
-    return Chart("chart-sweep-scores", "Score against budget",
-                 "Each budget's merge, written and scored: per task and the mean, with the full-budget"
-                 " merge and the base as references.", fig)
+    _layout(fig, xaxis=_budget_axis(), yaxis={"title": "score", "rangemode": "tozero"}, height=_height(compare))
+    if compare:
+        caption = ("Each budget's merge, written and scored, with low-rank sketches (sketch + blocks) and with"
+                   " exact blocks only: the mean over the tasks (click a task in the legend for its own curves),"
+                   " with the full-budget merge and the base as references.")
+    else:
+        caption = ("Each budget's merge, written and scored: per task and the mean, with the full-budget"
+                   " merge and the base as references.")
+    return Chart("chart-sweep-scores", "Score against budget", caption, fig)
 
 
 def _is_full(point: dict[str, Any]) -> bool:
@@ -104,40 +151,90 @@ def _is_full(point: dict[str, Any]) -> bool:
 
 
 def sweep_deviation_chart(points: list[dict[str, Any]]) -> Chart | None:
-    """Exact deviation from the full-read merge, and the certificate bounding it, against budget."""
+    """Exact deviation from the full-read merge against budget; with both modes, one curve
+    each for "sketch + blocks" and "blocks only"."""
     rows = [p for p in points if p.get("deviation")]
     if not rows:
         return None
-    xs = _fractions(rows)
+    groups = _by_mode(rows)
+    compare = len(groups) > 1
     fig = go.Figure()
-    fig.add_scatter(x=xs, y=[p["deviation"].get("update_relative") for p in rows], mode="lines+markers",
-                    name="‖Δ_A − Δ_full‖ / ‖Δ_full‖", line={"color": PALETTE["planned"]},
-                    customdata=[p["budget"] for p in rows],
-                    hovertemplate="budget %{customdata}: %{y:.3g}<extra></extra>")
-    fig.add_scatter(x=xs, y=[p["deviation"].get("weight_relative") for p in rows], mode="lines+markers",
-                    name="relative to the weights", line={"color": PALETTE["read"]},
-                    hovertemplate="%{y:.3g}<extra></extra>")
-    _layout(fig, xaxis=_budget_axis(), yaxis={"title": "relative deviation", "rangemode": "tozero"})
-    return Chart("chart-sweep-deviation", "Deviation from the full-read merge",
-                 "Measured exactly for every budget in one pass over the data (the engine's sweep).", fig)
+    for mode, group in groups:
+        xs, label, style = _fractions(group), _mode_label(mode), MODE_STYLES.get(mode, MODE_STYLES[BLOCKS])
+        fig.add_scatter(x=xs, y=[p["deviation"].get("update_relative") for p in group], mode="lines+markers",
+                        name=label if compare else "‖Δ_A − Δ_full‖ / ‖Δ_full‖",
+                        line={"color": style["color"] if compare else PALETTE["planned"], "dash": style["dash"]},
+                        customdata=[p["budget"] for p in group],
+                        hovertemplate="%{fullData.name}<br>budget %{customdata}: %{y:.3g}<extra></extra>")
+        fig.add_scatter(x=xs, y=[p["deviation"].get("weight_relative") for p in group], mode="lines+markers",
+                        name=f"{label}: relative to the weights" if compare else "relative to the weights",
+                        visible="legendonly" if compare else True,
+                        line={"color": PALETTE["read"], "dash": style["dash"] if compare else "solid"},
+                        hovertemplate="%{fullData.name}: %{y:.3g}<extra></extra>")
+    _layout(fig, xaxis=_budget_axis(), yaxis={"title": "relative deviation", "rangemode": "tozero"}, height=_height(compare))
+    caption = "Measured exactly for every budget in one pass over the data (the engine's sweep)."
+    if compare:
+        caption = ("‖Δ_A − Δ_full‖ / ‖Δ_full‖ with low-rank sketches (sketch + blocks) and with exact blocks only, "
+                   + caption[0].lower() + caption[1:])
+    return Chart("chart-sweep-deviation", "Deviation from the full-read merge", caption, fig)
 
 
 def sweep_bytes_chart(points: list[dict[str, Any]]) -> Chart | None:
-    """Expert bytes planned (and, where merged, read from storage) against budget."""
+    """Expert bytes planned (and, where merged, read from storage) against budget; with both
+    modes, how the "sketch + blocks" plans split their bytes between sketches and exact blocks
+    (stacked), next to the "blocks only" plans."""
     if not points:
         return None
-    xs = _fractions(points)
+    groups = _by_mode(points)
+    compare = len(groups) > 1
     fig = go.Figure()
-    planned = [p.get("planned_expert_bytes") or 0 for p in points]
-    fig.add_scatter(x=xs, y=planned, mode="lines+markers", name="planned expert bytes",
-                    line={"color": PALETTE["planned"]}, customdata=[human_bytes(v) for v in planned],
-                    hovertemplate="%{customdata}<extra></extra>")
-    if any(p.get("expert_bytes_read") is not None for p in points):
-        read = [p.get("expert_bytes_read") for p in points]
-        fig.add_scatter(x=xs, y=read, mode="markers", name="read from storage",
-                        marker={"color": PALETTE["read"], "size": 9},
-                        customdata=[human_bytes(v) for v in read], hovertemplate="%{customdata}<extra></extra>")
-    _layout(fig, xaxis=_budget_axis(), yaxis=_bytes_axis())
-    return Chart("chart-sweep-bytes", "Expert bytes against budget",
-                 "What each budget's plan reads from the experts; storage reads are measured where the"
-                 " budget's merge was written (a warm page cache makes them lower).", fig)
+    for mode, rows in groups:
+        xs, label, style = _fractions(rows), _mode_label(mode), MODE_STYLES.get(mode, MODE_STYLES[BLOCKS])
+        if mode == SKETCH:
+            for part, key, colour in (("sketches", "sketch_bytes", PALETTE["sketch"]),
+                                      ("exact blocks", "block_bytes", PALETTE["planned"])):
+                values = [_block_or_sketch_bytes(p, key) for p in rows]
+                fig.add_scatter(x=xs, y=values, mode="lines+markers", name=f"{label}: {part}",
+                                stackgroup="sketch", line={"color": colour},
+                                customdata=[human_bytes(v) for v in values],
+                                hovertemplate="%{fullData.name}: %{customdata}<extra></extra>")
+        else:
+            planned = [p.get("planned_expert_bytes") or 0 for p in rows]
+            fig.add_scatter(x=xs, y=planned, mode="lines+markers",
+                            name=f"{label}: exact blocks" if compare else "planned expert bytes",
+                            line={"color": PALETTE["planned"] if not compare else "#111", "dash": style["dash"]},
+                            customdata=[human_bytes(v) for v in planned],
+                            hovertemplate="%{fullData.name}: %{customdata}<extra></extra>")
+        if any(p.get("expert_bytes_read") is not None for p in rows):
+            read = [_storage_read(p) for p in rows]
+            fig.add_scatter(x=xs, y=read, mode="markers",
+                            name=f"{label}: read from storage" if compare else "read from storage",
+                            marker={"color": PALETTE["read"], "size": 9,
+                                    "symbol": "diamond" if mode == SKETCH and compare else "circle"},
+                            customdata=[human_bytes(v) for v in read],
+                            hovertemplate="%{fullData.name}: %{customdata}<extra></extra>")
+    _layout(fig, xaxis=_budget_axis(), yaxis=_bytes_axis(), height=_height(compare))
+    measured = ("storage reads are measured where the budget's merge was written (a warm page cache makes"
+                " them lower).")
+    if compare:
+        caption = ("What each budget's plan reads: with sketches, split between the low-rank sketches (from the"
+                   " catalog) and exact blocks, next to the plan of exact blocks only; " + measured)
+    else:
+        caption = "What each budget's plan reads from the experts; " + measured
+    return Chart("chart-sweep-bytes", "Expert bytes against budget", caption, fig)
+
+
+def _block_or_sketch_bytes(point: dict[str, Any], key: str) -> int:
+    """A point's sketch bytes, or its exact-block bytes (planned less sketches where absent)."""
+    sketches = int(point.get("sketch_bytes") or 0)
+    if key == "sketch_bytes":
+        return sketches
+    value = point.get("block_bytes")
+    return int(value) if value is not None else max(0, int(point.get("planned_expert_bytes") or 0) - sketches)
+
+
+def _storage_read(point: dict[str, Any]) -> int | None:
+    """Expert-derived bytes storage served for a point's merge: exact blocks and sketches."""
+    if point.get("expert_bytes_read") is None:
+        return None
+    return int(point["expert_bytes_read"]) + int(point.get("sketch_bytes_read") or 0)

@@ -124,7 +124,8 @@ class EvaluationJob(Job):
 class SweepJob(Job):
     """One merge configuration over a list of budgets: the engine's one-pass sweep gives each
     budget's plan and exact deviation; with tasks, each budget's merge is also written and
-    scored. ``points`` holds one row per budget (plan, deviation, bytes, scores)."""
+    scored. ``points`` holds one row per budget and mode (plan, deviation, bytes, scores);
+    ``mode`` is "sketch" or "blocks" (points of sweeps from before sketches have no mode: blocks)."""
 
     runner_kind = "sweep"
 
@@ -140,6 +141,9 @@ class SweepJob(Job):
     budgets = models.JSONField(default=list)  # as typed, in order: ["0.1", "0.25", "512MB", "1"]
     seed = models.BigIntegerField(default=0)
     block_size = models.PositiveIntegerField(null=True, blank=True)
+    # as MergeRun.sketch_rank; with sketches on, every budget is planned (and, with tasks, merged
+    # and scored) twice: with sketches ("sketch" points) and with exact blocks only ("blocks")
+    sketch_rank = models.PositiveSmallIntegerField(null=True, blank=True)
     tasks = models.ManyToManyField(EvalTask, related_name="sweeps", blank=True)
     points = models.JSONField(default=list, blank=True)
     references = models.JSONField(default=list, blank=True)  # base and experts: [{"label", "role", "model_hash"}]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404
+from django.urls import reverse
 
 from mergehub.accounts.models import Team
 from mergehub.accounts.selectors import teams_for
@@ -18,6 +20,11 @@ from mergehub.runs.models import MergeRun
 from .models import EvalResult, EvalTask, EvaluationJob, FamilyJob, SweepJob
 
 RECENT_JOBS_SCANNED = 50  # evaluations searched for a checkpoint's latest fingerprint
+
+# A sweep point's mode (the engine's sweep rows): plans that may read low-rank sketches in
+# place of blocks, or exact blocks only. Points of sweeps from before sketches have no mode.
+SKETCH, BLOCKS = "sketch", "blocks"
+MODE_LABELS = {SKETCH: "sketch + blocks", BLOCKS: "blocks only"}
 
 
 def _scoped(model, user, team: Team | None = None) -> QuerySet:
@@ -208,6 +215,29 @@ def checkpoint_scores(checkpoint: Checkpoint) -> dict[str, EvalResult]:
 
 def latest_checkpoint_evaluation(checkpoint: Checkpoint) -> EvaluationJob | None:
     return EvaluationJob.objects.filter(checkpoint=checkpoint).order_by("-created_at", "-id").first()
+
+
+def sweep_points(sweep: SweepJob) -> list[dict[str, Any]]:
+    """The sweep's points as its page and charts show them: each with its ``mode`` (a point of a
+    sweep from before sketches: "blocks"), ``mode_label``, the split of its planned bytes
+    (``sketch_bytes``, ``block_bytes``; 0 and all of them for a blocks-only plan) and the merge
+    form's URL for its budget and sketch rank ("Start this merge": 0 for blocks only). A point
+    with ``merged_with`` took the scores of the other mode's identical plan (sweeping.py)."""
+    points = []
+    for raw in sweep.points or []:
+        point = dict(raw)
+        mode = point.get("mode") or BLOCKS
+        planned = int(point.get("planned_expert_bytes") or 0)
+        sketch_bytes = int(point.get("sketch_bytes") or 0)
+        rank = int(point.get("sketch_rank") or 0) if mode == SKETCH else 0
+        point.update(mode=mode, mode_label=MODE_LABELS.get(mode, mode), sketch_bytes=sketch_bytes,
+                     block_bytes=max(0, planned - sketch_bytes), sketch_rank=rank)
+        if point.get("merged_with"):  # the runner merged this plan once, for the other mode
+            point["merged_with_label"] = MODE_LABELS.get(point["merged_with"], point["merged_with"])
+        query = {**(sweep.form_data or {}), "budget": point.get("budget"), "sketch_rank": rank}
+        point["merge_url"] = reverse("runs:new") + "?" + urlencode(query, doseq=True)
+        points.append(point)
+    return points
 
 
 def sweep_tasks(sweep: SweepJob) -> list[str]:

@@ -49,30 +49,35 @@ def parse_budgets(text: str) -> list[str]:
 def create_sweep(*, user, team: Team, name: str = "", method: str, base: Checkpoint, experts: list,
                  parameters: dict[str, Any] | None = None, budgets: str, seed: int = 0,
                  dtype: str | None = None, out_dtype: str | None = None, tasks: list[EvalTask] | None = None,
-                 block_size: int | None = None, queue: str | None = None, form_data: dict | None = None) -> SweepJob:
+                 block_size: int | None = None, queue: str | None = None, form_data: dict | None = None,
+                 sketch_rank=None) -> SweepJob:
     """Validate and queue a sweep of one merge configuration over ``budgets`` (text). With
-    ``tasks``, each budget's merge is also written and scored on them."""
+    ``tasks``, each budget's merge is also written and scored on them. ``sketch_rank`` as a
+    merge's (None: the method's default); with sketches on, each budget is swept both with
+    sketches and with exact blocks only."""
     require_role(user=user, team=team, role=Role.MEMBER, action="start sweeps")
     config = runs.checked_config(team=team, method=method, base=base, experts=experts, parameters=parameters,
                                  dtype=dtype, out_dtype=out_dtype)
     budget_list = parse_budgets(budgets)
     seed = runs.check_seed(seed)
+    sketch_rank = runs.check_sketch_rank(sketch_rank)
     queue = runs.check_queue(queue)
     task_ids = runs.check_task_ids(team, tasks)
     block_size = block_size or default_block_size()
-    runs.plan_config(config, FULL, block_size, seed)  # the experts are indexed and the config plans
+    # the experts are indexed (with the sketches asked for) and the config plans
+    runs.plan_config(config, FULL, block_size, seed, sketch_rank=sketch_rank, experts=[c for c, _ in experts])
     name = (name or "").strip() or f"{method}: {len(experts)} expert{'s' if len(experts) != 1 else ''} over {len(budget_list)} budgets"
     return _insert(team=team, author=user, name=name, method=method, config=config, base=base,
                    experts=[c for c, _ in experts], budgets=budget_list, seed=seed, block_size=block_size,
-                   task_ids=task_ids, queue=queue, form_data=form_data or {})
+                   sketch_rank=sketch_rank, task_ids=task_ids, queue=queue, form_data=form_data or {})
 
 
 @transaction.atomic
-def _insert(*, team, author, name, method, config, base, experts, budgets, seed, block_size, task_ids, queue,
-            form_data, retry_of: SweepJob | None = None) -> SweepJob:
+def _insert(*, team, author, name, method, config, base, experts, budgets, seed, block_size, sketch_rank,
+            task_ids, queue, form_data, retry_of: SweepJob | None = None) -> SweepJob:
     sweep = SweepJob.objects.create(
         team=team, author=author, name=name[:200], method=method, config=config, base=base, budgets=budgets,
-        seed=seed, block_size=block_size, queue=queue, stage="queued", form_data=form_data, retry_of=retry_of,
+        seed=seed, block_size=block_size, sketch_rank=sketch_rank, queue=queue, stage="queued", form_data=form_data, retry_of=retry_of,
         log=[log_entry(f"queued by {author} on the {queue} queue: budgets {', '.join(budgets)}"
                        + (f" (a retry of sweep #{retry_of.pk})" if retry_of else ""))])
     sweep.experts.set(experts)
@@ -98,5 +103,6 @@ def retry_sweep(*, sweep: SweepJob, user) -> SweepJob:
     runs.check_inputs(sweep.team, found[sweep.base_id], [(found[pk], {}) for pk in sweep.experts.values_list("pk", flat=True)])
     return _insert(team=sweep.team, author=user, name=sweep.name, method=sweep.method, config=sweep.config,
                    base=found[sweep.base_id], experts=list(sweep.experts.all()), budgets=sweep.budgets,
-                   seed=sweep.seed, block_size=sweep.block_size, task_ids=list(sweep.tasks.values_list("pk", flat=True)),
+                   seed=sweep.seed, block_size=sweep.block_size, sketch_rank=sweep.sketch_rank,
+                   task_ids=list(sweep.tasks.values_list("pk", flat=True)),
                    queue=runs.check_queue(sweep.queue), form_data=sweep.form_data, retry_of=sweep)

@@ -5,8 +5,6 @@ call a service or selector, and render."""
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -230,13 +228,12 @@ def sweep_new(request):
 def sweep_detail(request, pk):
     sweep = selectors.get_sweep(user=request.user, pk=pk)
     tasks = selectors.sweep_tasks(sweep)
-    points = list(sweep.points or [])
+    points = selectors.sweep_points(sweep)
     charts = [c for c in (sweep_score_chart(points, tasks, sweep.references or []),
                           sweep_deviation_chart(points), sweep_bytes_chart(points)) if c is not None]
-    for point in points:
-        point["merge_url"] = reverse("runs:new") + "?" + urlencode({**(sweep.form_data or {}), "budget": point["budget"]}, doseq=True)
     return render(request, "evaluation/sweep_detail.html", {
         "sweep": sweep, "points": points, "tasks": tasks, "charts": charts,
+        "with_sketches": any(p["mode"] == selectors.SKETCH for p in points),
         "log": (sweep.log or [])[-LOG_LINES_SHOWN:],
         "can_run": has_role(user=request.user, team=sweep.team, role=Role.MEMBER)})
 

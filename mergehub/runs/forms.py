@@ -14,12 +14,16 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
+from mergehub.engine.api import DEFAULT_SKETCH_RANK, MAX_SKETCH_RANK
 from mergehub.engine.dtypes import CONFIG_NAME, parse_config_dtype
 from mergehub.engine.operators.base import REQUIRED, Operator, Param
 from mergehub.engine.operators.registry import OPERATORS, _load_all, get_operator
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import block_size as default_block_size
+
+from .services import check_sketch_rank
 
 DEFAULT_METHOD = "ties"
 DTYPES = [("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")]
@@ -28,6 +32,17 @@ DTYPES = [("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16
 def operator_names() -> list[str]:
     _load_all()
     return sorted(OPERATORS)
+
+
+def sketch_rank_help() -> str:
+    """The sketch rank field's help: what a sketch is, and each method's default."""
+    _load_all()
+    off = sorted(name for name, op in OPERATORS.items() if not op.sketches_by_default)
+    default = (f"rank {DEFAULT_SKETCH_RANK} for every method" if not off
+               else f"rank {DEFAULT_SKETCH_RANK}, except off for {', '.join(off)}")
+    return ("Low-rank sketches of each expert's delta, made when the expert is indexed, that a budgeted plan "
+            "may read in place of exact blocks it leaves out; their bytes count against the budget. "
+            f"Blank: the method's default ({default}). 0: off, exact blocks only.")
 
 
 def param_field(param: Param, *, required: bool) -> forms.Field:
@@ -63,6 +78,9 @@ class MergeForm(forms.Form):
         help_text="A fraction of the full expert bytes in (0, 1], e.g. 0.25, or a size such as 512MB "
                   "or 2GiB. Base reads and output writes are not budgeted.")
     seed = forms.IntegerField(min_value=0, initial=0, help_text="Seeds random operators (DARE, DELLA).")
+    sketch_rank = forms.IntegerField(
+        required=False, label="Sketch rank",
+        widget=forms.NumberInput(attrs={"min": 0, "max": MAX_SKETCH_RANK, "step": 1, "placeholder": "method's default"}))
     dtype = forms.ChoiceField(choices=[("", "inputs' dtype (promote)")] + DTYPES, required=False,
                               label="Working dtype", help_text="dtype the inputs are cast to for the merge.")
     out_dtype = forms.ChoiceField(choices=[("", "same as the base")] + DTYPES, required=False,
@@ -85,6 +103,7 @@ class MergeForm(forms.Form):
         """``bases``: the team's base checkpoints; ``experts_for(base)``: that base's experts;
         ``tasks``: the team's evaluation tasks."""
         super().__init__(data, initial=initial, **kwargs)
+        self.fields["sketch_rank"].help_text = sketch_rank_help()
         self.tasks = list(tasks)
         self.fields["evaluate_tasks"].choices = [(str(t.pk), t.name) for t in self.tasks]
         self.fields["method"].choices = [(n, n) for n in operator_names()]
@@ -152,6 +171,13 @@ class MergeForm(forms.Form):
     def clean_budget(self):
         return self.cleaned_data["budget"].strip()
 
+    def clean_sketch_rank(self):
+        """Blank: None (the method's default); else the engine's rule (services.check_sketch_rank)."""
+        try:
+            return check_sketch_rank(self.cleaned_data.get("sketch_rank"))
+        except ValidationError as error:
+            raise ValidationError(error.message_dict["sketch_rank"]) from None
+
     def _posted_expert_ids(self) -> list[str]:
         """The ids of every ``expert_<id>__use`` box the POST ticks, fields or not."""
         prefix, suffix = self.add_prefix("expert_"), "__use"
@@ -203,6 +229,7 @@ class MergeForm(forms.Form):
             "budget": self.cleaned_data["budget"],
             "dtype": self.cleaned_data.get("dtype") or None,
             "out_dtype": self.cleaned_data.get("out_dtype") or None,
+            "sketch_rank": self.cleaned_data.get("sketch_rank"),
         }
 
     def chosen_tasks(self) -> list:
@@ -315,6 +342,8 @@ def import_query(inputs: dict[str, Any], run_settings: dict[str, Any] | None = N
         query.append(("seed", str(extra["seed"])))
     if extra.get("measure_deviation") is True:
         query.append(("measure_deviation", "on"))
+    if isinstance(extra.get("sketch_rank"), int) and not isinstance(extra.get("sketch_rank"), bool):
+        query.append(("sketch_rank", str(extra["sketch_rank"])))
     if extra.get("block_size") not in (None, "") and str(extra["block_size"]) != str(default_block_size()):
         notes.append(f"The config's block size ({extra['block_size']}) is not a form field; the form merges with "
                      f"this site's default ({default_block_size()} bytes). Submit it through the API to keep it.")

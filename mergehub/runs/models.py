@@ -12,11 +12,17 @@ from mergehub.registry.models import Checkpoint
 
 
 def bytes_saved(metrics: dict) -> int | None:
-    """Expert bytes a run spared: full expert bytes minus the bytes the engine requested from
-    the files (counted at every read). Not storage reads: a warm page cache makes those 0
-    whatever the plan, and the saving would look total."""
+    """Expert bytes a run spared: full expert bytes minus the expert-derived bytes the engine
+    requested (counted at every read): the exact blocks from the expert files plus the low-rank
+    sketches from the catalog, which count against the budget as well. Not storage reads: a
+    warm page cache makes those 0 whatever the plan, and the saving would look total."""
     full = metrics.get("full_expert_bytes")
-    requested = metrics.get("expert_bytes_requested", metrics.get("planned_expert_bytes"))
+    if "expert_bytes_requested" in metrics:
+        requested = metrics["expert_bytes_requested"]
+        if requested is not None:
+            requested = int(requested) + int(metrics.get("sketch_bytes_requested") or 0)
+    else:
+        requested = metrics.get("planned_expert_bytes")  # sketches included
     if full is None or requested is None:
         return None
     return max(0, int(full) - int(requested))
@@ -42,6 +48,9 @@ class MergeRun(Job):
     budget = models.CharField(max_length=50)  # as typed: "0.5" or "512MB"
     seed = models.BigIntegerField(default=0)
     block_size = models.PositiveIntegerField(null=True, blank=True)  # None = engine default
+    # rank of the low-rank delta sketches a budgeted plan may use: None = the method's default
+    # (engine.merge_sketch_rank), 0 = off; the metrics say which rank the merge used
+    sketch_rank = models.PositiveSmallIntegerField(null=True, blank=True)
     measure_deviation = models.BooleanField(default=False)
 
     plan = models.JSONField(default=dict, blank=True)  # engine PlanReport.to_dict() of the plan that ran

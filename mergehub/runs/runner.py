@@ -17,6 +17,7 @@ from mergehub.registry import pinning
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import catalog_dir, outputs_dir, run_output_dir
 from mergehub.web.formatting import human_bytes
+from mergehub.web.reports import sketch_split
 
 from .models import MergeRun, bytes_saved
 from .services import engine_mapping
@@ -52,7 +53,7 @@ class MergeRunner(JobRunner):
         config = engine.load_config_mapping(engine_mapping(run.config))
         result = engine.run_merge(
             config, run_output_dir(run), budget=run.budget, seed=run.seed, device=device,
-            block_size=run.block_size, catalog_dir=catalog_dir(), force=False,
+            block_size=run.block_size, catalog_dir=catalog_dir(), force=False, sketch_rank=run.sketch_rank,
             measure_deviation=run.measure_deviation, progress=self.on_progress,
             cancel=self.should_cancel, verify=self._note_plan_changes)
         return {"metrics": result.metrics, "manifest": result.manifest, "output_path": str(result.out_dir),
@@ -87,8 +88,11 @@ class MergeRunner(JobRunner):
 
     def success_log(self, fields: dict) -> list[str]:
         metrics = fields["metrics"]
+        sketches = sketch_split(metrics)
+        used = (f" (exact blocks) and {human_bytes(sketches['read'])} of {sketches['count']} sketches of rank ≤"
+                f" {sketches['rank']} from the catalog" if sketches else "")
         return [f"succeeded: read {human_bytes(metrics.get('expert_bytes_read'))} of "
-                f"{human_bytes(metrics.get('full_expert_bytes'))} expert bytes; output in {fields['output_path']}",
+                f"{human_bytes(metrics.get('full_expert_bytes'))} expert bytes{used}; output in {fields['output_path']}",
                 *(f"warning: {w}" for w in metrics.get("warnings") or [])]
 
     @classmethod

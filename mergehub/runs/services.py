@@ -1,8 +1,8 @@
 """Writes for merge runs: build and validate a config, plan it, queue it, cancel, retry, reap.
 
 Nothing is queued until the config parses and plans: every bad input (unknown parameters,
-budget ≤ 0, experts not indexed, another family's expert) is a ValidationError keyed by the
-form field at fault, raised before any row is written.
+budget ≤ 0, experts not indexed, another family's expert, a sketch rank the index does not
+hold) is a ValidationError keyed by the form field at fault, raised before any row is written.
 """
 
 from __future__ import annotations
@@ -131,11 +131,52 @@ def check_budget(budget) -> str:
     return text
 
 
-def plan_config(config: dict, budget: str, block_size: int | None, seed: int = 0) -> dict:
+def check_sketch_rank(value) -> int | None:
+    """A sketch rank as asked for (form, API): blank is None, which lets the method's default
+    apply (engine.merge_sketch_rank); anything else follows the engine's rule, a whole number
+    from 0 (off) to 256."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return engine.check_sketch_rank(value.strip() if isinstance(value, str) else value)
+    except errors.ConfigError as err:
+        message = str(err)
+        raise ValidationError({"sketch_rank": message[:1].upper() + message[1:] + "."}) from None
+
+
+def _check_indexed_rank(rank: int, requested: int | None, method: str, experts) -> None:
+    """Sketches of ``rank`` must be in the experts' index: an expert indexed with sketches of a
+    lower rank (or none) has none to give (the catalog holds the index job's sketches, each of
+    which also holds every lower rank). Said on the sketch rank field, with what would do."""
+    if not rank:
+        return
+    short: dict[int, list[str]] = {}
+    for ckpt in experts:
+        indexed = (ckpt.index_stats or {}).get("sketch_rank")
+        if indexed is not None and int(indexed) < rank:
+            short.setdefault(int(indexed), []).append(ckpt.name)
+    if not short:
+        return
+    asked = f"Sketch rank {rank}" + ("" if requested is not None else f" (the default for {method})")
+    found = "; ".join(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} indexed "
+                      + (f"with sketches up to rank {r}" if r else "without sketches") for r, names in sorted(short.items()))
+    highest = min(short)
+    choice = (f"set it to {highest} or less, or to 0 for exact blocks only" if highest
+              else "set it to 0 for exact blocks only, or re-index the experts")
+    raise ValidationError({"sketch_rank": f"{asked}: {found}. A plan can only use the sketches the index made: "
+                                          f"{choice}."})
+
+
+def plan_config(config: dict, budget: str, block_size: int | None, seed: int = 0, *,
+                sketch_rank: int | None = None, experts=()) -> dict:
+    """The engine's plan (Plan.to_dict()) of ``config``; ``sketch_rank`` as asked for (None: the
+    method's default), checked against the index of ``experts`` (Checkpoint rows)."""
     try:
         parsed = engine.load_config_mapping(engine_mapping(config))
+        rank = engine.merge_sketch_rank(parsed, sketch_rank)
+        _check_indexed_rank(rank, sketch_rank, parsed.merge_method, experts)
         report = engine.plan_merge(parsed, budget=budget, catalog_dir=catalog_dir(),
-                                   block_size=block_size, seed=seed)
+                                   block_size=block_size, seed=seed, sketch_rank=rank)
     except errors.MergeHubError as err:
         raise _as_validation_error(err) from None
     return report.to_dict()
@@ -152,14 +193,16 @@ def checked_config(*, team: Team, method: str, base: Checkpoint, experts: list[E
 
 def preview_plan(*, user, team: Team, method: str, base: Checkpoint, experts: list[ExpertSpec],
                  parameters: dict[str, Any] | None = None, budget, block_size: int | None = None,
-                 dtype: str | None = None, out_dtype: str | None = None) -> dict:
+                 dtype: str | None = None, out_dtype: str | None = None, sketch_rank=None) -> dict:
     """The engine's plan for these inputs (PlanReport.to_dict()); computed from the index only."""
     require_role(user=user, team=team, role=Role.VIEWER, action="preview merges")
     check_inputs(team, base, experts)
     budget = check_budget(budget)
+    sketch_rank = check_sketch_rank(sketch_rank)
     config = build_config(method=method, base=base, experts=experts, parameters=parameters,
                           dtype=dtype, out_dtype=out_dtype)
-    return plan_config(config, budget, block_size or default_block_size())
+    return plan_config(config, budget, block_size or default_block_size(), sketch_rank=sketch_rank,
+                       experts=[c for c, _ in experts])
 
 
 # --- queueing ---------------------------------------------------------------------------------
@@ -190,24 +233,27 @@ def create_run(*, user, team: Team, name: str = "", method: str, base: Checkpoin
                seed: int = 0, dtype: str | None = None, out_dtype: str | None = None,
                measure_deviation: bool = False, block_size: int | None = None,
                queue: str | None = None, evaluate_tasks: list | None = None,
-               idempotency_key: str = "") -> MergeRun:
+               idempotency_key: str = "", sketch_rank=None) -> MergeRun:
     """Validate, plan and queue a merge. Members and admins only. The plan is made before the
     write transaction (it reads the catalog, which can take a while), so the write is short.
     ``evaluate_tasks`` (the team's evaluation tasks) are scored on the merged model once it
-    succeeds (mergehub/evaluation/receivers.py). ``idempotency_key``: see create_run_once."""
+    succeeds (mergehub/evaluation/receivers.py). ``idempotency_key``: see create_run_once.
+    ``sketch_rank``: None (the method's default), 0 (off) or the rank of the sketches to use."""
     require_role(user=user, team=team, role=Role.MEMBER, action="start merges")
     check_inputs(team, base, experts)
     budget = check_budget(budget)
     seed = check_seed(seed)
+    sketch_rank = check_sketch_rank(sketch_rank)
     queue = check_queue(queue)
     block_size = block_size or default_block_size()
     config = build_config(method=method, base=base, experts=experts, parameters=parameters,
                           dtype=dtype, out_dtype=out_dtype)
     task_ids = check_task_ids(team, evaluate_tasks)
-    plan = plan_config(config, budget, block_size, seed)
+    plan = plan_config(config, budget, block_size, seed, sketch_rank=sketch_rank, experts=[c for c, _ in experts])
     return _insert(team=team, author=user, name=(name or "").strip() or _default_name(method, len(experts), budget),
                    method=method, config=config, base=base, experts=[c for c, _ in experts], budget=budget,
-                   seed=seed, block_size=block_size, measure_deviation=bool(measure_deviation), plan=plan,
+                   seed=seed, block_size=block_size, sketch_rank=sketch_rank,
+                   measure_deviation=bool(measure_deviation), plan=plan,
                    queue=queue, evaluate_task_ids=task_ids, idempotency_key=idempotency_key)
 
 
@@ -246,12 +292,13 @@ def check_task_ids(team: Team, tasks: list | None) -> list[int]:
 
 
 @transaction.atomic
-def _insert(*, team, author, name, method, config, base, experts, budget, seed, block_size,
+def _insert(*, team, author, name, method, config, base, experts, budget, seed, block_size, sketch_rank,
             measure_deviation, plan, queue, evaluate_task_ids: list[int], retry_of: MergeRun | None = None,
             idempotency_key: str = "") -> MergeRun:
     run = MergeRun.objects.create(
         team=team, author=author, name=name[:200], method=method, config=config, base=base,
-        budget=budget, seed=seed, block_size=block_size, measure_deviation=measure_deviation,
+        budget=budget, seed=seed, block_size=block_size, sketch_rank=sketch_rank,
+        measure_deviation=measure_deviation,
         plan=plan, status=Status.QUEUED, stage="queued", queue=queue, retry_of=retry_of,
         evaluate_task_ids=evaluate_task_ids, idempotency_key=idempotency_key,
         log=[joblog.log_entry(f"queued by {author} on the {queue} queue"
@@ -269,8 +316,8 @@ def cancel_run(*, run: MergeRun, user) -> MergeRun:
 
 
 def retry_run(*, run: MergeRun, user) -> MergeRun:
-    """A new queued run with the same config, budget, seed and queue (re-planned: the index
-    may have moved)."""
+    """A new queued run with the same config, budget, seed, sketch rank and queue (re-planned:
+    the index may have moved)."""
     require_role(user=user, team=run.team, role=Role.MEMBER, action="retry merges")
     if run.is_active:
         raise ValidationError(f"Run #{run.pk} is still {run.status}; cancel it or wait before retrying.")
@@ -282,8 +329,10 @@ def retry_run(*, run: MergeRun, user) -> MergeRun:
     base = found[run.base_id]
     experts = [(found[pk], {}) for pk in run.experts.values_list("pk", flat=True)]
     check_inputs(run.team, base, experts)
-    plan = plan_config(run.config, run.budget, run.block_size, run.seed)
+    plan = plan_config(run.config, run.budget, run.block_size, run.seed, sketch_rank=run.sketch_rank,
+                       experts=[c for c, _ in experts])
     return _insert(team=run.team, author=user, name=run.name, method=run.method, config=run.config,
                    base=base, experts=[c for c, _ in experts], budget=run.budget, seed=run.seed,
-                   block_size=run.block_size, measure_deviation=run.measure_deviation, plan=plan,
+                   block_size=run.block_size, sketch_rank=run.sketch_rank,
+                   measure_deviation=run.measure_deviation, plan=plan,
                    queue=check_queue(run.queue), evaluate_task_ids=run.evaluate_task_ids, retry_of=run)

@@ -22,7 +22,7 @@ from mergehub.registry.selectors import checkpoints_for
 from mergehub.web.charts import run_report_charts
 from mergehub.web.errors import add_service_errors
 from mergehub.web.pagination import paginate
-from mergehub.web.reports import savings_of, served_from_cache, with_checkpoint_names
+from mergehub.web.reports import savings_of, served_from_cache, sketch_split, with_checkpoint_names
 from mergehub.web.teams import current_team
 
 from . import selectors, services, yaml_config
@@ -154,7 +154,7 @@ def preview(request):
         problems = [f"{_label(form, field)}: {' '.join(errs)}" if field != "__all__" else " ".join(errs)
                     for field, errs in form.errors.items()]
     return render(request, "runs/_preview.html", {"plan": plan, "savings": savings_of(plan),
-                                                  "problems": problems})
+                                                  "sketches": sketch_split(plan), "problems": problems})
 
 
 def _run_checkpoint_names(request, run: MergeRun) -> dict[str, str]:
@@ -199,6 +199,7 @@ def run_detail(request, pk):
         "charts": run_report_charts(metrics) if run.status == MergeRun.Status.SUCCEEDED else [],
         "savings": savings_of(metrics if "planned_expert_bytes" in metrics else run.plan),
         "from_cache": served_from_cache(metrics),
+        "sketches": sketch_split(metrics), "planned_sketches": sketch_split(plan),
         "config_yaml": yaml_config.config_yaml(run),
         "log": (run.log or [])[-LOG_LINES_SHOWN:],
         **_benchmark_context(request, run),

@@ -8,8 +8,9 @@ own checkpoints are looked at, so another team's name gets the same answer as a 
 exists nowhere.
 
 Out: a run as mergekit YAML with the checkpoints' paths (mergekit and ``mergehub merge`` read
-it as it is), their names in a leading comment and in a ``mergehub:`` section (which both
-ignore) with the budget, seed and block size, so that submitting it again reproduces the run.
+it as it is), their names in a leading comment and in a ``mergehub:`` section (which mergekit
+ignores, and ``mergehub merge`` reads only for the sketch rank) with the budget, seed, block size
+and sketch rank, so that submitting it again reproduces the run.
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ def section_of(mapping: Mapping) -> dict:
 
 def settings_from_config(config: str | Mapping, *, field: str = "config") -> dict:
     """What the ``mergehub:`` section of an exported config says about the run besides the merge
-    itself: ``budget``, ``seed``, ``block_size`` and ``measure_deviation``, those present only."""
+    itself: ``budget``, ``seed``, ``block_size``, ``measure_deviation`` and ``sketch_rank``, those
+    present only."""
     section = section_of(load_mapping(config, field=field))
     found = {}
-    for key in ("budget", "seed", "block_size", "measure_deviation"):
+    for key in ("budget", "seed", "block_size", "measure_deviation", "sketch_rank"):
         value = section.get(key)
         if value is None or isinstance(value, (Mapping, list)):
             continue
@@ -245,7 +247,7 @@ def _hub_query(text: str) -> Q | None:
 
 def config_yaml(run: MergeRun) -> str:
     """The run as mergekit YAML: model paths as the checkpoints' directories, their names in a
-    comment and in the ``mergehub:`` section with budget, seed and block size.
+    comment and in the ``mergehub:`` section with budget, seed, block size and sketch rank.
     ``inputs_from_config(run.team, config_yaml(run))`` gives the run's inputs back."""
     stored = run.config or {}
     mapping = services.engine_mapping(stored)
@@ -263,13 +265,15 @@ def config_yaml(run: MergeRun) -> str:
     model_names = [name_of(entry.get("model")) for entry in mapping.get("models") or []]
     section = {"run": run.pk, "budget": run.budget, "seed": run.seed, "block_size": run.block_size,
                "measure_deviation": run.measure_deviation,
+               **({"sketch_rank": run.sketch_rank} if run.sketch_rank is not None else {}),
                "checkpoints": {"base_model": base_name, "models": model_names}}
     header = [
         f"# MergeHub run #{run.pk}: {comment(run.name)}",
         f"# base_model: {comment(base_name or '(deleted)')}; models: "
         + ", ".join(comment(n or "(deleted)") for n in model_names) + " (MergeHub checkpoint names)",
         f"# Merge it again: mergehub merge run-{run.pk}.yaml OUT_DIR --budget {comment(run.budget)} --seed {run.seed}"
-        + (f" --block-size {run.block_size}" if run.block_size else ""),
+        + (f" --block-size {run.block_size}" if run.block_size else "")
+        + (f" --sketch-rank {run.sketch_rank}" if run.sketch_rank is not None else ""),
     ]
     # mergekit's key order, whatever order the database gave back (PostgreSQL's jsonb sorts keys)
     ordered = {key: mapping[key] for key in engine_config.ALLOWED_KEYS if key in mapping}

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import plotly.graph_objects as go
 
 from .formatting import human_bytes, human_seconds
+from .reports import sketch_split
 
 PALETTE = {
     "full": "#c3cad8",
@@ -24,6 +25,7 @@ PALETTE = {
     "base": "#7a8599",
     "written": "#1f7a4d",
     "skipped": "#d6e2f8",
+    "sketch": "#8a4fbf",
 }
 TIME_STAGES = ("plan", "read", "compute", "write")
 TIME_COLOURS = {"plan": "#7a5cc6", "read": "#e07b00", "compute": "#2458c6", "write": "#1f7a4d"}
@@ -73,6 +75,8 @@ def expert_bytes_chart(per_expert: Iterable[dict[str, Any]]) -> Chart | None:
         return None
     names = [str(r.get("name") or f"expert {i + 1}") for i, r in enumerate(rows)]
     series = [("Full", "full_bytes", PALETTE["full"]), ("Planned", "planned_bytes", PALETTE["planned"])]
+    if any(r.get("sketch_bytes") for r in rows):
+        series.append(("Planned sketches", "sketch_bytes", PALETTE["sketch"]))
     if any("read_bytes" in r for r in rows):
         series.append(("Read from storage", "read_bytes", PALETTE["read"]))
     fig = go.Figure()
@@ -84,18 +88,27 @@ def expert_bytes_chart(per_expert: Iterable[dict[str, Any]]) -> Chart | None:
     _layout(fig, barmode="group", yaxis=_bytes_axis(), xaxis={"type": "category"})
     return Chart("chart-expert-bytes", "Expert bytes: planned vs full",
                  "What each expert would cost to read in full, what the plan chose under the budget"
-                 " and, when measured, what was read from storage.", fig)
+                 " (low-rank sketches included, where it uses them) and, when measured, what was read"
+                 " from storage.", fig)
 
 
 def io_chart(metrics: dict[str, Any]) -> Chart | None:
     """Bytes moved by the run: planned expert reads next to what storage actually served."""
     if not metrics or "planned_expert_bytes" not in metrics:
         return None
+    sketches = sketch_split(metrics)
+    if sketches:  # the plan's bytes in its two kinds, each next to what storage served of it
+        planned = [("Planned exact blocks", sketches["blocks"], PALETTE["planned"]),
+                   ("Planned sketches", sketches["sketches"], PALETTE["sketch"]),
+                   ("Expert bytes read from storage", metrics.get("expert_bytes_read"), PALETTE["read"]),
+                   ("Sketch bytes read from storage", sketches["read"], PALETTE["read"])]
+    else:
+        planned = [("Planned expert reads", metrics.get("planned_expert_bytes"), PALETTE["planned"]),
+                   ("Expert bytes read from storage", metrics.get("expert_bytes_read"), PALETTE["read"])]
     bars = [
         ("Full expert bytes", metrics.get("full_expert_bytes"), PALETTE["full"]),
         ("Budget", metrics.get("budget_bytes"), PALETTE["skipped"]),
-        ("Planned expert reads", metrics.get("planned_expert_bytes"), PALETTE["planned"]),
-        ("Expert bytes read from storage", metrics.get("expert_bytes_read"), PALETTE["read"]),
+        *planned,
         ("Base bytes read from storage", metrics.get("base_bytes_read"), PALETTE["base"]),
         ("Bytes written", metrics.get("bytes_written"), PALETTE["written"]),
     ]
@@ -122,10 +135,17 @@ def savings_chart(metrics: dict[str, Any]) -> Chart | None:
     full = _int(metrics.get("full_expert_bytes"))
     planned = min(_int(metrics.get("planned_expert_bytes")), full)
     skipped = full - planned
+    sketches = sketch_split(metrics)
+    if sketches:
+        slices = [("Exact blocks read (planned)", min(sketches["blocks"], planned), PALETTE["planned"]),
+                  ("Sketches read (planned)", planned - min(sketches["blocks"], planned), PALETTE["sketch"])]
+    else:
+        slices = [("Expert bytes read (planned)", planned, PALETTE["planned"])]
+    slices.append(("Expert bytes skipped", skipped, PALETTE["skipped"]))
     fig = go.Figure(go.Pie(
-        labels=["Expert bytes read (planned)", "Expert bytes skipped"], values=[planned, skipped],
-        hole=0.6, sort=False, marker={"colors": [PALETTE["planned"], PALETTE["skipped"]]},
-        customdata=[human_bytes(planned), human_bytes(skipped)],
+        labels=[s[0] for s in slices], values=[s[1] for s in slices],
+        hole=0.6, sort=False, marker={"colors": [s[2] for s in slices]},
+        customdata=[human_bytes(s[1]) for s in slices],
         hovertemplate="%{label}: %{customdata} (%{percent})<extra></extra>", textinfo="percent"))
     _layout(fig, showlegend=True,
             annotations=[{"text": f"{skipped / full:.1%}<br>saved", "showarrow": False,

@@ -13,11 +13,28 @@ def with_checkpoint_names(rows, names: dict[str, str]) -> list[dict]:
 
 
 def served_from_cache(metrics: dict) -> int:
-    """Planned expert bytes that storage did not serve (the kernel had them cached)."""
+    """Planned expert bytes that storage did not serve (the kernel had them cached): the plan's
+    exact blocks and sketches less what storage served of each."""
     planned, read = metrics.get("planned_expert_bytes"), metrics.get("expert_bytes_read")
     if planned is None or read is None:
         return 0
-    return max(0, int(planned) - int(read))
+    return max(0, int(planned) - int(read) - int(metrics.get("sketch_bytes_read") or 0))
+
+
+def sketch_split(numbers: dict | None) -> dict | None:
+    """How planned expert bytes split between low-rank sketches and exact blocks, for a plan
+    (Plan.to_dict(), a sweep point: ``sketch_bytes``) or a run's metrics (``planned_sketch_bytes``,
+    with the sketch bytes requested and read from storage): {"total", "sketches", "blocks",
+    "count", "rank", "requested", "read"}. None when no sketch was planned (sketches off, none
+    worth it at this budget, or a run from before sketches)."""
+    numbers = numbers or {}
+    sketches = numbers.get("planned_sketch_bytes", numbers.get("sketch_bytes"))
+    if not sketches:
+        return None
+    total = int(numbers.get("planned_expert_bytes") or 0)
+    return {"total": total, "sketches": int(sketches), "blocks": max(0, total - int(sketches)),
+            "count": int(numbers.get("sketches_planned") or 0), "rank": int(numbers.get("sketch_rank") or 0),
+            "requested": numbers.get("sketch_bytes_requested"), "read": numbers.get("sketch_bytes_read")}
 
 
 def savings_of(numbers: dict | None) -> dict | None:

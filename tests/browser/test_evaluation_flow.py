@@ -78,7 +78,9 @@ def test_evaluate_after_merge(browser_page, live_server, alice, registered_lm, t
     # once the evaluation is done (and leaves it then)
     page.wait_for_selector("#evaluation-live", state="detached", timeout=60_000)
     page.wait_for_selector("#chart-benchmark .main-svg")
-    assert page.locator("#chart-benchmark .trace.bars").count() == 4  # merge, base and two experts
+    # merge, base and two experts (plotly may still be adding traces when its svg appears)
+    page.wait_for_function("document.querySelectorAll('#chart-benchmark .trace.bars').length === 4",
+                           timeout=10_000)
     rows = page.locator("#benchmark-table tbody tr")
     assert rows.count() == 4
     labels = [" ".join(rows.nth(i).locator("td").first.text_content().split()) for i in range(4)]

@@ -151,7 +151,8 @@ def test_the_certificate_bounds_the_measured_deviation(tmp_path, seed, experts, 
         weights[0] += 1.0  # keep Σw away from 0 so coefficients stay moderate
     mapping = fam.config(method, weights=weights, parameters={"lambda": lam, "normalize": normalize})
     result = api.run_merge(parse_config(mapping), root / "out", catalog_dir=root / "cat", block_size=block,
-                           budget=budget, measure_deviation=True, device="cpu")
+                           budget=budget, measure_deviation=True, device="cpu",
+                           sketch_rank=0)  # blocks only: tests/engine/test_sketch.py bounds sketched plans
     cert = result.plan.certificate
     measured = result.metrics["deviation"]["absolute"]
     independent, update = _independent_deviation(fam, result.plan, _coefficients(method, weights, lam, normalize))

@@ -170,9 +170,11 @@ def test_sweep_json(tmp_path, family, catalog, capsys, monkeypatch):
                            "--block-size", BLOCK, "--device", "cpu")
     monkeypatch.undo()
     assert rc == 0 and err == ""
-    rows = json.loads(out)
-    assert [r["budget"] for r in rows] == ["1", "0.5", "0.25", "0.1"]
-    for r in rows:
+    both = json.loads(out)
+    assert [(r["budget"], r["mode"]) for r in both] == [(b, m) for b in ["1", "0.5", "0.25", "0.1"]
+                                                        for m in ("sketch", "blocks")]
+    rows = [r for r in both if r["mode"] == "blocks"]
+    for r in both:
         assert PLAN_KEYS <= set(r) and r["certificate"] is not None
         assert r["deviation"]["absolute"] <= r["certificate"] * (1 + 1e-5) + 1e-6
     assert rows[0]["deviation"]["absolute"] == 0.0 and rows[0]["certificate"] == 0.0
@@ -186,15 +188,16 @@ def test_sweep_json(tmp_path, family, catalog, capsys, monkeypatch):
         assert not span & seen
         seen |= span
     assert sum(n for _, _, n in expert_reads) == rows[0]["planned_expert_bytes"]
-    # each budget's deviation is what a separate budgeted merge measures
-    for r in rows[1:3]:
-        m = api.run_merge(api.load_config(config), tmp_path / f"m{r['budget']}", catalog_dir=catalog,
-                          block_size=BLOCK, budget=r["budget"], measure_deviation=True, device="cpu").metrics
+    # each budget's deviation is what a separate budgeted merge measures, with or without sketches
+    for r in both[2:6]:
+        m = api.run_merge(api.load_config(config), tmp_path / f"m{r['budget']}-{r['mode']}", catalog_dir=catalog,
+                          block_size=BLOCK, budget=r["budget"], measure_deviation=True, device="cpu",
+                          sketch_rank=None if r["mode"] == "sketch" else 0).metrics
         assert m["planned_expert_bytes"] == r["planned_expert_bytes"]
         assert m["deviation"]["absolute"] == pytest.approx(r["deviation"]["absolute"], rel=1e-12)
         assert m["deviation"]["update_relative"] == pytest.approx(r["deviation"]["update_relative"], rel=1e-12)
     rc, out, _ = run_cli(capsys, "sweep", config, "--budgets", "1,0.1", "--catalog", catalog, "--block-size", BLOCK)
-    assert rc == 0 and len(out.splitlines()) == 3
+    assert rc == 0 and len(out.splitlines()) == 5  # a header, then each budget with and without sketches
 
 
 def test_sweep_needs_a_base(family, catalog, capsys):

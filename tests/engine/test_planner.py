@@ -1,4 +1,7 @@
-"""The planner: budget-sound, deterministic, every changed block at full budget, no unchanged one."""
+"""The planner: budget-sound, deterministic, every changed block at full budget, no unchanged one.
+
+Block planning is tested here with sketches off (``sketch_rank=0``) unless a test says
+otherwise; plans over sketches and blocks are tested in test_sketch.py."""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def indexed(tmp_path_factory):
 def _plan(fam, catalog, budget, **kwargs):
     config = parse_config(fam.config(**{k: v for k, v in kwargs.items() if k in ("method", "weights", "parameters")}))
     return api.plan_merge(config, budget=budget, catalog_dir=catalog, block_size=kwargs.get("block_size", BLOCK),
-                          seed=kwargs.get("seed", 0))
+                          seed=kwargs.get("seed", 0), sketch_rank=kwargs.get("sketch_rank", 0))
 
 
 def _changed_blocks(fam, catalog) -> tuple[set, dict]:
@@ -57,10 +60,10 @@ def _access_set(plan) -> set:
 @given(fraction=st.floats(min_value=1e-6, max_value=1.0, allow_nan=False),
        nbytes=st.integers(min_value=1, max_value=20_000),
        weights=st.lists(st.floats(min_value=-2, max_value=2, allow_nan=False), min_size=3, max_size=3),
-       use_bytes=st.booleans())
-def test_planned_bytes_never_exceed_the_budget(indexed, fraction, nbytes, weights, use_bytes):
+       use_bytes=st.booleans(), sketch_rank=st.sampled_from([0, 2]))
+def test_planned_bytes_never_exceed_the_budget(indexed, fraction, nbytes, weights, use_bytes, sketch_rank):
     fam, catalog = indexed
-    plan = _plan(fam, catalog, f"{nbytes}B" if use_bytes else fraction, weights=weights)
+    plan = _plan(fam, catalog, f"{nbytes}B" if use_bytes else fraction, weights=weights, sketch_rank=sketch_rank)
     limit = nbytes if use_bytes else math.floor(fraction * plan.full_expert_bytes) if fraction < 1 \
         else plan.full_expert_bytes
     assert plan.budget_bytes == limit
@@ -68,7 +71,7 @@ def test_planned_bytes_never_exceed_the_budget(indexed, fraction, nbytes, weight
     changed, sizes = _changed_blocks(fam, catalog)
     access = _access_set(plan)
     assert access <= changed  # never an unchanged block
-    assert plan.planned_expert_bytes == sum(sizes[x] for x in access)
+    assert plan.planned_expert_bytes == sum(sizes[x] for x in access) + plan.sketch_bytes
     assert plan.blocks_planned == len(access)
     assert sum(pe["planned_bytes"] for pe in plan.per_expert) == plan.planned_expert_bytes
 

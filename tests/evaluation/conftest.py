@@ -33,6 +33,28 @@ def _nudged_copy(base: Path, out: Path, seed: int) -> Path:
     return out
 
 
+def _low_rank_copy(base: Path, out: Path, seed: int, rank: int = 2) -> Path:
+    """``base`` with every attention and MLP matrix moved by a seeded product of two thin
+    matrices (a delta of rank ``rank``, as a fine-tune's nearly is): the index's low-rank
+    sketches hold it almost exactly, so budgeted task arithmetic plans read them."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True)
+    for name in TOKENIZER_FILES:
+        if (base / name).exists():
+            shutil.copy(base / name, out / name)
+    tensors = load_file(str(base / "model.safetensors"))
+    gen = torch.Generator().manual_seed(seed)
+    for name, tensor in tensors.items():
+        if tensor.dim() == 2 and ("mlp" in name or "self_attn" in name):
+            u = torch.randn(tensor.shape[0], rank, generator=gen)
+            v = torch.randn(tensor.shape[1], rank, generator=gen)
+            tensors[name] = tensor + 0.05 * (u @ v.T / rank ** 0.5).to(tensor.dtype)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
 @pytest.fixture
 def lm_family(tmp_path) -> dict:
     root = tmp_path / "lm"
@@ -55,6 +77,31 @@ def registered_lm(lm_family, alice, acme, run_on_commit) -> dict:
                                        family_name="lm", local_path=str(path))
         ckpt.refresh_from_db()
         assert ckpt.is_ready, ckpt.index_error
+        experts.append(ckpt)
+    base.refresh_from_db()
+    return {"base": base, "experts": experts}
+
+
+@pytest.fixture
+def registered_sketch_lm(tmp_path, alice, acme, run_on_commit) -> dict:
+    """A tiny language-model family whose experts' deltas are of rank 2, registered in acme and
+    indexed (with the index's low-rank sketches): budgeted task arithmetic reads sketches."""
+    from mergehub.registry.services import register_checkpoint
+
+    root = tmp_path / "sketch-lm"
+    base_dir = write_tiny_model(root / "base", hidden=64, layers=1, heads=2, intermediate=128, seed=0)
+    with run_on_commit():
+        base = register_checkpoint(team=acme, user=alice, name="sk-base", role="base", family_name="sketch-lm",
+                                   local_path=str(base_dir))
+    experts = []
+    for k in (1, 2):
+        path = _low_rank_copy(base_dir, root / f"expert-{k}", seed=k)
+        with run_on_commit():
+            ckpt = register_checkpoint(team=acme, user=alice, name=f"sk-expert-{k}", role="expert",
+                                       family_name="sketch-lm", local_path=str(path))
+        ckpt.refresh_from_db()
+        assert ckpt.is_ready, ckpt.index_error
+        assert ckpt.index_stats["sketched_tensors"] > 0
         experts.append(ckpt)
     base.refresh_from_db()
     return {"base": base, "experts": experts}

@@ -91,3 +91,53 @@ def test_sweep_deviation_and_bytes_charts():
     not_merged = [{k: v for k, v in p.items() if k != "expert_bytes_read"} for p in POINTS]
     assert [t.name for t in charts.sweep_bytes_chart(not_merged).figure.data] == ["planned expert bytes"]
     assert charts.sweep_bytes_chart([]) is None
+
+
+# A sweep with sketches: every budget twice, "sketch" (part of the bytes in sketches) first, and
+# the budgets not in order of size (as typed), so each curve must be sorted by its x.
+MODES = [
+    {"budget": "0.5", "mode": "sketch", "full_expert_bytes": 1000, "planned_expert_bytes": 500, "sketch_bytes": 120,
+     "block_bytes": 380, "expert_bytes_read": 370, "sketch_bytes_read": 120,
+     "deviation": {"update_relative": 0.05, "weight_relative": 0.001}, "scores": {"reverse": 0.7, "sort": 0.5}},
+    {"budget": "0.5", "mode": "blocks", "full_expert_bytes": 1000, "planned_expert_bytes": 490, "sketch_bytes": 0,
+     "expert_bytes_read": 490, "deviation": {"update_relative": 0.1, "weight_relative": 0.002},
+     "scores": {"reverse": 0.6, "sort": 0.5}},
+    {"budget": "0.1", "mode": "sketch", "full_expert_bytes": 1000, "planned_expert_bytes": 100, "sketch_bytes": 80,
+     "block_bytes": 20, "expert_bytes_read": 20, "sketch_bytes_read": 0,
+     "deviation": {"update_relative": 0.2, "weight_relative": 0.004}, "scores": {"reverse": 0.5, "sort": 0.4}},
+    {"budget": "0.1", "mode": "blocks", "full_expert_bytes": 1000, "planned_expert_bytes": 100, "sketch_bytes": 0,
+     "expert_bytes_read": 90, "deviation": {"update_relative": 0.5, "weight_relative": 0.01},
+     "scores": {"reverse": 0.2, "sort": 0.4}},
+]
+
+
+def test_sweep_charts_draw_sketch_and_blocks_curves_on_the_same_axes():
+    scores = charts.sweep_score_chart(MODES, ["reverse", "sort"], REFERENCES)
+    names = [t.name for t in scores.figure.data]
+    assert names == ["reverse · sketch + blocks", "sort · sketch + blocks", "sketch + blocks",
+                     "reverse · blocks only", "sort · blocks only", "blocks only"]
+    by_name = {t.name: t for t in scores.figure.data}
+    assert list(by_name["sketch + blocks"].x) == [0.1, 0.5] and list(by_name["blocks only"].x) == [0.1, 0.49]
+    assert [round(y, 6) for y in by_name["sketch + blocks"].y] == [0.45, 0.6]
+    assert [round(y, 6) for y in by_name["blocks only"].y] == [0.3, 0.55]
+    assert by_name["reverse · blocks only"].visible == "legendonly" and by_name["sketch + blocks"].visible is None
+    assert by_name["blocks only"].line.dash == "dash" and by_name["sketch + blocks"].line.dash == "solid"
+    assert "sketch + blocks" in scores.caption
+
+    deviation = charts.sweep_deviation_chart(MODES)
+    by_name = {t.name: t for t in deviation.figure.data}
+    assert list(by_name["sketch + blocks"].y) == [0.2, 0.05] and list(by_name["blocks only"].y) == [0.5, 0.1]
+
+    traffic = charts.sweep_bytes_chart(MODES)
+    by_name = {t.name: t for t in traffic.figure.data}
+    assert list(by_name) == ["sketch + blocks: sketches", "sketch + blocks: exact blocks",
+                             "sketch + blocks: read from storage", "blocks only: exact blocks",
+                             "blocks only: read from storage"]
+    # the sketch plans' bytes stacked: sketches, then exact blocks on top
+    assert list(by_name["sketch + blocks: sketches"].y) == [80, 120]
+    assert list(by_name["sketch + blocks: exact blocks"].y) == [20, 380]
+    assert by_name["sketch + blocks: sketches"].stackgroup == by_name["sketch + blocks: exact blocks"].stackgroup
+    # storage reads: exact blocks and sketches together
+    assert list(by_name["sketch + blocks: read from storage"].y) == [20, 490]
+    assert list(by_name["blocks only: exact blocks"].y) == [100, 490]
+    json.loads(traffic.json)

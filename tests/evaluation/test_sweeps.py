@@ -119,9 +119,11 @@ def _fraction(point) -> float:
 
 
 def test_a_sweep_without_tasks_measures_every_budget_in_one_pass(registered_lm, alice, acme, run_on_commit):
-    sweep = _run_sweep(run_on_commit, user=alice, team=acme, budgets="0.5, 0.1, 0.25", **_inputs(registered_lm))
-    assert sweep.status == Status.SUCCEEDED, sweep.error
+    sweep = _run_sweep(run_on_commit, user=alice, team=acme, budgets="0.5, 0.1, 0.25", sketch_rank=0,
+                       **_inputs(registered_lm))
+    assert sweep.status == Status.SUCCEEDED, sweep.error and sweep.sketch_rank == 0
     assert [p["budget"] for p in sweep.points] == ["0.5", "0.1", "0.25", "1"]
+    assert {p["mode"] for p in sweep.points} == {"blocks"} and not any(p["sketch_bytes"] for p in sweep.points)
     by_size = sorted(sweep.points, key=lambda p: p["budget_bytes"])
     planned = [p["planned_expert_bytes"] for p in by_size]
     assert planned == sorted(planned) and planned[0] < planned[-1]
@@ -138,7 +140,7 @@ def test_a_sweep_without_tasks_measures_every_budget_in_one_pass(registered_lm, 
 
 def test_a_sweep_with_tasks_merges_and_scores_every_budget(registered_lm, reverse_task, alice, acme, run_on_commit):
     sweep = _run_sweep(run_on_commit, user=alice, team=acme, budgets="0.1, 0.25", tasks=[reverse_task],
-                       **_inputs(registered_lm))
+                       sketch_rank=0, **_inputs(registered_lm))
     assert sweep.status == Status.SUCCEEDED, sweep.error
     assert [p["budget"] for p in sweep.points] == ["0.1", "0.25", "1"]
     for point in sweep.points:
@@ -160,6 +162,103 @@ def test_a_sweep_with_tasks_merges_and_scores_every_budget(registered_lm, revers
     assert set(EvalResult.objects.values_list("model_hash", flat=True)) == hashes
     assert not list(sweep_output_dir(sweep).glob("budget-*"))
     assert sweep.log[-1]["msg"] == "succeeded: 3 budgets, each merged and scored on 1 task(s)"
+
+
+# --- with low-rank sketches -----------------------------------------------------------------------
+
+def _sketch_inputs(registered_sketch_lm) -> dict:
+    return {"method": "task_arithmetic", "base": registered_sketch_lm["base"],
+            "experts": [(e, {"weight": 0.5}) for e in registered_sketch_lm["experts"]]}
+
+
+def test_a_sweep_with_sketches_merges_and_scores_both_modes(registered_sketch_lm, reverse_task, alice, acme,
+                                                            run_on_commit):
+    """task_arithmetic sketches by default: every budget is planned, merged and scored with the
+    experts' low-rank sketches and with exact blocks only."""
+    sweep = _run_sweep(run_on_commit, user=alice, team=acme, budgets="0.1, 0.25", tasks=[reverse_task],
+                       **_sketch_inputs(registered_sketch_lm))
+    assert sweep.status == Status.SUCCEEDED, sweep.error
+    assert sweep.sketch_rank is None  # the method's default
+    assert [(p["budget"], p["mode"]) for p in sweep.points] == [
+        ("0.1", "sketch"), ("0.1", "blocks"), ("0.25", "sketch"), ("0.25", "blocks"), ("1", "sketch"), ("1", "blocks")]
+    sketched, blocks = sweep.points[0::2], sweep.points[1::2]
+    rank = sketched[0]["sketch_rank"]
+    assert rank > 0 and all(p["sketch_rank"] == rank for p in sketched)
+    for s, b in zip(sketched[:2], blocks[:2]):  # budgets under the full one
+        # the sketch plan spends part of the budget on sketches, within the budget
+        assert 0 < s["sketch_bytes"] < s["planned_expert_bytes"] <= s["budget_bytes"]
+        assert s["block_bytes"] == s["planned_expert_bytes"] - s["sketch_bytes"] and s["sketches_planned"] > 0
+        assert b["sketch_bytes"] == 0 and b["sketch_rank"] == 0 and b["planned_expert_bytes"] <= b["budget_bytes"]
+        # the rank-2 deltas are nearly all in the sketches: far closer to the full merge
+        assert s["deviation"]["update_relative"] < b["deviation"]["update_relative"] / 2
+        assert s["certificate"] < b["certificate"]
+        # both merges were written and scored: the sketch merge read sketches, the other none
+        assert s["sketch_bytes_requested"] > 0 and not b["sketch_bytes_requested"]
+        assert s["model_hash"] != b["model_hash"] and "merged_with" not in s and "merged_with" not in b
+        assert set(s["scores"]) == set(b["scores"]) == {"reverse"}
+    # at the full budget both modes plan every block and no sketch: one merge, its numbers for both
+    full_s, full_b = sketched[2], blocks[2]
+    assert full_s["sketch_bytes"] == 0 and full_s["plan_digest"] == full_b["plan_digest"]
+    assert full_b["merged_with"] == "sketch" and full_b["model_hash"] == full_s["model_hash"]
+    assert full_b["scores"] == full_s["scores"]
+    assert len({p["model_hash"] for p in sweep.points}) == 5
+    messages = [e["msg"] for e in sweep.log]
+    assert f"every budget planned twice: with sketches of rank ≤ {rank} and with exact blocks only" in messages
+    assert messages[-1] == "succeeded: 3 budgets, with and without sketches, each merged and scored on 1 task(s)"
+    assert not list(sweep_output_dir(sweep).glob("budget-*"))
+
+
+def test_a_sweep_without_sketches_in_the_index_sweeps_blocks_only(tmp_path, alice, acme, run_on_commit):
+    """Experts that change no matrix (only norm weights) have no sketch in the index: the sketch
+    points would repeat the blocks ones, so the sweep keeps the blocks ones and says why."""
+    from safetensors.torch import load_file, save_file
+
+    from mergehub.registry.services import register_checkpoint
+    from tests.fixtures.family import make_family
+
+    family = make_family(tmp_path / "norms")
+    base_tensors = load_file(str(family["base"] / "model.safetensors"))
+    for path in family["experts"]:
+        tensors = load_file(str(path / "model.safetensors"))
+        tensors.update({k: v for k, v in base_tensors.items() if v.dim() == 2})
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with run_on_commit():
+        base = register_checkpoint(team=acme, user=alice, name="n-base", role="base", family_name="norms",
+                                   local_path=str(family["base"]))
+    experts = []
+    for k, path in enumerate(family["experts"], start=1):
+        with run_on_commit():
+            expert = register_checkpoint(team=acme, user=alice, name=f"n-expert-{k}", role="expert",
+                                         family_name="norms", local_path=str(path))
+        expert.refresh_from_db()
+        assert expert.index_stats["sketch_rank"] > 0 and expert.index_stats["sketched_tensors"] == 0
+        experts.append((expert, {"weight": 0.5}))
+    sweep = _run_sweep(run_on_commit, user=alice, team=acme, budgets="0.25", method="task_arithmetic",
+                       base=base, experts=experts)
+    assert sweep.status == Status.SUCCEEDED, sweep.error
+    assert [(p["budget"], p["mode"]) for p in sweep.points] == [("0.25", "blocks"), ("1", "blocks")]
+    assert any(e["msg"].startswith("no sketch of rank ≤") and "swept with exact blocks only" in e["msg"]
+               for e in sweep.log)
+    assert sweep.log[-1]["msg"] == "succeeded: 2 budgets"
+
+
+def test_a_sweep_checks_its_sketch_rank(registered_sketch_lm, alice, acme):
+    with pytest.raises(ValidationError) as excinfo:
+        sweeps.create_sweep(user=alice, team=acme, budgets="0.5", sketch_rank=999, **_sketch_inputs(registered_sketch_lm))
+    assert excinfo.value.message_dict["sketch_rank"] == [
+        "Sketch rank must be a whole number from 0 (off) to 256, got 999."]
+    indexed = registered_sketch_lm["experts"][0].index_stats["sketch_rank"]
+    with pytest.raises(ValidationError) as excinfo:  # more than the index holds
+        sweeps.create_sweep(user=alice, team=acme, budgets="0.5", sketch_rank=indexed + 1,
+                            **_sketch_inputs(registered_sketch_lm))
+    assert f"are indexed with sketches up to rank {indexed}" in excinfo.value.message_dict["sketch_rank"][0]
+    assert not SweepJob.objects.exists()
+
+
+def test_retry_keeps_the_sketch_rank(registered_sketch_lm, alice, acme):
+    sweep = sweeps.create_sweep(user=alice, team=acme, budgets="0.5", sketch_rank=0, **_sketch_inputs(registered_sketch_lm))
+    sweep = sweeps.cancel_sweep(sweep=sweep, user=alice)
+    assert sweeps.retry_sweep(sweep=sweep, user=alice).sketch_rank == 0
 
 
 def test_retry_queues_the_same_sweep(registered_lm, alice, carol, bob, acme, run_on_commit):

@@ -3,6 +3,7 @@ services, htmx live parts end with HX-Refresh, and no page shows another team's 
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -245,7 +246,8 @@ def test_a_viewer_cannot_sweep(bob_client, registered_lm):
 def finished_sweep(registered_lm, carol_client, run_on_commit):
     """A sweep queued from the merge form (no tasks) and run."""
     with run_on_commit():
-        carol_client.post(reverse("evaluation:sweep_new"), _merge_post(registered_lm, sweep_budgets="0.1, 0.25"))
+        carol_client.post(reverse("evaluation:sweep_new"),
+                          _merge_post(registered_lm, sweep_budgets="0.1, 0.25", sketch_rank="0"))
     sweep = SweepJob.objects.get()
     assert sweep.status == "succeeded", sweep.error
     return sweep
@@ -266,6 +268,64 @@ def test_the_sweep_page_shows_the_points_and_starts_a_merge_at_a_budget(carol_cl
     form = carol_client.get(point["merge_url"]).context["form"]
     assert form["budget"].value() == "0.25" and form["method"].value() == "task_arithmetic"
     assert 'name="budget" value="0.25"' in _text(carol_client.get(point["merge_url"]))
+
+
+def _chart_names(response, chart_id: str) -> list[str]:
+    """The trace names of a chart the page embeds (web/_chart.html: its JSON in a script)."""
+    chart = next(c for c in response.context["charts"] if c.id == chart_id)
+    return [trace["name"] for trace in json.loads(chart.json)["data"]]
+
+
+def test_the_sweep_page_compares_sketches_with_blocks_only(carol_client, registered_sketch_lm, reverse_task,
+                                                          run_on_commit):
+    """A task arithmetic sweep (sketches on by default) from the merge form: every chart draws
+    "sketch + blocks" and "blocks only" on the same axes, the table says each row's mode and
+    sketch bytes, and "Start this merge" carries the row's sketch rank (0 for blocks only)."""
+    with run_on_commit():
+        carol_client.post(reverse("evaluation:sweep_new"),
+                          _merge_post(registered_sketch_lm, sweep_budgets="0.25", evaluate_tasks=[reverse_task.pk]))
+    sweep = SweepJob.objects.get()
+    assert sweep.status == "succeeded", sweep.error
+    response = carol_client.get(reverse("evaluation:sweep", args=[sweep.pk]))
+    html = _text(response)
+    # the mean score of each mode is a curve; each task's own curves are one legend click away
+    assert _chart_names(response, "chart-sweep-scores") == [
+        "reverse · sketch + blocks", "sketch + blocks", "reverse · blocks only", "blocks only"]
+    assert _chart_names(response, "chart-sweep-deviation") == [
+        "sketch + blocks", "sketch + blocks: relative to the weights", "blocks only", "blocks only: relative to the weights"]
+    assert _chart_names(response, "chart-sweep-bytes") == [
+        "sketch + blocks: sketches", "sketch + blocks: exact blocks", "sketch + blocks: read from storage",
+        "blocks only: exact blocks", "blocks only: read from storage"]
+    points = response.context["points"]
+    assert [(p["budget"], p["mode_label"]) for p in points] == [
+        ("0.25", "sketch + blocks"), ("0.25", "blocks only"), ("1", "sketch + blocks"), ("1", "blocks only")]
+    assert "<th>Mode</th>" in html and "<th class=\"num\">In sketches</th>" in html
+    assert html.count('data-mode="sketch"') == 2 and html.count('data-mode="blocks"') == 2
+    sketched = points[0]
+    assert sketched["sketch_bytes"] > 0 and f"of rank ≤ {sketched['sketch_rank']}" in html
+    assert "same plan as sketch + blocks: merged once" in html  # the full budget's blocks-only row
+    sketch_query = parse_qs(urlsplit(sketched["merge_url"]).query)
+    blocks_query = parse_qs(urlsplit(points[1]["merge_url"]).query)
+    assert sketch_query["sketch_rank"] == [str(sketched["sketch_rank"])] and blocks_query["sketch_rank"] == ["0"]
+    assert sketch_query["budget"] == blocks_query["budget"] == ["0.25"]
+    form = carol_client.get(points[1]["merge_url"]).context["form"]
+    assert form["sketch_rank"].value() == "0" and form["budget"].value() == "0.25"
+
+
+def test_a_sweep_from_before_sketches_shows_as_blocks_only(carol_client, registered_lm):
+    carol_client.post(reverse("evaluation:sweep_new"), _merge_post(registered_lm, sweep_budgets="0.5"))
+    sweep = SweepJob.objects.get()
+    sweep.points = [{"budget": b, "full_expert_bytes": 1000, "planned_expert_bytes": n, "certificate": None,
+                     "deviation": {"update_relative": d, "weight_relative": d / 10}}
+                    for b, n, d in (("0.5", 500, 0.2), ("1", 1000, 0.0))]  # no "mode": before sketches
+    sweep.save(update_fields=["points"])
+    response = carol_client.get(reverse("evaluation:sweep", args=[sweep.pk]))
+    html = _text(response)
+    assert response.status_code == 200 and html.count('data-mode="blocks"') == 2 and "<th>Mode</th>" not in html
+    assert _chart_names(response, "chart-sweep-deviation") == ["‖Δ_A − Δ_full‖ / ‖Δ_full‖", "relative to the weights"]
+    assert _chart_names(response, "chart-sweep-bytes") == ["planned expert bytes"]
+    query = parse_qs(urlsplit(response.context["points"][0]["merge_url"]).query)
+    assert query["budget"] == ["0.5"] and query["sketch_rank"] == ["0"]
 
 
 def test_start_this_merge_keeps_every_task_the_sweep_was_scored_on(carol_client, registered_lm, reverse_task,

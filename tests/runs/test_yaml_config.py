@@ -188,7 +188,7 @@ def test_a_runs_yaml_round_trips(registered_family, alice, acme, tmp_path):
 def test_import_fills_the_merge_form(registered_family, carol_client):
     base, (e1, e2) = registered_family["base"], registered_family["experts"]
     text = ties_yaml(extra="parameters: {lambda: 0.8, normalize: false}\nout_dtype: bf16\n"
-                           "mergehub: {budget: '0.25', seed: 3}\n")
+                           "mergehub: {budget: '0.25', seed: 3, sketch_rank: 0}\n")
     response = carol_client.post(reverse("runs:import_yaml"), {"yaml": text})
     assert response.status_code == 302
     url = urlsplit(response["Location"])
@@ -198,6 +198,7 @@ def test_import_fills_the_merge_form(registered_family, carol_client):
     assert query[f"expert_{e1.pk}__use"] == ["on"] and query[f"expert_{e2.pk}__weight"] == ["0.5"]
     assert query["param__lambda"] == ["0.8"] and query["param__normalize"] == [""]
     assert query["out_dtype"] == ["bfloat16"] and query["budget"] == ["0.25"] and query["seed"] == ["3"]
+    assert query["sketch_rank"] == ["0"]
 
     page = carol_client.get(response["Location"])
     form = page.context["form"]
@@ -209,6 +210,7 @@ def test_import_fills_the_merge_form(registered_family, carol_client):
     assert "Imported the config: ties of 2 experts onto base" in html
     # the imported form posts as it shows: one run with these inputs
     assert form.initial["budget"] == "0.25" and form.initial["param__normalize"] == ""
+    assert 'value="0"' in input_tag(html, "sketch_rank")
 
 
 def test_import_says_what_the_form_cannot_show(registered_family, carol_client):

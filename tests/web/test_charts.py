@@ -48,6 +48,22 @@ def test_io_chart_shows_planned_and_storage_reads():
     assert charts.io_chart({}) is None
 
 
+def test_io_and_savings_charts_split_sketches_from_exact_blocks():
+    metrics = {**METRICS, "planned_sketch_bytes": 120, "sketches_planned": 6, "sketch_rank": 16,
+               "sketch_bytes_requested": 120, "sketch_bytes_read": 100}
+    bar = charts.io_chart(metrics).figure.data[0]
+    values = dict(zip(bar.y, bar.x))
+    assert "Planned expert reads" not in values
+    assert values["Planned exact blocks"] == 380 and values["Planned sketches"] == 120
+    assert values["Expert bytes read from storage"] == 450 and values["Sketch bytes read from storage"] == 100
+    pie = charts.savings_chart(metrics).figure.data[0]
+    assert list(pie.labels) == ["Exact blocks read (planned)", "Sketches read (planned)", "Expert bytes skipped"]
+    assert list(pie.values) == [380, 120, 1500]
+    per_expert = [{"name": "e1", "full_bytes": 100, "planned_bytes": 50, "sketch_bytes": 10, "read_bytes": 40}]
+    assert [t.name for t in charts.expert_bytes_chart(per_expert).figure.data] == [
+        "Full", "Planned", "Planned sketches", "Read from storage"]
+
+
 def test_savings_chart_splits_full_bytes_into_read_and_skipped():
     chart = charts.savings_chart(METRICS)
     pie = chart.figure.data[0]

@@ -1,6 +1,7 @@
 """Derived numbers on the run pages."""
 
-from mergehub.web.reports import savings_of, served_from_cache, with_checkpoint_names
+from mergehub.runs.models import bytes_saved
+from mergehub.web.reports import savings_of, served_from_cache, sketch_split, with_checkpoint_names
 
 
 def test_savings_of_plan_numbers():
@@ -21,3 +22,28 @@ def test_rows_are_named_after_checkpoints_by_path_or_name():
     named = with_checkpoint_names(rows, {"/m/a": "alpha", "/m/b": "beta"})
     assert [r["name"] for r in named] == ["alpha", "beta", "/m/c"]
     assert named[0]["planned_bytes"] == 1 and rows[0]["name"] == "/m/a"  # input untouched
+
+
+def test_served_from_cache_counts_sketches_too():
+    metrics = {"planned_expert_bytes": 100, "planned_sketch_bytes": 30, "expert_bytes_read": 40, "sketch_bytes_read": 10}
+    assert served_from_cache(metrics) == 50  # 70 - 40 of blocks, 30 - 10 of sketches
+
+
+def test_sketch_split_of_a_plan_and_of_a_runs_metrics():
+    plan = {"planned_expert_bytes": 100, "sketch_bytes": 30, "block_bytes": 70, "sketches_planned": 4, "sketch_rank": 8}
+    assert sketch_split(plan) == {"total": 100, "sketches": 30, "blocks": 70, "count": 4, "rank": 8,
+                                  "requested": None, "read": None}
+    metrics = {"planned_expert_bytes": 100, "planned_sketch_bytes": 30, "sketches_planned": 4, "sketch_rank": 8,
+               "sketch_bytes_requested": 30, "sketch_bytes_read": 0}
+    assert sketch_split(metrics) == {"total": 100, "sketches": 30, "blocks": 70, "count": 4, "rank": 8,
+                                     "requested": 30, "read": 0}
+    # no sketch planned (off, none worth it, or a run from before sketches): nothing to split
+    assert sketch_split({**plan, "sketch_bytes": 0}) is None
+    assert sketch_split({"planned_expert_bytes": 100}) is None and sketch_split(None) is None
+
+
+def test_bytes_saved_counts_the_sketches_read_as_spent():
+    assert bytes_saved({"full_expert_bytes": 1000, "expert_bytes_requested": 200, "sketch_bytes_requested": 50}) == 750
+    assert bytes_saved({"full_expert_bytes": 1000, "expert_bytes_requested": 200}) == 800  # before sketches
+    assert bytes_saved({"full_expert_bytes": 1000, "planned_expert_bytes": 300}) == 700
+    assert bytes_saved({"full_expert_bytes": 1000}) is None

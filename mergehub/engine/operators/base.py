@@ -166,6 +166,10 @@ class Operator:
     # True when merge() accepts the non-base inputs in their stored dtype (e.g. bf16 next to a
     # float32 base) and promotes them exactly itself: the executor then skips a conversion pass.
     stored_dtype_inputs: ClassVar[bool] = False
+    # Budgeted merges use low-rank sketches of the deltas unless told not to: measured to keep
+    # more of the full merge's quality for every operator with a base (bench/sketches.py on the
+    # trained family, docs/engine.md "Sketches"). An operator where they hurt sets False.
+    sketches_by_default: ClassVar[bool] = True
     help: ClassVar[str] = ""
 
     def validate(self, p: TensorParams, where: str) -> None:
