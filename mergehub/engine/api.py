@@ -181,7 +181,7 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
     plan = make_plan(config, inputs.base, inputs.experts, inputs.entries, budget_obj, block_size,
                      seed, access=access, sketch_rank=rank, sketches=sketches)
     plan_s = time.perf_counter() - t_plan
-    warnings = _warnings(config, inputs)
+    warnings = _warnings(config, inputs) + plan.warnings()
     evaluate = measure_deviation and inputs.entries is not None
     executor = Executor(config, inputs.base, inputs.experts, plan.access, block_size, seed, dev,
                         control, references=[plan.access] if evaluate else None,

@@ -270,8 +270,8 @@ def _build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
     # The pages it leaves behind also serve a merge that follows at once.
     base_reader = RangeReader(sequential=True, direct=False)
     readers = [RangeReader(sequential=True, direct=False) for _ in experts]  # per-expert storage bytes
-    # Sketching is compute-bound and the pass is mostly waiting for reads: one worker sketches a
-    # tensor's deltas while this thread reads the next. One tensor at most waits for it, which
+    # Sketching is compute-bound and the rest of the pass is reads and hashing: one worker
+    # sketches a tensor's deltas while this thread reads the next. One tensor at most waits for it, which
     # bounds the float32 deltas held to two tensors' worth.
     sketcher, pending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sketch"), None
     try:
@@ -300,8 +300,8 @@ def _build_index(experts: list[ModelLayout], base: ModelLayout, block_size: int,
                 control.report("index", done, total)
             if sketching:
                 _wait(pending)
-                pending = sketcher.submit(_sketch_experts, [st[name] for st in stats], [f for f in factors],
-                                          name, binfo, deltas, sketch_rank, sketch_seconds)
+                pending = sketcher.submit(_sketch_experts, [st[name] for st in stats], factors, name, binfo,
+                                          deltas, sketch_rank, sketch_seconds)
         _wait(pending)
     finally:
         if pending is not None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 from .errors import Cancelled, MergeHubError
 from .prefetch import Prefetch, start_for_config
 from .publish import check_target
+from .units import binary_size
 
 if TYPE_CHECKING:
     from .control import Progress
@@ -41,13 +42,7 @@ def _import_engine() -> None:
 
 
 def _human(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)
+    return "n/a" if n is None else binary_size(n)
 
 
 class _Bar:
@@ -64,8 +59,8 @@ class _Bar:
         if p.stage != self.stage:
             self.close()
             self.stage = p.stage
-            self.bar = tqdm(total=p.total, desc=p.stage, unit="B", unit_scale=True, leave=False,
-                            file=sys.stderr)
+            self.bar = tqdm(total=p.total, desc=p.stage, unit="iB", unit_scale=True, unit_divisor=1024,
+                            leave=False, file=sys.stderr)
         self.bar.n = p.done
         self.bar.refresh()
 
@@ -239,6 +234,8 @@ def _cmd_plan(args, bar) -> int:
         bar.close()
         print(f"indexed the experts missing from the catalog first in {time.perf_counter() - started:.2f} s "
               "(one-off, reused by later merges)", file=sys.stderr if args.json else sys.stdout)
+    for w in plan.warnings():  # on stderr, as merge's: stdout stays the report (or one JSON object)
+        print(f"warning: {w}", file=sys.stderr)
     d = plan.to_dict()
     if args.json:
         print(json.dumps(d))

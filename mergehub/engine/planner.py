@@ -107,6 +107,17 @@ def parse_budget(value: str | float | int | None) -> Budget:
                           "512MB or 2GiB") from None
 
 
+def base_only_warning(budget: str, planned_expert_bytes: int, nonzero_expert_bytes: int) -> str | None:
+    """The warning for a plan that reads nothing from the experts although they differ from the
+    base: no exact block and no sketch fit the budget. Every expert then reads as the base
+    (δ = 0 everywhere), and every operator that merges against a base returns the base. A plan
+    with sketches and no block is not such a plan (its unread blocks hold base + sketch)."""
+    if planned_expert_bytes or not nonzero_expert_bytes:
+        return None
+    return (f"budget {budget} plans no expert block and no sketch: every expert reads as the base, "
+            "so the output equals the base; raise the budget to merge anything")
+
+
 @dataclass
 class Plan:
     block_size: int
@@ -134,6 +145,10 @@ class Plan:
     @property
     def sketches_planned(self) -> int:
         return sum(len(s) for s in self.sketches)
+
+    def warnings(self) -> list[str]:
+        warning = base_only_warning(self.budget.text, self.planned_expert_bytes, self.nonzero_expert_bytes)
+        return [warning] if warning else []
 
     def planned(self, k: int, tensor: str) -> set[int]:
         return set(self.access[k].get(tensor, ()))

@@ -188,9 +188,13 @@ def sweep_bytes_chart(points: list[dict[str, Any]]) -> Chart | None:
     groups = _by_mode(points)
     compare = len(groups) > 1
     fig = go.Figure()
+    top = 0
     for mode, rows in groups:
         xs, label, style = _fractions(rows), _mode_label(mode), MODE_STYLES.get(mode, MODE_STYLES[BLOCKS])
         if mode == SKETCH:
+            stacked = [_block_or_sketch_bytes(p, "sketch_bytes") + _block_or_sketch_bytes(p, "block_bytes")
+                       for p in rows]
+            top = max([top, *stacked])
             for part, key, colour in (("sketches", "sketch_bytes", PALETTE["sketch"]),
                                       ("exact blocks", "block_bytes", PALETTE["planned"])):
                 values = [_block_or_sketch_bytes(p, key) for p in rows]
@@ -200,6 +204,7 @@ def sweep_bytes_chart(points: list[dict[str, Any]]) -> Chart | None:
                                 hovertemplate="%{fullData.name}: %{customdata}<extra></extra>")
         else:
             planned = [p.get("planned_expert_bytes") or 0 for p in rows]
+            top = max([top, *planned])
             fig.add_scatter(x=xs, y=planned, mode="lines+markers",
                             name=f"{label}: exact blocks" if compare else "planned expert bytes",
                             line={"color": PALETTE["planned"] if not compare else "#111", "dash": style["dash"]},
@@ -207,13 +212,14 @@ def sweep_bytes_chart(points: list[dict[str, Any]]) -> Chart | None:
                             hovertemplate="%{fullData.name}: %{customdata}<extra></extra>")
         if any(p.get("expert_bytes_read") is not None for p in rows):
             read = [_storage_read(p) for p in rows]
+            top = max([top, *(r for r in read if r is not None)])
             fig.add_scatter(x=xs, y=read, mode="markers",
                             name=f"{label}: read from storage" if compare else "read from storage",
                             marker={"color": PALETTE["read"], "size": 9,
                                     "symbol": "diamond" if mode == SKETCH and compare else "circle"},
                             customdata=[human_bytes(v) for v in read],
                             hovertemplate="%{fullData.name}: %{customdata}<extra></extra>")
-    _layout(fig, xaxis=_budget_axis(), yaxis=_bytes_axis(), height=_height(compare))
+    _layout(fig, xaxis=_budget_axis(), yaxis=_bytes_axis(top), height=_height(compare))
     measured = ("storage reads are measured where the budget's merge was written (a warm page cache makes"
                 " them lower).")
     if compare:

@@ -25,8 +25,8 @@ POINT_KEYS = ("budget", "budget_bytes", "full_expert_bytes", "planned_expert_byt
               "blocks_total", "certificate", "plan_digest", "deviation", "mode", "sketch_rank", "sketch_bytes",
               "block_bytes", "sketches_planned", "sketches_available")
 # what a point's merge measured (copied to a point whose plan is the same: see _merge_and_score)
-MERGE_KEYS = ("expert_bytes_read", "expert_bytes_requested", "sketch_bytes_read", "sketch_bytes_requested",
-              "scores", "model_hash")
+METRIC_KEYS = ("expert_bytes_read", "expert_bytes_requested", "sketch_bytes_read", "sketch_bytes_requested")
+MERGE_KEYS = (*METRIC_KEYS, "scores", "model_hash")
 
 
 class SweepRunner(JobRunner):
@@ -102,7 +102,7 @@ class SweepRunner(JobRunner):
                                   progress=self._reporter("merge", label), cancel=self.should_cancel)
         try:
             metrics = result.metrics
-            for key in MERGE_KEYS[:4]:
+            for key in METRIC_KEYS:
                 point[key] = metrics.get(key)
             subject = Subject(label, "budget", out, {})
             point["scores"] = scorer.score(subject)

@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
+from mergehub.web.admin_display import bytes_display, json_details
+
 from .models import Checkpoint, Family, IndexJob, StorageRoot
 
 
@@ -15,11 +17,14 @@ class FamilyAdmin(admin.ModelAdmin):
 
 @admin.register(Checkpoint)
 class CheckpointAdmin(admin.ModelAdmin):
-    list_display = ["name", "team", "family", "role", "source", "index_status", "size_bytes",
+    list_display = ["name", "team", "family", "role", "source", "index_status", "size",
                     "tensor_count", "added_by", "created_at"]
     list_filter = ["index_status", "role", "source", "team", "family"]
     search_fields = ["name", "local_path", "path", "hf_repo_id", "family__name", "team__name"]
-    readonly_fields = ["path", "size_bytes", "tensor_count", "file_hashes", "index_stats",
+    size = bytes_display("size_bytes", "size")
+    index_stats_json = json_details("index_stats", "index statistics")
+    exclude = ["size_bytes", "index_stats"]  # shown read-only, as ``size`` and ``index_stats_json``
+    readonly_fields = ["path", "size", "tensor_count", "file_hashes", "index_stats_json",
                        "indexed_at", "index_error", "created_at"]
     raw_id_fields = ["family", "added_by"]
     actions = ["reindex"]

@@ -28,6 +28,12 @@ def checkpoints_for(*, user, team: Team | None = None, status: str | None = None
     return qs
 
 
+def merge_choices_for(*, user, team: Team) -> QuerySet[Checkpoint]:
+    """The checkpoints of ``team`` the merge form offers (as bases and as experts): ready ones
+    only. A pending, indexing or failed checkpoint is never offered; its page says why."""
+    return checkpoints_for(user=user, team=team, status=Checkpoint.IndexStatus.READY)
+
+
 def checkpoints_for_listing(checkpoints: QuerySet[Checkpoint]) -> QuerySet[Checkpoint]:
     """``checkpoints`` as the list page shows them: by name, family and author joined, the
     JSON columns (index stats, file hashes, the family's signature) left in the database."""

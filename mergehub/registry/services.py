@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from mergehub.accounts.models import Role, Team
@@ -224,6 +224,65 @@ def retry_index(*, job: IndexJob, user) -> Checkpoint:
     if job.is_active:
         raise ValidationError(f"Index job #{job.pk} is still {job.status}; cancel it or wait before retrying.")
     return queue_reindex(checkpoint=job.checkpoint, user=user, retry_of=job)
+
+
+def checkpoint_in_use(checkpoint: Checkpoint) -> str | None:
+    """Why ``checkpoint`` may not be deleted now, or None: an index job of its own, or a merge
+    run, sweep or evaluation that is queued or running with it, or (for a base) experts that
+    still belong to its family. Finished runs and sweeps may outlive it: they keep their
+    config and manifest, and a retry of one then says that a checkpoint was deleted."""
+    from mergehub.evaluation.models import EvaluationJob, SweepJob
+    from mergehub.runs.models import MergeRun
+
+    if checkpoint.index_jobs.filter(status__in=IndexJob.ACTIVE).exists():
+        return f"{checkpoint.name} is being indexed right now; cancel its index job first."
+    runs = MergeRun.objects.filter(status__in=MergeRun.ACTIVE).filter(
+        models.Q(base=checkpoint) | models.Q(experts=checkpoint)).distinct()
+    run = runs.order_by("pk").first()
+    if run is not None:
+        return f"Run #{run.pk} ({run.name}) is {run.status} with {checkpoint.name}; cancel it or wait until it ends."
+    sweep = (SweepJob.objects.filter(status__in=SweepJob.ACTIVE)
+             .filter(models.Q(base=checkpoint) | models.Q(experts=checkpoint)).distinct().order_by("pk").first())
+    if sweep is not None:
+        return (f"Sweep #{sweep.pk} ({sweep.name}) is {sweep.status} with {checkpoint.name}; "
+                "cancel it or wait until it ends.")
+    evaluation = EvaluationJob.objects.filter(status__in=EvaluationJob.ACTIVE, checkpoint=checkpoint).first()
+    if evaluation is not None:
+        return (f"Evaluation #{evaluation.pk} of {checkpoint.name} is {evaluation.status}; "
+                "cancel it or wait until it ends.")
+    family = checkpoint.family
+    if checkpoint.role == Checkpoint.Role.BASE and family is not None and family.base_id == checkpoint.pk:
+        others = family.checkpoints.exclude(pk=checkpoint.pk).order_by("name").values_list("name", flat=True)
+        names = list(others[:4])
+        if names:
+            more = ", …" if len(names) > 3 else ""
+            return (f"{checkpoint.name} is the base of family {family.name}, which still has "
+                    f"{', '.join(names[:3])}{more}; delete those first.")
+    return None
+
+
+@transaction.atomic
+def delete_checkpoint(*, checkpoint: Checkpoint, user) -> None:
+    """Delete a checkpoint's registry entry, its index jobs and its evaluations; for a base, the
+    family made for it too (it has no other checkpoint: checkpoint_in_use refuses otherwise).
+
+    No file is ever removed: a local checkpoint's directory is the team's own (and may be
+    outside MergeHub's data directory), a Hub snapshot stays in the team's cache (another
+    registration of the same repo reuses it), and catalog entries are shared by content. So a
+    delete cannot touch anything outside the team's roots. Refused with a ValidationError while
+    something uses the checkpoint (checkpoint_in_use)."""
+    require_role(user=user, team=checkpoint.team, role=Role.MEMBER, action="delete checkpoints")
+    checkpoint = Checkpoint.objects.select_for_update(of=("self",)).select_related("family").get(pk=checkpoint.pk)
+    reason = checkpoint_in_use(checkpoint)
+    if reason:
+        raise ValidationError(reason)
+    family = checkpoint.family
+    made_for_it = (family is not None and family.base_id == checkpoint.pk
+                   and not family.checkpoints.exclude(pk=checkpoint.pk).exists())
+    log.info("checkpoint %s (#%s) of %s deleted by %s", checkpoint.name, checkpoint.pk, checkpoint.team, user)
+    checkpoint.delete()
+    if made_for_it:
+        family.delete()
 
 
 def settle_checkpoint(job: IndexJob, status: str) -> None:

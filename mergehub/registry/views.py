@@ -1,4 +1,4 @@
-"""Checkpoint pages: list, detail (with the delta-norm chart), register, re-index."""
+"""Checkpoint pages: list, detail (with the delta-norm chart), register, re-index, delete."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -24,6 +24,7 @@ from .roots import checkpoint_roots
 INDEX_ACTIVE = (Checkpoint.IndexStatus.PENDING, Checkpoint.IndexStatus.INDEXING)
 JOBS_SHOWN = 5  # index jobs listed on a checkpoint's page
 LOG_LINES_SHOWN = 300
+RETRYABLE = ("failed", "cancelled")  # index job statuses a "Retry" re-queues (services.retry_index)
 
 
 @login_required
@@ -59,6 +60,7 @@ def checkpoint_detail(request, pk):
         "tensors": tensors, "blocks": _block_totals(stats),
         "indexing": checkpoint.index_status in INDEX_ACTIVE,
         "index_job": index_job, "index_jobs": index_jobs, "log": _log_of(index_job),
+        "retry_job": index_job if index_job is not None and index_job.status in RETRYABLE else None,
         "can_reindex": has_role(user=request.user, team=checkpoint.team, role=Role.MEMBER)})
 
 
@@ -149,3 +151,17 @@ def retry_index(request, pk, job_pk):
     else:
         messages.success(request, f"Indexing {job.checkpoint.name} again.")
     return redirect("registry:detail", pk=pk)
+
+
+@login_required
+@require_POST
+def delete(request, pk):
+    """Delete a checkpoint (members and admins; services.delete_checkpoint says when not)."""
+    checkpoint = selectors.get_checkpoint(user=request.user, pk=pk)
+    try:
+        services.delete_checkpoint(checkpoint=checkpoint, user=request.user)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect("registry:detail", pk=checkpoint.pk)
+    messages.success(request, f"Deleted {checkpoint.name}; its files were left where they are.")
+    return redirect("registry:list")

@@ -11,18 +11,14 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 
+from mergehub.engine.units import binary_size  # pure Python: no torch
+
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def size(n: float | None) -> str:
-    """Bytes in decimal units: 14336 → ``14.34 KB``."""
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)  # pragma: no cover
+    """Bytes in binary units, as the web pages print them: 14336 → ``14.0 KiB``."""
+    return "n/a" if n is None else binary_size(n)
 
 
 def share(part: float | None, whole: float | None) -> str:
@@ -30,7 +26,7 @@ def share(part: float | None, whole: float | None) -> str:
 
 
 def planned(plan: dict) -> str:
-    """``planned 49.15 KB of 4.03 MB (1.2%)`` from a plan or the metrics."""
+    """``planned 48.0 KiB of 3.85 MiB (1.2%)`` from a plan or the metrics."""
     part, whole = plan.get("planned_expert_bytes"), plan.get("full_expert_bytes")
     return f"planned {size(part)} of {size(whole)} ({share(part, whole)})"
 

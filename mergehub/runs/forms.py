@@ -28,6 +28,13 @@ from .services import check_sketch_rank
 DEFAULT_METHOD = "ties"
 DTYPES = [("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")]
 
+# Values the form proposes for parameters mergekit requires; the engine still requires them
+# (a config without t is an error), only the form starts from these.
+FORM_DEFAULTS = {"slerp": {"t": 0.5}}
+# Methods whose expert weights are relative shares (the engine divides by their sum).
+NORMALISING_PARAMS = ("normalize", "normalize_weights")
+RELATIVE_WEIGHTS = {"nuslerp"}  # t = w₁ / (w₀ + w₁)
+
 
 def operator_names() -> list[str]:
     _load_all()
@@ -57,12 +64,22 @@ def param_field(param: Param, *, required: bool) -> forms.Field:
     return forms.FloatField(**bounds, widget=forms.NumberInput(attrs={"step": "any"}), **options)
 
 
+def default_weight(operator: Operator, experts: int) -> float:
+    """The weight the form proposes for each expert: 1.0 where the method divides by the sum
+    of the weights (equal shares), else 1/n, so that n task vectors add up to their average."""
+    relative = operator.name in RELATIVE_WEIGHTS or any(
+        p.name in NORMALISING_PARAMS and p.default is True for p in operator.params)
+    return 1.0 if relative or experts <= 1 else round(1.0 / experts, 4)
+
+
 @dataclass
 class ExpertRow:
     """One candidate expert in the form: its include box and its per-model parameter fields."""
 
     checkpoint: Checkpoint
-    use: forms.BoundField | None  # None when the expert cannot be used (not indexed)
+    # None when the expert cannot be used (not indexed); its radio button (a BoundWidget) when
+    # the method takes a single expert, else its checkbox
+    use: forms.BoundField | Any | None
     params: list[forms.BoundField]
 
 
@@ -115,15 +132,27 @@ class MergeForm(forms.Form):
         self.candidates = list(experts_for(self.chosen_base)) if self.chosen_base else []
         self.global_params = [p for p in self.operator.params if p.scope == "global"]
         self.model_params = [p for p in self.operator.params if p.scope == "model"]
+        proposed = FORM_DEFAULTS.get(self.operator.name, {})
         for p in self.global_params:
-            self.fields[f"param__{p.name}"] = param_field(p, required=p.default is REQUIRED)
-        for ckpt in self.candidates:
-            if not ckpt.is_ready:
-                continue
-            self.fields[f"expert_{ckpt.pk}__use"] = forms.BooleanField(required=False, label=ckpt.name)
+            field = self.fields[f"param__{p.name}"] = param_field(p, required=p.default is REQUIRED)
+            if p.name in proposed:
+                field.initial = proposed[p.name]
+        ready = [c for c in self.candidates if c.is_ready]
+        # A method that takes one expert (slerp: the base and one model) offers radio buttons.
+        self.single_expert = self.operator.max_inputs == 1
+        if self.single_expert:
+            self.fields["expert"] = forms.ChoiceField(
+                required=False, label="Expert", widget=forms.RadioSelect,
+                choices=[(str(c.pk), c.name) for c in ready], initial=self._initial_expert(ready))
+        for ckpt in ready:
+            if not self.single_expert:
+                self.fields[f"expert_{ckpt.pk}__use"] = forms.BooleanField(
+                    required=False, label=ckpt.name, initial=self._raw("expert") == str(ckpt.pk))
             for p in self.model_params:
                 # Required only for experts that are included: checked in clean().
-                self.fields[f"expert_{ckpt.pk}__{p.name}"] = param_field(p, required=False)
+                field = self.fields[f"expert_{ckpt.pk}__{p.name}"] = param_field(p, required=False)
+                if p.name == "weight" and p.default is REQUIRED:
+                    field.initial = default_weight(self.operator, len(ready))
 
     # --- what the user chose (bound data, else initial, else a default) ----------------------
 
@@ -131,6 +160,12 @@ class MergeForm(forms.Form):
         if self.is_bound:
             return self.data.get(self.add_prefix(name))
         return (self.initial or {}).get(name)
+
+    def _initial_expert(self, ready) -> str | None:
+        """The radio button to check on an unbound form: the first expert ticked in the query
+        (a switch from a method with checkboxes, an imported config)."""
+        ticked = forms.BooleanField(required=False).to_python
+        return next((str(c.pk) for c in ready if ticked(self._raw(f"expert_{c.pk}__use"))), None)
 
     def _chosen_operator(self) -> Operator:
         names = operator_names()
@@ -158,10 +193,11 @@ class MergeForm(forms.Form):
 
     def expert_rows(self) -> list[ExpertRow]:
         rows = []
+        radios = {w.data["value"]: w for w in self["expert"].subwidgets} if self.single_expert else {}
         for ckpt in self.candidates:
             if ckpt.is_ready:
-                rows.append(ExpertRow(ckpt, self[f"expert_{ckpt.pk}__use"],
-                                      [self[f"expert_{ckpt.pk}__{p.name}"] for p in self.model_params]))
+                use = radios[str(ckpt.pk)] if self.single_expert else self[f"expert_{ckpt.pk}__use"]
+                rows.append(ExpertRow(ckpt, use, [self[f"expert_{ckpt.pk}__{p.name}"] for p in self.model_params]))
             else:
                 rows.append(ExpertRow(ckpt, None, []))
         return rows
@@ -200,7 +236,11 @@ class MergeForm(forms.Form):
             else:
                 self.add_error(None, f"Expert #{raw[:20]} is not one of your team's indexed experts "
                                      "for the chosen base.")
-        chosen = [c for c in self.candidates if data.get(f"expert_{c.pk}__use")]
+        if self.single_expert:  # the radio button, or boxes posted as for other methods (the API's form data)
+            picked = {data.get("expert")} | set(self._posted_expert_ids())
+            chosen = [c for c in self.candidates if c.is_ready and str(c.pk) in picked]
+        else:
+            chosen = [c for c in self.candidates if data.get(f"expert_{c.pk}__use")]
         if self.chosen_base is not None and not chosen:
             self.add_error(None, "Choose at least one expert.")
         for ckpt in chosen:

@@ -28,6 +28,9 @@ def bytes_saved(metrics: dict) -> int | None:
     return max(0, int(full) - int(requested))
 
 
+TAGS_MAX_CHARS = 500  # the stored, comma-separated tags
+
+
 class MergeRun(Job):
     """A merge job: what to merge (config, budget, seed) and what came of it (plan, metrics,
     manifest, output). Status, progress, log and times are the job's (mergehub/jobs)."""
@@ -66,6 +69,10 @@ class MergeRun(Job):
     # the Idempotency-Key of the API request that created the run: the same request sent again
     # with that key (same team and author) gets this run back instead of a second one
     idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    # the team's own labels: tags normalised by services.set_run_notes ("nightly,llama-3": lower
+    # case, no spaces around, no duplicates, comma-separated) and a plain-text note
+    tags = models.CharField(max_length=TAGS_MAX_CHARS, blank=True, default="")
+    note = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -88,6 +95,10 @@ class MergeRun(Job):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.name}"
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [t for t in (self.tags or "").split(",") if t]
 
     @property
     def bytes_saved(self) -> int | None:

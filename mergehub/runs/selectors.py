@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.fields.json import KeyTransform
 from django.http import Http404
 
@@ -15,14 +15,15 @@ from .models import MergeRun
 Status = MergeRun.Status
 
 # Columns a run table never shows; the JSON ones grow to kilobytes per run.
-LIST_DEFERRED = ("config", "plan", "metrics", "manifest", "log", "error")
+LIST_DEFERRED = ("config", "plan", "metrics", "manifest", "log", "error", "note")
 
 
 def runs_for(*, user, team: Team | None = None, status: str | None = None, method: str | None = None,
-             author=None) -> QuerySet[MergeRun]:
+             author=None, search: str | None = None) -> QuerySet[MergeRun]:
     """Runs of the user's teams, newest first, optionally filtered.
 
-    ``author`` may be a user, a user id, or a username.
+    ``author`` may be a user, a user id, or a username. ``search``: runs whose name, tags or
+    note contain it, case-insensitively (surrounding white space ignored).
     """
     qs = MergeRun.objects.filter(team__in=teams_for(user)).select_related("team", "author", "base")
     if team is not None:
@@ -38,6 +39,9 @@ def runs_for(*, user, team: Team | None = None, status: str | None = None, metho
             qs = qs.filter(author_id=int(author))
         else:
             qs = qs.filter(author__username=str(author))
+    search = (search or "").strip()
+    if search:
+        qs = qs.filter(Q(name__icontains=search) | Q(tags__icontains=search) | Q(note__icontains=search))
     return qs
 
 

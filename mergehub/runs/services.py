@@ -336,3 +336,51 @@ def retry_run(*, run: MergeRun, user) -> MergeRun:
                    block_size=run.block_size, sketch_rank=run.sketch_rank,
                    measure_deviation=run.measure_deviation, plan=plan,
                    queue=check_queue(run.queue), evaluate_task_ids=run.evaluate_task_ids, retry_of=run)
+
+
+# --- the team's own labels: tags and a note ----------------------------------------------------
+
+TAG_MAX_CHARS = 40
+TAGS_MAX = 10  # TAGS_MAX × (TAG_MAX_CHARS + 1) fits MergeRun.tags
+NOTE_MAX_CHARS = 5000
+
+
+def normalise_tags(tags: str | list[str] | None) -> str:
+    """Tags as stored in ``MergeRun.tags``: given as a list or as text separated by commas or
+    new lines; each one trimmed, inner white space made one space, lower case; empty ones and
+    repeats dropped (the first kept, in order); joined by commas. ValidationError (on "tags")
+    for a tag over TAG_MAX_CHARS characters or more than TAGS_MAX tags."""
+    if tags is None:
+        return ""
+    parts = tags if isinstance(tags, (list, tuple)) else str(tags).replace("\n", ",").split(",")
+    seen: list[str] = []
+    for part in parts:
+        tag = " ".join(str(part).replace(",", " ").split()).lower()
+        if not tag or tag in seen:
+            continue
+        if len(tag) > TAG_MAX_CHARS:
+            raise ValidationError({"tags": f"A tag has at most {TAG_MAX_CHARS} characters; "
+                                           f"{tag[:TAG_MAX_CHARS]}… has {len(tag)}."})
+        seen.append(tag)
+    if len(seen) > TAGS_MAX:
+        raise ValidationError({"tags": f"A run has at most {TAGS_MAX} tags; these are {len(seen)}."})
+    return ",".join(seen)
+
+
+def normalise_note(note: str | None) -> str:
+    """The note as stored: plain text (shown escaped, never as HTML), line ends made "\\n",
+    NUL characters dropped (PostgreSQL refuses them), trimmed; at most NOTE_MAX_CHARS."""
+    text = str(note or "").replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip()
+    if len(text) > NOTE_MAX_CHARS:
+        raise ValidationError({"note": f"A note has at most {NOTE_MAX_CHARS} characters; this one has {len(text)}."})
+    return text
+
+
+def set_run_notes(*, run: MergeRun, user, tags: str | list[str] | None, note: str | None) -> MergeRun:
+    """Replace a run's tags and note (team members and admins; at any point of the run's life).
+    Only these two columns are written, so a worker updating the run meanwhile loses nothing."""
+    require_role(user=user, team=run.team, role=Role.MEMBER, action="edit run tags and notes")
+    tags, note = normalise_tags(tags), normalise_note(note)
+    MergeRun.objects.filter(pk=run.pk).update(tags=tags, note=note)
+    run.tags, run.note = tags, note
+    return run

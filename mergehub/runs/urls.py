@@ -15,4 +15,5 @@ urlpatterns = [
     path("<int:pk>/config.yaml", views.config_yaml, name="config_yaml"),
     path("<int:pk>/cancel/", views.cancel, name="cancel"),
     path("<int:pk>/retry/", views.retry, name="retry"),
+    path("<int:pk>/notes/", views.notes, name="notes"),
 ]

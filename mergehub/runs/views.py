@@ -18,7 +18,7 @@ from mergehub.engine.errors import MergeHubError
 from mergehub.evaluation.charts import benchmark_chart
 from mergehub.evaluation.selectors import benchmark_for_run, tasks_for
 from mergehub.registry.models import Checkpoint
-from mergehub.registry.selectors import checkpoints_for
+from mergehub.registry.selectors import checkpoints_for, merge_choices_for
 from mergehub.web.charts import run_report_charts
 from mergehub.web.errors import add_service_errors
 from mergehub.web.pagination import paginate
@@ -30,6 +30,7 @@ from .forms import ImportConfigForm, MergeForm, import_query, initial_from_query
 from .models import MergeRun
 
 LOG_LINES_SHOWN = 300
+SEARCH_MAX_CHARS = 200  # of the run list's search box
 
 
 # --- list -------------------------------------------------------------------------------------
@@ -40,12 +41,13 @@ def run_list(request):
     status = request.GET.get("status", "")
     method = request.GET.get("method", "")
     author = request.GET.get("author", "")
+    search = request.GET.get("q", "").strip()[:SEARCH_MAX_CHARS]
     runs = (selectors.runs_for(user=request.user, team=team, status=status or None,
-                               method=method or None, author=author or None)
+                               method=method or None, author=author or None, search=search)
             if team else MergeRun.objects.none())
     authors = (get_user_model().objects.filter(memberships__team=team).order_by("username")
                if team else [])
-    filters = {"status": status, "method": method, "author": author}
+    filters = {"status": status, "method": method, "author": author, "q": search}
     pages = paginate(request, selectors.for_listing(runs), filters=filters)
     return render(request, "runs/list.html", {
         "team": team, "runs": pages["page_obj"], **pages, "statuses": MergeRun.Status.choices,
@@ -57,7 +59,7 @@ def run_list(request):
 
 def merge_form_for(request, team, data=None, initial=None) -> MergeForm:
     """The merge form for ``team`` (also posted to start a sweep: mergehub/evaluation/views.py)."""
-    team_checkpoints = checkpoints_for(user=request.user, team=team)
+    team_checkpoints = merge_choices_for(user=request.user, team=team)  # ready ones only
     bases = team_checkpoints.filter(role=Checkpoint.Role.BASE).order_by("name")
 
     def experts_for(base):
@@ -247,6 +249,21 @@ def cancel(request, pk):
         messages.success(request, "Cancelled." if run.status == MergeRun.Status.CANCELLED
                          else "Cancel requested; the run stops at its next block.")
     return redirect("runs:detail", pk=run.pk)
+
+
+@login_required
+@require_POST
+def notes(request, pk):
+    """Save the run's tags and note from the form on its page (team members and admins)."""
+    run = selectors.get_run(user=request.user, pk=pk)
+    try:
+        services.set_run_notes(run=run, user=request.user, tags=request.POST.get("tags", ""),
+                               note=request.POST.get("note", ""))
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, "Saved the tags and note.")
+    return redirect(f"{reverse('runs:detail', args=[run.pk])}#run-notes")
 
 
 @login_required

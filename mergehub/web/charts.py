@@ -59,9 +59,25 @@ def _layout(fig: go.Figure, *, height: int = 320, **extra: Any) -> go.Figure:
     return fig
 
 
-def _bytes_axis() -> dict[str, Any]:
-    # "~s" is an SI prefix without trailing zeros: 1.5M + "B" -> "1.5MB".
-    return {"tickformat": "~s", "ticksuffix": "B", "rangemode": "tozero"}
+def _bytes_axis(top: float | None) -> dict[str, Any]:
+    """A byte axis in binary units, up to ``top`` (the largest value it shows). plotly only
+    knows SI prefixes ("~s" reads 8 MiB as "8.4MB"), so the ticks are placed at a power of two
+    apart, 3 to 6 of them, and labelled by ``tick_bytes``."""
+    top = max(float(top or 0), 1.0)
+    step = 1
+    while top / step > 6:
+        step *= 2
+    ticks = [i * step for i in range(int(top // step) + 2)]
+    return {"tickmode": "array", "tickvals": ticks, "ticktext": [tick_bytes(t) for t in ticks],
+            "rangemode": "tozero"}
+
+
+def tick_bytes(n: int) -> str:
+    """An axis label: 0, 512 KiB, 1 MiB, 1.5 MiB (``human_bytes`` without trailing zeros)."""
+    if n == 0:
+        return "0"
+    number, unit = human_bytes(n).split(" ")
+    return f"{float(number):g} {unit}"
 
 
 def _int(value: Any) -> int:
@@ -80,12 +96,14 @@ def expert_bytes_chart(per_expert: Iterable[dict[str, Any]]) -> Chart | None:
     if any("read_bytes" in r for r in rows):
         series.append(("Read from storage", "read_bytes", PALETTE["read"]))
     fig = go.Figure()
+    top = 0
     for label, key, colour in series:
         values = [_int(r.get(key)) for r in rows]
+        top = max([top, *values])
         fig.add_bar(name=label, x=names, y=values, marker_color=colour,
                     customdata=[human_bytes(v) for v in values],
                     hovertemplate="%{x}<br>" + label + ": %{customdata}<extra></extra>")
-    _layout(fig, barmode="group", yaxis=_bytes_axis(), xaxis={"type": "category"})
+    _layout(fig, barmode="group", yaxis=_bytes_axis(top), xaxis={"type": "category"})
     return Chart("chart-expert-bytes", "Expert bytes: planned vs full",
                  "What each expert would cost to read in full, what the plan chose under the budget"
                  " (low-rank sketches included, where it uses them) and, when measured, what was read"
@@ -120,7 +138,8 @@ def io_chart(metrics: dict[str, Any]) -> Chart | None:
         customdata=[human_bytes(v) for v in values], text=[human_bytes(v) for v in values],
         textposition="outside", cliponaxis=False, hovertemplate="%{y}: %{customdata}<extra></extra>"))
     # Room on the right for the labels printed outside the bars (zero bars included).
-    axis = _bytes_axis() | {"range": [0, 1.25 * max(values + [1])]}
+    top = 1.25 * max(values + [1])
+    axis = _bytes_axis(top) | {"range": [0, top]}
     _layout(fig, xaxis=axis, yaxis={"autorange": "reversed", "type": "category"},
             margin={"l": 210, "r": 20, "t": 10, "b": 40}, showlegend=False)
     return Chart("chart-io", "Bytes read from storage vs planned",
@@ -185,7 +204,7 @@ def deviation_chart(deviation: dict[str, Any] | None) -> Chart | None:
     fig = go.Figure(go.Bar(x=layers, y=values, marker_color=PALETTE["planned"],
                            hovertemplate="layer %{x}: %{y:.3g}<extra></extra>"))
     _layout(fig, xaxis={"type": "category", "title": "layer"},
-            yaxis={"title": "relative to update", "rangemode": "tozero", "tickformat": ".2~e"})
+            yaxis={"title": "relative to update", "rangemode": "tozero", "tickformat": ".3~g"})
     return Chart("chart-deviation", "Deviation per layer",
                  "‖Δ_A − Δ_full‖ / ‖Δ_full‖ per layer: how far the budgeted update is from the"
                  " full-read merge's update.", fig)

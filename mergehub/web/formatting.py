@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+from mergehub.engine.units import binary_size
 
 
 def human_bytes(n: int | float | None) -> str:
-    """1536 -> '1.5 KiB'; IEC units (powers of 1024), three significant digits."""
-    if n is None:
-        return "—"
-    value, sign = float(abs(n)), "-" if n < 0 else ""
-    unit = 0
-    while value >= 1024 and unit < len(_BYTE_UNITS) - 1:
-        value /= 1024
-        unit += 1
-    if unit == 0:
-        return f"{sign}{int(value)} B"
-    digits = 2 if value < 10 else 1 if value < 100 else 0
-    return f"{sign}{value:.{digits}f} {_BYTE_UNITS[unit]}"
+    """1536 -> '1.50 KiB'; IEC units (powers of 1024), three significant digits, as the CLI prints them."""
+    return "—" if n is None else binary_size(n)
 
 
 def human_seconds(s: float | None) -> str:

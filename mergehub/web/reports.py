@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mergehub.engine.planner import base_only_warning
+
 
 def with_checkpoint_names(rows, names: dict[str, str]) -> list[dict]:
     """The engine names models by path; show the names the checkpoints were registered under."""
@@ -46,3 +48,13 @@ def savings_of(numbers: dict | None) -> dict | None:
     full, planned = int(full), int(planned)
     return {"full": full, "planned": planned, "skipped": max(0, full - planned),
             "percent_planned": round(100.0 * planned / full, 1) if full else 0.0}
+
+
+def base_only(plan: dict | None) -> str | None:
+    """The engine's warning for a plan (Plan.to_dict()) that reads no expert byte although the
+    experts differ from the base, so that the merge would equal the base; None otherwise."""
+    plan = plan or {}
+    if plan.get("planned_expert_bytes") is None:
+        return None
+    return base_only_warning(str(plan.get("budget", "")), int(plan["planned_expert_bytes"]),
+                             int(plan.get("nonzero_expert_bytes") or 0))

@@ -38,7 +38,10 @@ def mergehub_remote(url: str, token: str, *args, **popen) -> subprocess.Complete
     env = {**os.environ, "MERGEHUB_URL": url, "MERGEHUB_TOKEN": token, "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "mergehub.engine.cli", "remote", *map(str, args)]
     if popen.pop("popen", False):
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Ctrl-C's default restored: a test run started in the background inherits SIGINT ignored,
+        # and Python then never raises KeyboardInterrupt in the child
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
 
 

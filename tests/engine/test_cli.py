@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import BLOCK, load_model, run_cli
 
 from mergehub.engine import api
@@ -129,6 +130,37 @@ def test_a_progress_bar_is_drawn_on_a_terminal(tmp_path, family, catalog, capsys
                            "--block-size", BLOCK)
     assert rc == 0 and "merged task_arithmetic" in out
     assert "index" in err and "merge" in err and "\r" in err  # tqdm bars for both stages, on stderr
+
+
+def test_sizes_are_printed_in_binary_units(tmp_path, family, catalog, capsys):
+    """As on the web pages: KiB / MiB / GiB (powers of 1024), never the decimal KB / MB."""
+    _index_all(family, catalog)
+    config = family.write_config()
+    rc, out, _ = run_cli(capsys, "plan", config, "--catalog", catalog, "--block-size", BLOCK)
+    full = json.loads(run_cli(capsys, "plan", config, "--json", "--catalog", catalog, "--block-size", BLOCK)[1])
+    assert rc == 0 and full["full_expert_bytes"] >= 1024
+    assert f"of {full['full_expert_bytes'] / 1024:.2f} KiB expert bytes" in out
+    rc, out, _ = run_cli(capsys, "merge", config, tmp_path / "out", "--catalog", catalog, "--block-size", BLOCK)
+    assert rc == 0 and "KiB" in out
+    for decimal in (" KB", " MB", " GB"):
+        assert decimal not in out
+
+
+def test_a_budget_that_plans_nothing_warns_that_the_output_is_the_base(tmp_path, family, catalog, capsys):
+    _index_all(family, catalog)
+    config = family.write_config()
+    rc, out, err = run_cli(capsys, "plan", config, "--budget", "1B", "--catalog", catalog, "--block-size", BLOCK)
+    assert rc == 0 and "planned 0 B of " in out
+    assert err.startswith("warning: budget 1B plans no expert block and no sketch") and "equals the base" in err
+    rc, out, err = run_cli(capsys, "plan", config, "--budget", "0.5", "--catalog", catalog, "--block-size", BLOCK)
+    assert rc == 0 and err == ""
+    rc, out, err = run_cli(capsys, "merge", config, tmp_path / "out", "--budget", "1B", "--catalog", catalog,
+                           "--block-size", BLOCK)
+    assert rc == 0 and "output equals the base" in err
+    manifest = json.loads((tmp_path / "out" / "mergehub_manifest.json").read_text())
+    assert any("output equals the base" in w for w in manifest["metrics"]["warnings"])
+    merged, base = load_model(tmp_path / "out"), load_model(family.base)
+    assert all(torch.equal(merged[name], base[name]) for name in base)  # what the warning says
 
 
 def test_merge_options(tmp_path, family, catalog, capsys):

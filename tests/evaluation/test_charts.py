@@ -140,4 +140,7 @@ def test_sweep_charts_draw_sketch_and_blocks_curves_on_the_same_axes():
     # storage reads: exact blocks and sketches together
     assert list(by_name["sketch + blocks: read from storage"].y) == [20, 490]
     assert list(by_name["blocks only: exact blocks"].y) == [100, 490]
+    # the byte axis reaches the top of the stack (500), in binary units
+    axis = traffic.figure.layout.yaxis
+    assert max(axis.tickvals) >= 500 and axis.ticktext[-1] == "512 B" and axis.tickformat is None
     json.loads(traffic.json)

@@ -41,3 +41,15 @@ def test_reindex_action_queues_experts(admin_client, registered_family, run_on_c
                                      follow=True)
     assert "Queued 2 checkpoint(s) for indexing." in response.content.decode()
     assert set(Checkpoint.objects.filter(role="expert").values_list("index_status", flat=True)) == {"ready"}
+
+
+def test_checkpoint_size_reads_in_binary_units_and_its_index_stats_are_folded(admin_client, registered_family):
+    from mergehub.web.formatting import human_bytes
+
+    expert = registered_family["experts"][0]
+    changelist = admin_client.get(reverse("admin:registry_checkpoint_changelist")).content.decode()
+    assert human_bytes(expert.size_bytes) in changelist
+    page = admin_client.get(reverse("admin:registry_checkpoint_change", args=[expert.pk])).content.decode()
+    assert human_bytes(expert.size_bytes) in page
+    assert "<details><summary>" in page and "&quot;block_size&quot;" in page  # the statistics, folded, escaped
+    assert 'name="size_bytes"' not in page and 'name="index_stats"' not in page  # computed: not editable

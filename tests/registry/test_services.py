@@ -299,3 +299,163 @@ def test_hf_download_happens_in_the_job(alice, acme, family, monkeypatch, run_on
     assert calls == [True, False]
     assert expert.index_status == Status.READY, expert.index_error
     assert expert.path.startswith(str(hf_cache_dir(acme))) and expert.tensor_count > 0
+
+
+# --- deleting checkpoints, and Hub registrations that fail ----------------------------------
+
+def _failed_expert(acme, alice, family, run_on_commit, monkeypatch, name="broken"):
+    """An expert of the registered family whose index job failed (the engine's index raised)."""
+    from mergehub.registry import services
+
+    def fail(*args, **kwargs):
+        raise ValidationError("the disk went away")
+
+    with monkeypatch.context() as patch, run_on_commit():
+        patch.setattr(services.engine, "index_model", fail)
+        ckpt = _register(acme, alice, name, "expert", family["experts"][0])
+    ckpt.refresh_from_db()
+    assert ckpt.index_status == Status.FAILED and "the disk went away" in ckpt.index_error
+    return ckpt
+
+
+def test_a_failed_checkpoint_is_deleted_and_its_files_stay(alice, carol, acme, registered_family, family,
+                                                           run_on_commit, monkeypatch):
+    from mergehub.registry.models import IndexJob
+    from mergehub.registry.services import delete_checkpoint
+
+    ckpt = _failed_expert(acme, alice, family, run_on_commit, monkeypatch)
+    files = sorted(p.name for p in family["experts"][0].iterdir())
+    delete_checkpoint(checkpoint=ckpt, user=carol)  # a member may delete
+    assert not Checkpoint.objects.filter(pk=ckpt.pk).exists()
+    assert not IndexJob.objects.filter(checkpoint_id=ckpt.pk).exists()
+    assert sorted(p.name for p in family["experts"][0].iterdir()) == files  # no file removed
+    # expert-1, registered from the same directory, is untouched
+    e1 = registered_family["experts"][0]
+    e1.refresh_from_db()
+    assert e1.is_ready and Family.objects.filter(pk=e1.family_id).exists()
+
+
+def test_viewers_and_other_teams_cannot_delete(bob, mallory, registered_family):
+    from mergehub.registry.services import delete_checkpoint
+
+    expert = registered_family["experts"][1]
+    for user in (bob, mallory):
+        with pytest.raises(PermissionDenied):
+            delete_checkpoint(checkpoint=expert, user=user)
+    assert Checkpoint.objects.filter(pk=expert.pk).exists()
+
+
+def test_delete_is_refused_while_a_run_uses_the_checkpoint(alice, acme, registered_family):
+    from mergehub.registry.services import delete_checkpoint
+    from mergehub.runs.services import cancel_run, create_run
+    from tests.web.conftest import ties_inputs
+
+    run = create_run(user=alice, team=acme, name="holds them", **ties_inputs(registered_family))  # queued
+    expert = registered_family["experts"][1]
+    with pytest.raises(ValidationError, match=rf"Run #{run.pk} \(holds them\) is queued with expert-2"):
+        delete_checkpoint(checkpoint=expert, user=alice)
+    assert Checkpoint.objects.filter(pk=expert.pk).exists()
+    cancel_run(run=run, user=alice)
+    delete_checkpoint(checkpoint=expert, user=alice)  # a finished run does not hold it
+    assert not Checkpoint.objects.filter(pk=expert.pk).exists()
+    run.refresh_from_db()
+    assert list(run.experts.values_list("name", flat=True)) == ["expert-1"]  # the run itself stays
+
+
+def test_delete_is_refused_while_indexing_and_for_a_base_with_experts(alice, acme, registered_family, family):
+    from mergehub.registry.services import delete_checkpoint
+
+    pending = _register(acme, alice, "pending", "expert", family["experts"][1])  # its job stays queued
+    with pytest.raises(ValidationError, match="being indexed right now"):
+        delete_checkpoint(checkpoint=pending, user=alice)
+    with pytest.raises(ValidationError, match="base of family tiny-llama, which still has expert-1, expert-2, pending"):
+        delete_checkpoint(checkpoint=registered_family["base"], user=alice)
+    assert Checkpoint.objects.filter(team=acme).count() == 4
+
+
+def test_deleting_a_lone_base_removes_the_family_made_for_it(alice, acme, family):
+    from mergehub.registry.services import delete_checkpoint
+
+    base = _register(acme, alice, "lone", "base", family["base"], family_name="lone-family")
+    delete_checkpoint(checkpoint=base, user=alice)
+    assert not Family.objects.filter(team=acme).exists() and not Checkpoint.objects.filter(team=acme).exists()
+    assert (family["base"] / "model.safetensors").is_file()
+
+
+def test_a_hub_registration_that_fails_at_once_leaves_nothing(alice, acme, family, monkeypatch,
+                                                              django_capture_on_commit_callbacks):
+    """The snapshot is cached, so the family is made before the files are pinned; pinning
+    fails: the family made for it goes with the registration (one transaction)."""
+    from mergehub.engine.errors import MergeHubError
+    from mergehub.registry import pinning
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fill_cache(hf_cache_dir(acme), "acme/tiny-base", family["base"])
+
+    def refuse(checkpoint):
+        assert Family.objects.filter(team=acme, name="hub-family").exists()  # made already
+        raise MergeHubError("model.safetensors is a link out of the cache")
+
+    monkeypatch.setattr(pinning, "pin_checkpoint", refuse)
+    msg = _form_error(django_capture_on_commit_callbacks,
+                      lambda: register_checkpoint(team=acme, user=alice, name="hub-base", role="base",
+                                                  family_name="hub-family", hf_repo_id="acme/tiny-base"),
+                      "hf_repo_id")
+    assert "link out of the cache" in msg
+    assert not Family.objects.filter(team=acme).exists() and not Checkpoint.objects.filter(team=acme).exists()
+
+
+def _offline_hub(monkeypatch):
+    """Online as far as the app knows, but every download fails (nothing cached, Hub unreachable)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf.constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(repo_id, **kwargs):
+        raise hf.LocalEntryNotFoundError("no connection")
+
+    monkeypatch.setattr(hf, "snapshot_download", unreachable)
+
+
+def test_a_hub_base_whose_download_fails_can_be_retried_or_deleted(alice, acme, family, monkeypatch,
+                                                                   run_on_commit):
+    """The download happens in the job: when it fails the checkpoint says why and keeps its
+    family (a retry needs the family name); deleting it removes the family made only for it,
+    so no half-made family or orphan row remains. A retry re-queues the same job kind."""
+    from mergehub.registry.models import IndexJob
+    from mergehub.registry.services import delete_checkpoint, retry_index
+
+    _offline_hub(monkeypatch)
+    with run_on_commit():
+        base = register_checkpoint(team=acme, user=alice, name="hub-base", role="base",
+                                   family_name="hub-family", hf_repo_id="acme/absent")
+    base.refresh_from_db()
+    assert base.index_status == Status.FAILED and base.path == ""
+    assert "the Hub could not be reached" in base.index_error
+    failed_job = base.index_jobs.get()
+    assert failed_job.status == IndexJob.Status.FAILED
+
+    # Retry: the same job layer, a new job marked as the failed one's retry (it fails again here).
+    with run_on_commit():
+        retry_index(job=failed_job, user=alice)
+    retry = IndexJob.objects.get(retry_of=failed_job)
+    assert retry.status == IndexJob.Status.FAILED and retry.checkpoint_id == base.pk
+
+    delete_checkpoint(checkpoint=base, user=alice)
+    assert not Family.objects.filter(team=acme).exists()
+    assert not Checkpoint.objects.filter(team=acme).exists() and not IndexJob.objects.filter(team=acme).exists()
+
+
+def test_a_hub_expert_whose_download_fails_leaves_the_family_alone(alice, acme, registered_family, monkeypatch,
+                                                                    run_on_commit):
+    from mergehub.registry.services import delete_checkpoint
+
+    _offline_hub(monkeypatch)
+    with run_on_commit():
+        expert = register_checkpoint(team=acme, user=alice, name="hub-expert", role="expert",
+                                     family_name="tiny-llama", hf_repo_id="acme/absent")
+    expert.refresh_from_db()
+    assert expert.index_status == Status.FAILED
+    delete_checkpoint(checkpoint=expert, user=alice)
+    base = registered_family["base"]
+    assert Family.objects.get(team=acme).base_id == base.pk
+    assert set(Checkpoint.objects.filter(team=acme).values_list("name", flat=True)) == {"base", "expert-1", "expert-2"}

@@ -311,3 +311,45 @@ def test_unknown_queues_are_refused(registered_family, alice, acme):
         _create(registered_family, alice, acme, queue="gpu")
     assert "No 'gpu' queue here" in str(err.value.message_dict["queue"])
     assert not MergeRun.objects.exists()
+
+
+# --- tags and a note --------------------------------------------------------------------------
+
+def test_tags_are_normalised():
+    assert services.normalise_tags(" Nightly, llama-3 ,,nightly\nA  B ") == "nightly,llama-3,a b"
+    assert services.normalise_tags(["X", " x ", "y"]) == "x,y"
+    assert services.normalise_tags("") == services.normalise_tags(None) == ""
+    with pytest.raises(ValidationError) as exc:
+        services.normalise_tags("a" * 41)
+    assert "at most 40 characters" in " ".join(exc.value.message_dict["tags"])
+    with pytest.raises(ValidationError, match="at most 10 tags"):
+        services.normalise_tags(",".join(f"t{i}" for i in range(11)))
+    assert len(services.normalise_tags([f"{i:02d}" + "x" * 38 for i in range(10)])) <= MergeRun._meta.get_field(
+        "tags").max_length
+
+
+def test_a_note_is_plain_text():
+    assert services.normalise_note("  a\r\nb\rc\x00  ") == "a\nb\nc"
+    assert services.normalise_note("<script>x</script>") == "<script>x</script>"  # stored as typed, shown escaped
+    with pytest.raises(ValidationError, match="at most 5000 characters"):
+        services.normalise_note("x" * 5001)
+
+
+def test_members_set_tags_and_notes_viewers_do_not(registered_family, alice, bob, carol, mallory, acme):
+    run = _create(registered_family, alice, acme)
+    run = services.set_run_notes(run=run, user=carol, tags="Nightly, ties", note="first try")
+    assert (run.tags, run.note, run.tag_list) == ("nightly,ties", "first try", ["nightly", "ties"])
+    for user in (bob, mallory):
+        with pytest.raises(PermissionDenied):
+            services.set_run_notes(run=run, user=user, tags="x", note="y")
+    run.refresh_from_db()
+    assert (run.tags, run.note) == ("nightly,ties", "first try")
+
+
+def test_setting_notes_writes_only_those_columns(registered_family, alice, acme):
+    run = _create(registered_family, alice, acme)
+    stale = MergeRun.objects.get(pk=run.pk)
+    MergeRun.objects.filter(pk=run.pk).update(progress=0.5, stage="reading")  # the worker, meanwhile
+    services.set_run_notes(run=stale, user=alice, tags="a", note="b")
+    run.refresh_from_db()
+    assert (run.progress, run.stage, run.tags, run.note) == (0.5, "reading", "a", "b")

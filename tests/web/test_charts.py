@@ -122,3 +122,23 @@ def test_human_formatting():
     assert human_seconds(75) == "1 min 15 s"
     assert percent(1, 4) == "25.0%"
     assert percent(1, 0) == "—"
+
+
+def test_byte_axes_are_labelled_in_binary_units():
+    """plotly's own "~s" format is SI (8 MiB reads "8.39MB"): byte axes carry their own ticks, a
+    power of two apart, labelled in KiB / MiB / GiB."""
+    mib = 1024**2
+    rows = [{"name": "a", "planned_bytes": 3 * mib, "full_bytes": 8 * mib}]
+    axis = charts.expert_bytes_chart(rows).figure.layout.yaxis
+    assert axis.tickformat is None and axis.ticksuffix is None
+    assert list(axis.tickvals) == [0, 2 * mib, 4 * mib, 6 * mib, 8 * mib, 10 * mib]
+    assert list(axis.ticktext) == ["0", "2 MiB", "4 MiB", "6 MiB", "8 MiB", "10 MiB"]
+    io = charts.io_chart(METRICS).figure.layout.xaxis  # 2000 bytes at most, axis to 1.25×
+    assert list(io.ticktext) == ["0", "512 B", "1 KiB", "1.5 KiB", "2 KiB", "2.5 KiB"]
+    assert max(io.tickvals) >= io.range[1]
+    assert charts.tick_bytes(int(1.25 * 1024**3)) == "1.25 GiB"
+
+
+def test_deviation_axis_reads_in_plain_numbers():
+    axis = charts.deviation_chart(METRICS["deviation"]).figure.layout.yaxis
+    assert "e" not in axis.tickformat  # 0.25, not 2.5e−1

@@ -3,10 +3,10 @@
 Personas (tests/conftest.py): ``anonymous`` (not logged in), ``viewer`` (bob, viewer of acme),
 ``member`` (carol, member of acme), ``other_admin`` (mallory, admin of rival) and ``admin``
 (alice, admin of acme). The objects are acme's: its registered family (a base and two indexed
-experts), a queued run, a cancelled run, a third expert whose index job is queued and expert-2's
-succeeded index job; for evaluation, a succeeded run, an uploaded task, a queued and a cancelled
-evaluation of the base, a queued and a cancelled sweep and a queued training of a demo family;
-every URL that takes an id gets the id of one of them (and the index-job actions also get
+experts), a queued run, a cancelled run, a third expert whose index job is queued, a fourth whose
+index failed and expert-2's succeeded index job; for evaluation, a succeeded run, an uploaded task,
+a queued and a cancelled evaluation of the base, a queued and a cancelled sweep and a queued
+training of a demo family; every URL that takes an id gets the id of one of them (and the index-job actions also get
 mallory's own checkpoint with acme's job, ids that do not belong together).
 They are built once for the module in a transaction that every test rolls back to (see
 ``matrix_world``), so each cell costs only its requests.
@@ -58,7 +58,7 @@ USERNAMES = {"viewer": "bob", "member": "carol", "other_admin": "mallory", "admi
 MISSING_PK = 10**6
 
 # Strings that only acme's pages may show: names of its checkpoints, family, runs and team.
-ACME_MARKERS = ("expert-1", "expert-2", "expert-3", "tiny-llama", "matrix queued run", "matrix cancelled run",
+ACME_MARKERS = ("expert-1", "expert-2", "expert-3", "expert-4", "tiny-llama", "matrix queued run", "matrix cancelled run",
                 "matrix succeeded run", "matrix-task", "matrix-family", "matrix queued sweep",
                 "matrix cancelled sweep", "Acme")
 RIVAL_MARKERS = ("rival-base", "rival-family", "rival-task", "Rival")  # and what only rival's may show
@@ -80,6 +80,7 @@ class World:
     done_job: object  # expert-2's succeeded index job (from its registration)
     rival_base: object  # a checkpoint of mallory's team
     settings: dict  # the data dir and checkpoint root the objects live in
+    failed_checkpoint: object = None  # expert-4, whose index failed (deletable: nothing uses it)
     # evaluation
     succeeded_run: object = None  # merged by the (sync) worker: the one run that may be evaluated
     task: object = None  # acme's task, uploaded (so its file is in acme's folder)
@@ -173,6 +174,9 @@ def build_world(root) -> World:
     w = World(users=users, acme=acme, rival=rival, base=base, experts=[e1, e2, e3], family_paths=paths,
               queued_run=queued_run, cancelled_run=cancelled_run, active_job=active_job,
               done_job=done_job, rival_base=rival_base, settings=world_settings(root))
+    w.failed_checkpoint = Checkpoint.objects.create(
+        team=acme, family=base.family, name="expert-4", role="expert", index_status="failed",
+        index_error="matrix index failure", added_by=alice)
     build_evaluation_world(w, family)
     from mergehub.api.models import ApiToken
     from mergehub.api.tokens import create_token
@@ -420,6 +424,17 @@ def _index_retried(w: World, client: Client) -> bool:
     return IndexJob.objects.filter(retry_of=w.done_job).exists() or _new_index_job(w, client)
 
 
+def _checkpoint_deleted(w: World, client: Client) -> bool:
+    from mergehub.registry.models import Checkpoint
+
+    return Checkpoint.objects.count() != w.checkpoint_count
+
+
+def _run_notes_changed(w: World, client: Client) -> bool:
+    w.queued_run.refresh_from_db()
+    return (w.queued_run.tags, w.queued_run.note) != ("", "")
+
+
 def _new_run(w: World, client: Client) -> bool:
     from mergehub.runs.models import MergeRun
 
@@ -641,6 +656,11 @@ MATRIX: dict[str, list[Case]] = {
         Case("post", acts(done(_checkpoint_page(1))), args=_expert(1), effect=_new_index_job),
         Case("get", post_only(), args=_expert(1)),
     ],
+    "registry:delete": [  # expert-4, whose index failed: nothing uses it, so it may be deleted
+        Case("post", acts(done("/checkpoints/")), args=lambda w: [w.failed_checkpoint.pk],
+             effect=_checkpoint_deleted),
+        Case("get", post_only(), args=lambda w: [w.failed_checkpoint.pk]),
+    ],
     "registry:cancel_index": [
         Case("post", acts(done(_checkpoint_page(2))), args=lambda w: [w.experts[2].pk, w.active_job.pk],
              effect=_active_job_cancelled),
@@ -682,6 +702,12 @@ MATRIX: dict[str, list[Case]] = {
     "runs:live": [Case("get", reads(), args=lambda w: [w.queued_run.pk], htmx=True)],  # htmx poll
     "runs:cancel": [
         Case("post", acts(done(_run_page)), args=lambda w: [w.queued_run.pk], effect=_queued_run_cancelled),
+        Case("get", post_only(), args=lambda w: [w.queued_run.pk]),
+    ],
+    "runs:notes": [
+        Case("post", acts(done(lambda w: reverse("runs:detail", args=[w.queued_run.pk]) + "#run-notes")),
+             args=lambda w: [w.queued_run.pk], data=lambda w: {"tags": "matrix-tag", "note": "matrix note"},
+             effect=_run_notes_changed),
         Case("get", post_only(), args=lambda w: [w.queued_run.pk]),
     ],
     "runs:retry": [

@@ -206,7 +206,8 @@ def test_switching_operator_shows_exactly_its_parameters(alice_client, registere
     assert response["HX-Trigger"] == "fields-swapped"
     assert 'name="param__t"' in html
     assert "density" not in html and "param__lambda" not in html
-    assert re.search(rf'name="expert_{e1.pk}__use"[^>]*checked', html)  # choices survive the swap
+    # choices survive the swap: slerp takes one expert, a radio button
+    assert re.search(rf'type="radio" name="expert" value="{e1.pk}"[^>]*checked', html)
     dare = alice_client.get(reverse("runs:operator_fields"), {"method": "breadcrumbs", "base": base.pk})
     assert f'name="expert_{e1.pk}__gamma"'.encode() in dare.content
 
@@ -254,6 +255,28 @@ def test_plan_preview_grows_with_the_budget(alice_client, registered_family):
     full = alice_client.post(reverse("runs:preview"), merge_post(registered_family, budget="1.0")).context["plan"]
     assert small["planned_expert_bytes"] < full["planned_expert_bytes"]
     assert full["planned_expert_bytes"] == full["nonzero_expert_bytes"]
+
+
+def test_plan_preview_warns_when_the_budget_plans_nothing(alice_client, registered_family):
+    from tests.web.conftest import merge_post
+
+    nothing = alice_client.post(reverse("runs:preview"), merge_post(registered_family, budget="1B"))
+    plan, html = nothing.context["plan"], nothing.content.decode()
+    assert plan["planned_expert_bytes"] == 0 < plan["nonzero_expert_bytes"]
+    assert 'id="plan-base-only"' in html and "The output will equal the base." in html
+    assert "plans no expert block and no sketch" in html
+    some = alice_client.post(reverse("runs:preview"), merge_post(registered_family, budget="0.1"))
+    assert some.context["plan"]["planned_expert_bytes"] > 0 and 'id="plan-base-only"' not in some.content.decode()
+
+
+def test_pages_link_the_favicon_served_from_static(alice_client):
+    from django.contrib.staticfiles import finders
+
+    html = alice_client.get(reverse("web:dashboard")).content.decode()
+    link = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', html)
+    assert link and link.group(1).endswith("img/favicon.svg") and "://" not in link.group(1)
+    svg = finders.find("img/favicon.svg")
+    assert svg and open(svg).read().startswith("<svg")
 
 
 def test_plan_preview_explains_what_is_missing(alice_client, registered_family):

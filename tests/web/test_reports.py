@@ -47,3 +47,15 @@ def test_bytes_saved_counts_the_sketches_read_as_spent():
     assert bytes_saved({"full_expert_bytes": 1000, "expert_bytes_requested": 200}) == 800  # before sketches
     assert bytes_saved({"full_expert_bytes": 1000, "planned_expert_bytes": 300}) == 700
     assert bytes_saved({"full_expert_bytes": 1000}) is None
+
+
+def test_base_only_warns_only_when_nothing_at_all_is_planned():
+    from mergehub.web.reports import base_only
+
+    nothing = {"budget": "1B", "planned_expert_bytes": 0, "nonzero_expert_bytes": 4096}
+    assert "the output equals the base" in base_only(nothing) and "budget 1B" in base_only(nothing)
+    # sketches and no block: the unread blocks hold base + sketch, not the base
+    sketches_only = dict(nothing, planned_expert_bytes=512, sketch_bytes=512, blocks_planned=0)
+    assert base_only(sketches_only) is None
+    assert base_only(dict(nothing, nonzero_expert_bytes=0)) is None  # experts equal to the base: no budget issue
+    assert base_only(None) is None and base_only({}) is None

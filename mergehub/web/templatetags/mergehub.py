@@ -3,6 +3,7 @@
 from django import template
 
 from ..formatting import human_bytes, human_seconds, percent
+from ..reports import base_only
 
 register = template.Library()
 
@@ -20,6 +21,12 @@ def seconds_filter(value):
 @register.filter(name="percent_of")
 def percent_of(part, whole):
     return percent(part, whole)
+
+
+@register.filter(name="base_only_warning")
+def base_only_warning(plan):
+    """{{ plan|base_only_warning }}: why this plan's merge would equal the base, or None."""
+    return base_only(plan)
 
 
 @register.filter(name="get")
