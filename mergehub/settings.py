@@ -106,6 +106,7 @@ INSTALLED_APPS = [
     "mergehub.runs",
     "mergehub.evaluation",
     "mergehub.api",
+    "mergehub.audit",
     "mergehub.web",
 ]
 

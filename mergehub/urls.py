@@ -9,6 +9,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("teams/", include("mergehub.api.token_urls")),  # a team's API tokens page
+    path("teams/", include("mergehub.audit.urls")),  # a team's audit log page (its admins)
     path("teams/", include("mergehub.accounts.urls")),
     path("checkpoints/", include("mergehub.registry.urls")),
     path("runs/", include("mergehub.runs.urls")),

@@ -14,6 +14,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
+from mergehub.audit.models import AuditEvent
+from mergehub.audit.services import record
+
 from .models import ROLE_ORDER, Membership, Role, Team
 from .selectors import has_role, users_matching
 
@@ -57,6 +60,7 @@ def create_team(*, name: str, owner) -> Team:
     except IntegrityError:  # created by someone else since the checks above
         raise taken from None
     Membership.objects.create(user=owner, team=team, role=Role.ADMIN)
+    record(team=team, actor=owner, action=AuditEvent.Action.TEAM_CREATED, target=team)
     return team
 
 
@@ -84,9 +88,11 @@ def invite_member(*, team: Team, username: str, role: str, by) -> Membership:
         raise already
     try:
         with transaction.atomic():
-            return Membership.objects.create(user=user, team=team, role=role)
+            membership = Membership.objects.create(user=user, team=team, role=role)
     except IntegrityError:  # added by another admin since the check above
         raise already from None
+    _record_member(membership, by, AuditEvent.Action.MEMBER_ADDED, {"role": role})
+    return membership
 
 
 @transaction.atomic
@@ -105,8 +111,9 @@ def change_role(*, membership: Membership, role: str, by) -> Membership:
     if current.role == Role.ADMIN:
         _keep_an_admin(team, f"{name} is the last admin of {team.name}, and a team needs at least one admin: "
                              f"make another member an admin first, then change {name}'s role.", field="role")
-    current.role = role
+    was, current.role = current.role, role
     current.save(update_fields=["role"])
+    _record_member(current, by, AuditEvent.Action.MEMBER_ROLE_CHANGED, {"from": was, "to": role})
     return current
 
 
@@ -122,6 +129,7 @@ def remove_member(*, team: Team, user, by) -> None:
         _keep_an_admin(team, f"{name} is the last admin of {team.name}, and a team needs at least one admin: "
                              f"make another member an admin first, then remove {name}.")
     membership.delete()
+    _record_member(membership, by, AuditEvent.Action.MEMBER_REMOVED, {"role": membership.role})
 
 
 @transaction.atomic
@@ -139,6 +147,7 @@ def leave_team(*, team: Team, user) -> None:
                        "make another member an admin first, then leave.")
         _keep_an_admin(team, message)
     membership.delete()
+    _record_member(membership, user, AuditEvent.Action.MEMBER_LEFT, {"role": membership.role})
 
 
 @transaction.atomic
@@ -152,9 +161,17 @@ def add_member(*, team: Team, user, role: str, by) -> Membership:
         return change_role(membership=membership, role=role, by=by)
     try:
         with transaction.atomic():
-            return Membership.objects.create(user=user, team=team, role=role)
+            membership = Membership.objects.create(user=user, team=team, role=role)
     except IntegrityError:  # added meanwhile: set the role instead
         return change_role(membership=Membership.objects.get(user=user, team=team), role=role, by=by)
+    _record_member(membership, by, AuditEvent.Action.MEMBER_ADDED, {"role": role})
+    return membership
+
+
+def _record_member(membership: Membership, by, action: str, details: dict) -> None:
+    """The audit event of a membership change: its target is the member (the user)."""
+    record(team=membership.team, actor=by, action=action, target=membership.user,
+           label=membership.user.get_username(), details=details)
 
 
 def _check_role(role: str) -> None:

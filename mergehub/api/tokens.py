@@ -29,6 +29,8 @@ from django.views.decorators.debug import sensitive_variables
 from mergehub.accounts.models import Membership, Role, Team
 from mergehub.accounts.selectors import has_role
 from mergehub.accounts.services import require_role
+from mergehub.audit.models import AuditEvent
+from mergehub.audit.services import record
 
 from .models import ApiToken
 
@@ -101,6 +103,8 @@ def create_token(*, user, team: Team, name: str, can_write: bool = False, expire
                 token = ApiToken.objects.create(
                     user=user, team=team, name=name, prefix=TOKEN_START + public_id, digest=_digest(secret),
                     can_write=bool(can_write), expires_at=expires_at)
+                record(team=team, actor=by, action=AuditEvent.Action.TOKEN_CREATED, target=token,
+                       details=_audit_details(token))
         except IntegrityError:
             continue
         plain = f"{TOKEN_START}{public_id}_{secret}"
@@ -108,14 +112,25 @@ def create_token(*, user, team: Team, name: str, can_write: bool = False, expire
     raise RuntimeError("could not draw an unused token id")  # pragma: no cover
 
 
+@transaction.atomic
 def revoke_token(*, token: ApiToken, by) -> ApiToken:
-    """Revoke ``token`` (its owner, or an admin of its team, may). Revoking twice is harmless."""
+    """Revoke ``token`` (its owner, or an admin of its team, may). Revoking twice is harmless
+    (and recorded in the audit log once)."""
     if by.pk != token.user_id and not has_role(user=by, team=token.team, role=Role.ADMIN):
         raise PermissionDenied(f"You need the admin role in {token.team.name} to revoke other members' tokens.")
+    # A conditional update: of two revocations at once, one revokes (and is recorded), one finds it done.
     if token.revoked_at is None:
-        token.revoked_at = timezone.now()
-        token.save(update_fields=["revoked_at"])
+        revoked = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        token.refresh_from_db(fields=["revoked_at"])
+        if revoked:
+            record(team=token.team, actor=by, action=AuditEvent.Action.TOKEN_REVOKED, target=token,
+                   details=_audit_details(token))
     return token
+
+
+def _audit_details(token: ApiToken) -> dict:
+    """What the audit log keeps of a token besides its name and public prefix (never the secret)."""
+    return {"owner": token.user.get_username(), "can_write": token.can_write}
 
 
 # --- authentication -------------------------------------------------------------------------

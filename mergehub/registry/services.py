@@ -18,6 +18,8 @@ from django.utils import timezone
 
 from mergehub.accounts.models import Role, Team
 from mergehub.accounts.services import require_role
+from mergehub.audit.models import AuditEvent
+from mergehub.audit.services import record
 from mergehub.engine import api as engine
 from mergehub.engine.errors import MergeHubError
 from mergehub.jobs import dispatch
@@ -185,6 +187,8 @@ def register_checkpoint(*, team: Team, user, name: str, role: str, family_name: 
         family.save(update_fields=["base"])
     if checkpoint.index_status == Status.PENDING:
         _queue_index(checkpoint, user)
+    record(team=team, actor=user, action=AuditEvent.Action.CHECKPOINT_REGISTERED, target=checkpoint,
+           details={"role": role, "source": source, "family": family.name if family else None})
     return checkpoint
 
 
@@ -204,7 +208,9 @@ def queue_reindex(*, checkpoint: Checkpoint, user=None, retry_of: IndexJob | Non
     checkpoint.index_status = Status.PENDING
     checkpoint.index_error = ""
     checkpoint.save(update_fields=["index_status", "index_error"])
-    _queue_index(checkpoint, user, retry_of=retry_of)
+    job = _queue_index(checkpoint, user, retry_of=retry_of)
+    record(team=checkpoint.team, actor=user, action=AuditEvent.Action.CHECKPOINT_REINDEXED, target=checkpoint,
+           details={"index_job": job.pk, **({"retry_of": retry_of.pk} if retry_of else {})})
     return checkpoint
 
 
@@ -280,6 +286,8 @@ def delete_checkpoint(*, checkpoint: Checkpoint, user) -> None:
     made_for_it = (family is not None and family.base_id == checkpoint.pk
                    and not family.checkpoints.exclude(pk=checkpoint.pk).exists())
     log.info("checkpoint %s (#%s) of %s deleted by %s", checkpoint.name, checkpoint.pk, checkpoint.team, user)
+    # Recorded while the target still has its id; rolled back with the delete if that fails.
+    record(team=checkpoint.team, actor=user, action=AuditEvent.Action.CHECKPOINT_DELETED, target=checkpoint)
     checkpoint.delete()
     if made_for_it:
         family.delete()

@@ -17,6 +17,8 @@ from django.http import Http404
 
 from mergehub.accounts.models import Role, Team
 from mergehub.accounts.services import require_role
+from mergehub.audit.models import AuditEvent
+from mergehub.audit.services import record
 from mergehub.engine import api as engine
 from mergehub.engine import errors
 from mergehub.jobs import dispatch, joblog
@@ -306,13 +308,19 @@ def _insert(*, team, author, name, method, config, base, experts, budget, seed, 
     )
     run.experts.set(experts)
     dispatch.wake_on_commit(run)
+    record(team=team, actor=author, action=AuditEvent.Action.RUN_RETRIED if retry_of else AuditEvent.Action.RUN_STARTED,
+           target=run, label=run.name, details={"method": method, "budget": budget, **({"retry_of": retry_of.pk} if retry_of else {})})
     return run
 
 
+@transaction.atomic
 def cancel_run(*, run: MergeRun, user) -> MergeRun:
     """A queued run is cancelled at once; a running one stops at its next block."""
     require_role(user=user, team=run.team, role=Role.MEMBER, action="cancel merges")
-    return request_cancel(MergeRun, run.pk, by=user, label=f"Run #{run.pk}")
+    run = request_cancel(MergeRun, run.pk, by=user, label=f"Run #{run.pk}")
+    record(team=run.team, actor=user, action=AuditEvent.Action.RUN_CANCELLED, target=run, label=run.name,
+           details={"status": run.status})
+    return run
 
 
 def retry_run(*, run: MergeRun, user) -> MergeRun:

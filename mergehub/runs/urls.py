@@ -10,6 +10,7 @@ urlpatterns = [
     path("new/fields/", views.operator_fields, name="operator_fields"),
     path("new/preview/", views.preview, name="preview"),
     path("new/import/", views.import_yaml, name="import_yaml"),
+    path("compare/", views.compare, name="compare"),
     path("<int:pk>/", views.run_detail, name="detail"),
     path("<int:pk>/live/", views.run_live, name="live"),
     path("<int:pk>/config.yaml", views.config_yaml, name="config_yaml"),

@@ -1,5 +1,6 @@
 """Run pages: list with filters, merge form with live plan preview, detail with live progress
-and report, cancel and retry. Views parse input, call a service or selector, and render."""
+and report, cancel and retry, and runs compared side by side. Views parse input, call a
+service or selector, and render."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse
+from django.http import HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -26,6 +27,7 @@ from mergehub.web.reports import savings_of, served_from_cache, sketch_split, wi
 from mergehub.web.teams import current_team
 
 from . import selectors, services, yaml_config
+from .compare_charts import compare_scores_chart
 from .forms import ImportConfigForm, MergeForm, import_query, initial_from_query, operator_names
 from .models import MergeRun
 
@@ -53,6 +55,24 @@ def run_list(request):
         "team": team, "runs": pages["page_obj"], **pages, "statuses": MergeRun.Status.choices,
         "methods": operator_names(), "authors": authors, "filters": filters,
         "can_run": bool(team) and has_role(user=request.user, team=team, role=Role.MEMBER)})
+
+
+@login_required
+def compare(request):
+    """Runs side by side (selectors.compare_runs); the permalink is ``?ids=3,5,8``. A form's
+    repeated ``ids`` (the run list's checkboxes, a report's "compare with") is sent there."""
+    values = request.GET.getlist("ids")
+    if len(values) > 1:
+        query = QueryDict(mutable=True)
+        query["ids"] = ",".join(v.strip() for v in values if v.strip())
+        return redirect(f"{reverse('runs:compare')}?{query.urlencode(safe=',')}")
+    try:
+        ids = selectors.compare_ids(values)
+    except ValidationError as error:
+        return render(request, "runs/compare.html", {"problem": " ".join(error.messages)}, status=400)
+    comparison = selectors.compare_runs(user=request.user, ids=ids)
+    return render(request, "runs/compare.html", {
+        "comparison": comparison, "chart": compare_scores_chart(comparison.tasks, comparison.scores)})
 
 
 # --- the merge form ---------------------------------------------------------------------------
@@ -205,6 +225,7 @@ def run_detail(request, pk):
         "config_yaml": yaml_config.config_yaml(run),
         "log": (run.log or [])[-LOG_LINES_SHOWN:],
         **_benchmark_context(request, run),
+        "compare_with": selectors.compare_candidates(user=request.user, run=run),
         "can_run": has_role(user=request.user, team=run.team, role=Role.MEMBER)})
 
 

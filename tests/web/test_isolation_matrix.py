@@ -632,6 +632,9 @@ MATRIX: dict[str, list[Case]] = {
         Case("post", nobody(), variant="mixed-ids", args=lambda w: [w.rival.slug, _bobs_membership(w)[1]],
              effect=_bob_removed),
     ],
+    "audit:log": [  # the team's audit log: team admins only (403 for members and viewers, as managing members)
+        Case("get", {**reads(), "viewer": FORBIDDEN, "member": FORBIDDEN}, args=lambda w: [w.acme.slug]),
+    ],
     "tokens:list": [  # anyone in the team may create tokens for themself; the page shows a new one once
         Case("get", reads(), args=lambda w: [w.acme.slug]),
         Case("post", acts(Answer(200, effect=True), viewer=Answer(200, effect=True)), args=lambda w: [w.acme.slug],
@@ -697,6 +700,8 @@ MATRIX: dict[str, list[Case]] = {
              data=_import_data, check=_import_refused_check),
         Case("get", post_only()),
     ],
+    # runs side by side, ids in the query (the permalink): acme's runs are mallory's missing runs
+    "runs:compare": [Case("get", reads(), data=lambda w: {"ids": f"{w.succeeded_run.pk},{w.queued_run.pk}"})],
     "runs:detail": [Case("get", reads(), args=lambda w: [w.queued_run.pk])],
     "runs:config_yaml": [Case("get", reads(), args=lambda w: [w.queued_run.pk])],  # the run's YAML, a download
     "runs:live": [Case("get", reads(), args=lambda w: [w.queued_run.pk], htmx=True)],  # htmx poll
