@@ -308,12 +308,10 @@ def _write_model_config(src: Path, dest: Path, source: ModelLayout, config: Merg
 
 def sweep(config: MergeConfig, budgets: list, *, seed: int = 0, device: str = "auto",
           block_size: int | None = None, catalog_dir=None, progress: ProgressFn | None = None,
-          cancel: CancelFn | None = None, sketch_rank: int | None = None,
-          compare_blocks_only: bool = True) -> list[dict]:
+          cancel: CancelFn | None = None, sketch_rank: int | None = None) -> list[dict]:
     """Planned bytes, certificate and exact deviation for each budget, in one pass over the data.
     Each row has ``"mode"``: "sketch" (plans that may use sketches of ``sketch_rank``, see
-    merge_sketch_rank) or "blocks"; with sketches on and ``compare_blocks_only``, every budget
-    gets both rows. Where the catalog holds no sketch (no tensor is big enough for one at this
+    merge_sketch_rank) or "blocks"; with sketches on, every budget gets both rows. Where the catalog holds no sketch (no tensor is big enough for one at this
     rank), only "blocks" rows."""
     block_size = block_size or DEFAULT_BLOCK_SIZE
     control = Control(progress, cancel)
@@ -325,9 +323,7 @@ def sweep(config: MergeConfig, budgets: list, *, seed: int = 0, device: str = "a
                             "a sweep needs a base model")
     if not any(e.sketch_total_bytes for e in inputs.entries):
         rank = 0  # no tensor is worth a sketch at this rank: every plan is blocks only
-    modes = [("sketch", rank)] if rank else []
-    if not rank or compare_blocks_only:
-        modes.append(("blocks", 0))
+    modes = [("sketch", rank), ("blocks", 0)] if rank else [("blocks", 0)]
     plans = [(mode, make_plan(config, inputs.base, inputs.experts, inputs.entries, b, block_size, seed,
                               sketch_rank=r))
              for b in parsed for mode, r in modes]

@@ -279,7 +279,7 @@ class Executor:
         at, bt = source.factors(k, unit.tensor, max(self._approximated[k][unit.tensor]))
         for r0, r1 in _runs(changed, rows_per_block(info, self.block_size), unit, info.rows):
             i0, i1 = r0 - unit.row_start, r1 - unit.row_start
-            rows[i0:i1] += approximate_rows(at[:rank], bt[:rank], r0, r1, tuple(rows[i0:i1].shape)).to(acc)
+            rows[i0:i1] += approximate_rows(at[:rank], bt[:rank], r0, r1, tuple(rows[i0:i1].shape), acc)
         return rows.to(work)
 
     # ----- computing -------------------------------------------------------------------------

@@ -63,7 +63,7 @@ class _Sketch:
         return rank * self.bytes_per_rank
 
     def error(self, rank: int, b: int) -> float:
-        return self.residual[self.rungs.index(rank)][b]
+        return self.residual[self.rungs.index(rank)][b]  # rungs: a handful (1, 2, 4, … R)
 
 _FRACTION = re.compile(r"^\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*$")
 
@@ -274,7 +274,7 @@ def make_plan(config: MergeConfig, base: ModelLayout | None, experts: list[Model
     plan = Plan(block_size, budget, budget_bytes, full, nonzero, sum(block_planned) + sum(sketch_planned),
                 sum(len(bs) for per in chosen for bs in per.values()), blocks_total, certificate,
                 chosen, per_expert, sketch_rank=sketch_rank if sketchable else 0,
-                sketches=[dict(sorted(s.items(), key=lambda tr: names.index(tr[0]))) for s in sketched],
+                sketches=[{t: s[t] for t in names if t in s} for s in sketched],
                 sketch_bytes=sum(sketch_planned),
                 sketches_available=len(sketchable))
     plan.inputs = {"base": entries[0].base_files if entries else {},
@@ -342,11 +342,16 @@ def _greedy_with_sketches(names, sizes_of, norms, sketchable: dict[tuple[int, st
     def gain_and_cost(k: int, t: str, b: int) -> tuple[float, int]:  # b = -1: the next rung of (k, t)
         w, now = weights_of[t][k], rank[k].get(t, 0)  # products, not **: a huge weight gives inf, not an error
         if b >= 0:
-            return w * w * error(k, t, b, now) * error(k, t, b, now), sizes_of[t][b]
+            e = error(k, t, b, now)
+            return w * w * e * e, sizes_of[t][b]
         up = next_rung(k, t)
         taken = read[k].get(t, ())
-        gain = w * w * sum(max(0.0, error(k, t, b, now) * error(k, t, b, now) - error(k, t, b, up) * error(k, t, b, up))
-                           for b in changed_of[(k, t)] if b not in taken)
+        removed = 0.0
+        for b in changed_of[(k, t)]:
+            if b not in taken:
+                e_now, e_up = error(k, t, b, now), error(k, t, b, up)
+                removed += max(0.0, e_now * e_now - e_up * e_up)
+        gain = w * w * removed
         return gain, sketchable[(k, t)].nbytes(up - now)
 
     def value(k: int, t: str, b: int) -> tuple[float, int]:
@@ -446,7 +451,6 @@ def _full_read_plan(config, experts, budget, budget_bytes, block_size, full) -> 
     plan.inputs = {"experts": [{f.path.name: f"size:{f.size}" for f in e.files} for e in experts]}
     plan.digest = plan_digest(config, plan, 0)
     return plan
-
 
 
 def plan_digest(config: MergeConfig, plan: Plan, seed: int) -> str:

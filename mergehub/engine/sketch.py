@@ -152,16 +152,19 @@ def residual_norms(delta: torch.Tensor, at: torch.Tensor, bt: torch.Tensor, rung
 
 
 def approximate_rows(at: torch.Tensor, bt: torch.Tensor, row_start: int, row_end: int,
-                     shape: tuple[int, ...]) -> torch.Tensor:
-    """Rows [row_start, row_end) of the sketched delta A·Bᵀ in float32, shaped ``shape``, from
-    a prefix of the transposed factors (r × rows, r × columns)."""
-    return (at[:, row_start:row_end].float().T @ bt.float()).view(shape)
+                     shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows [row_start, row_end) of the sketched delta A·Bᵀ computed in ``dtype``, shaped
+    ``shape``, from a prefix of the transposed factors (r × rows, r × columns)."""
+    return (at[:, row_start:row_end].to(dtype).T @ bt.to(dtype)).view(shape)
 
 
 # ----- the sidecar file: one safetensors file of factors per catalog entry -----------------------
 
+A_PREFIX, B_PREFIX = "sketch.a::", "sketch.b::"  # a sidecar's tensor names: prefix + the model's tensor
+
+
 def factor_names(tensor: str) -> tuple[str, str]:
-    return f"sketch.a::{tensor}", f"sketch.b::{tensor}"
+    return A_PREFIX + tensor, B_PREFIX + tensor
 
 
 def write_factors(path: Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -181,7 +184,7 @@ def factor_layout(path: Path) -> dict[str, tuple[TensorInfo, TensorInfo]]:
     by_name = {info.name: info for info in infos}
     out = {}
     for name in by_name:
-        if name.startswith("sketch.a::"):
-            tensor = name[len("sketch.a::"):]
-            out[tensor] = (by_name[name], by_name[factor_names(tensor)[1]])
+        if name.startswith(A_PREFIX):
+            tensor = name[len(A_PREFIX):]
+            out[tensor] = (by_name[name], by_name[B_PREFIX + tensor])
     return out

@@ -16,8 +16,8 @@ from mergehub.engine.catalog import Catalog
 from mergehub.engine.config import parse_config
 from mergehub.engine.errors import ConfigError, ReplayMismatch
 from mergehub.engine.layout import read_model_layout
-from mergehub.engine.sketch import (factor_layout, ladder, low_rank, residual_norms, sketch_bytes, sketch_delta,
-                                    worth_sketching)
+from mergehub.engine.sketch import (approximate_rows, factor_layout, ladder, low_rank, residual_norms, sketch_bytes,
+                                    sketch_delta, worth_sketching)
 
 RANK = 1
 
@@ -103,6 +103,16 @@ def test_residual_of_a_delta_the_sketch_nearly_holds_is_measured_directly():
         exact = [float(resid[r:r + 16].norm()) for r in range(0, 64, 16)]
         assert per_block == pytest.approx(exact, rel=1e-6)
     assert max(norms[-1]) < 1e-4 * float(d.norm())  # the rank-4 rung is the cancelling case
+
+
+def test_approximate_rows_computes_in_the_merges_accumulation_dtype():
+    """A float64 merge gets the sketch's rows in float64, not a float32 product widened."""
+    gen = torch.Generator().manual_seed(4)
+    at, bt = torch.randn(3, 10, generator=gen).bfloat16(), torch.randn(3, 7, generator=gen).bfloat16()
+    rows = approximate_rows(at, bt, 2, 6, (4, 7), torch.float64)
+    assert rows.dtype == torch.float64
+    assert torch.equal(rows, at[:, 2:6].double().T @ bt.double())
+    assert approximate_rows(at, bt, 2, 6, (4, 7)).dtype == torch.float32
 
 
 def test_the_ladder_of_ranks():
