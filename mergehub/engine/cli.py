@@ -181,8 +181,8 @@ def _cmd_merge(args, bar, prefetch: Prefetch | None = None) -> int:
           f"{_human(m['expert_bytes_read'])}; base read {_human(m['base_bytes_read'])}; "
           f"written {_human(m['bytes_written'])}")
     if m["planned_sketch_bytes"]:
-        print(f"of the planned bytes, {_human(m['planned_sketch_bytes'])} are {m['sketches_planned']} rank-"
-              f"{m['sketch_rank']} sketches (read {_human(m['sketch_bytes_read'])} from the catalog)")
+        print(f"of the planned bytes, {_human(m['planned_sketch_bytes'])} are {m['sketches_planned']} sketches of "
+              f"rank ≤ {m['sketch_rank']} (read {_human(m['sketch_bytes_read'])} from the catalog)")
     if m["certificate"] is not None:
         print(f"certificate: ‖θ_A − θ_full‖₂ ≤ {m['certificate']:.6g}")
     if m["deviation"]:
@@ -245,7 +245,7 @@ def _cmd_plan(args, bar) -> int:
           f"non-zero {_human(d['nonzero_expert_bytes'])}")
     if d["sketch_bytes"]:
         print(f"of which sketches: {_human(d['sketch_bytes'])} ({d['sketches_planned']} of "
-              f"{d['sketches_available']} rank-{d['sketch_rank']} sketches), exact blocks: {_human(d['block_bytes'])}")
+              f"{d['sketches_available']} sketches, rank ≤ {d['sketch_rank']}), exact blocks: {_human(d['block_bytes'])}")
     cert = "n/a (operator is not additive)" if d["certificate"] is None else f"{d['certificate']:.6g}"
     print(f"certificate: {cert}\nplan digest: {d['plan_digest']}")
     return 0
