@@ -345,7 +345,7 @@ def test_cli_sketch_rank_flags(sketched, capsys, tmp_path):
     assert code == 0 and "of which sketches" in out
     code, out, _ = run_cli(capsys, "merge", str(config), str(tmp_path / "m"), "--budget", "0.3", "--catalog",
                            str(catalog), "--block-size", str(BLOCK), "--sketch-rank", str(RANK), "--device", "cpu")
-    assert code == 0 and "rank-1 sketches" in out
+    assert code == 0 and "sketches of rank ≤ 1" in out
     code, out, _ = run_cli(capsys, "sweep", str(config), "--budgets", "0.3", "--catalog", str(catalog),
                            "--block-size", str(BLOCK), "--sketch-rank", str(RANK), "--device", "cpu")
     assert code == 0 and "sketch" in out and "blocks" in out
