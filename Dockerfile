@@ -24,15 +24,14 @@ RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0
 COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY mergehub ./mergehub
 COPY jobs ./jobs
-COPY bench ./bench
 COPY templates ./templates
 COPY static ./static
 COPY manage.py ./
-# gcc only to build the engine's compiled loops (setup.py); removed again in the same layer
+# gcc only to build the engine's compiled kernels (setup.py); removed again in the same layer
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install -c constraints.txt -e . \
-    && test -n "$(find mergehub/engine/native -name '_loops*.so')" \
+    && pip install -c constraints.txt -e '.[web]' \
+    && test -n "$(find mergehub/engine/kernels -name '_kernels*.so')" \
     && apt-get purge -y --auto-remove gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --verbosity 0 \

@@ -230,7 +230,7 @@ def pages() -> dict[str, str]:
         "run list, ?status=failed": f"{runs}?status=failed",
         "run list, ?status=succeeded&method=ties&page=2": f"{runs}?status=succeeded&method=ties&page=2",
         "run list, last page": f"{runs}?page=999999",
-        "dashboard": reverse("web:dashboard"),
+        "dashboard": reverse("dashboard:dashboard"),
         "checkpoint list": reverse("registry:list"),
     }
 

@@ -27,10 +27,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
+
+from mergehub.demo.synthetic import FAMILY_FILE
 from mergehub.engine.errors import ConfigError, MergeHubError
 from mergehub.engine.planner import parse_budget
 
-from .generate import FAMILY_FILE
 from .measure import (ChildResult, evict, files_under, inblock_works, raw_read_throughput, read_while_writing,
                       run_child)
 from .mergekit_env import BenchSetupError, mergekit_version, mergekit_yaml
@@ -40,7 +42,14 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MERGEKIT_VENV = REPO / ".venv-mergekit"
 DEFAULT_MERGEHUB = REPO / ".venv" / "bin" / "mergehub"
 DEFAULT_WORK_DIR = REPO / "bench" / "out"
-TOOLS = ("mergekit", "mergehub")
+TOOLS = ("mergekit", "mergehub", "mergehub-torch")
+# mergehub-torch: MergeHub with its compiled kernels switched off (the operators' torch statements)
+TOOL_ENV = {"mergehub-torch": {"MERGEHUB_NATIVE": "0"}}
+# (method, budget, least speedup over mergekit's full merge) and the methods held to
+# ``CEILING_TARGET`` of their disk ceiling (issue 26)
+SPEEDUP_TARGETS = (("task_arithmetic", "1", 4.0), ("ties", "1", 10.0), ("task_arithmetic", "0.1", 8.0))
+CEILING_METHODS = ("linear", "task_arithmetic")
+CEILING_TARGET = 0.70
 MANIFEST = "mergehub_manifest.json"
 
 
@@ -80,6 +89,8 @@ class Bench:
             raise ConfigError(f"no merge config {', '.join(missing)}: write it next to {FAMILY_FILE} "
                               "or choose --methods among the family's *.yaml")
         self.budgets = parse_budgets(args.budgets)
+        # methods without a base read whole models: MergeHub takes them at full budget only
+        self.baseless = {m for m, path in self.configs.items() if "base_model" not in yaml.safe_load(path.read_text())}
         self.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
         if not self.tools or set(self.tools) - set(TOOLS):
             raise ConfigError(f"--tools {args.tools!r}: use a comma-separated subset of {', '.join(TOOLS)}")
@@ -102,7 +113,7 @@ class Bench:
         if "mergekit" in self.tools:
             self.mergekit = mergekit_yaml(self.mergekit_venv, REPO / "constraints.txt")
         self.mergehub = Path(self.args.mergehub).absolute()
-        if "mergehub" in self.tools and not self.mergehub.is_file():
+        if any(t.startswith("mergehub") for t in self.tools) and not self.mergehub.is_file():
             raise BenchSetupError(f"{self.mergehub} not found: `pip install -e .` in the repo venv "
                                   "or pass --mergehub PATH")
 
@@ -118,14 +129,15 @@ class Bench:
         """Load each tool's interpreter and libraries once, untimed: we time merges, not imports."""
         if "mergekit" in self.tools:
             run_child([str(self.mergekit), "--help"], log=self.work / "warmup.log", env=self.env)
-        if "mergehub" in self.tools:
+        if any(t.startswith("mergehub") for t in self.tools):
             run_child([str(self.mergehub), "--help"], log=self.work / "warmup.log", env=self.env)
 
     # -- measured steps -------------------------------------------------------------------
-    def measured(self, argv: list[str], label: str) -> ChildResult:
+    def measured(self, argv: list[str], label: str, tool: str = "mergehub") -> ChildResult:
         evict(self.family_files + files_under(self.catalog))
         log = self.work / "last-run.log"
-        result = run_child(argv, log=log, sample_proc_io=not self.inblock_ok, env=self.env,
+        env = dict(self.env, **TOOL_ENV.get(tool, {}))
+        result = run_child(argv, log=log, sample_proc_io=not self.inblock_ok, env=env,
                            timeout_s=self.args.timeout)
         if result.timed_out:
             raise BenchRunError(f"{label} ran past --timeout {self.args.timeout:.0f} s and was killed "
@@ -155,9 +167,9 @@ class Bench:
             shutil.rmtree(self.out)
         argv = self.command(tool, method, budget)
         label = f"{tool} {method}" + (f" budget {budget}" if budget else "")
-        r = self.measured(argv, label)
+        r = self.measured(argv, label, tool)
         row = {"tool": tool, "method": method, "budget": budget, "run": run, "argv": argv, **asdict(r)}
-        if tool == "mergehub":
+        if tool != "mergekit":
             manifest = self.out / MANIFEST
             if not manifest.is_file():
                 raise BenchRunError(f"{label} exited 0 but wrote no {MANIFEST}: the CLI broke its contract")
@@ -177,7 +189,7 @@ class Bench:
         raw, raw_direct, read_write = [], [], []
         # what a full merge writes: one model's weights (the base's, or the first input's)
         out_bytes = sum(p.stat().st_size for p in files_under(self.models[0]) if p.suffix == ".safetensors")
-        index = self.index_experts() if "mergehub" in self.tools else []
+        index = self.index_experts() if any(t.startswith("mergehub") for t in self.tools) else []
         for run in range(self.args.runs):
             # The disk's speed drifts on shared machines (0.40–1.08 GB/s within two hours on one), so
             # the raw reads are taken once per round, next to the merges they are compared with.
@@ -195,9 +207,12 @@ class Bench:
             for method in self.methods:
                 if "mergekit" in self.tools:
                     self.runs.append(self.merge("mergekit", method, None, run))
-                if "mergehub" in self.tools:
-                    for budget in self.budgets:
-                        self.runs.append(self.merge("mergehub", method, budget, run))
+                for budget in self.budgets:  # with and without kernels back to back
+                    if method in self.baseless and parse_budget(budget).fraction != 1.0:
+                        continue  # (MergeHub refuses a budget it cannot plan without a base)
+                    for tool in ("mergehub", "mergehub-torch"):
+                        if tool in self.tools:
+                            self.runs.append(self.merge(tool, method, budget, run))
         results = {
             "command": command_line(self.argv), "family": str(self.family_root),
             "family_summary": self.family.get("shape"), "full_read_bytes": self.full_read_bytes,
@@ -241,28 +256,43 @@ def merge_seconds(run: dict) -> float | None:
     return ((run.get("metrics") or {}).get("seconds") or {}).get("total")
 
 
+def ceiling_share(m: dict, shared: float | None) -> float | None:
+    """How close the merge itself (start-up excluded) comes to its disk ceiling: bytes read
+    and written per merge second over the rate the disk moves them together."""
+    if not shared or m.get("merge_s") is None or m.get("written_bytes") is None:
+        return None
+    return (m["read_bytes"] + m["written_bytes"]) / m["merge_s"] / shared
+
+
 def report(results: dict, methods: list[str], budgets: list[str], tools: list[str], markdown: bool) -> str:
     med = medians(results["runs"])
     raw = statistics.median(results["raw_read_bytes_per_s"])
     full = results["full_read_bytes"]
     shared = statistics.median(results["read_write_bytes_per_s"]) if results.get("read_write_bytes_per_s") else None
     headers = ["method", "budget", "tool", "wall s", "read GB", "peak RSS GB", "speedup vs mergekit",
-               "% of raw", "merge s", "% of raw (merge)"] + (["disk ceiling"] if shared else [])
+               "kernels gain", "% of raw", "merge s", "% of raw (merge)"] \
+        + (["disk ceiling", "% of ceiling (merge)"] if shared else [])
     rows = []
     for method in methods:
         base = med.get((method, "mergekit", None))
-        keys = ([(method, "mergekit", None)] if "mergekit" in tools else []) + \
-               ([(method, "mergehub", b) for b in budgets] if "mergehub" in tools else [])
+        keys = [(method, "mergekit", None)] if "mergekit" in tools else []
+        keys += [(method, tool, b) for b in budgets for tool in ("mergehub", "mergehub-torch") if tool in tools]
         for key in keys:
+            if key not in med:
+                continue
             m = med[key]
             speedup = f"{base['wall_s'] / m['wall_s']:.2f}x" if base else "—"
+            without = med.get((method, "mergehub-torch", key[2])) if key[1] == "mergehub" else None
+            gain = f"{without['wall_s'] / m['wall_s']:.2f}x" if without else "—"
             merge_s = m["merge_s"]
+            share = ceiling_share(m, shared)
             rows.append([method, "full" if key[2] is None else key[2], key[1], f"{m['wall_s']:.2f}",
-                         f"{m['read_bytes'] / 1e9:.3f}", f"{m['peak_rss_bytes'] / 1e9:.2f}", speedup,
+                         f"{m['read_bytes'] / 1e9:.3f}", f"{m['peak_rss_bytes'] / 1e9:.2f}", speedup, gain,
                          f"{100 * m['read_bytes'] / m['wall_s'] / raw:.0f}%",
                          "—" if merge_s is None else f"{merge_s:.2f}",
                          "—" if merge_s is None else f"{100 * m['read_bytes'] / merge_s / raw:.0f}%"]
-                        + ([disk_ceiling(m, shared, raw)] if shared else []))
+                        + ([disk_ceiling(m, shared, raw), "—" if share is None else f"{100 * share:.0f}%"]
+                           if shared else []))
     shape = results.get("family_summary") or {}
     n_runs = max((m["n"] for m in med.values()), default=0)
     notes = [
@@ -292,10 +322,33 @@ def report(results: dict, methods: list[str], budgets: list[str], tools: list[st
     m = results["machine"]
     notes.append(f"machine: {m['cpus']} CPUs, {m['memory_gb']} GB RAM, {m['platform']}, "
                  f"mergekit {results['versions']['mergekit']}")
+    notes.append("kernels gain: the same merge's wall time without its compiled kernels (mergehub-torch, "
+                 "MERGEHUB_NATIVE=0) over its time with them; % of ceiling (merge): bytes read and written "
+                 "per merge second over the read-and-write rate above")
     table = format_table(headers, rows, markdown=markdown)
+    goals = targets(med, shared)
     if markdown:
-        return "\n".join(["```", *notes, "```", "", table])
-    return "\n".join([*notes, "", table])
+        return "\n".join(["```", *notes, "```", "", table] + (["", *goals] if goals else []))
+    return "\n".join([*notes, "", table] + (["", *goals] if goals else []))
+
+
+def targets(med: dict, shared: float | None) -> list[str]:
+    """Issue 26's targets, each with the measured value and whether it is met (those the
+    run measured)."""
+    lines = []
+    for method, budget, least in SPEEDUP_TARGETS:
+        mergekit, ours = med.get((method, "mergekit", None)), med.get((method, "mergehub", budget))
+        if mergekit and ours:
+            got = mergekit["wall_s"] / ours["wall_s"]
+            lines.append(f"target: {method} at budget {budget} ≥ {least:g}x mergekit's full merge: "
+                         f"{got:.2f}x ({'met' if got >= least else 'NOT met'})")
+    for method in CEILING_METHODS:
+        ours = med.get((method, "mergehub", "1"))
+        share = ceiling_share(ours, shared) if ours else None
+        if share is not None:
+            lines.append(f"target: {method} ≥ {100 * CEILING_TARGET:.0f}% of its disk ceiling (merge): "
+                         f"{100 * share:.0f}% ({'met' if share >= CEILING_TARGET else 'NOT met'})")
+    return ["- " + line for line in lines]
 
 
 def _spread(readings: list[float]) -> str:
@@ -330,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated; each needs METHOD.yaml in the family (default task_arithmetic,ties)")
     p.add_argument("--budgets", default="1,0.1", help="MergeHub budgets: fractions or sizes (default 1,0.1)")
     p.add_argument("--runs", type=int, default=3, help="runs of each measurement; medians are reported")
-    p.add_argument("--tools", default="mergekit,mergehub", help="which tools to run (default both)")
+    p.add_argument("--tools", default="mergekit,mergehub,mergehub-torch",
+                   help="which tools to run, among mergekit, mergehub and mergehub-torch (MergeHub without its "
+                        "compiled kernels); default all three")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--mergekit-venv", default=str(DEFAULT_MERGEKIT_VENV),
                    help="venv holding mergekit 0.1.5; created and installed when missing")

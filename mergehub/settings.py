@@ -58,6 +58,9 @@ def env_list(name: str, default: list[str], separators: str = ",") -> list[str]:
 
 DEBUG = env_bool("DEBUG", False)
 MERGEHUB_DATA_DIR = Path(env_str("MERGEHUB_DATA_DIR", str(BASE_DIR / "data"))).resolve()
+# The block catalog, shared with the `mergehub` command line, which reads the same variable;
+# empty: MERGEHUB_DATA_DIR/catalog, the command line's default too (mergehub/engine/locations.py).
+MERGEHUB_CATALOG = env_str("MERGEHUB_CATALOG", "")
 
 
 def secret_key_file(path: Path) -> str:
@@ -105,9 +108,12 @@ INSTALLED_APPS = [
     "mergehub.registry",
     "mergehub.runs",
     "mergehub.evaluation",
+    "mergehub.publishing",
     "mergehub.api",
     "mergehub.audit",
-    "mergehub.web",
+    "mergehub.reviews",
+    "mergehub.ui",
+    "mergehub.dashboard",
 ]
 
 MIDDLEWARE = [
@@ -186,6 +192,12 @@ MERGEHUB_GPU_FALLBACK_TO_CPU = env_bool("MERGEHUB_GPU_FALLBACK_TO_CPU", False)
 # Block size (bytes) for indexing and planning; 0 = the engine's default (1 MiB).
 MERGEHUB_BLOCK_SIZE = env_int("MERGEHUB_BLOCK_SIZE", 0)
 REDIS_URL = env_str("REDIS_URL", "")
+
+# --- getting the model out (docs/publishing.md) ---------------------------------------------------
+
+# The Hugging Face Hub that "Push to the Hub" uploads to; empty: huggingface_hub's own default
+# (its HF_ENDPOINT, else https://huggingface.co). A self-hosted Hub or a test server goes here.
+MERGEHUB_HF_ENDPOINT = env_str("MERGEHUB_HF_ENDPOINT", "")
 
 # --- evaluation (docs/evaluation.md) ------------------------------------------------------------
 

@@ -18,7 +18,7 @@ DEMO_MANAGE = $(DEMO_ENV) $(DEMO_VENV)/bin/python manage.py
 $(DEMO_VENV)/bin/python:
 	$(DEMO_PYTHON) -m venv $(DEMO_VENV)
 
-# setup.py builds the compiled loops (mergehub/engine/native/loops.c) with the C compiler
+# setup.py builds the compiled kernels (mergehub/engine/kernels/kernels.c) with the C compiler
 # A C compiler for it: installed when missing, as root, where apt-get exists (best effort: without
 # one the install still succeeds and the engine runs its torch path).
 build-deps:
@@ -26,10 +26,10 @@ build-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null; \
 	fi
 
-$(DEMO_VENV)/.mergehub-installed: $(DEMO_VENV)/bin/python pyproject.toml setup.py mergehub/engine/native/loops.c constraints.txt | build-deps
+$(DEMO_VENV)/.mergehub-installed: $(DEMO_VENV)/bin/python pyproject.toml setup.py mergehub/engine/kernels/kernels.c mergehub/engine/kernels/mergehub_kernels.h constraints.txt | build-deps
 	$(DEMO_VENV)/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
 		|| $(DEMO_VENV)/bin/pip install $(TORCH_PIP_ARGS) torch==2.13.0
-	$(DEMO_VENV)/bin/pip install -c constraints.txt -e '.[test]'
+	$(DEMO_VENV)/bin/pip install -c constraints.txt -e '.[web,test]'
 	touch $@
 
 demo-install: $(DEMO_VENV)/.mergehub-installed

@@ -54,10 +54,14 @@ def mergehub_env(request, tmp_path, monkeypatch):
     from django_q.conf import Conf
 
     settings.MERGEHUB_DATA_DIR = tmp_path / "data"
+    settings.MERGEHUB_CATALOG = ""  # the catalog follows the data dir, whatever the shell exports
     settings.MERGEHUB_CHECKPOINT_ROOTS = [tmp_path]
     settings.MERGEHUB_BLOCK_SIZE = 256  # small blocks so tiny fixtures have several blocks per tensor
     settings.MERGEHUB_HEARTBEAT_TIMEOUT = 120
     settings.MERGEHUB_JOB_TIMEOUT = 600
+    # every test user's password is hashed once at creation: the default PBKDF2 (a million
+    # rounds, ~1 s each on a busy 2-core machine) would dominate the suite's time
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     monkeypatch.setattr(Conf, "SYNC", True)
     yield settings
 

@@ -24,6 +24,9 @@ class Team(models.Model):
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # whether a run's author may approve their own run in review (mergehub/reviews); off, a run
+    # needs another member's approval
+    allow_self_approval = models.BooleanField(default=False)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership",
                                      related_name="teams")
 

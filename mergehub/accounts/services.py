@@ -1,5 +1,5 @@
 """Writes for teams and memberships: team self-service (create a team, invite, change roles,
-remove members, leave).
+remove members, leave) and the team's review policy.
 
 The rules: any signed-in user may create a team and becomes its admin; only a team's admins
 manage its members; a team always keeps at least one admin, so no removal, role change or
@@ -148,6 +148,19 @@ def leave_team(*, team: Team, user) -> None:
         _keep_an_admin(team, message)
     membership.delete()
     _record_member(membership, user, AuditEvent.Action.MEMBER_LEFT, {"role": membership.role})
+
+
+@transaction.atomic
+def set_review_policy(*, team: Team, allow_self_approval: bool, by) -> Team:
+    """Whether authors may approve their own runs in ``team`` (mergehub/reviews). Team admins only."""
+    require_role(user=by, team=team, role=Role.ADMIN, action="change the team's review policy")
+    current = Team.objects.select_for_update().get(pk=team.pk)
+    if current.allow_self_approval != allow_self_approval:
+        current.allow_self_approval = allow_self_approval
+        current.save(update_fields=["allow_self_approval"])
+        record(team=current, actor=by, action=AuditEvent.Action.TEAM_SETTINGS_CHANGED, target=current,
+               details={"allow_self_approval": allow_self_approval})
+    return current
 
 
 @transaction.atomic

@@ -10,8 +10,8 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from mergehub.web.errors import add_service_errors
-from mergehub.web.teams import current_team, switch_team as set_current_team
+from mergehub.accounts.current_team import current_team, switch_team as set_current_team
+from mergehub.ui.form_errors import add_service_errors
 
 from . import services
 from .forms import CreateTeamForm, InviteMemberForm, RoleForm
@@ -47,7 +47,7 @@ def switch_team(request):
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
                                            require_https=request.is_secure()):
-        target = "web:dashboard"
+        target = "dashboard:dashboard"
     return redirect(target)
 
 
@@ -108,6 +108,18 @@ def member_remove(request, slug, pk):
         messages.success(request, f"You left {team.name}.")
         return redirect("accounts:teams")
     messages.success(request, f"Removed {membership.user.get_username()} from {team.name}.")
+    return redirect("accounts:team", slug=team.slug)
+
+
+@login_required
+@require_POST
+def review_policy(request, slug):
+    """Team admins: whether authors may approve their own runs (the team page's checkbox)."""
+    team = get_team_for(user=request.user, slug=slug)
+    allow = request.POST.get("allow_self_approval") == "on"
+    services.set_review_policy(team=team, allow_self_approval=allow, by=request.user)
+    messages.success(request, "Authors may now approve their own runs." if allow
+                     else "A run now needs the approval of a member other than its author.")
     return redirect("accounts:team", slug=team.slug)
 
 

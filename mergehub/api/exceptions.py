@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 
 
 def field_errors(error: DjangoValidationError) -> dict:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.urls import reverse
+from django.utils.functional import lazy
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from mergehub.engine.api import DEFAULT_SKETCH_RANK, MAX_SKETCH_RANK, parse_block_size
-from mergehub.engine.errors import ConfigError
+from mergehub.engine import api as engine
+from mergehub.engine.api import ConfigError, parse_block_size
 from mergehub.jobs.models import Job
 
 
@@ -91,11 +92,16 @@ class ReferenceListField(serializers.ListField):
         return values
 
 
-SKETCH_RANK_HELP = ("Rank of the low-rank sketches of each expert's delta that a budgeted plan may read in place "
-                    "of exact blocks it leaves out (their bytes count against the budget): a whole number from 0 "
-                    f"(off) to {MAX_SKETCH_RANK}, at most the rank the experts were indexed with. Default: the "
-                    "config's mergehub section, else the method's default (rank "
-                    f"{DEFAULT_SKETCH_RANK}; sketches were measured to help every method that has a base model).")
+def _sketch_rank_help() -> str:
+    return ("Rank of the low-rank sketches of each expert's delta that a budgeted plan may read in place "
+            "of exact blocks it leaves out (their bytes count against the budget): a whole number from 0 "
+            f"(off) to {engine.MAX_SKETCH_RANK}, at most the rank the experts were indexed with. Default: the "
+            "config's mergehub section, else the method's default (rank "
+            f"{engine.DEFAULT_SKETCH_RANK}; sketches were measured to help every method that has a base model).")
+
+
+# Lazy: the engine's numbers are looked up (importing torch) when the schema is first rendered.
+SKETCH_RANK_HELP = lazy(_sketch_rank_help, str)()
 
 
 def sketch_rank_field(**kwargs) -> serializers.IntegerField:

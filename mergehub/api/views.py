@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from mergehub.accounts.models import Role
 from mergehub.accounts.selectors import get_team_for, has_role
-from mergehub.web.errors import add_service_errors
+from mergehub.ui.form_errors import add_service_errors
 
 from . import tokens
 from .forms import CreateTokenForm

@@ -13,6 +13,7 @@ from mergehub.accounts.models import Team
 class AuditEvent(models.Model):
     class Action(models.TextChoices):
         TEAM_CREATED = "team.created", "Team created"
+        TEAM_SETTINGS_CHANGED = "team.settings_changed", "Team settings changed"
         MEMBER_ADDED = "member.added", "Member added"
         MEMBER_ROLE_CHANGED = "member.role_changed", "Member's role changed"
         MEMBER_REMOVED = "member.removed", "Member removed"
@@ -25,10 +26,11 @@ class AuditEvent(models.Model):
         RUN_STARTED = "run.started", "Run started"
         RUN_CANCELLED = "run.cancelled", "Run cancelled"
         RUN_RETRIED = "run.retried", "Run retried"
-        # Review decisions (approving or rejecting a merged model) are not built yet. When they
-        # are, add their actions here ("review.approved", "review.rejected", target: the run),
-        # record them from the review service like the actions above, and add a migration
-        # (choices only: no schema change).
+        REVIEW_REQUESTED = "review.requested", "Review requested"
+        REVIEW_APPROVED = "review.approved", "Run approved"
+        REVIEW_CHANGES_REQUESTED = "review.changes_requested", "Changes requested"
+        REVIEW_WITHDRAWN = "review.withdrawn", "Review request withdrawn"
+        MODEL_PUSHED = "model.pushed", "Merged model pushed to the Hub"
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="audit_events")
     # The account that acted; None once that account is deleted, or for MergeHub itself (the

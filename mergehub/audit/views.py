@@ -4,7 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
 from mergehub.accounts.selectors import get_team_for
-from mergehub.web.pagination import paginate
+from mergehub.ui.pagination import paginate
 
 from . import selectors
 from .models import AuditEvent

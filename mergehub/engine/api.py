@@ -13,37 +13,44 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
-from . import manifest as manifest_mod
-from .blocks import DEFAULT_BLOCK_SIZE, parse_size
-from .catalog import Catalog, IndexEntry, check_compatible
-from .config import load_config, parse_config, to_mergekit_yaml
-from .config_types import MergeConfig
-from .control import CancelFn, Control, ProgressFn
-from .dtypes import CONFIG_NAME, torch_dtype
-from .errors import MergeHubError, ReplayMismatch
-from .executor import Executor, pick_device
-from .layout import ModelLayout, read_model_layout
-from .planner import Plan, make_plan, parse_budget, expand_ranges
+# Torch-free modules only: importing this module must not import torch, so that a web process
+# starts without it and imports it when a page first needs the engine. The torch-backed
+# modules are imported inside the functions below, and the names apps use from them are
+# resolved on first access (``__getattr__`` at the end of this file).
+from .control import CancelFn, Control, Progress, ProgressFn
+from .errors import (BudgetError, Cancelled, ConfigError, DiskFull, InvalidCheckpoint, MergeHubError,
+                     MismatchedCheckpoints, NonFiniteOutput, OutputExists, ReplayMismatch)
+from .locations import catalog_in
+from .model_files import INDEX_NAME as SHARDED_INDEX_NAME, SINGLE_NAME as SINGLE_FILE_NAME
 from .prefetch import Prefetch
 from .publish import Staging, check_target
-from .sketch import DEFAULT_SKETCH_RANK, MAX_SKETCH_RANK, check_rank
-from .writer import DEFAULT_OUTPUT_HASH, DEFAULT_SHARD_BYTES, ShardedWriter
+from .units import binary_size
+
+if TYPE_CHECKING:
+    from .catalog import IndexEntry
+    from .config_types import MergeConfig
+    from .layout import ModelLayout
+    from .planner import Plan
 
 __all__ = ["inspect_model", "check_compatible", "index_model", "load_config", "load_config_mapping",
            "plan_merge", "run_merge", "sweep", "replay", "read_manifest", "NotIndexed", "MergeResult", "PlanReport"]
 
-PlanReport = Plan
-read_manifest = manifest_mod.read
+
+def read_manifest(path):
+    """The manifest dict of an output directory (or of a manifest path), or InvalidCheckpoint."""
+    from . import manifest as manifest_mod
+    return manifest_mod.read(path)
 
 
 class NotIndexed(MergeHubError):
@@ -51,10 +58,12 @@ class NotIndexed(MergeHubError):
 
 
 def inspect_model(path: str | os.PathLike) -> ModelLayout:
+    from .layout import read_model_layout
     return read_model_layout(path)
 
 
 def load_config_mapping(mapping: dict, base_dir: Path | None = None) -> MergeConfig:
+    from .config import parse_config
     return parse_config(mapping, base_dir=base_dir)
 
 
@@ -70,10 +79,14 @@ class IndexSummary:
 
 def index_model(model_dir, base_dir, *, catalog_dir=None, block_size: int | None = None,
                 force: bool = False, progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None, sketch_rank: int = DEFAULT_SKETCH_RANK) -> IndexSummary:
-    """Index an expert against its base, with low-rank sketches of ``sketch_rank`` (0: none).
-    An entry that is current is kept (a rank-0 request accepts any rank)."""
-    sketch_rank = check_rank(sketch_rank)
+                cancel: CancelFn | None = None, sketch_rank: int | None = None) -> IndexSummary:
+    """Index an expert against its base, with low-rank sketches of ``sketch_rank`` (0: none;
+    None: DEFAULT_SKETCH_RANK). An entry that is current is kept (a rank-0 request accepts any rank)."""
+    from .blocks import DEFAULT_BLOCK_SIZE
+    from .catalog import Catalog
+    from .layout import read_model_layout
+    from .sketch import DEFAULT_SKETCH_RANK, check_rank
+    sketch_rank = check_rank(DEFAULT_SKETCH_RANK if sketch_rank is None else sketch_rank)
     base, expert = read_model_layout(base_dir), read_model_layout(model_dir)
     entries, todo = Catalog(catalog_dir).ensure([expert], base, block_size or DEFAULT_BLOCK_SIZE,
                                                 Control(progress, cancel), force=force,
@@ -85,6 +98,7 @@ def merge_sketch_rank(config: MergeConfig, requested: int | None = None) -> int:
     """The sketch rank a budgeted merge uses: ``requested`` (a CLI flag, a form), else the
     config's ``mergehub: {sketch_rank: N}``, else the default for operators whose quality
     sketches were measured to help (``Operator.sketches_by_default``), else 0 (off)."""
+    from .sketch import DEFAULT_SKETCH_RANK, check_rank
     if requested is not None:
         return check_rank(requested)
     meta = config.raw.get("mergehub") if isinstance(config.raw, dict) else None
@@ -105,6 +119,8 @@ class _Inputs:
 
 def _open_inputs(config: MergeConfig, catalog_dir, block_size: int, control: Control,
                  index_missing: bool, sketch_rank: int = 0) -> _Inputs:
+    from .catalog import Catalog, check_compatible
+    from .layout import read_model_layout
     base = read_model_layout(config.base_model.path) if config.base_model else None
     experts = [read_model_layout(m.path) for m in config.models]
     reference = base or experts[0]
@@ -133,6 +149,8 @@ def plan_merge(config: MergeConfig, *, budget=1.0, catalog_dir=None, block_size:
                sketch_rank: int | None = None) -> Plan:
     """Plan from the catalog alone: no expert weight is read (unless ``index_missing``).
     ``sketch_rank``: see merge_sketch_rank."""
+    from .blocks import DEFAULT_BLOCK_SIZE
+    from .planner import make_plan, parse_budget
     block_size = block_size or DEFAULT_BLOCK_SIZE
     budget_obj = parse_budget(budget)  # a bad budget fails before any indexing
     rank = merge_sketch_rank(config, sketch_rank)
@@ -157,17 +175,26 @@ def _changed_access(inputs: _Inputs) -> list[dict[str, list[int]]]:
 def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device: str = "auto",
               block_size: int | None = None, catalog_dir=None, force: bool = False,
               measure_deviation: bool = False, progress: ProgressFn | None = None,
-              cancel: CancelFn | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
+              cancel: CancelFn | None = None, shard_bytes: int | None = None,
               access: list[dict[str, list[int]]] | None = None,
               verify: Callable[[dict], None] | None = None,
-              prefetch: Prefetch | None = None, output_hash: str = DEFAULT_OUTPUT_HASH,
+              prefetch: Prefetch | None = None, output_hash: str | None = None,
               sketch_rank: int | None = None, sketches: list[list[str]] | None = None) -> MergeResult:
     """Merge and publish atomically. ``access`` replays a recorded access set; ``verify`` sees
     the manifest before publishing and may raise to publish nothing. ``prefetch``: a page-cache
     warm-up the caller started (prefetch.py, which the caller also stops on errors); it is
     stopped before the first read, and what it read is counted with the merge's reads.
     ``output_hash``: how the output files are hashed (writer.OUTPUT_HASHES). ``sketch_rank``: see
-    merge_sketch_rank; ``sketches`` replays a recorded plan's sketches (with ``access``)."""
+    merge_sketch_rank; ``sketches`` replays a recorded plan's sketches (with ``access``).
+    ``shard_bytes`` and ``output_hash`` default to the writer's DEFAULT_SHARD_BYTES and
+    DEFAULT_OUTPUT_HASH."""
+    from . import manifest as manifest_mod
+    from .blocks import DEFAULT_BLOCK_SIZE
+    from .executor import Executor, pick_device
+    from .planner import make_plan, parse_budget
+    from .writer import DEFAULT_OUTPUT_HASH, DEFAULT_SHARD_BYTES, ShardedWriter
+    shard_bytes = DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes
+    output_hash = DEFAULT_OUTPUT_HASH if output_hash is None else output_hash
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_target(out_dir.absolute(), force)  # fail before any work
@@ -281,6 +308,7 @@ def _input_hashes(config: MergeConfig, inputs: _Inputs, plan: Plan) -> dict:
 
 def _config_mapping(config: MergeConfig) -> dict:
     """The config with absolute model paths: what replay re-parses."""
+    from .config import to_mergekit_yaml
     return yaml.safe_load(to_mergekit_yaml(config))
 
 
@@ -294,6 +322,7 @@ def _copy_extra_files(source: ModelLayout, dest: Path, config: MergeConfig) -> N
 
 
 def _write_model_config(src: Path, dest: Path, source: ModelLayout, config: MergeConfig) -> None:
+    from .dtypes import CONFIG_NAME, torch_dtype
     try:
         data = json.loads(src.read_text())
     except (OSError, ValueError):
@@ -313,6 +342,9 @@ def sweep(config: MergeConfig, budgets: list, *, seed: int = 0, device: str = "a
     Each row has ``"mode"``: "sketch" (plans that may use sketches of ``sketch_rank``, see
     merge_sketch_rank) or "blocks"; with sketches on, every budget gets both rows. Where the catalog holds no sketch (no tensor is big enough for one at this
     rank), only "blocks" rows."""
+    from .blocks import DEFAULT_BLOCK_SIZE
+    from .executor import Executor, pick_device
+    from .planner import make_plan, parse_budget
     block_size = block_size or DEFAULT_BLOCK_SIZE
     control = Control(progress, cancel)
     parsed = [parse_budget(b) for b in budgets]  # bad budgets fail before any indexing
@@ -345,6 +377,10 @@ def replay(manifest_path, out_dir, *, force: bool = False, catalog_dir=None, dev
            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> MergeResult:
     """Re-run a manifest with its recorded access set; ReplayMismatch (and nothing published)
     unless bit-identical."""
+    from . import manifest as manifest_mod
+    from .config import parse_config
+    from .planner import expand_ranges
+    from .writer import DEFAULT_SHARD_BYTES
     doc = manifest_mod.read(manifest_path)
     config = parse_config(doc["config"])
     manifest_mod.check_replayable(doc, config.operator.uses_random_stream)
@@ -361,11 +397,80 @@ def replay(manifest_path, out_dir, *, force: bool = False, catalog_dir=None, dev
 
 
 def parse_block_size(text: Any) -> int:
+    from .blocks import parse_size
     return parse_size(text, "block size")
 
 
-__all__ += ["parse_block_size", "ReplayMismatch", "IndexSummary", "merge_sketch_rank", "DEFAULT_SKETCH_RANK",
-            "MAX_SKETCH_RANK", "check_sketch_rank"]
+def operator_specs() -> dict:
+    """Every merge method by name: its Operator spec (parameters, defaults, whether it merges
+    against a base, whether sketches are on by default)."""
+    from .operators.registry import OPERATORS, _load_all
+    _load_all()
+    return dict(OPERATORS)
 
-# the rule for a sketch rank (a whole number from 0, off, to MAX_SKETCH_RANK), for the apps
-check_sketch_rank = check_rank
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (imports torch)."""
+    import torch
+    return torch.cuda.is_available()
+
+
+def import_torch_modules() -> None:
+    """Import the torch-backed engine modules now rather than on first use (the CLI does, with
+    the cyclic GC paused)."""
+    for module in sorted({module for module, _ in _LAZY_EXPORTS.values()} | {".executor", ".writer"}):
+        importlib.import_module(module, __package__)
+
+
+# Names from torch-backed modules, imported on first access: {name here: (module, name there)}.
+_LAZY_EXPORTS = {
+    "PlanReport": (".planner", "Plan"),
+    "parse_budget": (".planner", "parse_budget"),
+    "base_only_warning": (".planner", "base_only_warning"),
+    "check_compatible": (".catalog", "check_compatible"),
+    "load_config": (".config", "load_config"),
+    "parse_config": (".config", "parse_config"),
+    "to_mergekit_yaml": (".config", "to_mergekit_yaml"),
+    "load_yaml": (".config", "load_yaml"),
+    "dump_yaml": (".config", "dump_yaml"),
+    "check_config_keys": (".config", "check_keys"),
+    "CONFIG_KEYS": (".config", "ALLOWED_KEYS"),
+    "MODEL_ENTRY_KEYS": (".config", "MODEL_ENTRY_KEYS"),
+    "layer_index": (".config", "layer_index"),
+    "CONFIG_DTYPE_NAMES": (".dtypes", "CONFIG_NAME"),
+    "SAFETENSORS_DTYPE_NAMES": (".dtypes", "TORCH_TO_SAFETENSORS"),
+    "parse_size": (".blocks", "parse_size"),
+    "parse_config_dtype": (".dtypes", "parse_config_dtype"),
+    "DEFAULT_SKETCH_RANK": (".sketch", "DEFAULT_SKETCH_RANK"),
+    "MAX_SKETCH_RANK": (".sketch", "MAX_SKETCH_RANK"),
+    # the rule for a sketch rank (a whole number from 0, off, to MAX_SKETCH_RANK), for the apps
+    "check_sketch_rank": (".sketch", "check_rank"),
+    "MANIFEST_FILENAME": (".manifest", "FILENAME"),
+    "Operator": (".operators.base", "Operator"),
+    "OperatorParam": (".operators.base", "Param"),
+    "REQUIRED": (".operators.base", "REQUIRED"),
+    "get_operator": (".operators.registry", "get_operator"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _LAZY_EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __package__), attribute)
+    globals()[name] = value
+    return value
+
+
+__all__ += ["parse_block_size", "ReplayMismatch", "IndexSummary", "merge_sketch_rank", "DEFAULT_SKETCH_RANK",
+            "MAX_SKETCH_RANK", "check_sketch_rank", "operator_specs", "cuda_available", "import_torch_modules",
+            # torch-free, imported with this module
+            "CancelFn", "Control", "Progress", "ProgressFn", "Staging", "catalog_in", "binary_size",
+            "SHARDED_INDEX_NAME", "SINGLE_FILE_NAME",
+            "BudgetError", "Cancelled", "ConfigError", "DiskFull", "InvalidCheckpoint", "MergeHubError",
+            "MismatchedCheckpoints", "NonFiniteOutput", "OutputExists",
+            # torch-backed, imported on first access
+            *(name for name in _LAZY_EXPORTS if name not in ("PlanReport", "check_compatible", "load_config",
+                                                             "DEFAULT_SKETCH_RANK", "MAX_SKETCH_RANK",
+                                                             "check_sketch_rank"))]

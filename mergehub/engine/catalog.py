@@ -31,24 +31,17 @@ from pathlib import Path
 import torch
 import xxhash
 
-from . import native
 from .blocks import DEFAULT_BLOCK_SIZE, partition, rows_per_block
 from .buffers import retained_heap
 from .control import Control
 from .errors import MismatchedCheckpoints
 from .layout import ModelLayout
+from .locations import default_catalog_dir
 from .reader import RangeReader
 from .sketch import DEFAULT_SKETCH_RANK, factor_dtype, sketch_bytes, sketch_delta, tensor_rungs, write_factors
 
 CATALOG_FORMAT = 3  # 3: low-rank sketches (residual, sketch_bytes, sketch_rank, sketch_file)
 CHUNK_BYTES = 64 << 20  # rows read per step while indexing
-
-
-def default_catalog_dir() -> Path:
-    env = os.environ.get("MERGEHUB_CATALOG")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergehub" / "catalog"
 
 
 def fingerprint(layout: ModelLayout) -> list[list]:
@@ -360,26 +353,7 @@ def _block_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, b
         s, e = r * row_bytes, min(r + rpb, nrows) * row_bytes
         st.hash.append(xxhash.xxh3_128_hexdigest(ebytes[s:e]))
         changed.append(ebytes[s:e] != base_bytes[s:e])
-    flat, flat_base = rows.reshape(-1), base_rows.reshape(-1)
-    if any(changed) and native.supports(flat_base, flat):
-        _compiled_block_stats(st, flat_base, flat, changed, rows.numel() // nrows * rpb)
-    else:
-        _torch_block_stats(st, base_rows, rows, changed, rpb)
-
-
-def _compiled_block_stats(st: TensorStats, base: torch.Tensor, x: torch.Tensor, changed: list[bool],
-                          block: int) -> None:
-    """_torch_block_stats in one compiled pass over the chunk (its float64 sums of squares in
-    another order: equal to ~1e-16)."""
-    squares, tops, nonzero, nonfinite = native.block_stats(x, base, block)
-    if nonfinite and x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
-        st.nonfinite = True  # flagged for the expert's own values, as the torch path does
-    for k, is_changed in enumerate(changed):
-        st.changed.append(is_changed)
-        size = min(block, x.numel() - k * block)
-        st.norm.append(math.sqrt(squares[k]) if is_changed else 0.0)
-        st.max_abs.append(float(tops[k]) if is_changed else 0.0)
-        st.nonzero.append(nonzero[k] / max(1, size) if is_changed else 0.0)
+    _torch_block_stats(st, base_rows, rows, changed, rpb)
 
 
 def _torch_block_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, changed: list[bool],

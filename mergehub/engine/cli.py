@@ -34,7 +34,9 @@ def _import_engine() -> None:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        from . import api  # noqa: F401
+        from . import api
+
+        api.import_torch_modules()  # api itself imports torch lazily: do it now, GC paused
     finally:
         gc.freeze()
         if collecting:
@@ -70,10 +72,14 @@ class _Bar:
             self.bar = None
 
 
+CATALOG_HELP = ("catalog directory (default: $MERGEHUB_CATALOG, else $MERGEHUB_DATA_DIR/catalog, the "
+                "web app's, else ~/.cache/mergehub/catalog)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--block-size", default=None, help="block size, e.g. 1MiB (default 1MiB)")
-    p.add_argument("--catalog", default=None, help="catalog directory (default $MERGEHUB_CATALOG "
-                                                     "or ~/.cache/mergehub/catalog)")
+    p.add_argument("--block-size", default=None,
+                   help="block size, e.g. 1MiB (default $MERGEHUB_BLOCK_SIZE, as the web app, else 1MiB)")
+    p.add_argument("--catalog", default=None, help=CATALOG_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of random operators (default 0)")
 
 
@@ -128,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("manifest")
     r.add_argument("out_dir")
     r.add_argument("--force", action="store_true")
-    r.add_argument("--catalog", default=None)
+    r.add_argument("--catalog", default=None, help=CATALOG_HELP)
     r.add_argument("--device", default=None, choices=["cpu", "cuda"])
 
     fam = sub.add_parser("family", help="the demo family: a tiny Llama base and four task experts")
@@ -153,9 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _block_size(args) -> int:
+    """--block-size, else the web app's MERGEHUB_BLOCK_SIZE (0 or unset: the default), so that
+    both key their catalog entries alike and neither re-indexes what the other indexed."""
     from .blocks import DEFAULT_BLOCK_SIZE, parse_size
 
-    return parse_size(args.block_size, "--block-size") if args.block_size else DEFAULT_BLOCK_SIZE
+    if args.block_size:
+        return parse_size(args.block_size, "--block-size")
+    shared = os.environ.get("MERGEHUB_BLOCK_SIZE", "").strip()
+    if shared and shared != "0":
+        return parse_size(shared, "MERGEHUB_BLOCK_SIZE")
+    return DEFAULT_BLOCK_SIZE
 
 
 def _cmd_merge(args, bar, prefetch: Prefetch | None = None) -> int:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import kernels
 from .blocks import block_count, rows_per_block
 from .buffers import ALIGN, MAX_KEPT_BYTES, TILE_ELEMENTS, Slab, SlabPool, retained_heap
 from .config import count_layers, layer_index
@@ -299,7 +300,16 @@ class Executor:
         info = self.ref_layout.tensors[unit.tensor]
         work = self._work_dtype(info)
         inputs = [base if x is None else self._input(x, work) for x in inputs_for]
-        return self.op.merge(base, inputs, p, self._context(loaded, rows))
+        ctx = self._context(loaded, rows)
+        merged = self._through_kernel(base, inputs, p, ctx, work, work)
+        return merged if merged is not None else self.op.merge(base, inputs, p, ctx)
+
+    def _through_kernel(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p, ctx: MergeContext,
+                        work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """The operator's merge through its compiled kernel (engine/kernels), in ``out_dtype``,
+        when one is registered and takes these tensors; else None."""
+        kernel = kernels.find(self.op.name, "merge", base if self.uses_base else None, inputs, p, work, out_dtype)
+        return None if kernel is None else kernel.run(base if self.uses_base else None, inputs, p, ctx, out_dtype)
 
     def _context(self, loaded: Loaded, rows: tuple[int, int] | None = None) -> MergeContext:
         unit = loaded.unit
@@ -330,7 +340,10 @@ class Executor:
         sketched = any(unit.tensor in s for s in self.sketches)
         if self.device.type == "cpu" and not self.evaluate and not sketched:
             stored = [loaded.base if x is None else x for x in inputs]
-            merged = self.op.merge_stored(loaded.base, stored, p, self._context(loaded), work, out_dtype)
+            ctx = self._context(loaded)
+            merged = self._through_kernel(loaded.base, stored, p, ctx, work, out_dtype)
+            if merged is None:
+                merged = self.op.merge_stored(loaded.base, stored, p, ctx, work, out_dtype)
             if merged is not None:
                 return merged
         if self.evaluate or unit.whole or self.device.type != "cpu":

@@ -148,9 +148,18 @@ def check_replayable(doc: dict, random_stream: bool) -> None:
             f"{method} {what}, so this version ({__version__}) gives other results; {again}")
 
 
+def _input_identity(inputs: dict) -> tuple:
+    """The inputs as replay must find them: each model's directory and file hashes, base first.
+    Not the names the config gave them: a merge whose YAML said ``./expert`` is replayed from its
+    manifest, which records the resolved directory."""
+    def one(entry):
+        return (entry or {}).get("path"), (entry or {}).get("files")
+    return one(inputs.get("base")), tuple(one(m) for m in inputs.get("models") or [])
+
+
 def verify_replay(original: dict, replayed: dict) -> None:
     """Inputs must be the recorded ones and every output file bit-identical."""
-    if original["inputs"] != replayed["inputs"]:
+    if _input_identity(original["inputs"]) != _input_identity(replayed["inputs"]):
         raise ReplayMismatch("the input files differ from the ones the manifest recorded "
                              "(different hashes); replay needs the original checkpoints")
     if original["plan"]["digest"] != replayed["plan"]["digest"]:

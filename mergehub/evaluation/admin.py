@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from mergehub.web.admin_display import json_details
+from mergehub.ui.admin_display import json_details
 
 from .models import EvalResult, EvalTask, EvaluationJob, FamilyJob, SweepJob
 

@@ -1,5 +1,5 @@
 """Plotly figures for evaluation: the benchmark bars of a run report or a checkpoint, and the
-three quality-versus-budget charts of a sweep (see mergehub/web/charts.py for how pages
+three quality-versus-budget charts of a sweep (see mergehub/ui/charts.py for how pages
 embed a ``Chart``). Builders take the plain rows the selectors return and give ``None`` when
 there is nothing to draw. A sweep whose points come in two modes (selectors.MODE_LABELS: with
 low-rank sketches, and exact blocks only) gets one curve per mode on the same axes."""
@@ -10,8 +10,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from mergehub.web.charts import PALETTE, Chart, _bytes_axis, _layout
-from mergehub.web.formatting import human_bytes
+from mergehub.ui.charts import PALETTE, Chart, apply_layout, bytes_axis
+from mergehub.ui.formatting import human_bytes
 
 from .selectors import BLOCKS, MODE_LABELS, SKETCH
 
@@ -48,7 +48,7 @@ def benchmark_chart(tasks: list[str], rows: list[dict[str, Any]], *, chart_id: s
                            "<br>95% CI %{customdata[2]:.3f}–%{customdata[3]:.3f}, n=%{customdata[1]}<extra></extra>"))
         experts += row["role"] == "expert"
     higher = all(r.higher_is_better for row in rows for r in row["results"].values() if r)
-    _layout(fig, barmode="group", xaxis={"type": "category"},
+    apply_layout(fig, barmode="group", xaxis={"type": "category"},
             yaxis={"title": "score", "rangemode": "tozero", **({"range": [0, 1.05]} if _unit_scores(rows) else {})})
     return Chart(chart_id, title,
                  "Score per task for each model, with 95% intervals"
@@ -131,7 +131,7 @@ def sweep_score_chart(points: list[dict[str, Any]], tasks: list[str], references
     if base is not None:
         fig.add_hline(y=sum(base["scores"].get(t, 0.0) for t in tasks) / len(tasks), line_dash="dash",
                       line_color=PALETTE["base"], annotation_text="base mean", annotation_position="top left")
-    _layout(fig, xaxis=_budget_axis(), yaxis={"title": "score", "rangemode": "tozero"}, height=_height(compare))
+    apply_layout(fig, xaxis=_budget_axis(), yaxis={"title": "score", "rangemode": "tozero"}, height=_height(compare))
     if compare:
         caption = ("Each budget's merge, written and scored, with low-rank sketches (sketch + blocks) and with"
                    " exact blocks only: the mean over the tasks (click a task in the legend for its own curves),"
@@ -171,7 +171,7 @@ def sweep_deviation_chart(points: list[dict[str, Any]]) -> Chart | None:
                         visible="legendonly" if compare else True,
                         line={"color": PALETTE["read"], "dash": style["dash"] if compare else "solid"},
                         hovertemplate="%{fullData.name}: %{y:.3g}<extra></extra>")
-    _layout(fig, xaxis=_budget_axis(), yaxis={"title": "relative deviation", "rangemode": "tozero"}, height=_height(compare))
+    apply_layout(fig, xaxis=_budget_axis(), yaxis={"title": "relative deviation", "rangemode": "tozero"}, height=_height(compare))
     caption = "Measured exactly for every budget in one pass over the data (the engine's sweep)."
     if compare:
         caption = ("‖Δ_A − Δ_full‖ / ‖Δ_full‖ with low-rank sketches (sketch + blocks) and with exact blocks only, "
@@ -219,7 +219,7 @@ def sweep_bytes_chart(points: list[dict[str, Any]]) -> Chart | None:
                                     "symbol": "diamond" if mode == SKETCH and compare else "circle"},
                             customdata=[human_bytes(v) for v in read],
                             hovertemplate="%{fullData.name}: %{customdata}<extra></extra>")
-    _layout(fig, xaxis=_budget_axis(), yaxis=_bytes_axis(top), height=_height(compare))
+    apply_layout(fig, xaxis=_budget_axis(), yaxis=bytes_axis(top), height=_height(compare))
     measured = ("storage reads are measured where the budget's merge was written (a warm page cache makes"
                 " them lower).")
     if compare:

@@ -10,8 +10,7 @@ from pathlib import Path
 from django.conf import settings
 
 from mergehub import scoring
-from mergehub.engine.control import Progress
-from mergehub.engine.errors import ConfigError
+from mergehub.engine.api import ConfigError, Progress
 from mergehub.jobs.runner import JobRunner
 from mergehub.registry import pinning
 from mergehub.registry.models import Checkpoint

@@ -9,8 +9,7 @@ from __future__ import annotations
 import shutil
 
 from mergehub.engine import api as engine
-from mergehub.engine.control import Progress
-from mergehub.engine.errors import ConfigError
+from mergehub.engine.api import ConfigError, Progress
 from mergehub.jobs.runner import JobRunner
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import catalog_dir, sweep_output_dir

@@ -11,8 +11,7 @@ from django.db import transaction
 
 from mergehub.accounts.models import Role, Team
 from mergehub.accounts.services import require_role
-from mergehub.engine import errors
-from mergehub.engine.planner import parse_budget
+from mergehub.engine import api as engine
 from mergehub.jobs import dispatch
 from mergehub.jobs.control import request_cancel
 from mergehub.jobs.joblog import log_entry
@@ -36,11 +35,11 @@ def parse_budgets(text: str) -> list[str]:
     parsed = {}
     for item in items:
         try:
-            parsed[item] = parse_budget(item)
-        except errors.BudgetError as err:
+            parsed[item] = engine.parse_budget(item)
+        except engine.BudgetError as err:
             raise ValidationError({"sweep_budgets": f"{item}: {err}"}) from None
     if not any(b.fraction == 1.0 for b in parsed.values() if b.fraction is not None):
-        parsed[FULL] = parse_budget(FULL)
+        parsed[FULL] = engine.parse_budget(FULL)
     if len(parsed) > MAX_BUDGETS:
         raise ValidationError({"sweep_budgets": f"At most {MAX_BUDGETS} budgets a sweep (with the full one)."})
     return list(parsed)

@@ -12,7 +12,7 @@ from django.db import transaction
 
 from mergehub.accounts.models import Role, Team
 from mergehub.accounts.services import require_role
-from mergehub.engine.control import Progress
+from mergehub.engine.api import Progress
 from mergehub.jobs import dispatch
 from mergehub.jobs.control import request_cancel
 from mergehub.jobs.joblog import log_entry

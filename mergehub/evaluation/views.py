@@ -13,16 +13,16 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from mergehub.accounts.current_team import current_team
 from mergehub.accounts.models import Role
 from mergehub.accounts.selectors import has_role
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 from mergehub.registry.selectors import get_checkpoint
-from mergehub.runs.selectors import get_run
 from mergehub.runs.forms import ImportConfigForm
+from mergehub.runs.selectors import get_run
 from mergehub.runs.views import merge_form_for
-from mergehub.web.errors import add_service_errors
-from mergehub.web.pagination import paginate
-from mergehub.web.teams import current_team
+from mergehub.ui.form_errors import add_service_errors
+from mergehub.ui.pagination import paginate
 
 from . import selectors, services, sweeps, task_registry, training
 from .charts import benchmark_chart, sweep_bytes_chart, sweep_deviation_chart, sweep_score_chart
@@ -42,7 +42,7 @@ def _live(request, job, *, prefix: str, url_name: str):
         response = HttpResponse(status=204)
         response["HX-Refresh"] = "true"
         return response
-    return render(request, "web/_job_live.html", {
+    return render(request, "ui/_job_live.html", {
         "job": job, "log": (job.log or [])[-LOG_LINES_SHOWN:], "prefix": prefix,
         "live_url": reverse(url_name, args=[job.pk])})
 
@@ -53,7 +53,7 @@ def _live(request, job, *, prefix: str, url_name: str):
 def task_list(request):
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     form = RegisterTaskForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -86,7 +86,7 @@ def task_delete(request, pk):
 def family_train(request):
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     try:
         training.queue_family_training(team=team, user=request.user, seed=int(request.POST.get("seed") or 0))
     except (ValueError, TypeError):
@@ -198,7 +198,7 @@ def evaluation_retry(request, pk):
 def sweep_list(request):
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     pages = paginate(request, selectors.sweeps_for(user=request.user, team=team), filters={})
     return render(request, "evaluation/sweep_list.html", {"team": team, "sweeps": pages["page_obj"], **pages})
 
@@ -209,7 +209,7 @@ def sweep_new(request):
     """The merge form, posted with its "Sweep budgets" button."""
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     form = merge_form_for(request, team, data=request.POST)
     if form.is_valid():
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from mergehub.engine.control import Progress
+from mergehub.engine.api import Progress
 
 from .recipe import DEFAULT_RECIPE
 from .store import BASE_DIR, FamilyError, FamilyInfo

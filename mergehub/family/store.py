@@ -18,7 +18,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 
 from .recipe import DEFAULT_RECIPE, Recipe
 from .tasks import TASK_NAMES

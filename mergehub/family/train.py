@@ -14,8 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from mergehub.engine.control import CancelFn, Control, ProgressFn
-from mergehub.engine.publish import Staging
+from mergehub.engine.api import CancelFn, Control, ProgressFn, Staging
 
 from .phases import train_base, train_expert
 from .recipe import DEFAULT_RECIPE, Recipe

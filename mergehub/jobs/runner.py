@@ -30,8 +30,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from mergehub.engine.control import Progress
-from mergehub.engine.errors import Cancelled, MergeHubError
+from mergehub.engine.api import Cancelled, MergeHubError, Progress
 
 from .db import TRANSIENT, DatabaseUnavailable, best_effort, retry_db
 from .joblog import append_log

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from mergehub.web.admin_display import bytes_display, json_details
+from mergehub.ui.admin_display import bytes_display, json_details
 
 from .models import Checkpoint, Family, IndexJob, StorageRoot
 

@@ -31,7 +31,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 
 ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer*", "*.model",
                   "*.txt", "*.tiktoken", "*.py"]

@@ -4,7 +4,7 @@ shares (mergehub/jobs/runner.py); the checkpoint's index_status follows the job'
 
 from __future__ import annotations
 
-from mergehub.engine.control import Progress
+from mergehub.engine.api import Progress
 from mergehub.jobs.runner import JobRunner
 
 from . import services

@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 
 from . import roots
 

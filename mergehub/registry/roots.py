@@ -10,8 +10,9 @@ roots say, another team's folder, the catalog and the database are never registr
 
 Paths are resolved once (symlinks followed, ``..`` removed) and the result must lie inside a
 root; a path that does not is refused with one message that says nothing about whether it
-exists or where a link leads. The block catalog (``DATA_DIR/catalog``) is shared: it is keyed
-by file content hashes and holds no weights.
+exists or where a link leads. The block catalog (``DATA_DIR/catalog``, or ``MERGEHUB_CATALOG``)
+is shared by every team and with the command line: it holds no weights, and wherever it lies it
+is never registrable.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from mergehub.engine.api import catalog_in  # torch-free
+
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 MAX_NAME_BYTES = 255  # NAME_MAX
 
@@ -31,7 +34,12 @@ def data_dir() -> Path:
 
 
 def catalog_dir() -> Path:
-    return data_dir() / "catalog"
+    """The block catalog: the MERGEHUB_CATALOG setting, else DATA_DIR/catalog. The command line
+    reads the same environment variables the same way (mergehub/engine/locations.py), so it
+    reuses every entry the web app indexed."""
+    if settings.MERGEHUB_CATALOG:
+        return Path(settings.MERGEHUB_CATALOG).expanduser()
+    return catalog_in(data_dir())
 
 
 def teams_dir() -> Path:
@@ -99,6 +107,8 @@ def allowed(real: Path, team) -> bool:
     """Is the resolved path ``real`` inside one of the team's roots and outside every other
     team's files? Of the data directory only the team's own folder is open (its checkpoints
     and its own merged models), never its Hub cache (Hub snapshots register as Hub sources)."""
+    if _inside(real, _real(catalog_dir())):
+        return False
     if _inside(real, _real(team_dir(team))):
         return not _inside(real, _real(hf_cache_dir(team)))
     if _inside(real, _real(data_dir())):

@@ -9,7 +9,7 @@ from django.http import Http404
 
 from mergehub.accounts.models import Team
 from mergehub.accounts.selectors import teams_for
-from mergehub.engine.config import layer_index
+from mergehub.engine import api as engine
 
 from .models import Checkpoint, Family, IndexJob
 
@@ -95,7 +95,7 @@ def delta_norms_by_layer(*, checkpoint: Checkpoint) -> dict:
     for name in sorted(stats):
         entry = stats[name]
         norm = float(entry.get("delta_norm", 0.0) or 0.0)
-        layer = entry.get("layer", layer_index(name))
+        layer = entry["layer"] if "layer" in entry else engine.layer_index(name)
         label = _group_label(name, layer)
         group = groups.setdefault(label, {"order": _group_order(label, layer), "sq": 0.0})
         group["sq"] += norm * norm

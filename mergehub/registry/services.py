@@ -21,7 +21,7 @@ from mergehub.accounts.services import require_role
 from mergehub.audit.models import AuditEvent
 from mergehub.audit.services import record
 from mergehub.engine import api as engine
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 from mergehub.jobs import dispatch
 from mergehub.jobs.control import request_cancel
 from mergehub.jobs.joblog import log_entry

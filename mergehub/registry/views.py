@@ -8,15 +8,15 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from mergehub.accounts.current_team import current_team
 from mergehub.accounts.models import Role
 from mergehub.accounts.selectors import has_role
-from mergehub.engine.errors import MergeHubError
-from mergehub.web.charts import delta_norms_chart
-from mergehub.web.errors import add_service_errors
-from mergehub.web.pagination import paginate
-from mergehub.web.teams import current_team
+from mergehub.engine.api import MergeHubError
+from mergehub.ui.form_errors import add_service_errors
+from mergehub.ui.pagination import paginate
 
 from . import selectors, services
+from .charts import delta_norms_chart
 from .forms import RegisterCheckpointForm
 from .models import Checkpoint
 from .roots import checkpoint_roots
@@ -93,7 +93,7 @@ def checkpoint_status(request, pk):
 def register(request):
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     families = selectors.families_for(user=request.user, team=team)
     form = RegisterCheckpointForm(request.POST if request.method == "POST" else None,
                                   families=families, roots=checkpoint_roots(team))

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 
-from mergehub.engine.units import binary_size  # pure Python: no torch
+from mergehub.engine.api import binary_size  # pure Python: no torch
 
 FINISHED = ("succeeded", "failed", "cancelled")
 

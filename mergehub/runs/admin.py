@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from mergehub.web.admin_display import bytes_display, json_details
+from mergehub.ui.admin_display import bytes_display, json_details
 
 from .models import MergeRun
 

@@ -1,5 +1,5 @@
 """The compare page's chart: the evaluation scores of several runs overlaid (see
-mergehub/web/charts.py for how pages embed a ``Chart``)."""
+mergehub/ui/charts.py for how pages embed a ``Chart``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from mergehub.evaluation.charts import TASK_COLOURS
-from mergehub.web.charts import Chart, _layout
+from mergehub.ui.charts import Chart, apply_layout
 
 
 def compare_scores_chart(tasks: list[str], runs: list[dict[str, Any]]) -> Chart | None:
@@ -33,7 +33,7 @@ def compare_scores_chart(tasks: list[str], runs: list[dict[str, Any]]) -> Chart 
     scored = [r for run in runs for r in run["results"].values() if r]
     unit = all(0.0 <= r.score <= 1.0 for r in scored)
     higher = all(r.higher_is_better for r in scored)
-    _layout(fig, barmode="group", xaxis={"type": "category"},
+    apply_layout(fig, barmode="group", xaxis={"type": "category"},
             yaxis={"title": "score", "rangemode": "tozero", **({"range": [0, 1.05]} if unit else {})})
     return Chart("chart-compare-scores", "Score per task",
                  "Each run's merge scored on its newest evaluation, one colour per run, with 95% intervals"

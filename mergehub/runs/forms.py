@@ -16,10 +16,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from mergehub.engine.api import DEFAULT_SKETCH_RANK, MAX_SKETCH_RANK
-from mergehub.engine.dtypes import CONFIG_NAME, parse_config_dtype
-from mergehub.engine.operators.base import REQUIRED, Operator, Param
-from mergehub.engine.operators.registry import OPERATORS, _load_all, get_operator
+from mergehub.engine import api as engine
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import block_size as default_block_size
 
@@ -37,24 +34,22 @@ RELATIVE_WEIGHTS = {"nuslerp"}  # t = w₁ / (w₀ + w₁)
 
 
 def operator_names() -> list[str]:
-    _load_all()
-    return sorted(OPERATORS)
+    return sorted(engine.operator_specs())
 
 
 def sketch_rank_help() -> str:
     """The sketch rank field's help: what a sketch is, and each method's default."""
-    _load_all()
-    off = sorted(name for name, op in OPERATORS.items() if not op.sketches_by_default)
-    default = (f"rank {DEFAULT_SKETCH_RANK} for every method" if not off
-               else f"rank {DEFAULT_SKETCH_RANK}, except off for {', '.join(off)}")
+    off = sorted(name for name, op in engine.operator_specs().items() if not op.sketches_by_default)
+    default = (f"rank {engine.DEFAULT_SKETCH_RANK} for every method" if not off
+               else f"rank {engine.DEFAULT_SKETCH_RANK}, except off for {', '.join(off)}")
     return ("Low-rank sketches of each expert's delta, made when the expert is indexed, that a budgeted plan "
             "may read in place of exact blocks it leaves out; their bytes count against the budget. "
             f"Blank: the method's default ({default}). 0: off, exact blocks only.")
 
 
-def param_field(param: Param, *, required: bool) -> forms.Field:
+def param_field(param: engine.OperatorParam, *, required: bool) -> forms.Field:
     """A form field for one operator parameter: its type, bounds, default and help."""
-    default = None if param.default is REQUIRED else param.default
+    default = None if param.default is engine.REQUIRED else param.default
     options: dict[str, Any] = {"label": param.name, "help_text": param.help, "initial": default}
     if param.kind is bool:
         return forms.BooleanField(required=False, **options)
@@ -64,7 +59,7 @@ def param_field(param: Param, *, required: bool) -> forms.Field:
     return forms.FloatField(**bounds, widget=forms.NumberInput(attrs={"step": "any"}), **options)
 
 
-def default_weight(operator: Operator, experts: int) -> float:
+def default_weight(operator: engine.Operator, experts: int) -> float:
     """The weight the form proposes for each expert: 1.0 where the method divides by the sum
     of the weights (equal shares), else 1/n, so that n task vectors add up to their average."""
     relative = operator.name in RELATIVE_WEIGHTS or any(
@@ -97,7 +92,7 @@ class MergeForm(forms.Form):
     seed = forms.IntegerField(min_value=0, initial=0, help_text="Seeds random operators (DARE, DELLA).")
     sketch_rank = forms.IntegerField(
         required=False, label="Sketch rank",
-        widget=forms.NumberInput(attrs={"min": 0, "max": MAX_SKETCH_RANK, "step": 1, "placeholder": "method's default"}))
+        widget=forms.NumberInput(attrs={"min": 0, "step": 1, "placeholder": "method's default"}))  # max: __init__
     dtype = forms.ChoiceField(choices=[("", "inputs' dtype (promote)")] + DTYPES, required=False,
                               label="Working dtype", help_text="dtype the inputs are cast to for the merge.")
     out_dtype = forms.ChoiceField(choices=[("", "same as the base")] + DTYPES, required=False,
@@ -121,6 +116,7 @@ class MergeForm(forms.Form):
         ``tasks``: the team's evaluation tasks."""
         super().__init__(data, initial=initial, **kwargs)
         self.fields["sketch_rank"].help_text = sketch_rank_help()
+        self.fields["sketch_rank"].widget.attrs["max"] = engine.MAX_SKETCH_RANK
         self.tasks = list(tasks)
         self.fields["evaluate_tasks"].choices = [(str(t.pk), t.name) for t in self.tasks]
         self.fields["method"].choices = [(n, n) for n in operator_names()]
@@ -134,7 +130,7 @@ class MergeForm(forms.Form):
         self.model_params = [p for p in self.operator.params if p.scope == "model"]
         proposed = FORM_DEFAULTS.get(self.operator.name, {})
         for p in self.global_params:
-            field = self.fields[f"param__{p.name}"] = param_field(p, required=p.default is REQUIRED)
+            field = self.fields[f"param__{p.name}"] = param_field(p, required=p.default is engine.REQUIRED)
             if p.name in proposed:
                 field.initial = proposed[p.name]
         ready = [c for c in self.candidates if c.is_ready]
@@ -151,7 +147,7 @@ class MergeForm(forms.Form):
             for p in self.model_params:
                 # Required only for experts that are included: checked in clean().
                 field = self.fields[f"expert_{ckpt.pk}__{p.name}"] = param_field(p, required=False)
-                if p.name == "weight" and p.default is REQUIRED:
+                if p.name == "weight" and p.default is engine.REQUIRED:
                     field.initial = default_weight(self.operator, len(ready))
 
     # --- what the user chose (bound data, else initial, else a default) ----------------------
@@ -167,14 +163,14 @@ class MergeForm(forms.Form):
         ticked = forms.BooleanField(required=False).to_python
         return next((str(c.pk) for c in ready if ticked(self._raw(f"expert_{c.pk}__use"))), None)
 
-    def _chosen_operator(self) -> Operator:
+    def _chosen_operator(self) -> engine.Operator:
         names = operator_names()
         method = self._raw("method")
         if method not in names:
             method = DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
             if not self.is_bound:
                 self.initial["method"] = method
-        return get_operator(method)
+        return engine.get_operator(method)
 
     def _chosen_base(self, bases) -> Checkpoint | None:
         raw = self._raw("base")
@@ -246,7 +242,7 @@ class MergeForm(forms.Form):
         for ckpt in chosen:
             for p in self.model_params:
                 key = f"expert_{ckpt.pk}__{p.name}"
-                if p.default is REQUIRED and data.get(key) is None and key not in self.errors:
+                if p.default is engine.REQUIRED and data.get(key) is None and key not in self.errors:
                     self.add_error(key, f"Enter {p.name} for {ckpt.name}.")
         self.chosen_experts = chosen
         return data
@@ -311,7 +307,7 @@ class ImportConfigForm(forms.Form):
                   "(owner/name, optionally @revision). A run's exported YAML works as it is.")
 
 
-def _form_value(param: Param, value: Any) -> str | None:
+def _form_value(param: engine.OperatorParam, value: Any) -> str | None:
     """A parameter value as the form field's query value; None when the form cannot show it
     (a gradient or a filter list, which only the API and the CLI take)."""
     if param.kind is bool:
@@ -337,7 +333,7 @@ def import_query(inputs: dict[str, Any], run_settings: dict[str, Any] | None = N
     """The merge form's query string (read back by ``initial_from_query``) for ``inputs`` from
     runs.yaml_config.inputs_from_config, and what the form cannot show. A per-model parameter
     set globally is filled in for every expert without its own value (the same merge)."""
-    operator = get_operator(inputs["method"])
+    operator = engine.get_operator(inputs["method"])
     global_params = {p.name: p for p in operator.params if p.scope == "global"}
     model_params = [p for p in operator.params if p.scope == "model"]
     shared = inputs.get("parameters") or {}
@@ -365,7 +361,7 @@ def import_query(inputs: dict[str, Any], run_settings: dict[str, Any] | None = N
     for key in ("dtype", "out_dtype"):
         if inputs.get(key) is None:
             continue
-        name = CONFIG_NAME.get(parse_config_dtype(inputs[key], key))
+        name = engine.CONFIG_DTYPE_NAMES.get(engine.parse_config_dtype(inputs[key], key))
         if name in form_dtypes:
             query.append((key, name))
         else:

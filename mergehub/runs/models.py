@@ -10,22 +10,7 @@ from mergehub.accounts.models import Team
 from mergehub.jobs.models import Job
 from mergehub.registry.models import Checkpoint
 
-
-def bytes_saved(metrics: dict) -> int | None:
-    """Expert bytes a run spared: full expert bytes minus the expert-derived bytes the engine
-    requested (counted at every read): the exact blocks from the expert files plus the low-rank
-    sketches from the catalog, which count against the budget as well. Not storage reads: a
-    warm page cache makes those 0 whatever the plan, and the saving would look total."""
-    full = metrics.get("full_expert_bytes")
-    if "expert_bytes_requested" in metrics:
-        requested = metrics["expert_bytes_requested"]
-        if requested is not None:
-            requested = int(requested) + int(metrics.get("sketch_bytes_requested") or 0)
-    else:
-        requested = metrics.get("planned_expert_bytes")  # sketches included
-    if full is None or requested is None:
-        return None
-    return max(0, int(full) - int(requested))
+from .figures import bytes_saved
 
 
 TAGS_MAX_CHARS = 500  # the stored, comma-separated tags

@@ -7,19 +7,18 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
 from django.conf import settings
 
 from mergehub.engine import api as engine
-from mergehub.engine.errors import ConfigError, MergeHubError
+from mergehub.engine.api import ConfigError, MergeHubError
 from mergehub.jobs.runner import JobRunner
 from mergehub.registry import pinning
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import catalog_dir, outputs_dir, run_output_dir
-from mergehub.web.formatting import human_bytes
-from mergehub.web.reports import sketch_split
+from mergehub.ui.formatting import human_bytes
 
-from .models import MergeRun, bytes_saved
+from .figures import bytes_saved, sketch_split
+from .models import MergeRun
 from .services import engine_mapping
 from .signals import merge_settled
 
@@ -32,7 +31,7 @@ def merge_device(queue: str) -> tuple[str, str | None]:
     unless MERGEHUB_GPU_FALLBACK_TO_CPU lets it run on the CPU (and the log says so)."""
     if queue != GPU_QUEUE:
         return "auto", None
-    if torch.cuda.is_available():
+    if engine.cuda_available():
         return "cuda", None
     if settings.MERGEHUB_GPU_FALLBACK_TO_CPU:
         return "cpu", "no CUDA device on this GPU-queue worker; running on the CPU (MERGEHUB_GPU_FALLBACK_TO_CPU)"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.fields.json import KeyTransform
 from django.http import Http404
 
@@ -15,10 +15,10 @@ from mergehub.accounts.models import Team
 from mergehub.accounts.selectors import teams_for
 from mergehub.evaluation.selectors import benchmark_for_run
 from mergehub.registry.selectors import checkpoints_for
-from mergehub.web.formatting import human_bytes, human_seconds, percent
-from mergehub.web.pagination import rows_in_order
-from mergehub.web.reports import sketch_split
+from mergehub.ui.formatting import human_bytes, human_seconds, percent
+from mergehub.ui.pagination import rows_in_order
 
+from .figures import sketch_split
 from .models import MergeRun
 
 Status = MergeRun.Status
@@ -56,11 +56,13 @@ def runs_for(*, user, team: Team | None = None, status: str | None = None, metho
 
 def for_listing(runs: QuerySet[MergeRun]) -> QuerySet[MergeRun]:
     """``runs`` as a run table (templates/runs/_table.html) shows them: the author joined, the
-    big columns left in the database, and the three numbers the table shows from metrics and
+    big columns left in the database, the three numbers the table shows from metrics and
     plan extracted by the database as ``list_expert_bytes_read``, ``list_full_expert_bytes``
-    and ``list_planned_expert_bytes``. A page of rows is then one query, whatever the history."""
+    and ``list_planned_expert_bytes``, and the review state as ``list_review_state``. A page of
+    rows is then one query, whatever the history."""
     return (runs.select_related(None).select_related("author").defer(*LIST_DEFERRED)
-            .annotate(list_expert_bytes_read=KeyTransform("expert_bytes_read", "metrics"),
+            .annotate(list_review_state=F("review__state"),  # mergehub/reviews; None: never requested
+                      list_expert_bytes_read=KeyTransform("expert_bytes_read", "metrics"),
                       list_full_expert_bytes=KeyTransform("full_expert_bytes", "metrics"),
                       list_planned_expert_bytes=KeyTransform("planned_expert_bytes", "plan")))
 

@@ -20,7 +20,6 @@ from mergehub.accounts.services import require_role
 from mergehub.audit.models import AuditEvent
 from mergehub.audit.services import record
 from mergehub.engine import api as engine
-from mergehub.engine import errors
 from mergehub.jobs import dispatch, joblog
 from mergehub.jobs.control import request_cancel
 from mergehub.registry import pinning
@@ -38,10 +37,10 @@ MAX_SEED = 2**63 - 1
 
 # Which form field an engine error is about.
 ERROR_FIELDS: list[tuple[type[Exception], str]] = [
-    (errors.BudgetError, "budget"),
+    (engine.BudgetError, "budget"),
     (engine.NotIndexed, "experts"),
-    (errors.MismatchedCheckpoints, "experts"),
-    (errors.ConfigError, "parameters"),
+    (engine.MismatchedCheckpoints, "experts"),
+    (engine.ConfigError, "parameters"),
 ]
 
 
@@ -81,7 +80,7 @@ def engine_mapping(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "checkpoint_ids"}
 
 
-def _as_validation_error(err: errors.MergeHubError) -> ValidationError:
+def _as_validation_error(err: engine.MergeHubError) -> ValidationError:
     for cls, field in ERROR_FIELDS:
         if isinstance(err, cls):
             return ValidationError({field: str(err)})
@@ -122,7 +121,7 @@ def _check_pins(checkpoint: Checkpoint, field: str) -> None:
     """The files must still be the ones registered (the worker checks again before merging)."""
     try:
         pinning.verify_checkpoint(checkpoint)
-    except errors.MergeHubError as err:
+    except engine.MergeHubError as err:
         raise ValidationError({field: str(err)}) from None
 
 
@@ -141,7 +140,7 @@ def check_sketch_rank(value) -> int | None:
         return None
     try:
         return engine.check_sketch_rank(value.strip() if isinstance(value, str) else value)
-    except errors.ConfigError as err:
+    except engine.ConfigError as err:
         message = str(err)
         raise ValidationError({"sketch_rank": message[:1].upper() + message[1:] + "."}) from None
 
@@ -179,7 +178,7 @@ def plan_config(config: dict, budget: str, block_size: int | None, seed: int = 0
         _check_indexed_rank(rank, sketch_rank, parsed.merge_method, experts)
         report = engine.plan_merge(parsed, budget=budget, catalog_dir=catalog_dir(),
                                    block_size=block_size, seed=seed, sketch_rank=rank)
-    except errors.MergeHubError as err:
+    except engine.MergeHubError as err:
         raise _as_validation_error(err) from None
     return report.to_dict()
 

@@ -13,20 +13,20 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from mergehub.accounts.current_team import current_team
 from mergehub.accounts.models import Role
 from mergehub.accounts.selectors import has_role
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 from mergehub.evaluation.charts import benchmark_chart
 from mergehub.evaluation.selectors import benchmark_for_run, tasks_for
 from mergehub.registry.models import Checkpoint
-from mergehub.registry.selectors import checkpoints_for, merge_choices_for
-from mergehub.web.charts import run_report_charts
-from mergehub.web.errors import add_service_errors
-from mergehub.web.pagination import paginate
-from mergehub.web.reports import savings_of, served_from_cache, sketch_split, with_checkpoint_names
-from mergehub.web.teams import current_team
+from mergehub.registry.selectors import merge_choices_for
+from mergehub.reviews import selectors as review_selectors
+from mergehub.reviews.models import ReviewState
+from mergehub.ui.form_errors import add_service_errors
+from mergehub.ui.pagination import paginate
 
-from . import selectors, services, yaml_config
+from . import report, selectors, services, yaml_config
 from .compare_charts import compare_scores_chart
 from .forms import ImportConfigForm, MergeForm, import_query, initial_from_query, operator_names
 from .models import MergeRun
@@ -44,15 +44,20 @@ def run_list(request):
     method = request.GET.get("method", "")
     author = request.GET.get("author", "")
     search = request.GET.get("q", "").strip()[:SEARCH_MAX_CHARS]
+    review = request.GET.get("review", "")
+    review = review if review in ReviewState.values else ""
     runs = (selectors.runs_for(user=request.user, team=team, status=status or None,
                                method=method or None, author=author or None, search=search)
             if team else MergeRun.objects.none())
+    if review:
+        runs = review_selectors.filter_runs_by_state(runs, review)
     authors = (get_user_model().objects.filter(memberships__team=team).order_by("username")
                if team else [])
-    filters = {"status": status, "method": method, "author": author, "q": search}
+    filters = {"status": status, "method": method, "author": author, "q": search, "review": review}
     pages = paginate(request, selectors.for_listing(runs), filters=filters)
     return render(request, "runs/list.html", {
         "team": team, "runs": pages["page_obj"], **pages, "statuses": MergeRun.Status.choices,
+        "review_states": ReviewState.choices,
         "methods": operator_names(), "authors": authors, "filters": filters,
         "can_run": bool(team) and has_role(user=request.user, team=team, role=Role.MEMBER)})
 
@@ -95,7 +100,7 @@ def merge_form_for(request, team, data=None, initial=None) -> MergeForm:
 def run_new(request):
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     form = merge_form_for(request, team, data=request.POST if request.method == "POST" else None,
                        initial=None if request.method == "POST" else initial_from_query(request.GET))
     if request.method == "POST" and form.is_valid():
@@ -122,7 +127,7 @@ def import_yaml(request):
     checkpoints; what the form cannot show (gradients, filter lists) is said in a message."""
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     import_form = ImportConfigForm(request.POST)
     if import_form.is_valid():
         text = import_form.cleaned_data["yaml"]
@@ -148,7 +153,7 @@ def operator_fields(request):
     Values already typed are kept (as initial values, so no errors show for unfilled fields)."""
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     form = merge_form_for(request, team, initial=initial_from_query(request.GET))
     response = render(request, "runs/_operator_fields.html", {"form": form})
     response["HX-Trigger"] = "fields-swapped"  # the plan preview listens and refreshes
@@ -161,7 +166,7 @@ def preview(request):
     """htmx: the plan for the form's current values, from the index only (reads no weights)."""
     team = current_team(request)
     if team is None:
-        return render(request, "web/no_team.html", status=403)
+        return render(request, "accounts/no_team.html", status=403)
     form = merge_form_for(request, team, data=request.POST)
     plan, problems = None, []
     if form.is_valid():
@@ -169,22 +174,11 @@ def preview(request):
             plan = services.preview_plan(user=request.user, team=team, **form.merge_inputs())
         except (ValidationError, MergeHubError) as error:
             problems = _messages_of(error)
-        else:
-            names = {c.path: c.name for c in form.chosen_experts}
-            plan = {**plan, "per_expert": with_checkpoint_names(plan.get("per_expert"), names)}
     else:
         problems = [f"{_label(form, field)}: {' '.join(errs)}" if field != "__all__" else " ".join(errs)
                     for field, errs in form.errors.items()]
-    return render(request, "runs/_preview.html", {"plan": plan, "savings": savings_of(plan),
-                                                  "sketches": sketch_split(plan), "problems": problems})
-
-
-def _run_checkpoint_names(request, run: MergeRun) -> dict[str, str]:
-    """{model path in the run's config: checkpoint name} for the run's inputs."""
-    ids = (run.config or {}).get("checkpoint_ids") or {}
-    by_pk = dict(checkpoints_for(user=request.user, team=run.team).filter(pk__in=ids.values())
-                 .values_list("pk", "name"))
-    return {path: by_pk[pk] for path, pk in ids.items() if pk in by_pk}
+    names = {c.path: c.name for c in form.chosen_experts} if plan is not None else {}
+    return render(request, "runs/_preview.html", {**report.plan_preview(plan, names), "problems": problems})
 
 
 def _messages_of(error) -> list[str]:
@@ -209,23 +203,13 @@ def _label(form, field: str) -> str:
 @login_required
 def run_detail(request, pk):
     run = selectors.get_run(user=request.user, pk=pk)
-    names = _run_checkpoint_names(request, run)
-    metrics = dict(run.metrics or {})
-    if "per_expert" in metrics:
-        metrics["per_expert"] = with_checkpoint_names(metrics["per_expert"], names)
-    plan = dict(run.plan or {})
-    if "per_expert" in plan:
-        plan["per_expert"] = with_checkpoint_names(plan["per_expert"], names)
     return render(request, "runs/detail.html", {
-        "run": run, "metrics": metrics, "plan": plan,
-        "charts": run_report_charts(metrics) if run.status == MergeRun.Status.SUCCEEDED else [],
-        "savings": savings_of(metrics if "planned_expert_bytes" in metrics else run.plan),
-        "from_cache": served_from_cache(metrics),
-        "sketches": sketch_split(metrics), "planned_sketches": sketch_split(plan),
+        "run": run, **report.run_report(user=request.user, run=run),
         "config_yaml": yaml_config.config_yaml(run),
         "log": (run.log or [])[-LOG_LINES_SHOWN:],
         **_benchmark_context(request, run),
         "compare_with": selectors.compare_candidates(user=request.user, run=run),
+        "review_state": review_selectors.state_of(run),
         "can_run": has_role(user=request.user, team=run.team, role=Role.MEMBER)})
 
 

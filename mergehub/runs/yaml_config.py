@@ -24,16 +24,15 @@ from django.core.exceptions import ValidationError
 from django.db.models import Q
 
 from mergehub.accounts.models import Team
-from mergehub.engine import config as engine_config
-from mergehub.engine.errors import ConfigError
-from mergehub.engine.operators.registry import get_operator
+from mergehub.engine import api as engine
+from mergehub.engine.api import ConfigError
 from mergehub.registry.models import Checkpoint
 
 from . import services
 from .models import MergeRun
 
 MAX_CONFIG_CHARS = 100_000
-SECTION = "mergehub"  # MergeHub's own notes in an exported config (engine_config.METADATA_KEYS)
+SECTION = "mergehub"  # MergeHub's own notes in an exported config (the engine's config METADATA_KEYS)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 
 
@@ -62,7 +61,7 @@ def load_mapping(config: str | Mapping, *, field: str = "config") -> dict:
         if len(config) > MAX_CONFIG_CHARS:
             raise ValidationError({field: f"The config has {len(config)} characters; at most {MAX_CONFIG_CHARS}."})
         try:
-            config = engine_config.load_yaml(config, allow_aliases=False)
+            config = engine.load_yaml(config, allow_aliases=False)
         except ConfigError as err:
             raise ValidationError({field: str(err)}) from None
     if not isinstance(config, Mapping):
@@ -97,8 +96,8 @@ def inputs_from_config(team: Team, config: str | Mapping, *, field: str = "confi
     by ``field`` that names the entry at fault; nothing is written."""
     mapping = load_mapping(config, field=field)
     try:
-        engine_config.check_keys(mapping)
-        operator = get_operator(_method(mapping))
+        engine.check_config_keys(mapping)
+        operator = engine.get_operator(_method(mapping))
     except ConfigError as err:
         raise ValidationError({field: str(err)}) from None
     hints = section_of(mapping).get("checkpoints")
@@ -157,10 +156,10 @@ def _model_entries(mapping: Mapping, field: str) -> list[Mapping]:
         if not isinstance(entry, Mapping) or "model" not in entry:
             raise ValidationError({field: f"models[{i}]: write each model as a mapping {{model: NAME, "
                                           f"parameters: {{...}}}}; got {_shown(entry)}"})
-        extra = [k for k in entry if k not in engine_config.MODEL_ENTRY_KEYS]
+        extra = [k for k in entry if k not in engine.MODEL_ENTRY_KEYS]
         if extra:
             raise ValidationError({field: f"models[{i}]: unknown key {_shown(extra[0])}; a model entry takes "
-                                          f"only {', '.join(engine_config.MODEL_ENTRY_KEYS)}"})
+                                          f"only {', '.join(engine.MODEL_ENTRY_KEYS)}"})
     return models
 
 
@@ -172,7 +171,7 @@ def _check_with_engine(inputs: dict, field: str) -> None:
         return  # no expert, or one not downloaded yet: check_inputs says so in its words
     config = services.build_config(**inputs)
     try:
-        engine_config.parse_config(services.engine_mapping(config), check_paths=False)
+        engine.parse_config(services.engine_mapping(config), check_paths=False)
     except ConfigError as err:
         message = str(err)
         # the engine names models by path: say the names the user wrote (longest path first)
@@ -245,12 +244,19 @@ def _hub_query(text: str) -> Q | None:
 
 # --- out --------------------------------------------------------------------------------------
 
-def config_yaml(run: MergeRun) -> str:
+def config_yaml(run: MergeRun, *, model_refs: Mapping[str, str] | None = None) -> str:
     """The run as mergekit YAML: model paths as the checkpoints' directories, their names in a
     comment and in the ``mergehub:`` section with budget, seed, block size and sketch rank.
-    ``inputs_from_config(run.team, config_yaml(run))`` gives the run's inputs back."""
+    ``inputs_from_config(run.team, config_yaml(run))`` gives the run's inputs back.
+
+    ``model_refs`` ({directory: what to write instead}) replaces the server's directories, for a
+    config shown outside MergeHub (a pushed model card names Hub ids or checkpoint names)."""
     stored = run.config or {}
     mapping = services.engine_mapping(stored)
+    if model_refs:
+        mapping = _with_model_refs(mapping, model_refs)
+        stored = {**stored, "checkpoint_ids": {model_refs.get(path, path): pk for path, pk
+                                               in (stored.get("checkpoint_ids") or {}).items()}}
     ids = stored.get("checkpoint_ids") or {}
     names = dict(Checkpoint.objects.filter(team_id=run.team_id, pk__in=list(ids.values()))
                  .values_list("pk", "name"))
@@ -276,9 +282,24 @@ def config_yaml(run: MergeRun) -> str:
         + (f" --sketch-rank {run.sketch_rank}" if run.sketch_rank is not None else ""),
     ]
     # mergekit's key order, whatever order the database gave back (PostgreSQL's jsonb sorts keys)
-    ordered = {key: mapping[key] for key in engine_config.ALLOWED_KEYS if key in mapping}
+    ordered = {key: mapping[key] for key in engine.CONFIG_KEYS if key in mapping}
     ordered.update((key, value) for key, value in mapping.items() if key not in ordered)
-    return "\n".join(header) + "\n" + engine_config.dump_yaml({**ordered, SECTION: section})
+    return "\n".join(header) + "\n" + engine.dump_yaml({**ordered, SECTION: section})
+
+
+def _with_model_refs(mapping: dict, refs: Mapping[str, str]) -> dict:
+    """``mapping`` with its model directories (base_model, models[].model) replaced by ``refs``."""
+    out = dict(mapping)
+    if out.get("base_model") in refs:
+        out["base_model"] = refs[out["base_model"]]
+    if "models" in out:
+        out["models"] = [{**entry, "model": refs.get(entry.get("model"), entry.get("model"))}
+                         for entry in out["models"] or []]
+    if "slices" in out:  # passthrough's layer ranges name their models per source
+        out["slices"] = [{**piece, "sources": [{**source, "model": refs.get(source.get("model"), source.get("model"))}
+                                               for source in piece.get("sources") or []]}
+                         for piece in out["slices"] or []]
+    return out
 
 
 def config_filename(run: MergeRun) -> str:

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from mergehub.engine.errors import ConfigError
+from mergehub.engine.api import ConfigError
 
 from .tasks import KINDS, detect_kind, load_task
 

@@ -3,7 +3,7 @@ to do, printed by the CLI without a traceback and shown by the web app in a form
 
 from __future__ import annotations
 
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 
 
 class TaskError(MergeHubError):

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mergehub.engine.control import Progress
-from mergehub.engine.errors import Cancelled, ConfigError
+from mergehub.engine.api import Cancelled, ConfigError, Progress
 
 from .fingerprint import check_model_dir
 from .result import TaskScore

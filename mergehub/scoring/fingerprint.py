@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from mergehub.engine.errors import InvalidCheckpoint
+from mergehub.engine.api import InvalidCheckpoint
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",

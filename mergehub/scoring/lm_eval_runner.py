@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mergehub.engine.errors import Cancelled
+from mergehub.engine.api import Cancelled
 
 from . import lm_eval_yaml
 from .errors import TaskError

@@ -10,7 +10,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from mergehub.engine.errors import ConfigError, InvalidCheckpoint
+from mergehub.engine.api import ConfigError, InvalidCheckpoint
 
 from .fingerprint import check_model_dir
 

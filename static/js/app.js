@@ -3,7 +3,7 @@
  * from this site only, so templates carry no inline code or on* attributes.
  *
  * A chart is a <div class="chart" data-figure="ID"> next to <script type="application/json" id="ID">
- * holding the figure ({data, layout}) that mergehub/web/charts.py wrote. Charts are drawn on page
+ * holding the figure ({data, layout}) that mergehub/ui/charts.py (and the apps' chart builders) wrote. Charts are drawn on page
  * load and whenever htmx swaps new content in, so partials may carry charts too.
  */
 (function () {

@@ -184,7 +184,7 @@ def test_teams_page_lists_your_teams_and_creates_one(alice_client, alice, acme, 
     team = Team.objects.get(slug="blue-team")
     assert _role(alice, team) == Role.ADMIN
     assert "Created Blue Team, and you are its admin" in _messages(alice_client.get(response["Location"]))[0]
-    assert alice_client.get(reverse("web:dashboard")).context["team"] == team  # now working in it
+    assert alice_client.get(reverse("dashboard:dashboard")).context["team"] == team  # now working in it
     # a second time: the form says why, and nothing is created
     again = alice_client.post(reverse("accounts:teams"), {"name": "blue team"})
     assert again.status_code == 200 and "already exists; choose another name" in again.content.decode()
@@ -194,7 +194,7 @@ def test_teams_page_lists_your_teams_and_creates_one(alice_client, alice, acme, 
 def test_a_user_in_no_team_is_offered_to_create_one(dave):
     client = Client()
     client.force_login(dave)
-    assert 'href="/teams/"' in client.get(reverse("web:dashboard")).content.decode()
+    assert 'href="/teams/"' in client.get(reverse("dashboard:dashboard")).content.decode()
     assert "not in a team yet" in client.get(reverse("accounts:teams")).content.decode()
 
 

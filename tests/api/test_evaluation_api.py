@@ -113,7 +113,7 @@ def test_evaluate_a_checkpoint_then_cancel_and_retry(registered_family, task, wr
 
 def test_evaluation_input_errors(registered_family, task, writer, alice, acme):
     from mergehub.runs.services import create_run
-    from tests.web.conftest import ties_inputs
+    from tests.pages.conftest import ties_inputs
 
     base = registered_family["base"]
     queued_run = create_run(user=alice, team=acme, **ties_inputs(registered_family))

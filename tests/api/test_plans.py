@@ -17,7 +17,7 @@ TIES_YAML = ("merge_method: ties\nbase_model: base\nmodels:\n"
 def test_plan_of_yaml_text_matches_the_form_preview(registered_family, alice, acme, make_token, api,
                                                     django_capture_on_commit_callbacks):
     from mergehub.runs.services import preview_plan
-    from tests.web.conftest import ties_inputs
+    from tests.pages.conftest import ties_inputs
 
     with django_capture_on_commit_callbacks() as queued:
         response = api(make_token(alice, acme)[1]).post(PLANS, {"config": TIES_YAML, "budget": "0.5"})

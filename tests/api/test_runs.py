@@ -105,7 +105,7 @@ def test_a_key_sent_twice_at_once_still_makes_one_run(registered_family, carol, 
     """The second request passed the look-up before the first one's row was written: the unique
     constraint refuses its row and it answers with the first run."""
     from mergehub.runs import selectors, services
-    from tests.web.conftest import ties_inputs
+    from tests.pages.conftest import ties_inputs
 
     first, created = services.create_run_once(user=carol, team=acme, idempotency_key="race",
                                               **ties_inputs(registered_family))

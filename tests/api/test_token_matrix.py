@@ -1,6 +1,6 @@
 """The token matrix: every /api/v1/ URL pattern × every kind of credential, with the expected answer.
 
-Credentials (the objects are acme's, from the page matrix's world, tests/web/test_isolation_matrix.py):
+Credentials (the objects are acme's, from the page matrix's world, tests/pages/test_isolation_matrix.py):
 
 - ``none``: no Authorization header; ``bad``: a well-formed token that does not exist;
   ``expired`` and ``revoked``: carol's read-write tokens, expired or revoked;
@@ -34,11 +34,11 @@ from typing import Callable
 import pytest
 from django.urls import reverse
 
-from tests.web.test_isolation_matrix import (ACME_MARKERS, MISSING_PK, RIVAL_MARKERS, _evaluation_cancelled,
-                                             _evaluation_retried, _new_checkpoint, _new_evaluation,
-                                             _new_index_job, _new_run, _new_sweep, _new_task, _queued_run_cancelled,
-                                             _run_retried, _sweep_cancelled, _sweep_retried, build_world,
-                                             url_patterns, world_settings)
+from tests.pages.isolation_effects import (_evaluation_cancelled, _evaluation_retried, _new_checkpoint,
+                                          _new_evaluation, _new_index_job, _new_run, _new_sweep, _new_task,
+                                          _queued_run_cancelled, _run_retried, _sweep_cancelled, _sweep_retried)
+from tests.pages.isolation_world import ACME_MARKERS, MISSING_PK, RIVAL_MARKERS, build_world, world_settings
+from tests.pages.test_isolation_matrix import url_patterns
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from mergehub.accounts import services as accounts
 from mergehub.accounts.models import Role
 from mergehub.audit.models import AuditEvent
 from mergehub.audit.services import record
-from mergehub.web.pagination import PER_PAGE
+from mergehub.ui.pagination import PER_PAGE
 
 pytestmark = pytest.mark.django_db
 
@@ -108,8 +108,23 @@ def test_every_value_is_escaped(acme, alice, alice_client, django_user_model):
 
 def test_the_django_admin_shows_events_read_only(acme, alice, admin_client):
     event = record(team=acme, actor=alice, action=Action.TEAM_CREATED, target=acme)
-    assert admin_client.get(reverse("admin:audit_auditevent_changelist")).status_code == 200
-    assert admin_client.get(reverse("admin:audit_auditevent_change", args=[event.pk])).status_code == 200
+    other = record(team=acme, actor=alice, action=Action.RUN_STARTED, label="nightly-merge")
+    listing = admin_client.get(reverse("admin:audit_auditevent_changelist"))
+    assert listing.status_code == 200
+    html = listing.content.decode()
+    rows = html[html.index('<table id="result_list">'):]
+    assert "Team created" in rows and "Run started" in rows and "nightly-merge" in rows and "alice" in rows
+    assert 'name="_selected_action"' not in rows  # no delete: nothing to act on
+    searched = admin_client.get(reverse("admin:audit_auditevent_changelist"), {"q": "nightly"})
+    assert [e.pk for e in searched.context["cl"].result_list] == [other.pk]
+
+    page = admin_client.get(reverse("admin:audit_auditevent_change", args=[event.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Team created" in html and "alice" in html and 'class="readonly"' in html
+    for field in AuditEvent._meta.fields:  # every value shown, none of them a form field
+        assert f'name="{field.name}"' not in html
+    assert 'name="_save"' not in html and "/delete/" not in html
     assert admin_client.get(reverse("admin:audit_auditevent_add")).status_code == 403
     assert admin_client.post(reverse("admin:audit_auditevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk).exists()

@@ -286,7 +286,7 @@ def test_refused_run_actions_record_nothing(registered_family, acme, bob, carol,
 
 def test_record_refuses_an_unknown_action(acme, alice):
     with pytest.raises(ValueError):
-        record(team=acme, actor=alice, action="review.approved")
+        record(team=acme, actor=alice, action="review.merged")
     assert not AuditEvent.objects.exists()
 
 

@@ -80,7 +80,7 @@ def _register(page, url: str, *, name: str, role: str, path: Path) -> None:
 def test_merge_flow(browser_page, live_server, alice, family):
     from mergehub.registry.models import Checkpoint
     from mergehub.runs.models import MergeRun
-    from mergehub.web.formatting import human_bytes
+    from mergehub.ui.formatting import human_bytes
     from tests.conftest import PASSWORD
 
     page, url = browser_page, live_server.url.replace("127.0.0.1", "localhost")

@@ -44,8 +44,10 @@ SHAPES: dict[str, tuple[int, ...]] = {
 
 @pytest.fixture(autouse=True)
 def _isolated_catalog(tmp_path, monkeypatch):
-    """Never touch ~/.cache: the default catalog lives in the test's tmp dir."""
+    """Never touch ~/.cache: the default catalog lives in the test's tmp dir; and the block size
+    a shell may export for the web app (MERGEHUB_BLOCK_SIZE, the CLI's default too) is not used."""
     monkeypatch.setenv("MERGEHUB_CATALOG", str(tmp_path / "default-catalog"))
+    monkeypatch.delenv("MERGEHUB_BLOCK_SIZE", raising=False)
 
 
 def model_config(dtype: torch.dtype = torch.float32, tied: bool = False) -> dict:

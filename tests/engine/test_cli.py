@@ -101,6 +101,21 @@ def test_plan_reports_indexing_it_had_to_do_first(family, catalog, capsys):
     assert rc == 0 and out.startswith("indexed the experts missing") and err == ""
 
 
+def test_the_catalog_and_block_size_default_to_the_web_apps_environment(tmp_path, family, capsys, monkeypatch):
+    """Without --catalog and --block-size the CLI uses $MERGEHUB_DATA_DIR/catalog and
+    $MERGEHUB_BLOCK_SIZE, as the web app does (mergehub/engine/locations.py), so each finds
+    what the other indexed (tests/registry/test_shared_catalog.py runs it against the web app)."""
+    monkeypatch.delenv("MERGEHUB_CATALOG")
+    monkeypatch.setenv("MERGEHUB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MERGEHUB_BLOCK_SIZE", str(BLOCK))
+    config = family.write_config()
+    rc, out, _ = run_cli(capsys, "plan", config)
+    assert rc == 0 and out.startswith("indexed the experts missing")
+    assert len(list((tmp_path / "data" / "catalog").glob("*.json"))) == 2
+    rc, out, _ = run_cli(capsys, "plan", config, "--catalog", tmp_path / "data" / "catalog", "--block-size", BLOCK)
+    assert rc == 0 and not out.startswith("indexed")  # the same entries, spelled out
+
+
 def test_plan_text_and_null_certificate(family, catalog, capsys):
     config = family.write_config("ties", parameters={"density": 0.5})
     rc, out, _ = run_cli(capsys, "plan", config, "--budget", "0.25", "--catalog", catalog, "--block-size", BLOCK)

@@ -3,6 +3,7 @@ bytes are read, dtypes and formats survive, and memory does not grow with tensor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from conftest import BLOCK, HIDDEN, SHAPES, assert_bit_identical, load_model, make_family, save_model, tensor_bytes
 from safetensors import safe_open
 
-from mergehub.engine import api, buffers, executor
+from mergehub.engine import api, buffers, executor, kernels
 from mergehub.engine.blocks import partition
 from mergehub.engine.config import count_layers, parse_config
 from mergehub.engine.dtypes import torch_dtype
@@ -18,6 +19,7 @@ from mergehub.engine.layout import read_model_layout
 from mergehub.engine.model_files import INDEX_NAME
 from mergehub.engine.operators import selection
 from mergehub.engine.operators.base import MergeContext
+from mergehub.engine.operators.registry import get_operator
 from mergehub.engine.reader import RangeReader
 
 
@@ -91,16 +93,71 @@ def test_full_budget_is_bit_identical_to_the_whole_tensor_merge(tmp_path, catalo
         assert m["expert_bytes_requested"] == m["full_expert_bytes"]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# In torch (no compiled fast path), these cases tile: the executor merges block-local units a
+# few rows at a time (``Executor._compute_tiled``), and TIES, whose units are whole tensors,
+# streams its top-k selection and combine over flat tiles. The other cases merge whole tensors
+# in one call; test_full_budget_is_bit_identical covers them.
+ROW_TILED = ("dare_ties_blockwise", "linear", "task_arithmetic", "task_arithmetic_normalized",
+             "ties_dense")
+STREAMED = ("ties",)
+
+
+def _torch_only(monkeypatch) -> None:
+    """No compiled kernel, as where the library is not built: the operators' torch statements run."""
+    monkeypatch.setattr(kernels, "enabled", lambda: False)
+
+
+def _spy(monkeypatch, owner, name: str, record) -> None:
+    """Wrap ``owner.name`` so every call is passed to ``record(*args)`` before it runs."""
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        record(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+
+
+@pytest.mark.parametrize("case", ROW_TILED + STREAMED)
 def test_tiled_compute_is_bit_identical(tmp_path, catalog, monkeypatch, case):
     """Units merged a few rows at a time (tiles far smaller than a block or a unit here) give
-    the bits of one whole-tensor merge, random operators included."""
-    monkeypatch.setattr(executor, "TILE_ELEMENTS", 12)
-    monkeypatch.setattr(selection, "TILE_ELEMENTS", 12)
+    the bits of one whole-tensor merge, random operators included. The compiled fast paths are
+    off, as where the library is not built, so the torch tiling runs; spies check that the
+    merge really went tile by tile."""
+    tile_elements = 12
+    monkeypatch.setattr(executor, "TILE_ELEMENTS", tile_elements)
+    monkeypatch.setattr(selection, "TILE_ELEMENTS", tile_elements)
     fam = make_family(tmp_path / "f", dtype=torch.bfloat16)
     mapping = _mapping(fam, case, dtype="float32")
+    _torch_only(monkeypatch)
+
+    row_tiles: dict[tuple[str, int, int], list[tuple[int, int]]] = {}  # unit -> rows merged
+
+    def executor_merge(self, loaded, p, inputs_for, base, rows=None):
+        if rows is not None:
+            unit = loaded.unit
+            row_tiles.setdefault((unit.tensor, unit.row_start, unit.row_end), []).append(rows)
+
+    combined: list[int] = []  # elements per combine call of the TIES operator
+    _spy(monkeypatch, executor.Executor, "_merge", executor_merge)
+    if case in STREAMED:
+        op_class = type(get_operator(mapping["merge_method"]))
+        _spy(monkeypatch, op_class, "_combine", lambda self, base, *rest: combined.append(base.numel()))
+
     _merge(mapping, tmp_path / "out", catalog, seed=3)
     assert_bit_identical(load_model(tmp_path / "out"), reference_merge(mapping, seed=3))
+
+    if case in ROW_TILED:
+        assert row_tiles, "no unit was merged tile by tile"
+        for (tensor, start, end), rows in row_tiles.items():
+            # consecutive single-row tiles (a row is 8 or 16 elements) covering the unit
+            assert rows == [(r, r + 1) for r in range(start, end)], tensor
+        assert any(end - start > 1 for _, start, end in row_tiles), "every unit was one row"
+    else:
+        assert not row_tiles  # TIES top-k units are whole tensors
+        assert combined and max(combined) <= tile_elements
+        largest = max(info.numel() for info in load_model(fam.base).values())
+        assert len(combined) >= largest // tile_elements  # the big tensors took many tiles
 
 
 @pytest.mark.parametrize("dtype, work", [(torch.bfloat16, "float32"), (torch.float16, "float32"),
@@ -286,18 +343,25 @@ def test_non_block_local_operators_get_whole_tensors(tmp_path, catalog, monkeypa
     fam = make_family(tmp_path / "f")
     config = parse_config(_mapping(fam, "ties"))
     seen = {}
-    real, real_stored = config.operator.merge, config.operator.merge_stored
+    real, real_find = config.operator.merge, kernels.find
 
     def spy(base, inputs, p, ctx):
         seen[ctx.tensor] = (ctx.row_start, ctx.row_end, base.shape)
         return real(base, inputs, p, ctx)
 
-    def spy_stored(base, inputs, p, ctx, work, out_dtype):  # TIES through the compiled loops
-        seen[ctx.tensor] = (ctx.row_start, ctx.row_end, base.shape)
-        return real_stored(base, inputs, p, ctx, work, out_dtype)
+    def find(*args):  # TIES through its kernel (where built)
+        kernel = real_find(*args)
+        if kernel is None:
+            return None
+
+        def run(base, inputs, p, ctx, out_dtype):
+            seen[ctx.tensor] = (ctx.row_start, ctx.row_end, base.shape)
+            return kernel.run(base, inputs, p, ctx, out_dtype)
+
+        return dataclasses.replace(kernel, run=run)
 
     monkeypatch.setattr(config.operator, "merge", spy)
-    monkeypatch.setattr(config.operator, "merge_stored", spy_stored)
+    monkeypatch.setattr(kernels, "find", find)
     api.run_merge(config, tmp_path / "out", catalog_dir=catalog, block_size=BLOCK, device="cpu")
     for name, shape in SHAPES.items():
         if name != "model.norm.weight":  # unchanged everywhere: copied without computing

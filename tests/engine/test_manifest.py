@@ -122,6 +122,21 @@ def test_replay_keeps_parameters_written_as_yaml_strings(tmp_path, family, catal
     assert load_model(tmp_path / "again")
 
 
+def test_a_config_with_relative_paths_replays(tmp_path, family, catalog, capsys):
+    """The YAML names its models relative to itself; the manifest records their directories."""
+    import os
+
+    path = tmp_path / "relative.yaml"
+    text = family.write_config().read_text()
+    for model in (family.base, *family.experts):
+        text = text.replace(str(model), os.path.relpath(model, tmp_path))
+    assert str(family.base) not in text
+    path.write_text(text)
+    api.run_merge(api.load_config(path), tmp_path / "out", catalog_dir=catalog, block_size=BLOCK, budget=0.5)
+    rc, out, err = run_cli(capsys, "replay", tmp_path / "out", tmp_path / "again", "--catalog", catalog)
+    assert rc == 0 and "bit-identical" in out, err
+
+
 def test_tampered_output_hash_fails_and_publishes_nothing(tmp_path, family, catalog, capsys):
     _merge(family, tmp_path / "out", catalog, budget=0.5)
     path = tmp_path / "out" / manifest.FILENAME

@@ -118,7 +118,7 @@ def gpu_queue_without_cuda(settings, monkeypatch):
     import mergehub.runs.runner as merge_runner
 
     settings.MERGEHUB_QUEUES = ["cpu", "gpu"]
-    monkeypatch.setattr(merge_runner.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(merge_runner.engine, "cuda_available", lambda: False)
     return settings
 
 

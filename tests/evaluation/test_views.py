@@ -271,7 +271,7 @@ def test_the_sweep_page_shows_the_points_and_starts_a_merge_at_a_budget(carol_cl
 
 
 def _chart_names(response, chart_id: str) -> list[str]:
-    """The trace names of a chart the page embeds (web/_chart.html: its JSON in a script)."""
+    """The trace names of a chart the page embeds (ui/_chart.html: its JSON in a script)."""
     chart = next(c for c in response.context["charts"] if c.id == chart_id)
     return [trace["name"] for trace in json.loads(chart.json)["data"]]
 
@@ -387,7 +387,7 @@ def test_no_page_shows_another_teams_tasks(mallory_client, evaluated_run, regist
     secret = register_task(team=acme, user=alice, name="acme-secret-task", path=str(task_file))
     sweep = sweeps.create_sweep(user=alice, team=acme, budgets="0.5", tasks=[secret],
                                 **{k: v for k, v in lm_merge_inputs(registered_lm).items() if k != "budget"})
-    for name in ("evaluation:tasks", "evaluation:sweeps", "runs:new", "web:dashboard"):
+    for name in ("evaluation:tasks", "evaluation:sweeps", "runs:new", "dashboard:dashboard"):
         response = mallory_client.get(reverse(name))
         assert response.status_code == 200 and "acme-secret-task" not in _text(response), name
         assert "<strong>reverse</strong>" not in _text(response), name

@@ -30,8 +30,15 @@ def merge_form(fam, n: int) -> dict:
 
 
 def test_a_burst_of_submissions_loses_nothing(registered_family, alice, tmp_path):
+    from django.conf import global_settings
+    from django.test import override_settings
+
     from tests.conftest import PASSWORD
 
+    # the server runs with the site's password hashers, not the tests' fast one (tests/conftest.py)
+    with override_settings(PASSWORD_HASHERS=global_settings.PASSWORD_HASHERS):
+        alice.set_password(PASSWORD)
+        alice.save(update_fields=["password"])
     env = stack_env()
     server, url = start_server(tmp_path, env)
     worker = start_worker(tmp_path, env)

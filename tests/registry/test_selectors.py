@@ -41,7 +41,7 @@ def test_the_merge_form_never_offers_a_checkpoint_that_is_not_ready(registered_f
 
 
 def test_a_not_ready_expert_posted_anyway_is_refused(registered_family, not_ready, alice_client):
-    from tests.web.conftest import merge_post
+    from tests.pages.conftest import merge_post
 
     pending = not_ready["pending"]
     data = merge_post(registered_family, **{f"expert_{pending.pk}__use": "on", f"expert_{pending.pk}__weight": "1"})

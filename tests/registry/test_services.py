@@ -348,7 +348,7 @@ def test_viewers_and_other_teams_cannot_delete(bob, mallory, registered_family):
 def test_delete_is_refused_while_a_run_uses_the_checkpoint(alice, acme, registered_family):
     from mergehub.registry.services import delete_checkpoint
     from mergehub.runs.services import cancel_run, create_run
-    from tests.web.conftest import ties_inputs
+    from tests.pages.conftest import ties_inputs
 
     run = create_run(user=alice, team=acme, name="holds them", **ties_inputs(registered_family))  # queued
     expert = registered_family["experts"][1]

@@ -66,7 +66,7 @@ def test_delete_answers_by_role(failed, bob_client, mallory_client, carol_client
 
 def test_delete_in_use_is_refused_with_the_reason(registered_family, alice, acme, alice_client):
     from mergehub.runs.services import create_run
-    from tests.web.conftest import ties_inputs
+    from tests.pages.conftest import ties_inputs
 
     run = create_run(user=alice, team=acme, name="holding", **ties_inputs(registered_family))
     expert = registered_family["experts"][0]

@@ -139,7 +139,7 @@ def test_measured_floats_differ_as_shown(alice, acme):
 
 def test_names_of_registered_checkpoints(registered_family, alice, acme, run_on_commit):
     from mergehub.runs.services import create_run
-    from tests.web.conftest import ties_inputs
+    from tests.pages.conftest import ties_inputs
 
     with run_on_commit():
         half = create_run(user=alice, team=acme, name="half", **ties_inputs(registered_family))
@@ -256,7 +256,7 @@ def test_the_run_list_and_the_report_link_to_the_page(alice_client, runs):
     report = alice_client.get(reverse("runs:detail", args=[a.pk])).content.decode()
     assert 'id="compare-with"' in report and f'<input type="hidden" name="ids" value="{a.pk}">' in report
     assert f'<option value="{b.pk}">' in report and f'<option value="{a.pk}">' not in report
-    dashboard = alice_client.get(reverse("web:dashboard")).content.decode()
+    dashboard = alice_client.get(reverse("dashboard:dashboard")).content.decode()
     assert 'name="ids"' not in dashboard  # the dashboard's run table has no checkboxes
 
 

@@ -149,7 +149,7 @@ def test_gpu_queue_needs_cuda_unless_the_fallback_is_explicit(settings, monkeypa
     from mergehub.engine.errors import ConfigError
     from mergehub.runs.runner import merge_device
 
-    monkeypatch.setattr("mergehub.runs.runner.torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("mergehub.engine.api.cuda_available", lambda: False)
     assert merge_device("cpu") == ("auto", None)
     settings.MERGEHUB_GPU_FALLBACK_TO_CPU = False
     with pytest.raises(ConfigError, match="no CUDA device"):
@@ -157,5 +157,5 @@ def test_gpu_queue_needs_cuda_unless_the_fallback_is_explicit(settings, monkeypa
     settings.MERGEHUB_GPU_FALLBACK_TO_CPU = True
     device, note = merge_device("gpu")
     assert device == "cpu" and "MERGEHUB_GPU_FALLBACK_TO_CPU" in note
-    monkeypatch.setattr("mergehub.runs.runner.torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("mergehub.engine.api.cuda_available", lambda: True)
     assert merge_device("gpu") == ("cuda", None)

@@ -16,7 +16,7 @@ from mergehub.engine import config as engine_config
 from mergehub.registry.models import Checkpoint
 from mergehub.runs import services
 from mergehub.runs.yaml_config import config_yaml, inputs_from_config, settings_from_config
-from tests.web.conftest import ties_inputs
+from tests.pages.conftest import ties_inputs
 
 pytestmark = pytest.mark.django_db
 
@@ -251,3 +251,17 @@ def test_the_copy_button_is_wired_in_app_js():
 
     source = (settings.BASE_DIR / "static" / "js" / "app.js").read_text()
     assert "[data-copy]" in source and "clipboard" in source
+
+
+def test_model_refs_replace_every_model_directory():
+    from mergehub.runs.yaml_config import _with_model_refs
+
+    mapping = {"merge_method": "passthrough", "base_model": "/srv/base",
+               "models": [{"model": "/srv/e1", "parameters": {"weight": 1.0}}, {"model": "/srv/other"}],
+               "slices": [{"sources": [{"model": "/srv/e1", "layer_range": [0, 2]}]}]}
+    out = _with_model_refs(mapping, {"/srv/base": "org/base", "/srv/e1": "expert-1"})
+    assert out["base_model"] == "org/base"
+    assert [m["model"] for m in out["models"]] == ["expert-1", "/srv/other"]  # unknown paths stay
+    assert out["models"][0]["parameters"] == {"weight": 1.0}
+    assert out["slices"] == [{"sources": [{"model": "expert-1", "layer_range": [0, 2]}]}]
+    assert mapping["base_model"] == "/srv/base"  # the run's own config is untouched

@@ -13,11 +13,7 @@ every term is ≥ 0, so nothing cancels. mergekit sums p·ln(p/q) in float32, wh
 first order in the change and cancel to a second-order result; on realistic fine-tunes that
 leaves its KL mostly rounding noise (docs/operators.md, arcee_fusion), so our masks follow
 the formula and differ from mergekit's where mergekit's are set by rounding. Importance and
-threshold are float32, as in mergekit. On the CPU, 2-D tensors go through the compiled loops
-(engine/native); the torch code (CUDA, or no compiler) computes the same float64 sum in another
-order and with its own exp and log, so the two agree to ~1e-15 relative before the KL is
-rounded to float32 (the same float32 value unless the exact one lies that close to a rounding
-boundary), or to ~1e-30 absolute where softmax is one-hot and the KL itself rounds to ~0.
+threshold are float32, as in mergekit.
 """
 
 from __future__ import annotations
@@ -26,7 +22,6 @@ import math
 
 import torch
 
-from .. import native
 from ..buffers import TILE_ELEMENTS
 from . import random_stream
 from .base import MergeContext, Operator, TensorParams
@@ -68,8 +63,7 @@ def sample_positions(shape: tuple[int, ...], key: tuple[int, int], device: torch
     most one, at a column drawn uniformly with replacement, ⌊hash32(key, k)·width / 2^32⌋.
     Until 0.2.6 the positions were uniform over the whole tensor (torch.randint, as in
     mergekit); spread over the rows the threshold comes out as close to the exact one
-    (docs/operators.md), and the loads run through memory in order instead of at random
-    (native.fusion_divergence takes the same sample while it has each row at hand)."""
+    (docs/operators.md), and the loads run through memory in order instead of at random."""
     numel = math.prod(shape)
     if numel <= SAMPLE_SIZE:
         return None
@@ -100,12 +94,10 @@ class ArceeFusion(Operator):
 
     def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
-        """Rows through the compiled loops, from the stored dtypes straight to the output's."""
-        x = inputs[0]
-        if work != torch.float32 or out_dtype not in native.DTYPES or base.dim() != 2 \
-                or not native.supports(base.reshape(-1), x.reshape(-1)):
+        """Rows, from the stored dtypes straight to the output's (``_merge_rows``)."""
+        if base.dim() != 2 or base.device.type != "cpu":
             return None
-        return self._merge_rows(base, x, ctx, work, out_dtype)
+        return self._merge_rows(base, inputs[0], ctx, work, out_dtype)
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
@@ -135,26 +127,15 @@ class ArceeFusion(Operator):
         if base.numel() == 0:
             return base.to(out_dtype, copy=True)
         flat_x, flat_b = x.reshape(-1), base.reshape(-1)
-        compiled = work == torch.float32 and native.supports(flat_b, flat_x) and out_dtype in native.DTYPES
         key, sampled = ctx.stream_key(0, SAMPLE_PURPOSE), base.numel() > SAMPLE_SIZE
-        if compiled:  # the sample's importance comes with the KL, taken while each row is at hand
-            kl, scores = native.fusion_divergence(flat_x, flat_b, width, SAMPLE_SIZE if sampled else 0, key)
-            bad = kl.isnan().nonzero().flatten().tolist()
-            if bad:  # rows holding NaN or ±Inf: torch's arithmetic says what they give
-                kl[bad] = row_divergence(x[bad].float(), base[bad].float()).flatten()
-                if sampled:  # and those rows' share of the sample
-                    native.fusion_sample(flat_x, flat_b, width, kl, key, scores, rows=bad)
-        else:
-            kl = _row_divergences(base, x, work)
+        kl = _row_divergences(base, x, work)
         if not sampled:
             scores = torch.sub(x.to(work), base.to(work)).abs_().mul_(kl[:, None])
-        elif not compiled:
+        else:
             index = sample_positions(tuple(base.shape), key, base.device)
             scores = torch.sub(flat_x[index].to(work), flat_b[index].to(work)).abs_().mul_(kl[index // width])
         threshold = threshold_of(scores)
         out = ctx.empty(base.shape, out_dtype)
-        if compiled:
-            return native.fusion_apply(flat_x, flat_b, width, kl, float(threshold), out.view(-1)).view(base.shape)
         step = max(1, TILE_ELEMENTS // max(1, width))
         for r in range(0, rows, step):
             xs, bs = x[r:r + step].to(work), base[r:r + step].to(work)

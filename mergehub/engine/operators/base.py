@@ -107,6 +107,9 @@ class MergeContext:
     # allocate(shape, dtype) -> CPU tensor: where an operator may put its output; the executor
     # hands out slab memory (buffers.py), which spares the kernel re-faulting tens of MB per tensor
     allocate: Callable[[Sequence[int], torch.dtype], torch.Tensor] | None = None
+    # the Gram and combination passes of the span operators (span.py): None for its torch
+    # passes; the compiled kernels set theirs (engine/kernels/span.py)
+    span_passes: Any = None
 
     def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised CPU tensor for an operator's output."""
@@ -180,12 +183,14 @@ class Operator:
 
     def merge_stored(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
-        """Optional fast path for a unit on the CPU (the whole tensor, or rows of it for a
-        block-local operator; ``ctx`` says which): ``base`` and ``inputs`` in their stored
-        dtypes (an input that ``is base`` was not read; ``base`` is None when the merge has
-        none, or the operator ignores it), the result in ``out_dtype``.
+        """Optional torch route for a unit on the CPU (the whole tensor, or rows of it for a
+        block-local operator; ``ctx`` says which) that reads ``base`` and ``inputs`` in their
+        stored dtypes (an input that ``is base`` was not read; ``base`` is None when the merge
+        has none, or the operator ignores it) and writes the result in ``out_dtype`` without a
+        working-dtype copy (the span operators' single combination pass, span.py).
         It must equal ``merge`` on everything widened to ``work``, rounded to ``out_dtype``.
-        None: not handled here, the executor calls ``merge``."""
+        None: not handled here, the executor calls ``merge``. Compiled fast paths do not go
+        here: they are kernels (engine/kernels), which the executor tries first."""
         return None
 
     def coefficients(self, p: TensorParams) -> list[float] | None:

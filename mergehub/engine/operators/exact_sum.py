@@ -2,11 +2,11 @@
 
 A float32 |v| is m·2^(max(e,1) − 150) with e its 8-bit exponent and m its 24-bit mantissa
 (hidden bit included for e > 0). Summing the mantissas per exponent in int64 (256 slots) is
-exact whatever the order, so the torch path here and the compiled loops (engine/native, which
-fill slots in parallel) get the same value and hence the same rescale factor; a floating-point
+exact whatever the order, so the torch statement here and the compiled kernels (engine/kernels,
+which fill slots in parallel) get the same value and hence the same rescale factor; a floating-point
 sum would depend on the summation order and the thread count. The slots are then added exactly
 as one Python integer and rounded once to float32, so only the value they describe matters:
-the loops put a chunk's (or a DELLA row's) whole sum into two slots (an integer at its
+the kernels put a chunk's (or a DELLA row's) whole sum into two slots (an integer at its
 smallest exponent plus the carry at its largest).
 """
 

@@ -17,7 +17,6 @@ if normalize: mixed /= divisor; mixed *= λ; out = base + mixed.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -27,11 +26,8 @@ from . import params as P
 from .base import MergeContext, Operator, Param, TensorParams
 from .consensus import DIVISOR_EPS, PlainSum, SignConsensus
 from .registry import register
-from .. import native
-from .exact_sum import rescale_factor
-from .random_stream import keep_threshold
-from .selection import TopKRule, delta_outside_smallest, delta_topk_rule, tiles, topk_rule
-from .sparsify import RESCALE_EPS, SPARSIFIERS, della_probabilities, magnitude_count
+from .selection import TopKRule, tiles, topk_rule
+from .sparsify import SPARSIFIERS, magnitude_count
 
 _DENSITY_HELP = {
     None: "Unused without sparsification (kept for mergekit compatibility).",
@@ -126,35 +122,9 @@ class TaskArithmeticFamily(Operator):
         """Is this tensor's sparsification a plain top-k by magnitude (``_merge_top_k``)?"""
         return self.sparsifier == "magnitude" and not p.shared["rescale"] and any(self._sparsifies(p))
 
-    def _native_route(self, p: TensorParams, shape: torch.Size) -> bool:
-        """Do the compiled loops (engine/native) handle this tensor's merge? All but DELLA on
-        tensors whose rows are not the last dim. Without pruning that includes task arithmetic
-        itself: one fused pass from the stored dtypes to the output's instead of a float32 copy
-        of the base and a torch pass per op and expert."""
-        return not (self.sparsifier == "della_magprune" and _della_width(shape) is None)
-
-    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
-                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
-        """Straight from the checkpoints' dtype to the output's, through the compiled loops
-        (engine/native): no float32 copies of the base or the result."""
-        if not (self._native_route(p, base.shape) and work == torch.float32 and out_dtype in native.DTYPES):
-            return None
-        flat_base = base.reshape(-1)
-        flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
-        if not native.supports(flat_base, *[x for x in flat_inputs if x is not None]):
-            return None
-        out = ctx.empty(base.shape, out_dtype).view(-1)
-        return self._merge_native(flat_base, flat_inputs, p, ctx, out, base.shape).view(base.shape)
-
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
-        if self._native_route(p, base.shape) and base.dtype == torch.float32:
-            flat_base = base.reshape(-1)
-            flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
-            if native.supports(flat_base, *[x for x in flat_inputs if x is not None]):
-                out = ctx.empty_like(flat_base)
-                return self._merge_native(flat_base, flat_inputs, p, ctx, out, base.shape).view(base.shape)
         if self._top_k(p):
             return self._merge_top_k(base, inputs, p, ctx)
         sparsify = SPARSIFIERS[self.sparsifier] if self.sparsifier else None
@@ -195,7 +165,7 @@ class TaskArithmeticFamily(Operator):
         """TIES-style magnitude pruning without materialising whole-tensor deltas: one streaming
         pass per model finds the rule that keeps its k largest |δ| (selection.topk_rule), then
         the masked combine runs tile by tile, each tile's temporaries staying in cache. (On the
-        CPU the compiled loops do all of this fused, ``_merge_native``.)"""
+        CPU the compiled kernels do all of this fused: engine/kernels/family.py.)"""
         flat_base = base.reshape(-1)
         flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
         tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
@@ -220,98 +190,14 @@ class TaskArithmeticFamily(Operator):
         pruned_away = [self.sparsifier is not None and m["density"] <= 0 for m in p.models]
         return [None if x.data_ptr() == base.data_ptr() or gone else x for x, gone in zip(inputs, pruned_away)]
 
-    def _merge_native(self, base: torch.Tensor, inputs: list[torch.Tensor | None], p: TensorParams,
-                      ctx: MergeContext, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """The merge of flat tensors through the compiled loops (same bits as the torch path on
-        finite inputs), into ``out``: each model's pruning rule (and rescale factor) is found on
-        its own thread, then one fused pass combines them all. ``shape``: the tensor's (or this
-        slice's) shape, which places its entries in the full tensor for the random draws."""
-        used = [(k, x) for k, x in enumerate(inputs) if x is not None]
-        offset = ctx.flat_start(shape)
-        masks = self._della_masks(base, used, p, ctx, offset, shape) if self.sparsifier == "della_magprune" else {}
-        # DARE with rescale draws once, in the rescale's pass, and keeps the draws as these bits
-        # for the combine (the masks must outlive the specs that point at them)
-        drawn = {k: ctx.empty((-(-base.numel() // 8),), torch.uint8) for k, _ in used
-                 if self.sparsifier == "random" and p.shared["rescale"] and 0 < p.models[k]["density"] < 1}
-        specs = native.map_parallel(
-            lambda k_x: self._native_spec(k_x[1], base, k_x[0], p, ctx, offset, *masks.get(k_x[0], (None, None)),
-                                          drawn=drawn.get(k_x[0])),
-            used)
-        return native.family_combine(base, specs, self.consensus, p.shared["normalize"], p.shared["lambda"], out,
-                                     sum_divisor=PlainSum.divisor_of(p.per_model("weight")))
 
-    def _della_masks(self, base: torch.Tensor, used: list[tuple[int, torch.Tensor]], p: TensorParams,
-                     ctx: MergeContext, offset: int, shape: torch.Size) -> dict[int, tuple]:
-        """(keep mask (a bit per entry), exact L1 slots or None) of each model that prunes:
-        sparsify.della_magprune's draws against probabilities by rank in the row, in the
-        compiled loops; the slots are measured in the same pass when ``rescale`` needs them."""
-        width = _della_width(shape)
-        pruned, jobs = [], []
-        for k, x in used:
-            model = p.models[k]
-            if 0 < model["density"] < 1:
-                probs = della_probabilities(model["density"], model["epsilon"], width)
-                pruned.append(k)
-                jobs.append((x, offset, ctx.stream_key(k), probs, ctx.empty((-(-base.numel() // 8),), torch.uint8)))
-        sums = native.della_masks(base, jobs, width, p.shared["rescale"])
-        return {k: (job[4], job_sums) for k, job, job_sums in zip(pruned, jobs, sums)}
-
-    def _native_spec(self, x: torch.Tensor, base: torch.Tensor, k: int, p: TensorParams,
-                     ctx: MergeContext, offset: int, mask: torch.Tensor | None = None,
-                     mask_sums: tuple | None = None, drawn: torch.Tensor | None = None) -> native.ModelSpec:
-        """How model k is pruned (sparsify.py's rules, as levels, draws and a rescale factor).
-        ``drawn``: where the rescale's pass stores the random draws' decisions as a bit per entry;
-        the combine then reads those bits instead of drawing again."""
-        model = p.models[k]
-        density, n = model["density"], base.numel()
-        rule: dict = {}
-        if 0 < density < 1 and self.sparsifier is not None:
-            if self.sparsifier == "magnitude":
-                top_k = _magnitude_rule(x, base, density, fused=True)
-                if top_k is not None:
-                    rule["keep"] = top_k.levels()
-            elif self.sparsifier == "random":
-                rule.update(key=ctx.stream_key(k), offset=offset, threshold=keep_threshold(density))
-            elif self.sparsifier == "della_magprune":
-                rule["mask"] = mask
-            else:  # magnitude_outliers: keep ascending ranks [n_bottom, n_bottom + target)
-                target, n_top = int(density * n), int(model["gamma"] * n)
-                n_bottom = max(0, n - target - n_top)
-                cuts = {"keep": n_bottom} if n_bottom > 0 else {}
-                if n_bottom + target <= 0:
-                    rule["drop"] = (-math.inf, -math.inf, 0)
-                elif n_bottom + target < n:
-                    cuts["drop"] = n_bottom + target
-                if cuts:  # both cuts found together (shared passes)
-                    rule.update(zip(cuts, delta_outside_smallest(x, base, list(cuts.values()))))
-            if p.shared["rescale"]:
-                sums = mask_sums or native.prune_sums(base, native.model_spec(x, 1.0, **rule), drawn)
-                factor = rescale_factor(*sums, RESCALE_EPS)
-                rule["factor"] = 1.0 if factor is None else factor
-                if drawn is not None:
-                    del rule["key"], rule["offset"], rule["threshold"]
-                    rule["mask"] = drawn
-        return native.model_spec(x, model["weight"], **rule)
-
-
-def _della_width(shape: torch.Size) -> int | None:
-    """The row width DELLA ranks over when the compiled loops can rank it (rows contiguous and
-    at least 2 wide: a 1-D tensor is one row, a 2-D one ranks along its last dim), else None."""
-    width = shape[-1] if len(shape) == 2 else math.prod(shape) if len(shape) == 1 else 0
-    return width if width >= 2 else None
-
-
-def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None = None,
-                    fused: bool = False) -> TopKRule | None:
+def _magnitude_rule(x: torch.Tensor, base: torch.Tensor, density: float, tile: int | None = None) -> TopKRule | None:
     """The rule keeping the ``magnitude_count`` largest |x − base| (flat tensors, density in
-    (0, 1]); None when that keeps everything. ``fused``: through the compiled loops
-    (selection.delta_topk_rule), which give the same rule."""
+    (0, 1]); None when that keeps everything."""
     n = base.numel()
     k = magnitude_count(density, n)
     if k >= n:
         return None
-    if fused:
-        return delta_topk_rule(x, base, k)
     return topk_rule(n, k, lambda a, b: (x[a:b] - base[a:b]).abs_(), lambda at: (x[at] - base[at]).abs_(), tile)
 
 

@@ -40,7 +40,7 @@ class Karcher(Operator):
         """The span route straight into the output dtype: no float32 copy of the result."""
         if len(inputs) == 1 or work != torch.float32 or not span.applies(*inputs):
             return None
-        return self._span_merge(inputs, p, ctx.empty(inputs[0].shape, out_dtype))
+        return self._span_merge(inputs, p, ctx.empty(inputs[0].shape, out_dtype), ctx.span_passes)
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
@@ -48,7 +48,7 @@ class Karcher(Operator):
         if len(inputs) == 1:
             return inputs[0].to(work, copy=True)
         if work == torch.float32 and span.applies(*inputs):
-            return self._span_merge(inputs, p, ctx.empty(inputs[0].shape, torch.float32))
+            return self._span_merge(inputs, p, ctx.empty(inputs[0].shape, torch.float32), ctx.span_passes)
         inputs = [x.to(work) for x in inputs]
         max_iter, tol = p.shared["max_iter"], p.shared["tol"]
         dtype = P.accumulation_dtype(inputs[0])
@@ -90,11 +90,12 @@ class Karcher(Operator):
         return mean.mul_(scale).reshape(inputs[0].shape)
 
     @staticmethod
-    def _span_merge(inputs: list[torch.Tensor], p: TensorParams, out: torch.Tensor) -> torch.Tensor:
+    def _span_merge(inputs: list[torch.Tensor], p: TensorParams, out: torch.Tensor,
+                    passes: span.Passes | None = None) -> torch.Tensor:
         """The iteration above on coefficients over the inputs, from their Gram matrix (every
         mean and tangent is a combination of the inputs), then one pass."""
         max_iter, tol, k = p.shared["max_iter"], p.shared["tol"], len(inputs)
-        g = span.gram([x.reshape(-1) for x in inputs])
+        g = span.gram([x.reshape(-1) for x in inputs], passes=passes)
         norms = [math.sqrt(g[i][i]) for i in range(k)]
         valid = [i for i in range(k) if norms[i] > tol]
         scale = sum(norms) / k
@@ -126,4 +127,4 @@ class Karcher(Operator):
             unit_norm = span.norm(g, mean)
             if unit_norm > tol:
                 mean = [m / unit_norm for m in mean]
-        return span.apply(inputs, [m * scale for m in mean], None, out, deltas=False).view(out.shape)
+        return span.apply(inputs, [m * scale for m in mean], None, out, deltas=False, passes=passes).view(out.shape)

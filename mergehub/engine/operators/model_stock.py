@@ -38,7 +38,7 @@ class ModelStock(Operator):
             view = (lambda x: x.reshape(1, -1)) if base.dim() < 2 else (lambda x: x)
             return self._merge_rows(view(base), [view(x) for x in inputs]).reshape(base.shape)
         if span.applies(base, *inputs) and base.dtype == torch.float32:
-            return self._merge_tensor(base, inputs, ctx.empty(base.shape, torch.float32))
+            return self._merge_tensor(base, inputs, ctx.empty(base.shape, torch.float32), ctx.span_passes)
         return self._merge_rows(base.reshape(1, -1), [x.reshape(1, -1) for x in inputs]).reshape(base.shape)
 
     @staticmethod
@@ -69,14 +69,15 @@ class ModelStock(Operator):
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
         if p.shared["filter_wise"] or base.dim() < 2 or work != torch.float32 or not span.applies(base, *inputs):
             return None
-        return self._merge_tensor(base, inputs, ctx.empty(base.shape, out_dtype))
+        return self._merge_tensor(base, inputs, ctx.empty(base.shape, out_dtype), ctx.span_passes)
 
     @staticmethod
-    def _merge_tensor(base: torch.Tensor, inputs: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    def _merge_tensor(base: torch.Tensor, inputs: list[torch.Tensor], out: torch.Tensor,
+                      passes: span.Passes | None = None) -> torch.Tensor:
         """The whole tensor as one vector: the deltas' Gram matrix (span.py, float64), then
         out = Σ (t/N)·x_k + (1 − t)·base in one pass. Inputs may be in their stored dtype."""
         n = len(inputs)
-        g = span.gram([x.reshape(-1) for x in inputs], base.reshape(-1))
+        g = span.gram([x.reshape(-1) for x in inputs], base.reshape(-1), passes)
         cos_sum, pairs = 0.0, 0
         for i in range(n):
             for j in range(i + 1, n):
@@ -86,4 +87,4 @@ class ModelStock(Operator):
         cos_theta = cos_sum / pairs
         denominator = 1 + (n - 1) * cos_theta
         t = 0.0 if abs(denominator) < 1e-6 else n * cos_theta / denominator
-        return span.apply(inputs, [t / n] * n, base, out, deltas=True).view(base.shape)
+        return span.apply(inputs, [t / n] * n, base, out, deltas=True, passes=passes).view(base.shape)

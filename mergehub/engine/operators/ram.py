@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import native
 from .base import MergeContext, Operator, Param, TensorParams
 from .registry import register
 from .selection import tiles
@@ -21,10 +20,13 @@ EPSILON = Param("epsilon", "global", float, 1e-5, minimum=0.0,
                 help="Deltas with magnitude at or below this count as unchanged.")
 
 
-def _native(base: torch.Tensor, inputs: list[torch.Tensor], out_dtype: torch.dtype = torch.float32) -> bool:
-    """Can the compiled loops merge these flat tensors (engine/native)?"""
-    return (out_dtype in native.DTYPES and len(inputs) <= native.RAM_MODELS
-            and native.supports(base, *inputs))
+def unique_boosts(n_unique: list[int], n_active: list[int], r: float, alpha: float, eps: float) -> list[float]:
+    """RAM+'s λ_k = 1 + r·clip(ρ_k, 0, α), ρ_k = #shared active / max(#unique active, ε), in float32."""
+    boosts = []
+    for unique, active in zip(n_unique, n_active):
+        rho = torch.tensor(active - unique, dtype=torch.float32) / max(unique, eps)
+        boosts.append(float(1 + r * rho.clamp(0, alpha)))
+    return boosts
 
 
 def _active_counts(base: torch.Tensor, inputs: list[torch.Tensor], eps: float,
@@ -52,8 +54,6 @@ class Ram(Operator):
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
         eps = p.shared["epsilon"]
-        if _native(base.reshape(-1), [x.reshape(-1) for x in inputs]):
-            return self._merge_native(base, inputs, eps, ctx.empty_like(base))
         delta = torch.empty_like(base)
         divisor = _active_counts(base, inputs, eps, delta).clamp_(min=1)
         merged = torch.zeros_like(base)
@@ -62,19 +62,6 @@ class Ram(Operator):
             delta.masked_fill_(delta.abs() <= eps, 0)
             merged += delta.div_(divisor)
         return merged.add_(base)
-
-    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
-                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
-        """Straight from the stored dtypes to the output's, through the compiled loops."""
-        if work != torch.float32 or not _native(base.reshape(-1), [x.reshape(-1) for x in inputs], out_dtype):
-            return None
-        return self._merge_native(base, inputs, p.shared["epsilon"], ctx.empty(base.shape, out_dtype))
-
-    @staticmethod
-    def _merge_native(base: torch.Tensor, inputs: list[torch.Tensor], eps: float, out: torch.Tensor) -> torch.Tensor:
-        flat = [x.reshape(-1) for x in inputs]
-        native.ram_combine(flat, base.reshape(-1), eps, [1.0] * len(flat), out.view(-1))
-        return out
 
 
 @register
@@ -102,35 +89,19 @@ class RamPlusTL(Operator):
         assert base is not None
         return self._merge(base, inputs, p, ctx.empty_like(base))
 
-    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
-                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
-        """Straight from the stored dtypes to the output's, through the compiled loops."""
-        if work != torch.float32 or not _native(base.reshape(-1), [x.reshape(-1) for x in inputs], out_dtype):
-            return None
-        return self._merge(base, inputs, p, ctx.empty(base.shape, out_dtype))
-
     def _merge(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
                out: torch.Tensor) -> torch.Tensor:
         eps, r, alpha = p.shared["epsilon"], p.shared["r"], p.shared["alpha"]
         flat_base, flat, flat_out = base.reshape(-1), [x.reshape(-1) for x in inputs], out.view(-1)
-        native_route = _native(flat_base, flat, out.dtype)
         tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
-        if native_route:
-            n_unique, n_active = native.ram_counts(flat, flat_base, eps)
-        else:
-            n_unique, n_active = [0] * len(flat), [0] * len(flat)
-            for a, b in tiles(flat_base.numel(), tile):
-                actives = [torch.sub(x[a:b], flat_base[a:b]).abs_() > eps for x in flat]
-                unique = sum(active.to(torch.uint8) for active in actives) == 1
-                for k, active in enumerate(actives):
-                    n_unique[k] += int(torch.count_nonzero(active & unique))
-                    n_active[k] += int(torch.count_nonzero(active))
-        boosts = []
-        for k in range(len(flat)):
-            rho = torch.tensor(n_active[k] - n_unique[k], dtype=torch.float32) / max(n_unique[k], eps)
-            boosts.append(float(1 + r * rho.clamp(0, alpha)))
-        if native_route:
-            return native.ram_combine(flat, flat_base, eps, boosts, flat_out).view(out.shape)
+        n_unique, n_active = [0] * len(flat), [0] * len(flat)
+        for a, b in tiles(flat_base.numel(), tile):
+            actives = [torch.sub(x[a:b], flat_base[a:b]).abs_() > eps for x in flat]
+            unique = sum(active.to(torch.uint8) for active in actives) == 1
+            for k, active in enumerate(actives):
+                n_unique[k] += int(torch.count_nonzero(active & unique))
+                n_active[k] += int(torch.count_nonzero(active))
+        boosts = unique_boosts(n_unique, n_active, r, alpha, eps)
         for a, b in tiles(flat_base.numel(), tile):
             tile_base = flat_base[a:b]
             delta = torch.empty_like(tile_base)

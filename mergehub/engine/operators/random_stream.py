@@ -7,13 +7,13 @@ Entry i (flat index in the full tensor) of model k draws
 
 with (key0, key1) hashed from (seed, tensor, model) and mix32 a bijective 32-bit mixer
 (C. Wellons' "lowbias32"). A draw depends on nothing else: not on how the executor slices
-the tensor, on the budget, on the order of work or on the thread count, so the compiled loops
-(engine/native/loops.c, which hash the same way) and this torch version agree bit for bit, and
-a manifest replays exactly. An entry is kept at density d when u24 < ceil(d·2^24), i.e. with
+the tensor, on the budget, on the order of work or on the thread count, so the compiled kernels
+(engine/kernels/kernels.c, which hash the same way) and this torch version agree bit for bit,
+and a manifest replays exactly. An entry is kept at density d when u24 < ceil(d·2^24), i.e. with
 probability d rounded up to a multiple of 2^-24; as a float, u = u24·2^-24 ∈ [0, 1) exactly.
 
 (Before 0.2 the engine drew per block with ``torch.rand``: serial, ~10 ns an entry, and
-impossible for the compiled loops to reproduce. Manifests of random merges made before then
+impossible for the compiled kernels to reproduce. Manifests of random merges made before then
 do not replay bit-identically.)
 """
 
@@ -23,8 +23,6 @@ import hashlib
 import math
 
 import torch
-
-from .. import native
 
 DRAW_BITS = 24
 ALL_DRAWS = 1 << DRAW_BITS
@@ -68,11 +66,8 @@ def hash32(key: tuple[int, int], i: torch.Tensor) -> torch.Tensor:
 
 
 def draws24(key: tuple[int, int], start: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """int32[count]: u24 of flat entries start … start + count − 1 (on the CPU through the
-    compiled loops when they are built: same numbers, ~50x faster)."""
+    """int32[count]: u24 of flat entries start … start + count − 1."""
     out = torch.empty(count, dtype=torch.int32, device=device)
-    if out.device.type == "cpu" and native.available():
-        return native.draws24(key, start, out)
     for a in range(0, count, _CHUNK):
         i = torch.arange(start + a, start + min(a + _CHUNK, count), dtype=torch.int64, device=device)
         out[a:a + i.numel()] = hash32(key, i) >> 8

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import native
 from . import params as P
 from . import span
 from .base import MergeContext, Operator, Param, TensorParams
 from .registry import register
-from .selection import largest_mask, tiles, topk_rule, values_topk_rule
+from .selection import largest_mask, tiles, topk_rule
 
 
 @register
@@ -43,15 +42,6 @@ class Sce(Operator):
             return [1.0 if p.shared["select_topk"] >= 1 else 0.0]
         return None
 
-    def merge_stored(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
-                     ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
-        """Straight from the stored dtypes to the output's, through the compiled loops."""
-        flat_base, flat = base.reshape(-1), [x.reshape(-1) for x in inputs]
-        if work != torch.float32 or out_dtype not in native.DTYPES or not native.supports(flat_base, *flat):
-            return None
-        out = ctx.empty(base.shape, out_dtype)
-        return None if self._stream(flat_base, flat, p, ctx, out.view(-1)) is None else out
-
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
         assert base is not None
@@ -63,37 +53,26 @@ class Sce(Operator):
     @staticmethod
     def _stream(base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams, ctx: MergeContext,
                 out: torch.Tensor) -> torch.Tensor | None:
-        """SCE over flat tensors in streaming passes, into ``out``: the variance rule
+        """SCE over flat tensors in streaming passes over tiles, into ``out``: the variance rule
         (selection.topk_rule, counting the non-zero variances on the way), the models'
-        energies (span.py's float64 lane order), then the erase step. Through the compiled
-        loops on the CPU (variances computed once and kept), else over tiles in torch; the same
-        bits either way. None when the rule needs the whole-tensor mask (``_merge_whole``)."""
+        energies (span.py's float64 lane order), then the erase step. None when the rule needs
+        the whole-tensor mask (``_merge_whole``)."""
         n, fraction = base.numel(), p.shared["select_topk"]
-        fast = native.supports(base, *inputs) and out.dtype in native.DTYPES
         tile = None if base.device.type == "cpu" else n  # GPUs: one launch per op
-        variance = None
-        if fast and 0 < fraction < 1:
-            variance = native.sce_variance(inputs, base, ctx.empty((n,), torch.float32))
-            selection = _selection(n, fraction, lambda a, b: variance[a:b], lambda at: variance[at], tile,
-                                   all_variances=variance)
-        else:
-            def tile_variance(a: int, b: int) -> torch.Tensor:
-                return _variance([torch.sub(x[a:b], base[a:b]) for x in inputs])
 
-            def variance_at(positions: torch.Tensor) -> torch.Tensor:
-                return _variance([torch.sub(x[positions], base[positions]) for x in inputs])
+        def tile_variance(a: int, b: int) -> torch.Tensor:
+            return _variance([torch.sub(x[a:b], base[a:b]) for x in inputs])
 
-            selection = _selection(n, fraction, tile_variance, variance_at, tile)
+        def variance_at(positions: torch.Tensor) -> torch.Tensor:
+            return _variance([torch.sub(x[positions], base[positions]) for x in inputs])
+
+        selection = keep_rule(n, fraction, tile_variance, variance_at, tile)
         if selection == "whole":
             return None
         if selection == "none":  # every delta dropped: base + 0
             return out.copy_(torch.add(base, 0.0))
 
-        energy = _energies(base, inputs, variance, selection, fast)
-        total = sum(energy) / n
-        weights = [1 / len(inputs)] * len(inputs) if abs(total) < 1e-6 else [e / n / total for e in energy]
-        if fast:
-            return native.sce_combine(inputs, base, variance, selection, weights, out)
+        weights = energy_weights(_energies(base, inputs, selection), n)
         for a, b in tiles(n, tile):
             deltas = _select([torch.sub(x[a:b], base[a:b]) for x in inputs], selection, a)
             out[a:b] = _erase(deltas, weights).add_(base[a:b])
@@ -131,6 +110,12 @@ def _erase(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     return merged.div_(divisor.clamp_(min=1e-6))
 
 
+def energy_weights(energy: list[float], n: int) -> list[float]:
+    """w_k = mean(δ_k²) / Σ_j mean(δ_j²) from Σ δ_k² over n entries (1/K each when that sum is < 1e-6)."""
+    total = sum(energy) / n
+    return [1 / len(energy)] * len(energy) if abs(total) < 1e-6 else [e / n / total for e in energy]
+
+
 def _variance(deltas: list[torch.Tensor]) -> torch.Tensor:
     """Population variance across the deltas, entry by entry."""
     mean = deltas[0].clone()
@@ -144,30 +129,19 @@ def _variance(deltas: list[torch.Tensor]) -> torch.Tensor:
     return variance
 
 
-def _selected_count(nonzero: int, fraction: float) -> int:
+def selected_count(nonzero: int, fraction: float) -> int:
     return int(torch.tensor(nonzero) * fraction)  # a float32 product, as mergekit
 
 
-def _selection(n: int, fraction: float, tile_variance, variance_at, tile: int | None,
-               all_variances: torch.Tensor | None = None):
+def keep_rule(n: int, fraction: float, tile_variance, variance_at, tile: int | None):
     """Which positions SCE keeps: None (all), "none", "whole" (the exact rule needs the
     whole-tensor mask: the k-th largest variance is 0 or tiny, where the streaming rule may keep
     extra zeros), or (threshold, cut): variance above the threshold, or equal to it before flat
-    position cut (exactly int(#nonzero-variance·fraction) positions, selection.py tie rule).
-    ``all_variances``: the variances as one float32 CPU tensor, when the compiled loops made
-    them: the rule then comes from one counting pass in the loops (``values_topk_rule``)."""
+    position cut (exactly int(#nonzero-variance·fraction) positions, selection.py tie rule)."""
     if fraction >= 1:
         return None
     if fraction <= 0:
         return "none"
-    binned = native.value_histogram(all_variances) if all_variances is not None else None
-    if binned is not None:
-        hist, nonzero = binned
-        k = _selected_count(nonzero, fraction)
-        if not 1 <= k < n:
-            return "none" if k <= 0 else None
-        rule = values_topk_rule(all_variances, k, hist, nonzero)
-        return "whole" if rule.threshold <= 0 else (rule.threshold, rule.cut)
     nonzero, wanted = 0, []
 
     def counted(a: int, b: int) -> torch.Tensor:
@@ -177,7 +151,7 @@ def _selection(n: int, fraction: float, tile_variance, variance_at, tile: int | 
         return variance
 
     def count() -> int:
-        wanted.append(_selected_count(nonzero, fraction))
+        wanted.append(selected_count(nonzero, fraction))
         return wanted[0]
 
     rule = topk_rule(n, count, counted, variance_at, tile)
@@ -201,17 +175,13 @@ def _select(deltas: list[torch.Tensor], selection, start: int) -> list[torch.Ten
     return [d.masked_fill_(dropped, 0) for d in deltas]
 
 
-def _energies(base: torch.Tensor, inputs: list[torch.Tensor], variance: torch.Tensor | None, selection,
-              fast: bool) -> list[float]:
+def _energies(base: torch.Tensor, inputs: list[torch.Tensor], selection) -> list[float]:
     """Σ of each model's selected δ², summed per block in span.py's lane order, blocks in order."""
-    if fast:
-        blocks = native.sce_energy(inputs, base, variance, selection, span.BLOCK).tolist()
-    else:
-        blocks = []
-        for a in range(0, base.numel(), span.BLOCK):
-            b = min(a + span.BLOCK, base.numel())
-            deltas = _select([torch.sub(x[a:b], base[a:b]) for x in inputs], selection, a)
-            blocks.append([span.lane_sum(d.double().square_()) for d in deltas])
+    blocks = []
+    for a in range(0, base.numel(), span.BLOCK):
+        b = min(a + span.BLOCK, base.numel())
+        deltas = _select([torch.sub(x[a:b], base[a:b]) for x in inputs], selection, a)
+        blocks.append([span.lane_sum(d.double().square_()) for d in deltas])
     energy = [0.0] * len(inputs)
     for block in blocks:
         for k, value in enumerate(block):
@@ -225,4 +195,4 @@ def _high_variance(deltas: list[torch.Tensor], fraction: float) -> torch.Tensor:
     if fraction <= 0:
         return torch.zeros_like(deltas[0], dtype=torch.bool)
     variance = _variance(deltas)
-    return largest_mask(variance, _selected_count(int(torch.count_nonzero(variance)), fraction))
+    return largest_mask(variance, selected_count(int(torch.count_nonzero(variance)), fraction))

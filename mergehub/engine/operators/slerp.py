@@ -44,7 +44,7 @@ class Slerp(Operator):
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
         if p.shared["t"] in (0.0, 1.0) or work != torch.float32 or not span.applies(base, *inputs):
             return None
-        return self._span_merge(base, inputs[0], p.shared["t"], ctx.empty(base.shape, out_dtype))
+        return self._span_merge(base, inputs[0], p.shared["t"], ctx.empty(base.shape, out_dtype), ctx.span_passes)
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
@@ -55,7 +55,7 @@ class Slerp(Operator):
         if t == 1:
             return inputs[0].to(P.accumulation_dtype(base), copy=True)
         if span.applies(base, *inputs) and base.dtype == torch.float32:
-            return self._span_merge(base, inputs[0], t, ctx.empty(base.shape, torch.float32))
+            return self._span_merge(base, inputs[0], t, ctx.empty(base.shape, torch.float32), ctx.span_passes)
         dtype = P.accumulation_dtype(base)
         a, b = base.reshape(-1).to(dtype), inputs[0].reshape(-1).to(dtype)
         if a.numel() == 0:
@@ -70,13 +70,14 @@ class Slerp(Operator):
         return out.reshape(base.shape)
 
     @staticmethod
-    def _span_merge(base: torch.Tensor, x: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
+    def _span_merge(base: torch.Tensor, x: torch.Tensor, t: float, out: torch.Tensor,
+                    passes: span.Passes | None = None) -> torch.Tensor:
         """The same formula from the Gram matrix of (base, x), in float64, then one pass."""
-        g = span.gram([base.reshape(-1), x.reshape(-1)])
+        g = span.gram([base.reshape(-1), x.reshape(-1)], passes=passes)
         norm_a, norm_b = math.sqrt(g[0][0]), math.sqrt(g[1][1])
         norm_a, norm_b = (norm_a if norm_a > NORM_EPS else 1.0), (norm_b if norm_b > NORM_EPS else 1.0)
         dot = min(1.0, max(-1.0, g[0][1] / (norm_a * norm_b)))
-        return span.apply([base, x], _slerp_coefficients(dot, t), None, out, deltas=False).view(base.shape)
+        return span.apply([base, x], _slerp_coefficients(dot, t), None, out, deltas=False, passes=passes).view(base.shape)
 
 
 def _slerp_coefficients(dot: float, t: float) -> list[float]:
@@ -142,7 +143,7 @@ class NuSlerp(Operator):
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:
         if not p.shared["nuslerp_flatten"] or work != torch.float32 or not span.applies(base, *inputs):
             return None
-        return self._span_merge(base, inputs, self._t(p), ctx.empty(inputs[0].shape, out_dtype))
+        return self._span_merge(base, inputs, self._t(p), ctx.empty(inputs[0].shape, out_dtype), ctx.span_passes)
 
     def merge(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
               ctx: MergeContext) -> torch.Tensor:
@@ -151,7 +152,7 @@ class NuSlerp(Operator):
         x0, x1 = inputs
         work = ctx.work(x0 if base is None else base)
         if flatten and work == torch.float32 and span.applies(base, *inputs):
-            return self._span_merge(base, inputs, t, ctx.empty(x0.shape, torch.float32))
+            return self._span_merge(base, inputs, t, ctx.empty(x0.shape, torch.float32), ctx.span_passes)
         x0, x1 = x0.to(work), x1.to(work)
         if base is None:
             return _nuslerp(t, x0, x1, row_wise, flatten)
@@ -159,14 +160,14 @@ class NuSlerp(Operator):
 
     @staticmethod
     def _span_merge(base: torch.Tensor | None, inputs: list[torch.Tensor], t: float,
-                    out: torch.Tensor) -> torch.Tensor:
+                    out: torch.Tensor, passes: span.Passes | None = None) -> torch.Tensor:
         """Flattened nuslerp from the Gram matrix of the two vectors (deltas with a base)."""
         flat = [x.reshape(-1) for x in inputs]
-        g = span.gram(flat, None if base is None else base.reshape(-1))
+        g = span.gram(flat, None if base is None else base.reshape(-1), passes)
         n0, n1 = max(math.sqrt(g[0][0]), 1e-7), max(math.sqrt(g[1][1]), 1e-7)
         cos = min(1.0, max(-1.0, g[0][1] / (n0 * n1)))
         coefs = [1 - t, t] if 1 - cos * cos <= NORM_EPS ** 2 else _arc_weights(cos, t)
-        return span.apply(inputs, coefs, base, out, deltas=base is not None).view(out.shape)
+        return span.apply(inputs, coefs, base, out, deltas=base is not None, passes=passes).view(out.shape)
 
 
 @register
@@ -256,14 +257,14 @@ class MultiSlerp(Operator):
         if p.shared["normalize_weights"]:
             total = sum(weights)
             weights = [w / total for w in weights]
-        g = span.gram([x.reshape(-1) for x in inputs], None if base is None else base.reshape(-1))
+        g = span.gram([x.reshape(-1) for x in inputs], None if base is None else base.reshape(-1), ctx.span_passes)
         norms = [math.sqrt(g[i][i]) for i in range(k)]
         unit = [1 / (n + eps) for n in norms]  # u_k = unit_k·δ_k
         mean = [w * u for w, u in zip(weights, unit)]
         mean_norm = span.norm(g, mean)
         if mean_norm < eps:
             if k == 2:  # mergekit's fallback: linear interpolation of the deltas
-                return span.apply(inputs, weights, base, out, deltas=base is not None).view(out.shape)
+                return span.apply(inputs, weights, base, out, deltas=base is not None, passes=ctx.span_passes).view(out.shape)
             raise ConfigError(
                 f"multislerp: the weighted mean direction is zero in tensor {ctx.tensor} "
                 f"(antipodal inputs with balancing weights); change the weights")
@@ -275,5 +276,5 @@ class MultiSlerp(Operator):
         scale = sum(n * w for n, w in zip(norms, weights))
         coefs = [scale * (m * math.cos(tangent_norm) + t * math.sin(tangent_norm) / tangent_norm)
                  for m, t in zip(mean, tangent)]
-        return span.apply(inputs, coefs, base, out, deltas=base is not None).view(out.shape)
+        return span.apply(inputs, coefs, base, out, deltas=base is not None, passes=ctx.span_passes).view(out.shape)
 

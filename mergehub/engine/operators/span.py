@@ -8,8 +8,9 @@ Gram matrix G) to decide their coefficients, worked out in float64 on a k×k mat
 final pass out = Σ c_i·x_i + c_base·base. That replaces a dozen whole-tensor float32 passes
 and temporaries with two streaming passes, and reads the inputs in their stored dtype.
 
-Both passes have a fixed summation order, so the compiled loops (engine/native) and this torch
-version give the same bits (tests/engine/operators/test_span.py):
+Both passes have a fixed summation order, so the compiled kernels (engine/kernels/span.py,
+which hand their ``Passes`` to the operators through ``MergeContext.span_passes``) and this
+torch version give the same bits (tests/engine/kernels):
 * G is summed per block of ``BLOCK`` entries: entry e of a block adds its exact float64 product
   to lane e mod 8, each lane in order; the lanes are added 0..7, the blocks in order;
 * out adds c_i·x_i in float64 for i in order (then the base), rounds to float32, then to the
@@ -19,22 +20,28 @@ version give the same bits (tests/engine/operators/test_span.py):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
-
-from .. import native
 
 BLOCK = 1 << 16
 LANES = 8
 
 
-def gram(xs: list[torch.Tensor], base: torch.Tensor | None = None) -> list[list[float]]:
+@dataclass(frozen=True)
+class Passes:
+    """The two passes over the tensors: ``gram_blocks(xs, base)`` → float64[blocks, k, k] (upper
+    triangles, per block of BLOCK entries) and ``combine(xs, coefs, base, base_coef, out)``."""
+
+    gram_blocks: Callable
+    combine: Callable
+
+
+def gram(xs: list[torch.Tensor], base: torch.Tensor | None = None, passes: Passes | None = None) -> list[list[float]]:
     """G[i][j] = ⟨v_i, v_j⟩ (symmetric), v_i = x_i − base (or x_i), over flat tensors."""
     k = len(xs)
-    if native.supports(*xs, *([] if base is None else [base])):
-        blocks = native.gram_blocks(xs, base, BLOCK)
-    else:
-        blocks = _gram_blocks(xs, base)
+    blocks = (passes or TORCH).gram_blocks(xs, base)
     totals = [[0.0] * k for _ in range(k)]
     for block in blocks.tolist():
         for i in range(k):
@@ -74,12 +81,10 @@ def _vector(x: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
     return x.float() if base is None else x.float() - base.float()
 
 
-def combine(xs: list[torch.Tensor], coefs: list[float], base: torch.Tensor | None, base_coef: float,
-            out: torch.Tensor) -> torch.Tensor:
+def _combine(xs: list[torch.Tensor], coefs: list[float], base: torch.Tensor | None, base_coef: float,
+             out: torch.Tensor) -> torch.Tensor:
     """``out`` (flat) ← Σ c_i·x_i + base_coef·base, in float64, rounded to float32, then to out's dtype."""
     tensors = xs + ([] if base is None else [base])
-    if native.supports(out, *tensors):
-        return native.combine(xs, coefs, base, base_coef, out)
     weights = list(coefs) + ([] if base is None else [base_coef])
     for start in range(0, out.numel(), BLOCK):
         stop = min(start + BLOCK, out.numel())
@@ -111,9 +116,13 @@ def norm(g: list[list[float]], a: list[float]) -> float:
 
 
 def apply(xs: list[torch.Tensor], coefs: list[float], base: torch.Tensor | None, out: torch.Tensor,
-          deltas: bool) -> torch.Tensor:
+          deltas: bool, passes: Passes | None = None) -> torch.Tensor:
     """``out`` ← Σ c_i·v_i (+ base when ``deltas``, v_i = x_i − base; else v_i = x_i), flat."""
     flat = [x.reshape(-1) for x in xs]
+    combine = (passes or TORCH).combine
     if deltas:
         return combine(flat, coefs, base.reshape(-1), 1.0 - sum(coefs), out.view(-1))
     return combine(flat, coefs, None, 0.0, out.view(-1))
+
+
+TORCH = Passes(_gram_blocks, _combine)

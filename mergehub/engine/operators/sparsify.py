@@ -32,7 +32,7 @@ Sparsifier = Callable[[torch.Tensor, float, bool, dict, MergeContext, int], torc
 
 def _apply(delta: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:
     """δ ← keep·δ, then the optional L1 rescale. ``keep`` (always a fresh mask) is consumed.
-    float32 norms are exact (exact_sum.py: the compiled loops get the same factor); other
+    float32 norms are exact (exact_sum.py: the compiled kernels get the same factor); other
     working dtypes sum in that dtype, as mergekit does."""
     exact = delta.dtype == torch.float32
     if rescale:

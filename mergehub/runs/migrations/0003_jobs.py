@@ -4,7 +4,7 @@ worker's watchdog reaps, never behind a queue)."""
 
 from django.db import migrations, models
 
-from mergehub.runs.models import bytes_saved
+from mergehub.runs.figures import bytes_saved
 
 REAPER = "mergehub: reap stale runs"
 

@@ -67,7 +67,7 @@ def assert_rel(out, ref, tol: float = 1e-6) -> None:
 
 
 def same_sum(a: list[int], b: list[int]) -> bool:
-    """Exact-sum slot lists (operators/exact_sum.py) describing the same sum: the compiled loops
+    """Exact-sum slot lists (operators/exact_sum.py) describing the same sum: the compiled kernels
     may put a chunk's or a row's whole sum into two slots where the torch path fills one an
     exponent."""
     return exact_total(a) == exact_total(b) and bool(a[255]) == bool(b[255])

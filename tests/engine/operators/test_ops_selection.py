@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from mergehub.engine import native
 from mergehub.engine.operators import selection
 from mergehub.engine.operators.selection import kth_smallest, largest_mask, smallest_mask
 
@@ -164,39 +163,3 @@ def test_smallest_values_are_what_sorting_gives(kind):
     for r, got in zip(ranks, smallest_values(values, ranks)):
         want = ordered[r - 1]
         assert (torch.isnan(got) and torch.isnan(want)) or got.item() == want.item(), (r, got, want)
-
-
-needs_loops = pytest.mark.skipif(not native.available(), reason="the compiled loops are not built")
-
-
-@needs_loops
-@pytest.mark.parametrize("kind", ["random", "ties", "zeros_and_subnormals", "all_equal", "every_exponent"])
-def test_the_rule_from_the_loops_histogram_is_topk_rules(kind):
-    """values_topk_rule (native.value_histogram: one counting pass; native.value_positions for
-    the bin) gives topk_rule's threshold and cut, so SCE keeps the same positions either way."""
-    g = torch.Generator().manual_seed(len(kind))
-    n = 70_001
-    values = {"random": lambda: torch.rand(n, generator=g),
-              "ties": lambda: torch.randint(0, 9, (n,), generator=g).float() * 0.37,
-              "zeros_and_subnormals": lambda: torch.where(torch.rand(n, generator=g) < 0.8, 0.0,
-                                                          torch.randint(1, 40, (n,), generator=g).float() * 1e-44),
-              "all_equal": lambda: torch.full((n,), 0.5),
-              "every_exponent": lambda: torch.exp(torch.randn(n, generator=g) * 30).clamp(max=3e38)}[kind]()
-    hist, nonzero = native.value_histogram(values)
-    assert nonzero == int(torch.count_nonzero(values))
-    assert torch.equal(hist, torch.bincount(values.view(torch.int32) >> 16, minlength=selection.KEY_BINS))
-    for k in (1, 17, n // 10, n // 2, n - 1):
-        fast = selection.values_topk_rule(values, k, hist, nonzero)
-        slow = selection.topk_rule(n, k, lambda a, b: values[a:b], lambda at: values[at])
-        assert (fast.threshold, fast.cut) == (slow.threshold, slow.cut), k
-
-
-@needs_loops
-def test_the_loops_histogram_refuses_a_sign_bit():
-    """−0 or a negative NaN would be a negative bin in topk_rule's torch bincount: the loops
-    say so (None) and SCE takes the torch path, which handles it as before."""
-    values = torch.rand(1000)
-    values[500] = -0.0
-    assert native.value_histogram(values) is None
-    values[500] = 0.0
-    assert native.value_histogram(values)[1] == 999

@@ -1,6 +1,6 @@
 """The streaming TIES path (per-model top-k rule, then a tiled combine) gives the same bits as
-the whole-tensor path (a top-k mask per model, then one combine), whatever the tile size, in
-torch and through the compiled loops (engine/native)."""
+the whole-tensor path (a top-k mask per model, then one combine), whatever the tile size.
+(The same merges through the compiled kernels: tests/engine/kernels.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 from operator_refs import make_ctx, make_params
 
-from mergehub.engine import native
 from mergehub.engine.operators import selection
 from mergehub.engine.operators.registry import get_operator
 from mergehub.engine.operators.sparsify import magnitude
@@ -32,13 +31,23 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["torch", "native"])
-def path(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setattr(native, "supports", lambda *tensors: False)
-    elif not native.available():
-        pytest.skip("the compiled loops are not built (tests/engine/test_native.py says why)")
-    return request.param
+@pytest.fixture
+def path():
+    """The torch statements (their kernels: tests/engine/kernels)."""
+    return "torch"
+
+
+def record_calls(monkeypatch, owner, name: str) -> list[tuple]:
+    """Wrap ``owner.name``; the returned list gets the positional arguments of every call."""
+    calls: list[tuple] = []
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
 
 
 @pytest.mark.parametrize("method, shared, models", CASES)
@@ -55,7 +64,19 @@ def test_streaming_ties_equals_the_whole_tensor_merge(monkeypatch, path, method,
         xs = [x.bfloat16() for x in xs]  # stored dtype: the operator promotes exactly
     p = make_params(method, 3, shared, models or {"weight": 1.0, "density": 0.5})
     op = get_operator(method)
+    streamed = record_calls(monkeypatch, type(op), "_merge_top_k")
+    combined = record_calls(monkeypatch, type(op), "_combine")  # (self, base, inputs, p, prune)
     out = op.merge(base, xs, p, make_ctx(shape))
+    if path == "torch":  # the path taken
+        sizes = [args[1].numel() for args in combined]
+        if method == "ties":
+            # the streaming path: one top-k rule per model, then the combine tile by tile
+            assert len(streamed) == 1
+            assert sum(sizes) == base.numel() and max(sizes) <= tile
+            assert len(sizes) == -(-base.numel() // tile)
+        else:
+            # no magnitude top-k: one combine over the whole tensor
+            assert not streamed and sizes == [base.numel()]
     if method == "ties":
         assert torch.equal(out, whole_tensor_merge(method, base, [x.float() for x in xs], p))
     # the stored-dtype inputs give exactly what converted inputs give

@@ -7,7 +7,6 @@ import random
 import pytest
 import torch
 
-from mergehub.engine import native
 from mergehub.engine.operators import random_stream as rs
 
 MASK = 0xFFFFFFFF
@@ -25,14 +24,10 @@ def draw_python(key: tuple[int, int], i: int) -> int:
     return mix32_python((mix32_python((i & MASK) ^ key[0]) + ((i >> 32) ^ key[1])) & MASK) >> 8
 
 
-@pytest.fixture(params=["torch", "native"])
-def path(request, monkeypatch):
-    """Run a test with the torch formula, and again through the compiled loops when built."""
-    if request.param == "torch":
-        monkeypatch.setattr(native, "available", lambda: False)
-    elif not native.available():
-        pytest.skip("the compiled loops are not built")
-    return request.param
+@pytest.fixture
+def path():
+    """The torch formula (the kernels draw the same stream: tests/engine/kernels/test_kernel_parts.py)."""
+    return "torch"
 
 
 def test_the_draws_are_the_documented_formula(path):
@@ -75,19 +70,3 @@ def test_the_draws_look_uniform_and_keep_the_density(path):
                                                 (0.5, 1 << 23), (2 ** -24, 1), (2 ** -25, 1)])
 def test_keep_thresholds(density, threshold):
     assert rs.keep_threshold(density) == threshold
-
-
-@pytest.mark.skipif(not native.available(), reason="the compiled loops are not built")
-def test_the_compiled_loops_draw_the_same_stream_past_the_32_bit_boundary():
-    """One expert, DARE without rescale, its slice starting 500 entries before index 2^32:
-    out = base + kept δ·w with kept exactly where the torch draws are below the threshold."""
-    n, offset, density = 1000, (1 << 32) - 500, 0.4
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(n, generator=g)
-    x = base + torch.randn(n, generator=g)
-    key = rs.stream_key(5, "w", 0)
-    spec = native.model_spec(x, 0.5, key=key, offset=offset, threshold=rs.keep_threshold(density))
-    out = native.family_combine(base, [spec], False, False, 1.0, torch.empty_like(base))
-    kept = torch.tensor([draw_python(key, offset + j) for j in range(n)]) < rs.keep_threshold(density)
-    expected = torch.where(kept, x - base, torch.zeros_like(base)) * 0.5 + base
-    assert torch.equal(out, expected)

@@ -1,15 +1,13 @@
-"""Gram matrices and linear combinations (operators/span.py): the compiled loops and the torch
-version give the same bits, and both are accurate."""
+"""Gram matrices and linear combinations (operators/span.py): accurate, and the span route of
+each operator agrees with its whole-tensor code. (The kernels' passes give the same bits:
+tests/engine/kernels/test_kernel_span.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mergehub.engine import native
 from mergehub.engine.operators import span
-
-needs_loops = pytest.mark.skipif(not native.available(), reason="the compiled loops are not built")
 
 
 def inputs(n: int, k: int, seed: int, dtype=torch.bfloat16):
@@ -17,12 +15,6 @@ def inputs(n: int, k: int, seed: int, dtype=torch.bfloat16):
     base = torch.randn(n, generator=g)
     xs = [(base + 0.05 * torch.randn(n, generator=g)).to(dtype) for _ in range(k)]
     return base.to(dtype), xs
-
-
-def torch_path(fn, *args):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native, "supports", lambda *tensors: False)
-        return fn(*args)
 
 
 @pytest.mark.parametrize("n", [1, 7, 1025, span.BLOCK + 13, 3 * span.BLOCK])  # tails of lanes, chunks, blocks
@@ -38,29 +30,14 @@ def test_the_gram_matrix_is_accurate(n, with_base):
             assert abs(g[i][j] - exact) <= 1e-12 * max(1.0, abs(exact)) * n ** 0.5
 
 
-@needs_loops
-@pytest.mark.parametrize("n", [1, 7, 1025, span.BLOCK + 13, 3 * span.BLOCK])
-@pytest.mark.parametrize("with_base", [False, True])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_the_loops_sum_the_gram_matrix_in_the_same_order(monkeypatch, n, with_base, dtype):
-    monkeypatch.setattr(native, "_MIN_SPLIT", 1000)  # several threads even for small n
-    base, xs = inputs(n, 4, seed=n + 1, dtype=dtype)
-    b = base if with_base else None
-    assert span.gram(xs, b) == torch_path(span.gram, xs, b)
-
-
-@needs_loops
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_base", [False, True])
-def test_the_loops_combine_in_the_same_order(monkeypatch, out_dtype, with_base):
-    monkeypatch.setattr(native, "_MIN_SPLIT", 1000)
+def test_the_combination_rounds_once_to_float32(out_dtype, with_base):
     n = span.BLOCK + 999
     base, xs = inputs(n, 3, seed=5)
     coefs = [0.3, -1.7, 2.0 / 3.0]
     b, c = (base, 0.1234567) if with_base else (None, 0.0)
-    out = span.combine(xs, coefs, b, c, torch.empty(n, dtype=out_dtype))
-    ref = torch_path(span.combine, xs, coefs, b, c, torch.empty(n, dtype=out_dtype))
-    assert torch.equal(out, ref)
+    out = span.TORCH.combine(xs, coefs, b, c, torch.empty(n, dtype=out_dtype))
     exact = sum(ci * x.double() for ci, x in zip(coefs, xs)) + (c * base.double() if with_base else 0)
     assert torch.equal(out, exact.float().to(out_dtype))  # one rounding to float32, then out's dtype
 
@@ -95,7 +72,7 @@ def test_operators_through_the_span_match_their_whole_tensor_code(monkeypatch, m
     b = base if with_base else None
     taken = []
     real_gram = span.gram
-    monkeypatch.setattr(span, "gram", lambda *a: taken.append(1) or real_gram(*a))
+    monkeypatch.setattr(span, "gram", lambda *a, **kw: taken.append(1) or real_gram(*a, **kw))
     ctx = make_ctx(shape)
     ctx.work_dtype = torch.float32  # the inputs are stored bf16, the merge works in float32
     out = op.merge(b, xs, p, ctx)

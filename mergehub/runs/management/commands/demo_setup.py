@@ -23,10 +23,10 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from mergehub.accounts.models import Membership, Role, Team
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
+from mergehub.registry.indexing import index_now
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import allowed, team_checkpoints_dir
-from mergehub.registry.indexing import index_now
 from mergehub.registry.services import register_checkpoint
 
 DEMO_FAMILY = "demo"
@@ -87,7 +87,7 @@ class Command(BaseCommand):
             info = json.loads(manifest.read_text())
             self.stdout.write(f"Kept the demo family in {root}.")
             return {"base": Path(info["base"]), "experts": [Path(p) for p in info["experts"]]}
-        from bench.generate import generate_family
+        from mergehub.demo.synthetic import generate_family  # imports torch
 
         self.stdout.write(f"Generating a demo family in {root} ({experts} experts of {size}, {delta} deltas)...")
         try:

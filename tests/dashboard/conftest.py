@@ -1,0 +1,1 @@
+from tests.pages.conftest import queued_run, succeeded_run  # noqa: F401  (fixtures)
