@@ -105,4 +105,4 @@ class HubPushRunner(JobRunner):
         job.token = ""
         if status == HubPush.Status.SUCCEEDED:
             record(team=job.team, actor=job.author, action=AuditEvent.Action.MODEL_PUSHED, target=job.run,
-                   details={"repo": job.repo_id, "commit": job.commit_oid, "url": job.commit_url})
+                   label=job.run.name, details={"repo": job.repo_id, "commit": job.commit_oid, "url": job.commit_url})

@@ -136,7 +136,7 @@ def _change(run: MergeRun, review: Review, user, kind: str, state: str, action: 
     was, review.state = review.state, state
     review.save(update_fields=["state", "updated_at"])
     _entry(run, user, kind, body)
-    record(team=run.team, actor=user, action=action, target=run,
+    record(team=run.team, actor=user, action=action, target=run, label=run.name,
            details={"from": was, "to": state})
 
 

@@ -28,6 +28,7 @@ def test_request_then_approve_by_another_member(carols_run, carol, dave):
                   .order_by("created_at", "pk").values_list("actor_name", "action", "details"))
     assert events == [("carol", "review.requested", {"from": "none", "to": "requested"}),
                       ("dave", "review.approved", {"from": "requested", "to": "approved"})]
+    assert set(AuditEvent.objects.values_list("target_label", flat=True)) == {"carol's merge"}
 
 
 def test_changes_requested_then_requested_again(carols_run, carol, dave):
