@@ -76,8 +76,9 @@ def permissions(*, user, run: MergeRun, state: str) -> Permissions:
     return may
 
 
-def review_panel(*, user, run: MergeRun) -> dict:
-    """What the report's review section shows: state, conversation and the user's actions."""
-    state = state_of(run)
+def review_panel(*, user, run: MergeRun, state: str | None = None) -> dict:
+    """What the report's review section shows: state, conversation and the user's actions
+    (``state``: the run's review state, when the caller has read it already)."""
+    state = state or state_of(run)
     return {"state": state, "state_label": ReviewState(state).label, "entries": list(conversation(run)),
             "may": permissions(user=user, run=run, state=state)}

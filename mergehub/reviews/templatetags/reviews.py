@@ -1,4 +1,5 @@
-"""``{% review_panel run %}``: a run report's review section; ``{{ text|markdown }}``: a comment
+"""``{% review_panel run state %}``: a run report's review section (``state``, optional: the run's
+review state, when the page has read it); ``{{ text|markdown }}``: a comment
 rendered safely (mergehub/reviews/markdown.py); ``{% review_badge state %}``: a state's badge;
 ``{% awaiting_review_notice team %}``: the dashboard's count of runs awaiting the user's review."""
 
@@ -13,11 +14,11 @@ register = template.Library()
 
 
 @register.inclusion_tag("reviews/_panel.html", takes_context=True)
-def review_panel(context, run):
+def review_panel(context, run, state=None):
     request = context["request"]
     # a comment refused by the service comes back in the box (views.review keeps it)
     draft = request.session.pop("review_draft", "") if hasattr(request, "session") else ""
-    return {**panel_of(user=request.user, run=run), "run": run, "draft": draft,
+    return {**panel_of(user=request.user, run=run, state=state), "run": run, "draft": draft,
             "csrf_token": context.get("csrf_token"), "user": request.user}
 
 
