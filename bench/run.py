@@ -31,7 +31,7 @@ import yaml
 
 from mergehub.demo.synthetic import FAMILY_FILE
 from mergehub.engine.errors import ConfigError, MergeHubError
-from mergehub.engine.planner import parse_budget
+from mergehub.engine.budget import parse_budget
 
 from .measure import (ChildResult, evict, files_under, inblock_works, raw_read_throughput, read_while_writing,
                       run_child)

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--rank", type=int, default=None)
     args = parser.parse_args(argv)
     from mergehub.engine import api
-    from mergehub.engine.blocks import parse_size
+    from mergehub.engine.units import parse_size
 
     if args.what == "quality":
         args.ranks = args.ranks or [api.DEFAULT_SKETCH_RANK]

@@ -36,7 +36,8 @@ walk(get_resolver().url_patterns)
 seconds = time.perf_counter() - t0
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 print(json.dumps({"seconds": seconds, "rss_kib": int(status["VmHWM"].split()[0]),
-                  "torch": "torch" in sys.modules, "modules": len(sys.modules)}))
+                  "heavy": sorted(m for m in ("torch", "numpy", "safetensors") if m in sys.modules),
+                  "modules": len(sys.modules)}))
 """
 
 
@@ -49,7 +50,8 @@ def measure(runs: int) -> dict:
         samples.append(json.loads(out.strip().splitlines()[-1]))
     return {"seconds": statistics.median(s["seconds"] for s in samples),
             "rss_mib": statistics.median(s["rss_kib"] for s in samples) / 1024,
-            "torch": any(s["torch"] for s in samples),
+            "torch": any("torch" in s["heavy"] for s in samples),
+            "heavy": sorted({m for s in samples for m in s["heavy"]}),  # of torch, numpy, safetensors
             "modules": statistics.median(s["modules"] for s in samples)}
 
 

@@ -7,19 +7,22 @@
 - ``mergehub.remote`` (the API's command-line client) imports neither Django nor torch;
 
 and, in a fresh interpreter, setting Django up and importing every URL module leaves torch
-unimported (a web process imports it when a page first needs the engine).
+unimported, as do the pages that show results (a web process imports it when a page first needs
+the engine: the merge form).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.publishing.conftest import merged_run  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mergehub"
@@ -135,27 +138,56 @@ def test_every_app_module_is_in_a_known_place():
     assert tops == set()
 
 
-STARTUP = """
-import json, os, sys
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mergehub.settings")
-from django.core.wsgi import get_wsgi_application
-get_wsgi_application()
-from django.urls import URLResolver, get_resolver
+def test_a_web_process_starts_without_torch():
+    """scripts/measure_startup.py's child: Django set up, the WSGI app built, every URL module
+    imported, in a fresh interpreter; torch, numpy and safetensors stay unimported."""
+    spec = importlib.util.spec_from_file_location("measure_startup", ROOT / "scripts" / "measure_startup.py")
+    measure_startup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_startup)
+    assert measure_startup.measure(runs=1)["heavy"] == []
 
-def walk(patterns):
-    for p in patterns:
-        if isinstance(p, URLResolver):
-            walk(p.url_patterns)
 
-walk(get_resolver().url_patterns)
-print(json.dumps(sorted(m for m in ("torch", "numpy", "safetensors") if m in sys.modules)))
+PAGES = """
+import json, sys
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.test.utils import setup_test_environment
+setup_test_environment()
+username, token, urls = sys.argv[1], sys.argv[2], sys.argv[3:]
+client = Client()
+client.force_login(get_user_model().objects.get(username=username))
+result = {}
+for url in urls:
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if url.startswith("/api/") else {}
+    result[url] = [client.get(url, **headers).status_code, "torch" in sys.modules]
+print(json.dumps(result))
 """
 
 
-def test_a_web_process_starts_without_torch():
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env.setdefault("SECRET_KEY", "architecture-test")
-    out = subprocess.run([sys.executable, "-c", STARTUP], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=280)
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_pages_that_show_results_leave_torch_unimported(merged_run, alice, acme):
+    """A web worker's first views of the dashboard, lists, a run's report, a comparison, the team
+    pages and the API's reads do not import torch; only pages that describe or plan a merge (the
+    merge form) need the engine."""
+    from mergehub.api.tokens import create_token
+    from mergehub.runs.models import MergeRun
+    from tests.jobs.stack import stack_env
+
+    run, base = merged_run, merged_run.base
+    other = MergeRun.objects.create(team=acme, author=alice, name="queued", method="ties", budget="0.5", base=base)
+    _, token = create_token(user=alice, team=acme, name="probe", can_write=False, expires_days=None, by=alice)
+    pages = ["/", "/runs/", "/runs/?method=ties", f"/runs/{run.pk}/", f"/runs/compare/?ids={run.pk},{other.pk}",
+             f"/runs/{run.pk}/config.yaml", "/checkpoints/", f"/checkpoints/{base.pk}/", "/evaluation/tasks/",
+             "/evaluation/sweeps/", "/teams/", f"/teams/{acme.slug}/", f"/teams/{acme.slug}/audit/",
+             "/api/v1/runs/", f"/api/v1/runs/{run.pk}/", "/api/v1/checkpoints/"]
+    out = subprocess.run([sys.executable, "-c", PAGES, alice.username, token, *pages, "/runs/new/"], cwd=ROOT,
+                         env=stack_env(), capture_output=True, text=True, timeout=280)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {url: status for url, (status, _) in seen.items()} == {url: 200 for url in [*pages, "/runs/new/"]}
+    assert [url for url in pages if seen[url][1]] == []
+    # the merge form does import it (it lists each operator's parameters), which shows the probe sees one
+    assert seen["/runs/new/"][1]

@@ -28,14 +28,21 @@ import yaml
 # starts without it and imports it when a page first needs the engine. The torch-backed
 # modules are imported inside the functions below, and the names apps use from them are
 # resolved on first access (``__getattr__`` at the end of this file).
+from .budget import Budget, base_only_warning, parse_budget
+from .config_yaml import ALLOWED_KEYS as CONFIG_KEYS
+from .config_yaml import MODEL_ENTRY_KEYS, dump_yaml, load_yaml
+from .config_yaml import check_keys as check_config_keys
 from .control import CancelFn, Control, Progress, ProgressFn
 from .errors import (BudgetError, Cancelled, ConfigError, DiskFull, InvalidCheckpoint, MergeHubError,
                      MismatchedCheckpoints, NonFiniteOutput, OutputExists, ReplayMismatch)
+from .layers import layer_index
 from .locations import catalog_in
-from .model_files import INDEX_NAME as SHARDED_INDEX_NAME, SINGLE_NAME as SINGLE_FILE_NAME
+from .model_files import INDEX_NAME as SHARDED_INDEX_NAME
+from .model_files import MANIFEST_NAME as MANIFEST_FILENAME
+from .model_files import SINGLE_NAME as SINGLE_FILE_NAME
 from .prefetch import Prefetch
 from .publish import Staging, check_target
-from .units import binary_size
+from .units import binary_size, parse_size
 
 if TYPE_CHECKING:
     from .catalog import IndexEntry
@@ -150,7 +157,7 @@ def plan_merge(config: MergeConfig, *, budget=1.0, catalog_dir=None, block_size:
     """Plan from the catalog alone: no expert weight is read (unless ``index_missing``).
     ``sketch_rank``: see merge_sketch_rank."""
     from .blocks import DEFAULT_BLOCK_SIZE
-    from .planner import make_plan, parse_budget
+    from .planner import make_plan
     block_size = block_size or DEFAULT_BLOCK_SIZE
     budget_obj = parse_budget(budget)  # a bad budget fails before any indexing
     rank = merge_sketch_rank(config, sketch_rank)
@@ -191,7 +198,7 @@ def run_merge(config: MergeConfig, out_dir, *, budget=1.0, seed: int = 0, device
     from . import manifest as manifest_mod
     from .blocks import DEFAULT_BLOCK_SIZE
     from .executor import Executor, pick_device
-    from .planner import make_plan, parse_budget
+    from .planner import make_plan
     from .writer import DEFAULT_OUTPUT_HASH, DEFAULT_SHARD_BYTES, ShardedWriter
     shard_bytes = DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes
     output_hash = DEFAULT_OUTPUT_HASH if output_hash is None else output_hash
@@ -344,7 +351,7 @@ def sweep(config: MergeConfig, budgets: list, *, seed: int = 0, device: str = "a
     rank), only "blocks" rows."""
     from .blocks import DEFAULT_BLOCK_SIZE
     from .executor import Executor, pick_device
-    from .planner import make_plan, parse_budget
+    from .planner import make_plan
     block_size = block_size or DEFAULT_BLOCK_SIZE
     control = Control(progress, cancel)
     parsed = [parse_budget(b) for b in budgets]  # bad budgets fail before any indexing
@@ -397,7 +404,6 @@ def replay(manifest_path, out_dir, *, force: bool = False, catalog_dir=None, dev
 
 
 def parse_block_size(text: Any) -> int:
-    from .blocks import parse_size
     return parse_size(text, "block size")
 
 
@@ -425,27 +431,17 @@ def import_torch_modules() -> None:
 # Names from torch-backed modules, imported on first access: {name here: (module, name there)}.
 _LAZY_EXPORTS = {
     "PlanReport": (".planner", "Plan"),
-    "parse_budget": (".planner", "parse_budget"),
-    "base_only_warning": (".planner", "base_only_warning"),
     "check_compatible": (".catalog", "check_compatible"),
     "load_config": (".config", "load_config"),
     "parse_config": (".config", "parse_config"),
     "to_mergekit_yaml": (".config", "to_mergekit_yaml"),
-    "load_yaml": (".config", "load_yaml"),
-    "dump_yaml": (".config", "dump_yaml"),
-    "check_config_keys": (".config", "check_keys"),
-    "CONFIG_KEYS": (".config", "ALLOWED_KEYS"),
-    "MODEL_ENTRY_KEYS": (".config", "MODEL_ENTRY_KEYS"),
-    "layer_index": (".config", "layer_index"),
     "CONFIG_DTYPE_NAMES": (".dtypes", "CONFIG_NAME"),
     "SAFETENSORS_DTYPE_NAMES": (".dtypes", "TORCH_TO_SAFETENSORS"),
-    "parse_size": (".blocks", "parse_size"),
     "parse_config_dtype": (".dtypes", "parse_config_dtype"),
     "DEFAULT_SKETCH_RANK": (".sketch", "DEFAULT_SKETCH_RANK"),
     "MAX_SKETCH_RANK": (".sketch", "MAX_SKETCH_RANK"),
     # the rule for a sketch rank (a whole number from 0, off, to MAX_SKETCH_RANK), for the apps
     "check_sketch_rank": (".sketch", "check_rank"),
-    "MANIFEST_FILENAME": (".manifest", "FILENAME"),
     "Operator": (".operators.base", "Operator"),
     "OperatorParam": (".operators.base", "Param"),
     "REQUIRED": (".operators.base", "REQUIRED"),
@@ -466,7 +462,9 @@ def __getattr__(name: str) -> Any:
 __all__ += ["parse_block_size", "ReplayMismatch", "IndexSummary", "merge_sketch_rank", "DEFAULT_SKETCH_RANK",
             "MAX_SKETCH_RANK", "check_sketch_rank", "operator_specs", "cuda_available", "import_torch_modules",
             # torch-free, imported with this module
-            "CancelFn", "Control", "Progress", "ProgressFn", "Staging", "catalog_in", "binary_size",
+            "CancelFn", "Control", "Progress", "ProgressFn", "Staging", "catalog_in", "binary_size", "parse_size",
+            "Budget", "parse_budget", "base_only_warning", "layer_index",
+            "CONFIG_KEYS", "MODEL_ENTRY_KEYS", "check_config_keys", "dump_yaml", "load_yaml", "MANIFEST_FILENAME",
             "SHARDED_INDEX_NAME", "SINGLE_FILE_NAME",
             "BudgetError", "Cancelled", "ConfigError", "DiskFull", "InvalidCheckpoint", "MergeHubError",
             "MismatchedCheckpoints", "NonFiniteOutput", "OutputExists",

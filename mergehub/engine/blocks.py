@@ -7,34 +7,11 @@ block_size // row_bytes); 0-D and 1-D tensors are a single row, so a single bloc
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from .errors import ConfigError
 from .layout import TensorInfo
 
 DEFAULT_BLOCK_SIZE = 1 << 20  # 1 MiB: fine enough to skip unchanged rows, coarse enough to read fast
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
-          "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1 << 10, "mib": 1 << 20,
-          "gib": 1 << 30, "tib": 1 << 40, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
-
-
-def parse_size(text: str | int, what: str = "size") -> int:
-    """'512MB' -> 512_000_000, '2GiB' -> 2147483648, 4096 -> 4096."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        m = _SIZE.match(str(text))
-        unit = (m.group(2) or "").lower() if m else None
-        if not m or unit not in _UNITS:
-            raise ConfigError(f"{what} {text!r} is not a size: write bytes or e.g. 512KiB, 4MB, 2GiB")
-        value = int(float(m.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise ConfigError(f"{what} must be positive, got {text!r}")
-    return value
-
 
 @dataclass(frozen=True)
 class Block:

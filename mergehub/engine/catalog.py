@@ -106,7 +106,7 @@ class IndexEntry:
 
     def summary(self, layout: ModelLayout) -> dict:
         """Per-tensor totals for reports and charts (the web app stores this)."""
-        from .config import layer_index
+        from .layers import layer_index
 
         tensors = {}
         for name, st in self.tensors.items():

@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _block_size(args) -> int:
     """--block-size, else the web app's MERGEHUB_BLOCK_SIZE (0 or unset: the default), so that
     both key their catalog entries alike and neither re-indexes what the other indexed."""
-    from .blocks import DEFAULT_BLOCK_SIZE, parse_size
+    from .blocks import DEFAULT_BLOCK_SIZE
+    from .units import parse_size
 
     if args.block_size:
         return parse_size(args.block_size, "--block-size")
@@ -173,7 +174,7 @@ def _block_size(args) -> int:
 
 def _cmd_merge(args, bar, prefetch: Prefetch | None = None) -> int:
     from . import api
-    from .blocks import parse_size
+    from .units import parse_size
 
     config = api.load_config(args.config)
     result = api.run_merge(config, args.out_dir, budget=args.budget, seed=args.seed, device=args.device,

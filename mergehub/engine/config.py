@@ -22,71 +22,24 @@ lm_head and other tensors outside the layers use t = 0.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from .config_types import MergeConfig, ModelRef
+from .config_yaml import FILTER_ENTRY_KEYS, MODEL_ENTRY_KEYS, check_keys, dump_yaml, load_yaml
 from .dtypes import CONFIG_NAME, parse_config_dtype
 from .errors import ConfigError
+from .layers import layer_index
 from .model_files import refuse_pickle
 from .operators.base import REQUIRED, Operator, Param, TensorParams
 from .operators.registry import get_operator
 
-ALLOWED_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype")
-
-# Sections the engine reads past: MergeHub's own notes on an exported run (checkpoint names,
-# budget, seed, block size), which mergekit ignores as well.
-METADATA_KEYS = ("mergehub",)
-
-# mergekit keys we recognise but cannot honour (yet): each gets its own explanation.
-UNSUPPORTED_KEYS = {
-    "slices": "slices are not supported yet; list models instead",
-    "modules": "modules are not supported yet; list models instead",
-    "tokenizer_source": (
-        "tokenizer_source is not supported: MergeHub copies the base model's tokenizer and needs "
-        "every model to share its vocabulary; remove the key"),
-    "tokenizer": (
-        "tokenizer is not supported: MergeHub copies the base model's tokenizer and needs every "
-        "model to share its vocabulary; remove the key"),
-    "chat_template": (
-        "chat_template is not supported yet; remove the key and set the template in the merged "
-        "model's tokenizer_config.json"),
-}
-
-MODEL_ENTRY_KEYS = ("model", "parameters")
-FILTER_ENTRY_KEYS = ("filter", "value")
-
 _TRUE_WORDS = {"true", "yes", "on", "y", "t", "1"}
 _FALSE_WORDS = {"false", "no", "off", "n", "f", "0"}
-
-# The first "<layers|layer|h|blocks|block>.<N>" component names the layer: model.layers.12...,
-# transformer.h.3..., model.decoder.layers.7..., blocks.5..., encoder.block.2.layer.1 (-> 2).
-_LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?=\.|$)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading and parsing
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                continue  # unhashable key: the base constructor reports it
-            if duplicate:
-                mark = key_node.start_mark
-                raise ConfigError(f"duplicate key {key!r} at line {mark.line + 1}; keep only one")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: str | Path, check_paths: bool = True) -> MergeConfig:
@@ -100,36 +53,6 @@ def load_config(path: str | Path, check_paths: bool = True) -> MergeConfig:
         raise ConfigError(f"cannot read config file {path} ({exc})") from None
     mapping = load_yaml(text, source=str(path))
     return parse_config(mapping, base_dir=path.resolve().parent, check_paths=check_paths)
-
-
-class _NoAliasLoader(_StrictLoader):
-    """_StrictLoader that also refuses anchors and aliases: YAML from outside (a web form, an
-    API call) could otherwise nest aliases into a value that grows exponentially when it is
-    copied, printed or stored."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise ConfigError(f"YAML aliases (*name) are not accepted here (line {mark.line + 1}); "
-                              "write the value out")
-        return super().compose_node(parent, index)
-
-
-def load_yaml(text: str, *, source: str = "", allow_aliases: bool = True) -> Any:
-    """YAML text as Python data (safe types only; duplicate keys refused). Every error is a
-    ConfigError that says where: ``source`` (a file name) and the line and column."""
-    prefix = f"{source}: " if source else ""
-    loader = _StrictLoader if allow_aliases else _NoAliasLoader
-    try:
-        return yaml.load(text, Loader=loader)  # a SafeLoader: no arbitrary objects
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{prefix}invalid YAML{where}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{prefix}invalid YAML: {' '.join(str(exc).split())}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{prefix}{exc}") from None
 
 
 def parse_config(mapping: Mapping[str, Any], base_dir: Path | None = None,
@@ -173,18 +96,6 @@ def parse_config(mapping: Mapping[str, Any], base_dir: Path | None = None,
         out_dtype=parse_config_dtype(mapping.get("out_dtype"), "out_dtype"),
         raw=copy.deepcopy(dict(mapping)),
     )
-
-
-def check_keys(mapping: Mapping[str, Any]) -> None:
-    """Every top-level key must be one the engine honours (or MergeHub's metadata section)."""
-    for key in mapping:
-        if key in METADATA_KEYS:
-            continue
-        if key in UNSUPPORTED_KEYS:
-            raise ConfigError(UNSUPPORTED_KEYS[key])
-        if key not in ALLOWED_KEYS:
-            raise ConfigError(f"unknown key {key!r} in the config; allowed keys: "
-                              f"{', '.join(ALLOWED_KEYS)}")
 
 
 def _parse_model_entries(operator: Operator, value: Any, base_dir: Path,
@@ -418,18 +329,6 @@ def interpolate(values: list, t: float) -> Any:
 # Per-tensor resolution
 
 
-def layer_index(tensor_name: str) -> int | None:
-    """The layer a tensor belongs to (model.layers.12.mlp... -> 12); None outside the layers."""
-    match = _LAYER_PATTERN.search(tensor_name)
-    return int(match.group(1)) if match else None
-
-
-def count_layers(tensor_names: Iterable[str]) -> int:
-    """Number of layers: the largest layer index + 1, or 0 when no tensor is inside a layer."""
-    indices = [i for i in map(layer_index, tensor_names) if i is not None]
-    return max(indices) + 1 if indices else 0
-
-
 def gradient_position(tensor_name: str, num_layers: int) -> float:
     """t for gradients: layer / (num_layers − 1); 1 for a one-layer model; 0 outside layers."""
     index = layer_index(tensor_name)
@@ -475,18 +374,6 @@ def _resolve_one(param: Param, scopes: Iterable[Mapping[str, Any]], tensor_name:
 # Export
 
 
-class _ConfigDumper(yaml.SafeDumper):
-    """Writes numeric lists (gradients) inline, as mergekit does."""
-
-
-def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
-    flow = bool(data) and all(isinstance(v, (int, float)) for v in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-
-_ConfigDumper.add_representer(list, _represent_list)
-
-
 def to_mergekit_yaml(config: MergeConfig) -> str:
     """The config as mergekit YAML with absolute model paths (loads back to the same config).
 
@@ -506,11 +393,6 @@ def to_mergekit_yaml(config: MergeConfig) -> str:
         if dtype is not None:
             mapping[key] = CONFIG_NAME[dtype]
     return dump_yaml(mapping)
-
-
-def dump_yaml(mapping: Mapping[str, Any]) -> str:
-    """A config mapping as YAML, keys in the given order and gradients inline (as mergekit)."""
-    return yaml.dump(dict(mapping), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
 
 
 def _model_entry(ref: ModelRef) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import torch
 from . import kernels
 from .blocks import block_count, rows_per_block
 from .buffers import ALIGN, MAX_KEPT_BYTES, TILE_ELEMENTS, Slab, SlabPool, retained_heap
-from .config import count_layers, layer_index
+from .layers import count_layers, layer_index
 from .config_types import MergeConfig
 from .control import Control
 from .dtypes import CONFIG_NAME, TORCH_TO_SAFETENSORS, torch_dtype

@@ -13,9 +13,10 @@ import torch
 
 from .. import __version__
 from .errors import InvalidCheckpoint, ReplayMismatch
+from .model_files import MANIFEST_NAME
 from .writer import OUTPUT_HASHES
 
-FILENAME = "mergehub_manifest.json"
+FILENAME = MANIFEST_NAME
 FORMAT = "mergehub-manifest/1"
 
 

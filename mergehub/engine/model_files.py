@@ -1,5 +1,6 @@
-"""Which files of a model directory hold its weights. Free of torch, so that the command line
-can find them (to warm the page cache, prefetch.py) before torch has finished importing."""
+"""Which files of a model directory hold its weights, and the name of a merge's manifest. Free of
+torch, so that the command line can find them (to warm the page cache, prefetch.py) before torch
+has finished importing, and a page can list a merge's files without the engine."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from .errors import InvalidCheckpoint
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+MANIFEST_NAME = "mergehub_manifest.json"  # beside a merge's weights (manifest.py)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 CONVERT_HINT = (

@@ -8,7 +8,7 @@ from django.conf import settings as conf
 from django.db import models
 
 from mergehub.accounts.models import Team
-from mergehub.jobs.models import Job
+from mergehub.jobs.models import Job, job_constraints, job_indexes
 from mergehub.registry.models import Checkpoint, Family
 
 
@@ -107,12 +107,10 @@ class EvaluationJob(Job):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["team", "-created_at"], name="evaljob_team_recent"),
-            models.Index(fields=["status", "queue", "created_at"], name="evaljob_claim_order"),
-            models.Index(fields=["status", "heartbeat_at"], name="evaljob_heartbeats"),
+            *job_indexes("evaljob"),
         ]
         constraints = [
-            models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
-                                   name="evaljob_progress_in_unit_range"),
+            *job_constraints("evaljob"),
             models.CheckConstraint(condition=models.Q(run__isnull=True) ^ models.Q(checkpoint__isnull=True),
                                    name="evaljob_one_subject"),
         ]
@@ -154,13 +152,9 @@ class SweepJob(Job):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["team", "-created_at"], name="sweep_team_recent"),
-            models.Index(fields=["status", "queue", "created_at"], name="sweep_claim_order"),
-            models.Index(fields=["status", "heartbeat_at"], name="sweep_heartbeats"),
+            *job_indexes("sweep"),
         ]
-        constraints = [
-            models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
-                                   name="sweep_progress_in_unit_range"),
-        ]
+        constraints = job_constraints("sweep")
 
     def __str__(self) -> str:
         return f"sweep #{self.pk} {self.name}"
@@ -185,14 +179,8 @@ class FamilyJob(Job):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [
-            models.Index(fields=["status", "queue", "created_at"], name="familyjob_claim_order"),
-            models.Index(fields=["status", "heartbeat_at"], name="familyjob_heartbeats"),
-        ]
-        constraints = [
-            models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
-                                   name="familyjob_progress_in_unit_range"),
-        ]
+        indexes = job_indexes("familyjob")
+        constraints = job_constraints("familyjob")
 
     def __str__(self) -> str:
         return f"family training #{self.pk} ({self.family_name})"

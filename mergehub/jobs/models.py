@@ -1,6 +1,7 @@
 """The one record every background job keeps (NetBox style): kind, queue, status, stage,
 progress, log, error, attempts, heartbeat and times. Concrete jobs (a merge run, an index job)
-subclass ``Job`` and add what they are about; the runner (runner.py) writes these fields and
+subclass ``Job`` and add what they are about (their Meta lists ``job_indexes`` and
+``job_constraints``, named after the table); the runner (runner.py) writes these fields and
 the pages only ever read them."""
 
 from __future__ import annotations
@@ -8,6 +9,19 @@ from __future__ import annotations
 from django.db import models
 
 LOG_LIMIT = 1000  # log lines kept per job; older lines are dropped (and a marker says so)
+
+
+def job_indexes(prefix: str) -> list[models.Index]:
+    """The indexes every job table needs, named ``<prefix>_…``: the order the dispatcher claims
+    queued jobs in, and the running jobs' heartbeats the reaper scans."""
+    return [models.Index(fields=["status", "queue", "created_at"], name=f"{prefix}_claim_order"),
+            models.Index(fields=["status", "heartbeat_at"], name=f"{prefix}_heartbeats")]
+
+
+def job_constraints(prefix: str) -> list[models.CheckConstraint]:
+    """The checks every job table holds: progress stays within [0, 1]."""
+    return [models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
+                                   name=f"{prefix}_progress_in_unit_range")]
 
 
 class Job(models.Model):

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import models
 
 from mergehub.accounts.models import Team
-from mergehub.jobs.models import Job
+from mergehub.jobs.models import Job, job_constraints, job_indexes
 
 
 class HubPush(Job):
@@ -39,13 +39,9 @@ class HubPush(Job):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["run", "-created_at"], name="hubpush_run_recent"),
-            models.Index(fields=["status", "queue", "created_at"], name="hubpush_claim_order"),
-            models.Index(fields=["status", "heartbeat_at"], name="hubpush_heartbeats"),
+            *job_indexes("hubpush"),
         ]
-        constraints = [
-            models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
-                                   name="hubpush_progress_in_unit_range"),
-        ]
+        constraints = job_constraints("hubpush")
 
     def __str__(self) -> str:
         return f"push #{self.pk} of run #{self.run_id} to {self.repo_id}"

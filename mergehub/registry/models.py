@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import models
 
 from mergehub.accounts.models import Team
-from mergehub.jobs.models import Job
+from mergehub.jobs.models import Job, job_constraints, job_indexes
 
 
 class StorageRoot(models.Model):
@@ -142,13 +142,9 @@ class IndexJob(Job):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["checkpoint", "-created_at"], name="indexjob_checkpoint_recent"),
-            models.Index(fields=["status", "queue", "created_at"], name="indexjob_claim_order"),
-            models.Index(fields=["status", "heartbeat_at"], name="indexjob_heartbeats"),
+            *job_indexes("indexjob"),
         ]
-        constraints = [
-            models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
-                                   name="indexjob_progress_in_unit_range"),
-        ]
+        constraints = job_constraints("indexjob")
 
     def __str__(self) -> str:
         return f"index #{self.pk} of {self.checkpoint_id}"

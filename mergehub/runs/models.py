@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import models
 
 from mergehub.accounts.models import Team
-from mergehub.jobs.models import Job
+from mergehub.jobs.models import Job, job_constraints, job_indexes
 from mergehub.registry.models import Checkpoint
 
 from .figures import bytes_saved
@@ -68,12 +68,10 @@ class MergeRun(Job):
             models.Index(fields=["team", "author", "-created_at"], name="run_team_author_recent"),
             # the dashboard's bytes-saved sum reads only this index, not the wide rows
             models.Index(fields=["team", "status", "expert_bytes_saved"], name="run_team_status_saved"),
-            models.Index(fields=["status", "queue", "created_at"], name="run_claim_order"),
-            models.Index(fields=["status", "heartbeat_at"], name="run_heartbeats"),
+            *job_indexes("run"),
         ]
         constraints = [
-            models.CheckConstraint(condition=models.Q(progress__gte=0.0) & models.Q(progress__lte=1.0),
-                                   name="run_progress_in_unit_range"),
+            *job_constraints("run"),
             models.UniqueConstraint(fields=["team", "author", "idempotency_key"],
                                     condition=~models.Q(idempotency_key=""), name="run_idempotency_key_once"),
         ]

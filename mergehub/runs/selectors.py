@@ -54,6 +54,13 @@ def runs_for(*, user, team: Team | None = None, status: str | None = None, metho
     return qs
 
 
+def methods_used(team: Team, also: str = "") -> list[str]:
+    """The merge methods of the team's runs, sorted: the run list's method filter offers these
+    (and ``also``, the method filtered on now, so the filter shows what it filters by)."""
+    used = set(MergeRun.objects.filter(team=team).order_by().values_list("method", flat=True).distinct())
+    return sorted(used | ({also} if also else set()))
+
+
 def for_listing(runs: QuerySet[MergeRun]) -> QuerySet[MergeRun]:
     """``runs`` as a run table (templates/runs/_table.html) shows them: the author joined, the
     big columns left in the database, the three numbers the table shows from metrics and

@@ -28,7 +28,7 @@ from mergehub.ui.pagination import paginate
 
 from . import report, selectors, services, yaml_config
 from .compare_charts import compare_scores_chart
-from .forms import ImportConfigForm, MergeForm, import_query, initial_from_query, operator_names
+from .forms import ImportConfigForm, MergeForm, import_query, initial_from_query
 from .models import MergeRun
 
 LOG_LINES_SHOWN = 300
@@ -58,7 +58,7 @@ def run_list(request):
     return render(request, "runs/list.html", {
         "team": team, "runs": pages["page_obj"], **pages, "statuses": MergeRun.Status.choices,
         "review_states": ReviewState.choices,
-        "methods": operator_names(), "authors": authors, "filters": filters,
+        "methods": selectors.methods_used(team, also=method) if team else [], "authors": authors, "filters": filters,
         "can_run": bool(team) and has_role(user=request.user, team=team, role=Role.MEMBER)})
 
 

@@ -145,7 +145,7 @@ def _handle(exc):
 
 
 def test_exception_handler_maps_service_errors():
-    from mergehub.engine.errors import BudgetError
+    from mergehub.engine.api import BudgetError
 
     assert _handle(ValidationError({"budget": "Enter a budget."})) == (400, {"budget": ["Enter a budget."]})
     assert _handle(ValidationError({"experts": ["a", "b"], "__all__": "c"})) == (

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BLOCK, listing, load_model, make_family, save_model
+from conftest import BLOCK, listing, load_model, make_family
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mergehub.demo.tiny import save_model
 from mergehub.engine import api
 from mergehub.engine.blocks import partition
 from mergehub.engine.config import parse_config

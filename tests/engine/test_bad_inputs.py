@@ -11,8 +11,9 @@ import pickle
 import pytest
 import torch
 import yaml
-from conftest import BLOCK, listing, make_family, run_cli, save_model, snapshot
+from conftest import BLOCK, listing, make_family, run_cli, snapshot
 
+from mergehub.demo.tiny import save_model
 from mergehub.engine import api, writer
 from mergehub.engine.config import parse_config
 from mergehub.engine.errors import DiskFull

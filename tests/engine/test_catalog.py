@@ -8,8 +8,9 @@ import os
 
 import pytest
 import torch
-from conftest import BLOCK, make_family, save_model
+from conftest import BLOCK, make_family
 
+from mergehub.demo.tiny import save_model
 from mergehub.engine import api
 from mergehub.engine.blocks import partition
 from mergehub.engine.catalog import Catalog, check_compatible

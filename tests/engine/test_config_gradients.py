@@ -7,7 +7,8 @@ import pytest
 from config_helpers import additive, parse
 from config_helpers import fake_operators, models  # noqa: F401  (fixtures; fake_operators is autouse)
 
-from mergehub.engine.config import count_layers, layer_index, resolve_params
+from mergehub.engine.config import resolve_params
+from mergehub.engine.layers import count_layers, layer_index
 
 
 def weights_along(config, template: str, num_layers: int, model: int = 0) -> list[float]:

@@ -11,7 +11,7 @@ import yaml
 from config_helpers import FakeAdditive, additive, error, parse
 from config_helpers import fake_operators, models  # noqa: F401  (fixtures; fake_operators is autouse)
 
-from mergehub.engine import config as cfg
+from mergehub.engine import config_yaml
 from mergehub.engine.config import load_config, parse_config, to_mergekit_yaml
 from mergehub.engine.errors import InvalidCheckpoint
 
@@ -133,7 +133,7 @@ def test_pickle_paths_are_refused(models, path):
 def test_unknown_top_level_key_is_named_with_the_allowed_keys(models):
     message = error(additive, models, "merge_methods: ties")
     assert "'merge_methods'" in message
-    for key in cfg.ALLOWED_KEYS:
+    for key in config_yaml.ALLOWED_KEYS:
         assert key in message
 
 
@@ -146,10 +146,10 @@ def test_mergehub_section_is_metadata_the_engine_reads_past(models):
 
 
 def test_load_yaml_names_the_line_and_can_refuse_aliases():
-    assert cfg.load_yaml("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}
-    assert "line 2" in error(cfg.load_yaml, "a: &x [1, 2]\nb: *x\n", allow_aliases=False)
-    assert error(cfg.load_yaml, "a: [1,\n", source="x.yaml").startswith("x.yaml: invalid YAML at line 2")
-    assert "duplicate key 'a' at line 2" in error(cfg.load_yaml, "a: 1\na: 2\n")
+    assert config_yaml.load_yaml("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}
+    assert "line 2" in error(config_yaml.load_yaml, "a: &x [1, 2]\nb: *x\n", allow_aliases=False)
+    assert error(config_yaml.load_yaml, "a: [1,\n", source="x.yaml").startswith("x.yaml: invalid YAML at line 2")
+    assert "duplicate key 'a' at line 2" in error(config_yaml.load_yaml, "a: 1\na: 2\n")
 
 
 @pytest.mark.parametrize("key,value,expected", [

@@ -15,7 +15,8 @@ import yaml
 from config_helpers import FakeAdditive, error
 from config_helpers import fake_operators  # noqa: F401  (fixture, autouse)
 
-from mergehub.engine.config import count_layers, parse_config, resolve_params
+from mergehub.engine.config import parse_config, resolve_params
+from mergehub.engine.layers import count_layers
 from mergehub.engine.operators import registry
 from mergehub.engine.operators.base import REQUIRED, Operator, Param, TensorParams
 

@@ -8,13 +8,15 @@ import json
 
 import pytest
 import torch
-from conftest import BLOCK, HIDDEN, SHAPES, assert_bit_identical, load_model, make_family, save_model, tensor_bytes
+from conftest import BLOCK, assert_bit_identical, load_model, make_family, tensor_bytes
 from safetensors import safe_open
 
+from mergehub.demo.tiny import TINY_HIDDEN, TINY_SHAPES, save_model
 from mergehub.engine import api, buffers, executor, kernels
 from mergehub.engine.blocks import partition
-from mergehub.engine.config import count_layers, parse_config
+from mergehub.engine.config import parse_config
 from mergehub.engine.dtypes import torch_dtype
+from mergehub.engine.layers import count_layers
 from mergehub.engine.layout import read_model_layout
 from mergehub.engine.model_files import INDEX_NAME
 from mergehub.engine.operators import selection
@@ -217,7 +219,7 @@ def test_tied_embeddings(tmp_path, catalog):
 
 
 def test_sharded_inputs_and_sharded_output(tmp_path, catalog):
-    names = list(SHAPES)
+    names = list(TINY_SHAPES)
     fam = make_family(tmp_path / "f", shards=[names[:2], names[2:5], names[5:]],
                       expert_shards=[names[:6], names[6:]])
     mapping = _mapping(fam, "ties")
@@ -226,7 +228,7 @@ def test_sharded_inputs_and_sharded_output(tmp_path, catalog):
     index = json.loads((out_dir / INDEX_NAME).read_text())
     shards = sorted(p.name for p in out_dir.glob("*.safetensors"))
     assert len(shards) > 2 and "model.safetensors" not in shards
-    assert set(index["weight_map"]) == set(SHAPES) and sorted(set(index["weight_map"].values())) == shards
+    assert set(index["weight_map"]) == set(TINY_SHAPES) and sorted(set(index["weight_map"].values())) == shards
     total = 0
     for shard in shards:
         with safe_open(str(out_dir / shard), "pt") as f:
@@ -293,7 +295,7 @@ def test_unread_blocks_take_the_base_values(tmp_path, catalog, family):
 
 
 def _largest_merge_call(tmp_path, catalog, monkeypatch, rows: int) -> tuple[int, int]:
-    shapes = dict(SHAPES, **{"model.embed_tokens.weight": (rows, 8)})
+    shapes = dict(TINY_SHAPES, **{"model.embed_tokens.weight": (rows, 8)})
     fam = make_family(tmp_path / f"f{rows}", change="dense", shapes=shapes)
     config = parse_config(fam.config())
     largest = [0]
@@ -321,7 +323,7 @@ def test_whole_tensor_units_fit_their_slabs(tmp_path, catalog, monkeypatch, meth
     """What an operator takes from a slab beyond the unit's inputs and output (DELLA's masks)
     fits in it: no memory of its own, and no slab replaced by a larger one, whose fresh pages the
     kernel would zero all over again."""
-    shapes = dict(SHAPES, **{"model.embed_tokens.weight": (512, 512)})  # 512 KiB a model: pages add little slack
+    shapes = dict(TINY_SHAPES, **{"model.embed_tokens.weight": (512, 512)})  # 512 KiB a model: pages add little slack
     fam = make_family(tmp_path / "f", change="dense", dtype=torch.bfloat16, shapes=shapes)
     allocated = []
     real = executor.SlabPool.__init__
@@ -363,7 +365,7 @@ def test_non_block_local_operators_get_whole_tensors(tmp_path, catalog, monkeypa
     monkeypatch.setattr(config.operator, "merge", spy)
     monkeypatch.setattr(kernels, "find", find)
     api.run_merge(config, tmp_path / "out", catalog_dir=catalog, block_size=BLOCK, device="cpu")
-    for name, shape in SHAPES.items():
+    for name, shape in TINY_SHAPES.items():
         if name != "model.norm.weight":  # unchanged everywhere: copied without computing
             assert seen[name][2] == torch.Size(shape)
 
@@ -373,7 +375,7 @@ def test_measuring_deviation_reads_unplanned_one_row_tensors(tmp_path, catalog, 
     one such block (regression: its bytes were assigned as if it had rows)."""
     result = _merge(family.config(), tmp_path / "out", catalog, budget=0.1, block_size=32,
                     measure_deviation=True, sketch_rank=0)  # a sketch would cover the 1-D tensors' matrices
-    unplanned_1d = [name for name, shape in SHAPES.items() if len(shape) == 1 and name != "model.norm.weight"
+    unplanned_1d = [name for name, shape in TINY_SHAPES.items() if len(shape) == 1 and name != "model.norm.weight"
                     and not any(name in per for per in result.plan.access)]
     assert unplanned_1d
     m = result.metrics
@@ -405,13 +407,13 @@ def test_integer_empty_and_scalar_tensors(tmp_path, catalog, budget):
 
 
 BIG_ENDS = {  # an embedding and an LM head far larger than the layers, as in a real model
-    "model.embed_tokens.weight": (400, HIDDEN),
-    "model.layers.0.self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-    "model.layers.0.mlp.up_proj.weight": (2 * HIDDEN, HIDDEN),
-    "model.layers.1.self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-    "model.layers.1.mlp.down_proj.weight": (HIDDEN, 2 * HIDDEN),
-    "model.norm.weight": (HIDDEN,),
-    "lm_head.weight": (400, HIDDEN),
+    "model.embed_tokens.weight": (400, TINY_HIDDEN),
+    "model.layers.0.self_attn.q_proj.weight": (TINY_HIDDEN, TINY_HIDDEN),
+    "model.layers.0.mlp.up_proj.weight": (2 * TINY_HIDDEN, TINY_HIDDEN),
+    "model.layers.1.self_attn.q_proj.weight": (TINY_HIDDEN, TINY_HIDDEN),
+    "model.layers.1.mlp.down_proj.weight": (TINY_HIDDEN, 2 * TINY_HIDDEN),
+    "model.norm.weight": (TINY_HIDDEN,),
+    "lm_head.weight": (400, TINY_HIDDEN),
 }
 
 

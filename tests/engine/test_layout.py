@@ -8,41 +8,43 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHAPES, make_family, save_model, write_raw_safetensors
+from conftest import make_family, write_raw_safetensors
 
-from mergehub.engine.blocks import block_count, coalesce, parse_size, partition
+from mergehub.demo.tiny import TINY_SHAPES, save_model
+from mergehub.engine.blocks import block_count, coalesce, partition
 from mergehub.engine.errors import ConfigError, InvalidCheckpoint
 from mergehub.engine.layout import read_file_header, read_model_layout
 from mergehub.engine.model_files import INDEX_NAME
+from mergehub.engine.units import parse_size
 
 F32 = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
 
 
 def test_offsets_point_at_the_tensor_bytes(family):
     layout = read_model_layout(family.base)
-    assert list(layout.tensors) and set(layout.tensors) == set(SHAPES)
+    assert list(layout.tensors) and set(layout.tensors) == set(TINY_SHAPES)
     data = (family.base / "model.safetensors").read_bytes()
     for name, info in layout.tensors.items():
-        assert info.shape == SHAPES[name] and info.dtype == "F32"
+        assert info.shape == TINY_SHAPES[name] and info.dtype == "F32"
         expected = family.base_tensors[name].contiguous().view(-1).view(torch.uint8).numpy().tobytes()
         assert data[info.start:info.start + info.nbytes] == expected
         assert info.rows * info.row_bytes == info.nbytes
-    assert layout.weight_bytes == sum(4 * math.prod(s) for s in SHAPES.values())
+    assert layout.weight_bytes == sum(4 * math.prod(s) for s in TINY_SHAPES.values())
     assert {p.name for p in layout.extra_files} == {"config.json", "tokenizer.json",
                                                     "generation_config.json"}
 
 
 def test_sharded_model_reads_every_shard(tmp_path):
-    names = list(SHAPES)
+    names = list(TINY_SHAPES)
     fam = make_family(tmp_path, experts=1, shards=[names[:3], names[3:6], names[6:]])
     layout = read_model_layout(fam.base)
-    assert len(layout.files) == 3 and set(layout.tensors) == set(SHAPES)
+    assert len(layout.files) == 3 and set(layout.tensors) == set(TINY_SHAPES)
     assert INDEX_NAME not in {p.name for p in layout.extra_files}
     assert {t.file.name for t in layout.tensors.values()} == {f.path.name for f in layout.files}
 
 
 def test_index_that_disagrees_with_the_shards_is_refused(tmp_path):
-    names = list(SHAPES)
+    names = list(TINY_SHAPES)
     fam = make_family(tmp_path, experts=0, shards=[names[:4], names[4:]])
     index = fam.base / INDEX_NAME
     doc = json.loads(index.read_text())
@@ -53,7 +55,7 @@ def test_index_that_disagrees_with_the_shards_is_refused(tmp_path):
 
 
 def test_shard_names_cannot_escape_the_model_directory(tmp_path):
-    fam = make_family(tmp_path, experts=0, shards=[list(SHAPES)])
+    fam = make_family(tmp_path, experts=0, shards=[list(TINY_SHAPES)])
     (fam.base / INDEX_NAME).write_text(json.dumps({"weight_map": {"a": "../evil.safetensors"}}))
     with pytest.raises(InvalidCheckpoint, match="plain file name"):
         read_model_layout(fam.base)

@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 import xxhash
-from conftest import BLOCK, listing, load_model, run_cli, save_model
+from conftest import BLOCK, listing, load_model, run_cli
 
 from mergehub import __version__
+from mergehub.demo.tiny import save_model
 from mergehub.engine import api, manifest
 from mergehub.engine.config import parse_config
 from mergehub.engine.errors import InvalidCheckpoint, ReplayMismatch

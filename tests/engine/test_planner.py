@@ -18,7 +18,8 @@ from mergehub.engine.catalog import Catalog
 from mergehub.engine.config import parse_config
 from mergehub.engine.errors import BudgetError
 from mergehub.engine.layout import read_model_layout
-from mergehub.engine.planner import expand_ranges, make_plan, parse_budget
+from mergehub.engine.budget import parse_budget
+from mergehub.engine.planner import expand_ranges, make_plan
 
 
 @pytest.fixture(scope="module")

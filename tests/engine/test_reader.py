@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import on_tmpfs, save_model
+from conftest import on_tmpfs
 
+from mergehub.demo.tiny import save_model
 from mergehub.engine import reader as reader_mod
 from mergehub.engine.iostats import evict_from_page_cache
 from mergehub.engine.pagecache import fully_cached

@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
-from conftest import BLOCK, load_model, make_family, model_config, run_cli, save_model, assert_bit_identical
+from conftest import BLOCK, load_model, make_family, run_cli, assert_bit_identical
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mergehub.demo.tiny import save_model, tiny_config
 from mergehub.engine import api
 from mergehub.engine.catalog import Catalog
 from mergehub.engine.config import parse_config
@@ -37,7 +38,7 @@ def low_rank_family(root, experts: int = 3, noise: float = 0.02):
             else:
                 delta = 0.01 * torch.randn(b.shape, generator=gen)
             tensors[name] = b + delta
-        fam.experts.append(save_model(root / f"expert_{k}", tensors, config=model_config()))
+        fam.experts.append(save_model(root / f"expert_{k}", tensors, config=tiny_config()))
         fam.expert_tensors.append(tensors)
     return fam
 
@@ -312,7 +313,8 @@ def test_replay_refuses_a_sketch_the_catalog_cannot_have(sketched, tmp_path):
     base = read_model_layout(fam.base)
     experts = [read_model_layout(e) for e in fam.experts]
     entries = [Catalog(catalog).lookup(e, base, BLOCK) for e in experts]
-    from mergehub.engine.planner import make_plan, parse_budget
+    from mergehub.engine.budget import parse_budget
+    from mergehub.engine.planner import make_plan
 
     with pytest.raises(ReplayMismatch, match="model.norm.weight"):
         make_plan(config, base, experts, entries, parse_budget(0.5), BLOCK, access=[{}, {}, {}],

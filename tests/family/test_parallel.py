@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from mergehub.engine.errors import Cancelled
+from mergehub.engine.api import Cancelled
 from mergehub.family.parallel import share_out
 from mergehub.family.tasks import TASK_NAMES
 from mergehub.family.train import train_family

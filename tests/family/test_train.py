@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from mergehub.engine.errors import Cancelled, MergeHubError
+from mergehub.engine.api import Cancelled, MergeHubError
 from mergehub.family import load_family
 from mergehub.family.recipe import DEFAULT_RECIPE
 from mergehub.family.store import FAMILY_FILE, FamilyError

@@ -174,7 +174,7 @@ def _delta_norms_by_layer(base_dir, expert_dir) -> dict[int, float]:
     """sqrt(Σ ‖expert − base‖²) over each layer's tensors, straight from the safetensors files."""
     from safetensors.torch import load_file
 
-    from mergehub.engine.config import layer_index
+    from mergehub.engine.api import layer_index
 
     base, expert = load_file(base_dir / "model.safetensors"), load_file(expert_dir / "model.safetensors")
     squares: dict[int, float] = {}
@@ -196,7 +196,7 @@ def test_reindex_queues_a_fresh_index(alice_client, registered_family, run_on_co
 
 
 def test_merge_form_shows_the_operators_parameters(alice_client, registered_family):
-    from mergehub.engine.operators.registry import get_operator
+    from mergehub.engine.api import get_operator
 
     response = alice_client.get(reverse("runs:new"))
     html = response.content.decode()

@@ -18,7 +18,7 @@ import shutil
 import pytest
 from huggingface_hub import snapshot_download
 
-from mergehub.engine.errors import MergeHubError
+from mergehub.engine.api import MergeHubError
 from mergehub.registry import hf
 from tests.fixtures.family import make_family
 from tests.registry.hf_cache import COMMIT, fill_cache, repo_dir, write_ref

@@ -386,7 +386,7 @@ def test_a_hub_registration_that_fails_at_once_leaves_nothing(alice, acme, famil
                                                               django_capture_on_commit_callbacks):
     """The snapshot is cached, so the family is made before the files are pinned; pinning
     fails: the family made for it goes with the registration (one transaction)."""
-    from mergehub.engine.errors import MergeHubError
+    from mergehub.engine.api import MergeHubError
     from mergehub.registry import pinning
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -7,7 +7,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from mergehub.engine.operators.registry import get_operator
+from mergehub.engine.api import get_operator
 from mergehub.registry.models import Checkpoint
 from mergehub.runs.forms import MergeForm, default_weight
 

@@ -1,6 +1,6 @@
 import pytest
 
-from mergehub.engine.control import Progress
+from mergehub.engine.api import Progress
 from mergehub.runs.models import MergeRun
 from mergehub.runs.runner import MergeRunner
 
@@ -146,7 +146,7 @@ def test_a_plan_that_changed_since_queueing_is_recorded(registered_family, alice
 
 
 def test_gpu_queue_needs_cuda_unless_the_fallback_is_explicit(settings, monkeypatch):
-    from mergehub.engine.errors import ConfigError
+    from mergehub.engine.api import ConfigError
     from mergehub.runs.runner import merge_device
 
     monkeypatch.setattr("mergehub.engine.api.cuda_available", lambda: False)

@@ -1,7 +1,6 @@
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
-from django.utils import timezone
 
 from mergehub.registry.models import Checkpoint
 from mergehub.registry.roots import outputs_dir, run_output_dir

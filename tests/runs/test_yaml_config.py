@@ -12,7 +12,7 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from mergehub.engine import config as engine_config
+from mergehub.engine import api as engine
 from mergehub.registry.models import Checkpoint
 from mergehub.runs import services
 from mergehub.runs.yaml_config import config_yaml, inputs_from_config, settings_from_config
@@ -174,7 +174,7 @@ def test_a_runs_yaml_round_trips(registered_family, alice, acme, tmp_path):
     # the engine (mergehub merge) reads the file as it is: paths, no MergeHub bookkeeping
     path = tmp_path / "run.yaml"
     path.write_text(text)
-    parsed = engine_config.load_config(path)
+    parsed = engine.load_config(path)
     assert parsed.base_model.path.as_posix() == base.path and "checkpoint_ids" not in parsed.raw
     # and planning the imported inputs again (with the section's budget, seed, block size) gives the same plan
     noted = settings_from_config(text)

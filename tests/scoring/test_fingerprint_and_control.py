@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from mergehub.engine.control import Progress
-from mergehub.engine.errors import Cancelled, ConfigError, InvalidCheckpoint
+from mergehub.engine.api import Cancelled, ConfigError, InvalidCheckpoint, Progress
 from mergehub.scoring import evaluate_model, model_fingerprint, pick_device
 
 from .conftest import write_jsonl

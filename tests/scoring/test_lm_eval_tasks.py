@@ -65,7 +65,7 @@ def test_lm_eval_task_matches_the_builtin_generate_scorer(tmp_path, yaml_task, s
 def test_cancel_stops_the_lm_eval_child(yaml_task, successor_model):
     import time
 
-    from mergehub.engine.errors import Cancelled
+    from mergehub.engine.api import Cancelled
 
     calls = []
 
