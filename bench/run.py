@@ -30,8 +30,9 @@ from pathlib import Path
 import yaml
 
 from mergehub.demo.synthetic import FAMILY_FILE
-from mergehub.engine.errors import ConfigError, MergeHubError
 from mergehub.engine.budget import parse_budget
+from mergehub.engine.errors import ConfigError, MergeHubError
+from mergehub.engine.model_files import MANIFEST_NAME as MANIFEST_FILENAME
 
 from .measure import (ChildResult, evict, files_under, inblock_works, raw_read_throughput, read_while_writing,
                       run_child)
@@ -50,7 +51,6 @@ TOOL_ENV = {"mergehub-torch": {"MERGEHUB_NATIVE": "0"}}
 SPEEDUP_TARGETS = (("task_arithmetic", "1", 4.0), ("ties", "1", 10.0), ("task_arithmetic", "0.1", 8.0))
 CEILING_METHODS = ("linear", "task_arithmetic")
 CEILING_TARGET = 0.70
-MANIFEST = "mergehub_manifest.json"
 
 
 class BenchRunError(MergeHubError):
@@ -170,9 +170,9 @@ class Bench:
         r = self.measured(argv, label, tool)
         row = {"tool": tool, "method": method, "budget": budget, "run": run, "argv": argv, **asdict(r)}
         if tool != "mergekit":
-            manifest = self.out / MANIFEST
+            manifest = self.out / MANIFEST_FILENAME
             if not manifest.is_file():
-                raise BenchRunError(f"{label} exited 0 but wrote no {MANIFEST}: the CLI broke its contract")
+                raise BenchRunError(f"{label} exited 0 but wrote no {MANIFEST_FILENAME}: the CLI broke its contract")
             row["metrics"] = json.loads(manifest.read_text()).get("metrics")
         shutil.rmtree(self.out)
         progress(f"  run {run + 1}: {label}: {r.wall_s:.2f} s, read {r.read_bytes / 1e9:.3f} GB, "

@@ -14,6 +14,7 @@ from rest_framework import serializers
 from mergehub.engine import api as engine
 from mergehub.engine.api import ConfigError, parse_block_size
 from mergehub.jobs.models import Job
+from mergehub.runs.forms import sketch_rank_defaults
 
 
 def api_url(request, name: str, pk) -> str:
@@ -96,8 +97,7 @@ def _sketch_rank_help() -> str:
     return ("Rank of the low-rank sketches of each expert's delta that a budgeted plan may read in place "
             "of exact blocks it leaves out (their bytes count against the budget): a whole number from 0 "
             f"(off) to {engine.MAX_SKETCH_RANK}, at most the rank the experts were indexed with. Default: the "
-            "config's mergehub section, else the method's default (rank "
-            f"{engine.DEFAULT_SKETCH_RANK}; sketches were measured to help every method that has a base model).")
+            f"config's mergehub section, else the method's default ({sketch_rank_defaults()}).")
 
 
 # Lazy: the engine's numbers are looked up (importing torch) when the schema is first rendered.

@@ -28,8 +28,9 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from mergehub.engine.api import SHARDED_INDEX_NAME, SINGLE_FILE_NAME
+from mergehub.engine.api import CONFIG_DTYPE_NAMES, SHARDED_INDEX_NAME, SINGLE_FILE_NAME
 
+from .safetensors_writer import shard_file_names
 from .shapes import LlamaShape, llama_config, tensor_shapes
 
 CHANGES = ("rows", "dense", "lora", "low_rank")
@@ -52,15 +53,11 @@ TINY_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def tiny_config(dtype: torch.dtype = torch.float32, tied: bool = False) -> dict:
     """The config.json of a ``TINY_SHAPES`` model: enough for the engine, not for transformers."""
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": TINY_HIDDEN,
             "num_hidden_layers": 2, "vocab_size": 24, "tie_word_embeddings": tied,
-            "torch_dtype": dtype_name(dtype)}
+            "torch_dtype": CONFIG_DTYPE_NAMES[dtype]}
 
 
 def small_llama(hidden: int = 16, layers: int = 2, vocab: int = 64) -> LlamaShape:
@@ -73,8 +70,8 @@ def small_llama(hidden: int = 16, layers: int = 2, vocab: int = 64) -> LlamaShap
 
 def save_model(directory: str | Path, tensors: dict[str, torch.Tensor], *, config: dict | None = None,
                shards: list[list[str]] | None = None, extra: dict[str, str] | None = None) -> Path:
-    """An HF model directory: one ``model.safetensors``, or ``shards`` (lists of tensor names) as
-    ``model-0000i-of-0000n.safetensors`` plus the index; ``config.json`` and ``extra`` files."""
+    """An HF model directory: one ``model.safetensors``, or ``shards`` (lists of tensor names) in
+    the files ``shard_file_names`` names, plus the index; ``config.json`` and ``extra`` files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.contiguous() for name, t in tensors.items()}
@@ -84,8 +81,7 @@ def save_model(directory: str | Path, tensors: dict[str, torch.Tensor], *, confi
         if sorted(n for shard in shards for n in shard) != sorted(tensors):
             raise ValueError("the shards must name every tensor exactly once")
         weight_map = {}
-        for i, names in enumerate(shards):
-            file_name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        for names, file_name in zip(shards, shard_file_names(len(shards))):
             save_file({n: tensors[n] for n in names}, str(directory / file_name), metadata={"format": "pt"})
             weight_map.update({n: file_name for n in names})
         (directory / SHARDED_INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
@@ -195,4 +191,4 @@ def small_llama_family(root: str | Path, *, experts: int = 2, hidden: int = 16, 
     shape = small_llama(hidden, layers)
     return tiny_family(root, experts=experts, dtype=dtype, seed=seed, scale=scale,
                        change="low_rank" if delta_rank else "rows", rank=delta_rank or 1,
-                       shapes=dict(tensor_shapes(shape)), config=llama_config(shape, dtype_name(dtype)))
+                       shapes=dict(tensor_shapes(shape)), config=llama_config(shape, CONFIG_DTYPE_NAMES[dtype]))

@@ -28,7 +28,7 @@ import yaml
 # starts without it and imports it when a page first needs the engine. The torch-backed
 # modules are imported inside the functions below, and the names apps use from them are
 # resolved on first access (``__getattr__`` at the end of this file).
-from .budget import Budget, base_only_warning, parse_budget
+from .budget import base_only_warning, parse_budget
 from .config_yaml import ALLOWED_KEYS as CONFIG_KEYS
 from .config_yaml import MODEL_ENTRY_KEYS, dump_yaml, load_yaml
 from .config_yaml import check_keys as check_config_keys
@@ -36,7 +36,7 @@ from .control import CancelFn, Control, Progress, ProgressFn
 from .errors import (BudgetError, Cancelled, ConfigError, DiskFull, InvalidCheckpoint, MergeHubError,
                      MismatchedCheckpoints, NonFiniteOutput, OutputExists, ReplayMismatch)
 from .layers import layer_index
-from .locations import catalog_in
+from .locations import catalog_in, default_catalog_dir
 from .model_files import INDEX_NAME as SHARDED_INDEX_NAME
 from .model_files import MANIFEST_NAME as MANIFEST_FILENAME
 from .model_files import SINGLE_NAME as SINGLE_FILE_NAME
@@ -462,8 +462,8 @@ def __getattr__(name: str) -> Any:
 __all__ += ["parse_block_size", "ReplayMismatch", "IndexSummary", "merge_sketch_rank", "DEFAULT_SKETCH_RANK",
             "MAX_SKETCH_RANK", "check_sketch_rank", "operator_specs", "cuda_available", "import_torch_modules",
             # torch-free, imported with this module
-            "CancelFn", "Control", "Progress", "ProgressFn", "Staging", "catalog_in", "binary_size", "parse_size",
-            "Budget", "parse_budget", "base_only_warning", "layer_index",
+            "CancelFn", "Control", "Progress", "ProgressFn", "Staging", "catalog_in", "default_catalog_dir", "binary_size", "parse_size",
+            "parse_budget", "base_only_warning", "layer_index",
             "CONFIG_KEYS", "MODEL_ENTRY_KEYS", "check_config_keys", "dump_yaml", "load_yaml", "MANIFEST_FILENAME",
             "SHARDED_INDEX_NAME", "SINGLE_FILE_NAME",
             "BudgetError", "Cancelled", "ConfigError", "DiskFull", "InvalidCheckpoint", "MergeHubError",

@@ -353,11 +353,13 @@ def _block_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, b
         s, e = r * row_bytes, min(r + rpb, nrows) * row_bytes
         st.hash.append(xxhash.xxh3_128_hexdigest(ebytes[s:e]))
         changed.append(ebytes[s:e] != base_bytes[s:e])
-    _torch_block_stats(st, base_rows, rows, changed, rpb)
+    _delta_stats(st, base_rows, rows, changed, rpb)
 
 
-def _torch_block_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, changed: list[bool],
-                       rpb: int) -> None:
+def _delta_stats(st: TensorStats, base_rows: torch.Tensor, rows: torch.Tensor, changed: list[bool],
+                 rpb: int) -> None:
+    """Each block's changed flag and, for a changed one, its delta's norm, largest |δ| and share
+    of nonzero entries (non-finite values count as 0 in the norms and flag the tensor)."""
     floating = rows.dtype.is_floating_point
     work = torch.float64 if rows.dtype == torch.float64 else torch.float32
     delta = None

@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from . import kinds
 from .joblog import append_log
 from .models import Job
 
@@ -22,6 +23,7 @@ def request_cancel(model: type[Job], pk: int, *, by, label: str) -> Job:
         job.status, job.cancel_requested, job.finished_at, job.stage = Status.CANCELLED, True, timezone.now(), "cancelled"
         job.save(update_fields=["status", "cancel_requested", "finished_at", "stage"])
         append_log(model, pk, f"cancelled by {by} before it started")
+        kinds.runner_for(model.runner_kind).settle_related(job, Status.CANCELLED)  # as a runner's end does
     elif job.status == Status.RUNNING:
         if not job.cancel_requested:
             job.cancel_requested = True

@@ -36,10 +36,14 @@ def client(*, token: str | None) -> HfApi:
                  library_version=mergehub.__version__)
 
 
+def _offline_error() -> HubPushError:
+    return HubPushError("The Hugging Face Hub cannot be reached (offline mode is on: HF_HUB_OFFLINE is set on "
+                        f"the worker); {NOTHING_CHANGED}. Unset HF_HUB_OFFLINE on the worker and push again.")
+
+
 def check_online() -> None:
     if offline():
-        raise HubPushError("The Hugging Face Hub cannot be reached (offline mode is on: HF_HUB_OFFLINE is set on "
-                           f"the worker); {NOTHING_CHANGED}. Unset HF_HUB_OFFLINE on the worker and push again.")
+        raise _offline_error()
 
 
 def _status(err: HfHubHTTPError) -> int | None:
@@ -65,8 +69,7 @@ def explain(err: BaseException, *, repo_id: str, typed_token: bool) -> HubPushEr
     where = endpoint()
     whose = "the token you typed" if typed_token else "the worker's Hugging Face token (HF_TOKEN or `hf auth login`)"
     if isinstance(err, OfflineModeIsEnabled):
-        return HubPushError(f"The Hugging Face Hub cannot be reached (offline mode is on: HF_HUB_OFFLINE is set on "
-                            f"the worker); {NOTHING_CHANGED}. Unset HF_HUB_OFFLINE on the worker and push again.")
+        return _offline_error()
     if isinstance(err, HfHubHTTPError):
         status = _status(err)
         if status in (401, 403):
@@ -77,9 +80,11 @@ def explain(err: BaseException, *, repo_id: str, typed_token: bool) -> HubPushEr
             return HubPushError(f"The Hugging Face Hub at {where} has no {repo_id} that {whose} may write to (404); "
                                 f"{NOTHING_CHANGED}. Check the repository id and the token.")
         return HubPushError(f"The Hugging Face Hub at {where} refused the push ({status or 'error'}: "
-                            f"{_first_line(err)}); {NOTHING_CHANGED}.")
+                            f"{_first_line(err)}); {NOTHING_CHANGED}. Check {repo_id} and its settings on the "
+                            "Hub, then push again (later, if the Hub says it is busy).")
     if is_transport_error(err):
         return HubPushError(f"The Hugging Face Hub cannot be reached at {where} ({err.__class__.__name__}: "
                             f"{_first_line(err)}); {NOTHING_CHANGED}. Check the worker's network (or "
                             "MERGEHUB_HF_ENDPOINT) and push again.")
-    return HubPushError(f"huggingface_hub failed ({err.__class__.__name__}: {_first_line(err)}); {NOTHING_CHANGED}.")
+    return HubPushError(f"huggingface_hub failed ({err.__class__.__name__}: {_first_line(err)}); {NOTHING_CHANGED}. "
+                        "The worker's log has the details; push again once they are dealt with.")

@@ -75,8 +75,4 @@ def cancel_push(*, push: HubPush, user) -> HubPush:
     """A queued push is cancelled at once (and its token blanked); a running one stops before its
     upload starts (an upload under way finishes)."""
     require_role(user=user, team=push.team, role=Role.MEMBER, action="cancel pushes")
-    push = request_cancel(HubPush, push.pk, by=user, label=f"Push #{push.pk}")
-    if push.is_finished and push.token:
-        HubPush.objects.filter(pk=push.pk).update(token="")
-        push.token = ""
-    return push
+    return request_cancel(HubPush, push.pk, by=user, label=f"Push #{push.pk}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from mergehub.engine.api import catalog_in  # torch-free
+from mergehub.engine.api import default_catalog_dir  # torch-free
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 MAX_NAME_BYTES = 255  # NAME_MAX
@@ -37,9 +37,8 @@ def catalog_dir() -> Path:
     """The block catalog: the MERGEHUB_CATALOG setting, else DATA_DIR/catalog. The command line
     reads the same environment variables the same way (mergehub/engine/locations.py), so it
     reuses every entry the web app indexed."""
-    if settings.MERGEHUB_CATALOG:
-        return Path(settings.MERGEHUB_CATALOG).expanduser()
-    return catalog_in(data_dir())
+    return default_catalog_dir({"MERGEHUB_CATALOG": settings.MERGEHUB_CATALOG,
+                                "MERGEHUB_DATA_DIR": str(data_dir())})
 
 
 def teams_dir() -> Path:

@@ -218,10 +218,7 @@ def queue_reindex(*, checkpoint: Checkpoint, user=None, retry_of: IndexJob | Non
 def cancel_index(*, job: IndexJob, user) -> IndexJob:
     """A queued index job is cancelled at once; a running one stops at its next block."""
     require_role(user=user, team=job.team, role=Role.MEMBER, action="cancel indexing")
-    job = request_cancel(IndexJob, job.pk, by=user, label=f"Index job #{job.pk}")
-    if job.status == IndexJob.Status.CANCELLED:
-        settle_checkpoint(job, job.status)
-    return job
+    return request_cancel(IndexJob, job.pk, by=user, label=f"Index job #{job.pk}")
 
 
 def retry_index(*, job: IndexJob, user) -> Checkpoint:

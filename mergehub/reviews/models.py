@@ -68,7 +68,3 @@ class Entry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.author_name} {self.get_kind_display()} on run #{self.run_id}"
-
-    @property
-    def is_decision(self) -> bool:
-        return self.kind in (self.Kind.APPROVED, self.Kind.CHANGES_REQUESTED)

@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 
 from mergehub.accounts.models import Role
 from mergehub.accounts.selectors import has_role
+from mergehub.accounts.services import require_role
 from mergehub.audit.models import AuditEvent
 from mergehub.audit.services import record
 from mergehub.runs.models import MergeRun
@@ -33,7 +34,7 @@ DECISIONS = {  # what a reviewer chooses → (the conversation's entry, the new 
 @transaction.atomic
 def add_comment(*, run: MergeRun, user, body: str) -> Entry:
     """``user`` comments on ``run`` (any role of the run's team)."""
-    _require(user, run, Role.VIEWER, "comment on its runs")
+    require_role(user=user, team=run.team, role=Role.VIEWER, action="comment on its runs")
     body = _body(body)
     if not body:
         raise ValidationError({"body": "Write a comment first."})
@@ -43,7 +44,7 @@ def add_comment(*, run: MergeRun, user, body: str) -> Entry:
 @transaction.atomic
 def request_review(*, run: MergeRun, user, body: str = "") -> Review:
     """``user`` (the run's author, or a team admin) asks the team to review ``run``."""
-    _require(user, run, Role.MEMBER, "request reviews")
+    require_role(user=user, team=run.team, role=Role.MEMBER, action="request reviews")
     if run.author_id != user.pk and not has_role(user=user, team=run.team, role=Role.ADMIN):
         raise PermissionDenied("Only the run's author or a team admin requests its review.")
     if run.status != MergeRun.Status.SUCCEEDED:
@@ -65,7 +66,8 @@ def decide(*, run: MergeRun, user, decision: str, body: str = "") -> Review:
     if decision not in DECISIONS:
         raise ValidationError(f"Unknown review decision {decision!r}; choose one of {', '.join(DECISIONS)}.")
     kind, state, action = DECISIONS[decision]
-    _require(user, run, Role.MEMBER, "approve runs or request changes (viewers comment)")
+    require_role(user=user, team=run.team, role=Role.MEMBER,
+                 action="approve runs or request changes (viewers comment)")
     if (decision == "approve" and run.author_id is not None and run.author_id == user.pk
             and not run.team.allow_self_approval):
         raise PermissionDenied(f"You are the author of run #{run.pk}, and {run.team.name} does not allow "
@@ -83,7 +85,7 @@ def decide(*, run: MergeRun, user, decision: str, body: str = "") -> Review:
 @transaction.atomic
 def withdraw_request(*, run: MergeRun, user) -> Review:
     """``user`` (the run's author, or a team admin) withdraws an open review request."""
-    _require(user, run, Role.MEMBER, "withdraw review requests")
+    require_role(user=user, team=run.team, role=Role.MEMBER, action="withdraw review requests")
     if run.author_id != user.pk and not has_role(user=user, team=run.team, role=Role.ADMIN):
         raise PermissionDenied("Only the run's author or a team admin withdraws its review request.")
     review = _locked_review(run)
@@ -97,7 +99,7 @@ def withdraw_request(*, run: MergeRun, user) -> Review:
 def delete_comment(*, entry: Entry, user) -> None:
     """Delete a plain comment: its author, or a team admin. Requests and decisions stay."""
     run = entry.run
-    _require(user, run, Role.VIEWER, "delete comments")
+    require_role(user=user, team=run.team, role=Role.VIEWER, action="delete comments")
     if entry.kind != EntryKind.COMMENT:
         raise ValidationError("Review requests and decisions stay in the history; only comments are deleted.")
     if entry.author_id != user.pk and not has_role(user=user, team=run.team, role=Role.ADMIN):
@@ -106,11 +108,6 @@ def delete_comment(*, entry: Entry, user) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-def _require(user, run: MergeRun, role: str, action: str) -> None:
-    if not has_role(user=user, team=run.team, role=role):
-        raise PermissionDenied(f"You need the {role} role in {run.team.name} to {action}.")
-
 
 def _body(body: str | None) -> str:
     body = (body or "").strip()

@@ -13,7 +13,11 @@ from django.views.decorators.http import require_POST
 from mergehub.runs.selectors import get_run
 
 from . import services
-from .models import Entry
+from .models import BODY_MAX_CHARS, Entry
+
+# A refused comment comes back in the form; one over the length limit too, so that its writer can
+# cut it (up to twice the limit: the draft lives in the session).
+DRAFT_MAX_CHARS = 2 * BODY_MAX_CHARS
 
 DONE = {
     "comment": "Comment added.",
@@ -44,7 +48,7 @@ def review(request, pk):
         except ValidationError as error:
             for message in error.messages:
                 messages.error(request, message)
-            request.session["review_draft"] = body[:20_000]  # kept for the form, not lost
+            request.session["review_draft"] = body[:DRAFT_MAX_CHARS]  # kept for the form, not lost
         else:
             messages.success(request, DONE[action])
     return redirect(f"{reverse('runs:detail', args=[run.pk])}#review")

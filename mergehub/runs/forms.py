@@ -37,14 +37,18 @@ def operator_names() -> list[str]:
     return sorted(engine.operator_specs())
 
 
+def sketch_rank_defaults() -> str:
+    """Each method's default sketch rank, in words (the form's and the API's help say it)."""
+    off = sorted(name for name, op in engine.operator_specs().items() if not op.sketches_by_default)
+    return (f"rank {engine.DEFAULT_SKETCH_RANK} for every method" if not off
+            else f"rank {engine.DEFAULT_SKETCH_RANK}, except off for {', '.join(off)}")
+
+
 def sketch_rank_help() -> str:
     """The sketch rank field's help: what a sketch is, and each method's default."""
-    off = sorted(name for name, op in engine.operator_specs().items() if not op.sketches_by_default)
-    default = (f"rank {engine.DEFAULT_SKETCH_RANK} for every method" if not off
-               else f"rank {engine.DEFAULT_SKETCH_RANK}, except off for {', '.join(off)}")
     return ("Low-rank sketches of each expert's delta, made when the expert is indexed, that a budgeted plan "
             "may read in place of exact blocks it leaves out; their bytes count against the budget. "
-            f"Blank: the method's default ({default}). 0: off, exact blocks only.")
+            f"Blank: the method's default ({sketch_rank_defaults()}). 0: off, exact blocks only.")
 
 
 def param_field(param: engine.OperatorParam, *, required: bool) -> forms.Field:

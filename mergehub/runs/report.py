@@ -55,7 +55,6 @@ def plan_preview(plan: dict | None, names: dict[str, str]) -> dict:
     """The merge form's plan preview (templates/runs/_preview.html) of an engine plan
     (Plan.to_dict(), or None when there is none): the plan with checkpoint names, its savings,
     its sketch split and the warning when the merge would equal the base."""
-    if plan is not None:
-        plan = {**plan, "per_expert": with_checkpoint_names(plan.get("per_expert"), names)}
+    plan = _named(plan, names) if plan is not None else None
     return {"plan": plan, "savings": plan_savings(plan), "sketches": sketch_split(plan),
             "base_only_warning": base_only_warning(plan)}

@@ -253,10 +253,6 @@ def config_yaml(run: MergeRun, *, model_refs: Mapping[str, str] | None = None) -
     config shown outside MergeHub (a pushed model card names Hub ids or checkpoint names)."""
     stored = run.config or {}
     mapping = services.engine_mapping(stored)
-    if model_refs:
-        mapping = _with_model_refs(mapping, model_refs)
-        stored = {**stored, "checkpoint_ids": {model_refs.get(path, path): pk for path, pk
-                                               in (stored.get("checkpoint_ids") or {}).items()}}
     ids = stored.get("checkpoint_ids") or {}
     names = dict(Checkpoint.objects.filter(team_id=run.team_id, pk__in=list(ids.values()))
                  .values_list("pk", "name"))
@@ -269,6 +265,8 @@ def config_yaml(run: MergeRun, *, model_refs: Mapping[str, str] | None = None) -
 
     base_name = name_of(mapping.get("base_model"))
     model_names = [name_of(entry.get("model")) for entry in mapping.get("models") or []]
+    if model_refs:  # after the names: two directories may share one reference
+        mapping = _with_model_refs(mapping, model_refs)
     section = {"run": run.pk, "budget": run.budget, "seed": run.seed, "block_size": run.block_size,
                "measure_deviation": run.measure_deviation,
                **({"sketch_rank": run.sketch_rank} if run.sketch_rank is not None else {}),

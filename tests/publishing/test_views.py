@@ -12,6 +12,7 @@ import pytest
 from django.urls import reverse
 
 from mergehub.publishing.models import HubPush
+from tests.pages.conftest import queued_run  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -111,14 +112,6 @@ def test_a_run_without_a_model_gets_a_notice(merged_run, queued_run, bob_client)
         assert "not on disk any more" in response.content.decode()
     page = bob_client.get(reverse("runs:detail", args=[merged_run.pk])).content.decode()
     assert 'id="model-unavailable"' in page and "not on disk any more" in page
-
-
-@pytest.fixture
-def queued_run(registered_family, alice, acme):
-    from mergehub.runs.services import create_run
-    from tests.pages.conftest import ties_inputs
-
-    return create_run(user=alice, team=acme, name="queued ties", **ties_inputs(registered_family))
 
 
 def test_a_viewer_downloads_but_cannot_push(merged_run, bob_client):

@@ -31,12 +31,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def path():
-    """The torch statements (their kernels: tests/engine/kernels)."""
-    return "torch"
-
-
 def record_calls(monkeypatch, owner, name: str) -> list[tuple]:
     """Wrap ``owner.name``; the returned list gets the positional arguments of every call."""
     calls: list[tuple] = []
@@ -53,7 +47,7 @@ def record_calls(monkeypatch, owner, name: str) -> list[tuple]:
 @pytest.mark.parametrize("method, shared, models", CASES)
 @pytest.mark.parametrize("tile", [7, 64, 1 << 20])
 @pytest.mark.parametrize("quantised", [False, True])  # bf16 inputs: heavy ties in |δ|
-def test_streaming_ties_equals_the_whole_tensor_merge(monkeypatch, path, method, shared, models, tile, quantised):
+def test_streaming_ties_equals_the_whole_tensor_merge(monkeypatch, method, shared, models, tile, quantised):
     monkeypatch.setattr(selection, "TILE_ELEMENTS", tile)
     g = torch.Generator().manual_seed(tile)
     shape = (37, 11)
@@ -67,23 +61,23 @@ def test_streaming_ties_equals_the_whole_tensor_merge(monkeypatch, path, method,
     streamed = record_calls(monkeypatch, type(op), "_merge_top_k")
     combined = record_calls(monkeypatch, type(op), "_combine")  # (self, base, inputs, p, prune)
     out = op.merge(base, xs, p, make_ctx(shape))
-    if path == "torch":  # the path taken
-        sizes = [args[1].numel() for args in combined]
-        if method == "ties":
-            # the streaming path: one top-k rule per model, then the combine tile by tile
-            assert len(streamed) == 1
-            assert sum(sizes) == base.numel() and max(sizes) <= tile
-            assert len(sizes) == -(-base.numel() // tile)
-        else:
-            # no magnitude top-k: one combine over the whole tensor
-            assert not streamed and sizes == [base.numel()]
+    # the path taken (the torch statements; their kernels: tests/engine/kernels)
+    sizes = [args[1].numel() for args in combined]
+    if method == "ties":
+        # the streaming path: one top-k rule per model, then the combine tile by tile
+        assert len(streamed) == 1
+        assert sum(sizes) == base.numel() and max(sizes) <= tile
+        assert len(sizes) == -(-base.numel() // tile)
+    else:
+        # no magnitude top-k: one combine over the whole tensor
+        assert not streamed and sizes == [base.numel()]
     if method == "ties":
         assert torch.equal(out, whole_tensor_merge(method, base, [x.float() for x in xs], p))
     # the stored-dtype inputs give exactly what converted inputs give
     assert torch.equal(out, op.merge(base, [x.float() for x in xs], p, make_ctx(shape)))
 
 
-def test_an_unread_expert_passed_as_the_base_contributes_nothing(monkeypatch, path):
+def test_an_unread_expert_passed_as_the_base_contributes_nothing(monkeypatch):
     monkeypatch.setattr(selection, "TILE_ELEMENTS", 50)
     g = torch.Generator().manual_seed(0)
     base = torch.randn(20, 10, generator=g)

@@ -24,13 +24,7 @@ def draw_python(key: tuple[int, int], i: int) -> int:
     return mix32_python((mix32_python((i & MASK) ^ key[0]) + ((i >> 32) ^ key[1])) & MASK) >> 8
 
 
-@pytest.fixture
-def path():
-    """The torch formula (the kernels draw the same stream: tests/engine/kernels/test_kernel_parts.py)."""
-    return "torch"
-
-
-def test_the_draws_are_the_documented_formula(path):
+def test_the_draws_are_the_documented_formula():
     key = rs.stream_key(7, "model.layers.0.mlp.up_proj.weight", 2)
     starts = [0, 12345, (1 << 32) - 3, (5 << 32) + 17]  # across the 32-bit boundary the high word enters
     for start in starts:
@@ -46,7 +40,7 @@ def test_the_16_bit_split_multiply_wraps_like_uint32():
         assert rs._mul32(x, constant).tolist() == [(v * constant) & MASK for v in values]
 
 
-def test_a_draw_depends_only_on_key_and_index(path):
+def test_a_draw_depends_only_on_key_and_index():
     key = rs.stream_key(1, "w", 0)
     whole = rs.draws24(key, 0, 3_000_000)  # spans several of the torch version's chunks
     assert torch.equal(rs.draws24(key, 1_048_570, 20), whole[1_048_570:1_048_590])
@@ -55,7 +49,7 @@ def test_a_draw_depends_only_on_key_and_index(path):
     assert not torch.equal(rs.draws24(rs.stream_key(1, "v", 0), 0, 1000), whole[:1000])  # another tensor
 
 
-def test_the_draws_look_uniform_and_keep_the_density(path):
+def test_the_draws_look_uniform_and_keep_the_density():
     u = rs.draws24(rs.stream_key(3, "w", 0), 0, 1 << 20).double()
     assert u.min() >= 0 and u.max() < rs.ALL_DRAWS
     assert abs(u.mean().item() / rs.ALL_DRAWS - 0.5) < 0.002
