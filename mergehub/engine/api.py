@@ -281,6 +281,7 @@ def _metrics(plan, stats, inputs, executor, plan_s, total_s, dev, warnings, writ
         "base_bytes_read": stats.base_storage,
         "base_bytes_requested": stats.base_logical,
         "verification_bytes_read": stats.verify_storage,
+        "reread_bytes_requested": stats.reread_logical,
         "bytes_written": writer.bytes_written,
         "certificate": plan.certificate,
         "deviation": deviation,

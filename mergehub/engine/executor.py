@@ -3,9 +3,11 @@
 Work is cut into *units*. For a block-local operator a unit is a run of consecutive blocks
 whose set of read experts is the same (capped at ``UNIT_BYTES`` of base rows), so memory does
 not grow with tensor size and every expert in a unit is either read whole or not at all. For
-other operators a unit is a whole tensor. An expert block that is not read takes the base's
-values (δ = 0); if no expert was read in a unit and the operator is the identity on zero
-deltas, the base rows are copied without computing.
+other operators a unit is a whole tensor, unless it is too big to hold and the operator needs
+it whole only for a selection (TIES' top-k): then its pieces are loaded three times, twice to
+find the selections and once to merge (streamed_selection.py). An expert block that is not
+read takes the base's values (δ = 0); if no expert was read in a unit and the operator is the
+identity on zero deltas, the base rows are copied without computing.
 
 Three threads overlap the stages: a loader does all reads (its small read pool splits large
 ranges into concurrent pieces, each measured by the storage counter of the thread reading
@@ -55,9 +57,15 @@ from .layout import ModelLayout, TensorInfo
 from .operators.base import MergeContext, TensorParams
 from .reader import RangeReader
 from .sketch import approximate_rows, factor_layout
+from .streamed_selection import STAGES, TensorSelections, streams
 from .writer import OutSpec
 
 UNIT_BYTES = 16 << 20
+# A whole-tensor unit whose inputs and output would take more than this is merged block by block
+# after passes that find its selections (streamed_selection.py), when the operator allows it:
+# POOL_SLABS units in flight then take at most 1.5 GiB whatever the model's size. Not less:
+# the passes read the tensor twice more (from the page cache) and the first read is buffered.
+STREAMED_TENSOR_BYTES = 384 << 20
 BIG_WHOLE_FACTOR = 4  # a whole-tensor unit this many times the median tensor moves to the middle
 POOL_SLABS = 4  # units in flight: loading, queued, computing, writing
 READ_THREADS = 4  # concurrent pieces of one read (see reader.PIECE_BYTES)
@@ -80,6 +88,9 @@ class Unit:
     row_end: int
     blocks: range  # block indices covered
     whole: bool  # the operator gets the whole tensor
+    # a streamed tensor's pieces are loaded three times (streamed_selection.STAGES): counted
+    # twice ("top", "low"), then merged; every other unit is only merged
+    stage: str = "merge"
 
 
 @dataclass
@@ -90,6 +101,7 @@ class Loaded:
     experts: list[torch.Tensor | None]  # stored dtype; None = nothing read (equals base)
     read_blocks: list[set[int]]  # per expert: blocks whose real bytes are in experts[k]
     approx: list[dict[int, torch.Tensor]] = field(default_factory=list)  # per expert: rank -> base + sketch
+    selections: dict[int, list] = field(default_factory=dict)  # variant -> rules (a streamed tensor's piece)
 
 
 @dataclass
@@ -121,6 +133,9 @@ class ExecStats:
     base_storage: int = 0
     verify_logical: int = 0
     verify_storage: int = 0
+    # bytes the passes over streamed tensors asked for again (their storage reads are counted
+    # with the base's, the experts' and the verification's)
+    reread_logical: int = 0
     sketch_logical: int = 0  # sketch factors (expert-derived bytes from the catalog)
     sketch_storage: int = 0
     read_s: float = 0.0
@@ -169,6 +184,7 @@ class Executor:
         self.deviations = [Deviation() for _ in self.references]
         self._ref_is_access = [ref == self.access and rs == self.sketches
                                for ref, rs in zip(self.references, self.ref_sketches)]
+        self._selections: dict[str, TensorSelections] = {}  # streamed tensors being merged
 
     # ----- planning the units -------------------------------------------------------------
     def out_specs(self) -> list[OutSpec]:
@@ -208,24 +224,44 @@ class Executor:
         return info.dtype
 
     def units(self):
-        loaded_sets = self.full if self.evaluate else self.access
         for name in self.tensor_order():
             info = self.ref_layout.tensors[name]
             p = self.config.resolve(name, self.layers)
-            rpb = rows_per_block(info, self.block_size)
-            nblocks = block_count(info, self.block_size)
-            if self._whole(info, p):
-                yield Unit(name, 0, info.rows, range(nblocks), True), p
-                continue
-            cap = max(1, (UNIT_BYTES // max(1, info.row_bytes)) // rpb)  # blocks per unit
-            key = lambda b: tuple(b in per.get(name, ()) for per in loaded_sets)  # noqa: E731
-            b0 = 0
-            while b0 < nblocks:
-                k0, b1 = key(b0), b0 + 1
-                while b1 < nblocks and b1 - b0 < cap and key(b1) == k0:
-                    b1 += 1
-                yield Unit(name, b0 * rpb, min(b1 * rpb, info.rows), range(b0, b1), False), p
-                b0 = b1
+            if not self._whole(info, p):
+                yield from ((unit, p) for unit in self._pieces(name, info))
+            elif self._selection_counts(info, p) is not None:
+                for stage in STAGES:
+                    yield from ((Unit(u.tensor, u.row_start, u.row_end, u.blocks, False, stage), p)
+                                for u in self._pieces(name, info))
+            else:
+                yield Unit(name, 0, info.rows, range(block_count(info, self.block_size)), True), p
+
+    def _pieces(self, name: str, info: TensorInfo):
+        """A tensor merged block by block, as units: runs of blocks whose set of read experts is
+        the same, of at most ``UNIT_BYTES`` of rows."""
+        loaded_sets = self.full if self.evaluate else self.access
+        rpb = rows_per_block(info, self.block_size)
+        nblocks = block_count(info, self.block_size)
+        cap = max(1, (UNIT_BYTES // max(1, info.row_bytes)) // rpb)  # blocks per unit
+        key = lambda b: tuple(b in per.get(name, ()) for per in loaded_sets)  # noqa: E731
+        b0 = 0
+        while b0 < nblocks:
+            k0, b1 = key(b0), b0 + 1
+            while b1 < nblocks and b1 - b0 < cap and key(b1) == k0:
+                b1 += 1
+            yield Unit(name, b0 * rpb, min(b1 * rpb, info.rows), range(b0, b1), False)
+            b0 = b1
+
+    def _selection_counts(self, info: TensorInfo, p: TensorParams) -> list[int | None] | None:
+        """Per input, the k of the operator's whole-tensor selection when this whole-tensor unit
+        is too big to hold and is streamed instead (merged by pieces once passes over them have
+        found the selections); None when it is merged whole."""
+        if not (self.uses_base and torch_dtype(info.dtype).is_floating_point
+                and streams(self._work_dtype(info), len(info.shape))):
+            return None
+        if info.rows * info.row_bytes * (len(self.experts) + 2) <= STREAMED_TENSOR_BYTES:
+            return None
+        return self.op.selection_counts(p, math.prod(info.shape))
 
     # ----- loading ---------------------------------------------------------------------------
     def _load(self, unit: Unit, readers, slab: Slab, sketch_source=None) -> Loaded:
@@ -292,15 +328,16 @@ class Executor:
         return x.to(self.device, work)
 
     def _merge(self, loaded: Loaded, p, inputs_for, base: torch.Tensor | None,
-               rows: tuple[int, int] | None = None) -> torch.Tensor:
+               rows: tuple[int, int] | None = None, variant: int = 0) -> torch.Tensor:
         """Run the operator; ``base`` is the base's rows already in the working dtype (converted
         once, however many access sets are evaluated). ``rows``: the tensor rows this call
-        covers, when it is a tile of the unit (``inputs_for`` and ``base`` are then that tile)."""
+        covers, when it is a tile of the unit (``inputs_for`` and ``base`` are then that tile).
+        ``variant``: which access set ``inputs_for`` follow (``_variants``)."""
         unit = loaded.unit
         info = self.ref_layout.tensors[unit.tensor]
         work = self._work_dtype(info)
         inputs = [base if x is None else self._input(x, work) for x in inputs_for]
-        ctx = self._context(loaded, rows)
+        ctx = self._context(loaded, rows, variant)
         merged = self._through_kernel(base, inputs, p, ctx, work, work)
         return merged if merged is not None else self.op.merge(base, inputs, p, ctx)
 
@@ -311,12 +348,52 @@ class Executor:
         kernel = kernels.find(self.op.name, "merge", base if self.uses_base else None, inputs, p, work, out_dtype)
         return None if kernel is None else kernel.run(base if self.uses_base else None, inputs, p, ctx, out_dtype)
 
-    def _context(self, loaded: Loaded, rows: tuple[int, int] | None = None) -> MergeContext:
+    def _context(self, loaded: Loaded, rows: tuple[int, int] | None = None, variant: int = 0) -> MergeContext:
         unit = loaded.unit
         info = self.ref_layout.tensors[unit.tensor]
         row_start, row_end = rows or (unit.row_start, unit.row_end)
         return MergeContext(unit.tensor, self.seed, row_start, row_end, info.rows, self.device,
-                            work_dtype=self._work_dtype(info), allocate=loaded.slab.take_tensor)
+                            work_dtype=self._work_dtype(info), allocate=loaded.slab.take_tensor,
+                            selections=self._selection_rules(loaded, variant))
+
+    # ----- streamed tensors (streamed_selection.py) --------------------------------------------
+    def _variants(self) -> list[tuple[list, list]]:
+        """The access sets (and sketches) the operator merges with: the merge's own, then, when
+        evaluating, the full read and each reference."""
+        own = [(self.access, self.sketches)]
+        if not self.evaluate:
+            return own
+        return own + [(self.full, [{} for _ in self.experts])] + list(zip(self.references, self.ref_sketches))
+
+    def _variant_inputs(self, loaded: Loaded, variant: int) -> list[torch.Tensor | None]:
+        """The unit's expert rows as ``variant`` sees them (``_restrict``)."""
+        access, sketches = self._variants()[variant]
+        return [self._restrict(loaded, k, access[k], sketches[k]) for k in range(len(self.experts))]
+
+    def _count(self, loaded: Loaded, p: TensorParams) -> None:
+        """A counting pass over a piece of a streamed tensor."""
+        unit = loaded.unit
+        info = self.ref_layout.tensors[unit.tensor]
+        if unit.stage == STAGES[0] and unit.row_start == 0:
+            numel = math.prod(info.shape)
+            self._selections[unit.tensor] = TensorSelections(
+                numel, self.op.selection_counts(p, numel), len(self._variants()), self._work_dtype(info))
+        start = unit.row_start * math.prod(info.shape[1:])
+        inputs = [self._variant_inputs(loaded, v) for v in range(len(self._variants()))]
+        self._selections[unit.tensor].count(unit.stage, start, loaded.base, inputs, last=unit.row_end == info.rows)
+
+    def _selection_rules(self, loaded: Loaded, variant: int) -> list | None:
+        """The selections of a streamed tensor's piece for ``variant``, in the tensor's flat
+        positions (None for any other unit)."""
+        unit = loaded.unit
+        selections = None if unit.whole else self._selections.get(unit.tensor)
+        if selections is None:
+            return None
+        if variant not in loaded.selections:
+            start = unit.row_start * math.prod(self.ref_layout.tensors[unit.tensor].shape[1:])
+            loaded.selections[variant] = selections.rules(variant, start, loaded.base,
+                                                          self._variant_inputs(loaded, variant))
+        return loaded.selections[variant]
 
     def _work_dtype(self, info: TensorInfo) -> torch.dtype:
         return self.config.dtype or torch_dtype(info.dtype)
@@ -332,7 +409,9 @@ class Executor:
             return src
         nothing_read = all(not self._in_access(k, unit) and unit.tensor not in self.sketches[k]
                            for k in range(len(self.experts)))
-        if self.uses_base and nothing_read and self.op.zero_delta_identity and not self.evaluate:
+        # (a streamed tensor's piece is computed even so: the whole tensor's merge would be)
+        if (self.uses_base and nothing_read and self.op.zero_delta_identity and not self.evaluate
+                and unit.tensor not in self._selections):
             if loaded.base.dtype == out_dtype and torch.promote_types(out_dtype, work) == work:
                 return loaded.base  # the round trip through the working dtype is exact
             return loaded.base.to(work).to(out_dtype)
@@ -423,18 +502,18 @@ class Executor:
 
     def _evaluate(self, loaded: Loaded, p, merged: torch.Tensor, work_base: torch.Tensor | None) -> None:
         full_inputs = [self._restrict(loaded, k, self.full[k]) for k in range(len(self.experts))]
-        full = self._merge(loaded, p, full_inputs, work_base).double()
+        full = self._merge(loaded, p, full_inputs, work_base, variant=1).double()
         base = loaded.base.to(self.device, torch.float64) if loaded.base is not None else torch.zeros_like(full)
         update_sq = float(((full - base) ** 2).sum())
         weight_sq = float((full ** 2).sum())
         layer = layer_index(loaded.unit.tensor)
-        for ref, ref_sketches, same, dev in zip(self.references, self.ref_sketches, self._ref_is_access,
-                                                self.deviations):
+        for i, (ref, ref_sketches, same, dev) in enumerate(zip(self.references, self.ref_sketches,
+                                                                self._ref_is_access, self.deviations)):
             if same:
                 merged_ref = merged
             else:
                 merged_ref = self._merge(loaded, p, [self._restrict(loaded, k, ref[k], ref_sketches[k])
-                                                     for k in range(len(self.experts))], work_base)
+                                                     for k in range(len(self.experts))], work_base, variant=2 + i)
             diff_sq = float(((merged_ref.double() - full) ** 2).sum())
             dev.diff_sq += diff_sq
             dev.update_sq += update_sq
@@ -487,6 +566,23 @@ class Executor:
             if collecting:
                 gc.enable()
 
+    def _reader_stats(self, readers, counting_readers, sketch_reader: RangeReader) -> None:
+        """What was read, into ``stats``: the bytes the merge asked for (a streamed tensor's
+        counting passes apart, in ``reread_logical``) and the bytes the storage gave for each
+        file's reads."""
+        (base_r, expert_rs, verify_r), (base_c, expert_cs, verify_c) = readers, counting_readers
+        self.stats.base_logical = base_r.logical_bytes
+        self.stats.base_storage = base_r.storage_bytes + base_c.storage_bytes
+        self.stats.per_expert_logical = [r.logical_bytes for r in expert_rs]
+        self.stats.per_expert_storage = [r.storage_bytes + c.storage_bytes for r, c in zip(expert_rs, expert_cs)]
+        self.stats.expert_logical = sum(self.stats.per_expert_logical)
+        self.stats.expert_storage = sum(self.stats.per_expert_storage)
+        self.stats.verify_logical = verify_r.logical_bytes
+        self.stats.verify_storage = verify_r.storage_bytes + verify_c.storage_bytes
+        self.stats.sketch_logical = sketch_reader.logical_bytes
+        self.stats.sketch_storage = sketch_reader.storage_bytes
+        self.stats.reread_logical = sum(r.logical_bytes for r in (base_c, *expert_cs, verify_c))
+
     def _rows_bytes(self, unit: Unit) -> int:
         """Stored bytes of the unit's rows in one model."""
         return (unit.row_end - unit.row_start) * self.ref_layout.tensors[unit.tensor].row_bytes
@@ -514,31 +610,33 @@ class Executor:
 
         def loader():
             io_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="mergehub-read")
-            readers = (RangeReader(sequential=True, pool=io_pool),
-                       [RangeReader(sequential=not self.uses_base, pool=io_pool) for _ in self.experts],
-                       RangeReader(sequential=False, pool=io_pool))
+            def reader_set(direct: bool):
+                return (RangeReader(sequential=True, direct=direct, pool=io_pool),
+                        [RangeReader(sequential=not self.uses_base, direct=direct, pool=io_pool)
+                         for _ in self.experts],
+                        RangeReader(sequential=False, direct=direct, pool=io_pool))
+
+            readers = reader_set(direct=True)
+            # A streamed tensor's counting passes read through the page cache, so the passes
+            # after the first (the merge's included) find its pages there.
+            counting_readers = reader_set(direct=False)
             sketch_source = _SketchSource(self.sketch_files, RangeReader(sequential=False, pool=io_pool))
             try:
                 for unit, p in units:
                     slab = None if stop.is_set() else pool.get(stop, self._unit_bytes(unit))
                     if slab is None:
                         break
-                    loaded_q.put((self._load(unit, readers, slab, sketch_source), p))
+                    chosen = readers if unit.stage == "merge" else counting_readers
+                    loaded_q.put((self._load(unit, chosen, slab, sketch_source), p))
             except BaseException as exc:  # surfaced in the caller's thread
                 errors.append(exc)
             finally:
                 loaded_q.put(None)
-                base_r, expert_rs, verify_r = readers
-                self.stats.base_logical, self.stats.base_storage = base_r.logical_bytes, base_r.storage_bytes
-                self.stats.per_expert_logical = [r.logical_bytes for r in expert_rs]
-                self.stats.per_expert_storage = [r.storage_bytes for r in expert_rs]
-                self.stats.expert_logical = sum(self.stats.per_expert_logical)
-                self.stats.expert_storage = sum(self.stats.per_expert_storage)
-                self.stats.verify_logical, self.stats.verify_storage = verify_r.logical_bytes, verify_r.storage_bytes
-                self.stats.sketch_logical = sketch_source.reader.logical_bytes
-                self.stats.sketch_storage = sketch_source.reader.storage_bytes
-                for r in (base_r, *expert_rs, verify_r, sketch_source.reader):
-                    r.close()
+                self._reader_stats(readers, counting_readers, sketch_source.reader)
+                for base_r, expert_rs, verify_r in (readers, counting_readers):
+                    for r in (base_r, *expert_rs, verify_r):
+                        r.close()
+                sketch_source.reader.close()
                 io_pool.shutdown()
 
         def writer():
@@ -573,6 +671,13 @@ class Executor:
                 self.control.check()
                 loaded, p = item
                 t0 = time.perf_counter()
+                if loaded.unit.stage != "merge":
+                    self._count(loaded, p)
+                    self.stats.compute_s += time.perf_counter() - t0
+                    pool.put(loaded.slab)
+                    done += self._rows_bytes(loaded.unit)
+                    self.control.report("merge", done, total)
+                    continue
                 rows = self.compute(loaded, p)
                 self._check_finite(loaded, p, rows, publishing=sink is not None)
                 self.stats.compute_s += time.perf_counter() - t0
@@ -582,6 +687,8 @@ class Executor:
                     pool.put(loaded.slab)
                 done += self._rows_bytes(loaded.unit)
                 self.control.report("merge", done, total)
+                if loaded.unit.row_end == self.ref_layout.tensors[loaded.unit.tensor].rows:
+                    self._selections.pop(loaded.unit.tensor, None)  # the tensor is merged
         finally:
             stop.set()
             while not loader_done:  # unblock and finish the loader

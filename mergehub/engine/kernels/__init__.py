@@ -13,6 +13,10 @@ operator) on the CPU, straight from the checkpoints' stored dtypes to the output
 them (an input that ``is base`` was not read), which must equal ``operator.merge`` on the
 inputs widened to float32, rounded to ``out_dtype``.
 
+The counting passes over a tensor too big to hold (engine/streamed_selection.py) call
+``topk.py``'s histograms directly, on the conditions ``find`` sets for a merge (float32 work,
+dtypes the kernels read, contiguous CPU tensors): they count what the merge's kernel would.
+
 ``MERGEHUB_NATIVE=0``, or no library (installed without a C compiler): ``find`` finds nothing
 and every merge runs its torch statement.
 """

@@ -166,7 +166,10 @@ def _spec(spec, op, x: torch.Tensor, base: torch.Tensor, k: int, p: TensorParams
     density, n = model["density"], base.numel()
     rule: dict = {}
     if 0 < density < 1 and op.sparsifier is not None:
-        if op.sparsifier == "magnitude":
+        if op.sparsifier == "magnitude" and ctx.selections is not None:  # rows of a big tensor
+            if ctx.selections[k] is not None:
+                rule["keep"] = ctx.selections[k].shifted(offset).levels()
+        elif op.sparsifier == "magnitude":
             count = magnitude_count(density, n)
             if count < n:
                 rule["keep"] = delta_topk_rule(x, base, count).levels()

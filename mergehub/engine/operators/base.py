@@ -8,6 +8,9 @@ the executor treat it correctly:
 * ``block_local`` says whether merging a slice of rows gives the same rows as merging the
   whole tensor and slicing. If so the executor streams blocks and memory does not grow with
   tensor size; if not it hands the operator whole tensors.
+* ``selection_counts`` says, for an operator that is not block-local only because it keeps
+  each input's k largest |δ| over the tensor (TIES), how many: a tensor too big to hold is
+  then merged block by block once the executor has found those rules (``ctx.selections``).
 * ``coefficients`` returns fixed c_k with out = base + Σ c_k·δ_k when the operator is additive
   with fixed coefficients (task arithmetic and friends); the planner then certifies
   ‖θ_A − θ_full‖₂ ≤ Σ_{(k,b)∉A} |c_k|·‖δ_kb‖₂. Otherwise ``None`` (no certificate).
@@ -110,6 +113,10 @@ class MergeContext:
     # the Gram and combination passes of the span operators (span.py): None for its torch
     # passes; the compiled kernels set theirs (engine/kernels/span.py)
     span_passes: Any = None
+    # per non-base input, the rule keeping its k largest |x − base| over the whole tensor (flat
+    # positions of the full tensor; None: keeps everything), found by the executor in passes
+    # over the tensor's rows before this call (``Operator.selection_counts``); None otherwise
+    selections: list[Any] | None = None
 
     def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised CPU tensor for an operator's output."""
@@ -180,6 +187,14 @@ class Operator:
 
     def block_local(self, p: TensorParams, ndim: int) -> bool:
         return False
+
+    def selection_counts(self, p: TensorParams, numel: int) -> list[int | None] | None:
+        """When keeping each input's k largest |x − base| over the tensor (selection.py's rule)
+        is what stops this operator being block-local, the k per non-base input (None: that
+        input keeps everything): the executor may then find those rules in passes over a big
+        tensor's rows and merge it block by block, handing them over in ``ctx.selections``.
+        None (the default): the operator needs the whole tensor."""
+        return None
 
     def merge_stored(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:

@@ -95,6 +95,13 @@ class TaskArithmeticFamily(Operator):
         # top-k, outlier removal and the L1 rescale look at the whole tensor.
         return self.sparsifier in ("random", "della_magprune") and not p.shared["rescale"]
 
+    def selection_counts(self, p: TensorParams, numel: int) -> list[int | None] | None:
+        if not self._top_k(p):
+            return None
+        counts = [magnitude_count(m["density"], numel) if sparsifies else numel
+                  for m, sparsifies in zip(p.models, self._sparsifies(p))]
+        return [k if k < numel else None for k in counts]
+
     def coefficients(self, p: TensorParams) -> list[float] | None:
         if any(self._sparsifies(p)):
             return None
@@ -165,12 +172,18 @@ class TaskArithmeticFamily(Operator):
         """TIES-style magnitude pruning without materialising whole-tensor deltas: one streaming
         pass per model finds the rule that keeps its k largest |δ| (selection.topk_rule), then
         the masked combine runs tile by tile, each tile's temporaries staying in cache. (On the
-        CPU the compiled kernels do all of this fused: engine/kernels/family.py.)"""
+        CPU the compiled kernels do all of this fused: engine/kernels/family.py.) When
+        ``ctx.selections`` holds the rules (rows of a tensor too big to hold whole), they are used."""
         flat_base = base.reshape(-1)
         flat_inputs = self._contributing(flat_base, [x.reshape(-1) for x in inputs], p)
         tile = None if base.device.type == "cpu" else flat_base.numel()  # GPUs: one launch per op
-        rules = [None if x is None else _magnitude_rule(x, flat_base, m["density"], tile)
-                 for x, m in zip(flat_inputs, p.models)]
+        if ctx.selections is not None:  # rows of a big tensor: the executor found its rules
+            offset = ctx.flat_start(base.shape)
+            rules = [None if x is None or rule is None else rule.shifted(offset)
+                     for x, rule in zip(flat_inputs, ctx.selections)]
+        else:
+            rules = [None if x is None else _magnitude_rule(x, flat_base, m["density"], tile)
+                     for x, m in zip(flat_inputs, p.models)]
         out = ctx.empty_like(flat_base)
         for start, stop in tiles(flat_base.numel(), tile):
             tile_base = flat_base[start:stop]

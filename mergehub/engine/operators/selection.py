@@ -177,6 +177,10 @@ class TopKRule:
     threshold: float
     cut: int
 
+    def shifted(self, offset: int) -> "TopKRule":
+        """The same rule for a slice of the tensor starting at flat position ``offset``."""
+        return self if offset == 0 else TopKRule(self.threshold, max(0, self.cut - offset))
+
     def prune(self, delta: torch.Tensor, start: int) -> torch.Tensor:
         """``delta`` (a flat slice from ``start``) with entries whose |δ| the rule drops set to 0.
 
@@ -286,3 +290,76 @@ def _kth_largest_in_bin(values: torch.Tensor, r: int) -> torch.Tensor:
     if values.dtype in (torch.float32, torch.bfloat16, torch.float16):
         return same[0]  # the float32 pattern is the exact value
     return torch.sort(same, descending=True).values[r - above - 1]  # float64: order within the pattern
+
+
+# --- The same rule over a tensor seen in pieces, for merges bigger than memory ------------
+
+class StreamedTopK:
+    """``topk_rule`` for n non-negative values seen piece by piece in flat order, in two passes,
+    without holding them: the values' float32 patterns are counted, never kept.
+
+    Pass one adds each piece's histogram of the top 16 bits (``add_top``); ``end_top`` finds the
+    bin holding the k-th largest. Pass two adds, per piece, the histogram of the low 16 bits of
+    the entries in that bin and the piece's non-zero count (``add_low``); ``end_low`` finds the
+    exact threshold and which piece holds the first tie not kept. That tie's position is looked
+    up when its piece is merged (``rule_for``): until then every tie seen is kept. The rule is
+    ``topk_rule``'s, tie rule included (tests/engine/operators/test_ops_selection.py)."""
+
+    def __init__(self, n: int, k: int):
+        if not 1 <= k < n:
+            raise ValueError(f"keeping {k} of {n} needs no selection")
+        self.n, self.k = n, k
+        self.top = torch.zeros(KEY_BINS, dtype=torch.int64)
+        self.key: int | None = None  # the bin of the k-th largest, once pass one has ended
+        self._lows: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (piece start, bins, counts)
+        self._nonzero = 0
+        self.rule: TopKRule | None = None  # once pass two has ended (cut provisional while pending)
+        self.pattern = 0  # the threshold's float32 bit pattern
+        self._pending: tuple[int, int] | None = None  # (start of the piece with the cut, tie rank in it)
+
+    def add_top(self, hist: torch.Tensor) -> None:
+        """Pass one: ``hist`` counts one piece's values by their top 16 bits (KEY_BINS)."""
+        self.top += hist
+
+    def end_top(self) -> None:
+        self.key, _ = bin_from_top(self.top, self.k)
+
+    def add_low(self, start: int, hist: torch.Tensor, nonzero: int) -> None:
+        """Pass two, for the piece starting at flat ``start``: ``hist`` counts its values in bin
+        ``key`` by their low 16 bits (LOW_BINS); ``nonzero`` its non-zero values (needed only
+        when ``key`` is 0)."""
+        bins = hist.nonzero().squeeze(1)
+        self._lows.append((start, bins, hist[bins]))
+        self._nonzero += nonzero
+
+    def end_low(self) -> None:
+        def pick_in_bin(key: int, need: int) -> TopKRule:
+            total = torch.zeros(LOW_BINS, dtype=torch.int64)
+            for _, bins, counts in self._lows:
+                total[bins] += counts
+            low, above = bin_from_top(total, need)
+            self.pattern = (key << 16) | low
+            rank = need - above  # the first tie not kept, counted in flat order
+            if rank < int(total[low]):
+                for start, bins, counts in self._lows:
+                    here = int(counts[bins == low].sum())
+                    if rank < here:
+                        self._pending = (start, rank)
+                        break
+                    rank -= here
+            return TopKRule(float32_of(self.pattern), self.n)  # provisional cut while pending
+
+        self.rule = rule_from_histogram(self.n, self.k, self.top, pick_in_bin, lambda: self._nonzero)
+        self._lows = []
+
+    def rule_for(self, start: int, stop: int, tie_position) -> TopKRule:
+        """The rule, valid over flat [start, stop): a piece of pass two, asked for in order.
+        ``tie_position(pattern, rank)``: the position in this piece of its tie numbered ``rank``
+        (from 0, flat order), asked only of the piece that holds the first tie not kept."""
+        assert self.rule is not None, "both passes must end first"
+        if self._pending is not None and self._pending[0] < stop:
+            piece, rank = self._pending
+            assert piece == start, "pieces are merged in the order they were counted"
+            self.rule = TopKRule(self.rule.threshold, start + tie_position(self.pattern, rank))
+            self._pending = None
+        return self.rule

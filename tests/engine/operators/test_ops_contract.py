@@ -148,6 +148,22 @@ def test_block_locality(name, shared, models, expected):
     assert op.block_local(p, 1) is True  # a 1-D tensor is one row, never sliced
 
 
+def test_selection_counts():
+    """Only TIES-style magnitude pruning without rescale can be streamed by its selections: k
+    per input, None for an input that keeps everything; None for everything else."""
+    ties = get_operator("ties")
+    p = make_params("ties", 3, {}, [{"weight": 1.0, "density": 0.5}, {"weight": 1.0, "density": 1.0},
+                                    {"weight": 1.0, "density": 0.001}])
+    assert ties.selection_counts(p, 1000) == [500, None, 1]  # mergekit's k = max(1, int(density·n))
+    assert ties.selection_counts(make_params("ties", 2, {}, {"weight": 1.0, "density": 1.0}), 1000) is None
+    assert ties.selection_counts(make_params("ties", 2, {"rescale": True}, {"weight": 1.0, "density": 0.5}),
+                                 1000) is None
+    for name, shared, models in [("breadcrumbs", {}, {"weight": 0.5, "density": 0.9}),
+                                 ("dare_ties", {}, {"weight": 0.5, "density": 0.5}), ("sce", {}, {}),
+                                 ("task_arithmetic", {}, {"weight": 0.5})]:
+        assert get_operator(name).selection_counts(make_params(name, 2, shared, models), 1000) is None
+
+
 def test_coefficients():
     ta = get_operator("task_arithmetic")
     p = make_params("task_arithmetic", 2, {"lambda": 2.0}, [{"weight": 0.5}, {"weight": -0.25}])

@@ -1,4 +1,5 @@
-"""Exact-k selection: counts, the tie rule, and the sampled fast path against kthvalue."""
+"""Exact-k selection: counts, the tie rule, the sampled fast path against kthvalue, and the
+same rule found over a tensor seen in pieces (StreamedTopK)."""
 
 from __future__ import annotations
 
@@ -163,3 +164,45 @@ def test_smallest_values_are_what_sorting_gives(kind):
     for r, got in zip(ranks, smallest_values(values, ranks)):
         want = ordered[r - 1]
         assert (torch.isnan(got) and torch.isnan(want)) or got.item() == want.item(), (r, got, want)
+
+
+@pytest.mark.parametrize("values", ["distinct", "ties", "mostly_zero"])
+def test_streamed_top_k_is_topk_rule(values):
+    """Pieces of any size give the rule ``topk_rule`` finds on the whole, tie cut included."""
+    gen = torch.Generator().manual_seed(0)
+    n = 5000
+    if values == "distinct":
+        v = torch.rand(n, generator=gen)
+    elif values == "ties":
+        v = torch.randint(0, 7, (n,), generator=gen).float()
+    else:
+        v = torch.zeros(n)
+        v[torch.randperm(n, generator=gen)[:300]] = torch.rand(300, generator=gen)
+    for k in (1, 17, 250, 299, 300, 301, 2500, n - 1):
+        expected = selection.topk_rule(n, k, lambda a, b: v[a:b], lambda at: v[at])
+        for piece in (n, 999, 64):
+            rules = _streamed(v, k, piece)
+            assert rules[-1][1] == expected, (values, k, piece)
+            for (a, b), rule in rules:  # each piece's rule keeps what the whole tensor's keeps there
+                assert torch.equal(_kept(rule, v, a, b), _kept(expected, v, a, b)), (values, k, piece, a)
+
+
+def _kept(rule: selection.TopKRule, v: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    at = torch.arange(a, b)
+    return (v[a:b] > rule.threshold) | ((v[a:b] == rule.threshold) & (at < rule.cut))
+
+
+def _streamed(v: torch.Tensor, k: int, piece: int) -> list[tuple[tuple[int, int], selection.TopKRule]]:
+    """Each piece with the rule ``StreamedTopK`` gives it, pieces counted twice then asked in order."""
+    top = selection.StreamedTopK(v.numel(), k)
+    pieces = list(selection.tiles(v.numel(), piece))
+    patterns = [v[a:b].view(torch.int32).long() for a, b in pieces]
+    for p in patterns:
+        top.add_top(torch.bincount(p >> 16, minlength=selection.KEY_BINS))
+    top.end_top()
+    for (a, _), p in zip(pieces, patterns):
+        inside = p[(p >> 16) == top.key] & 0xFFFF
+        top.add_low(a, torch.bincount(inside, minlength=selection.LOW_BINS), int(torch.count_nonzero(p)))
+    top.end_low()
+    return [((a, b), top.rule_for(a, b, lambda pattern, rank, p=p: int((p == pattern).nonzero()[rank])))
+            for (a, b), p in zip(pieces, patterns)]

@@ -1,0 +1,109 @@
+"""Streamed tensors (streamed_selection.py): a whole-tensor unit too big to hold is merged by
+pieces after two counting passes, and gives the bits of the whole-tensor merge, whatever the
+pieces, the dtypes, the budget, the sketches or the references evaluated beside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BLOCK, assert_bit_identical, load_model, make_family
+
+from mergehub.demo.tiny import TINY_SHAPES
+from mergehub.engine import api, executor, kernels
+from mergehub.engine.config import parse_config
+
+SHAPES = dict(TINY_SHAPES, **{"model.embed_tokens.weight": (96, 40)})  # the tensor worth streaming
+
+
+def _merge(mapping: dict, out, catalog, streamed: bool, monkeypatch, **kwargs) -> api.MergeResult:
+    """Merge with every whole-tensor unit streamed in pieces of 2 blocks, or none streamed."""
+    monkeypatch.setattr(executor, "STREAMED_TENSOR_BYTES", 0 if streamed else 1 << 40)
+    monkeypatch.setattr(executor, "UNIT_BYTES", 2 * BLOCK)
+    pieces = []
+    real = executor.Executor._count
+
+    def spy(self, loaded, p):
+        pieces.append((loaded.unit.tensor, loaded.unit.stage, loaded.unit.row_start))
+        return real(self, loaded, p)
+
+    merged = []
+    real_compute = executor.Executor.compute
+
+    def spy_compute(self, loaded, p):
+        merged.append(loaded.unit)
+        return real_compute(self, loaded, p)
+
+    monkeypatch.setattr(executor.Executor, "_count", spy)
+    monkeypatch.setattr(executor.Executor, "compute", spy_compute)
+    result = api.run_merge(parse_config(mapping), out, catalog_dir=catalog, device="cpu", block_size=BLOCK,
+                           **kwargs)
+    embed = [row for name, stage, row in pieces if name == "model.embed_tokens.weight" and stage == "top"]
+    assert (len(embed) > 2) == streamed  # several pieces counted, or none
+    units = [u for u in merged if u.tensor == "model.embed_tokens.weight"]
+    if streamed:  # merged in the pieces it was counted in: no unit holds the whole tensor
+        assert [u.row_start for u in units] == embed and not any(u.whole for u in units)
+    else:
+        assert [u.whole for u in units] == [True]
+    return result
+
+
+def _ties(fam, density=0.5, **top) -> dict:
+    return fam.config("ties", weights=[1.0, 0.6], parameters={"density": density}, **top)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernels", "torch"])
+@pytest.mark.parametrize("dtype, work", [(torch.bfloat16, "float32"), (torch.bfloat16, None),
+                                         (torch.float32, None)])
+def test_streamed_merge_is_bit_identical(tmp_path, catalog, monkeypatch, compiled, dtype, work):
+    if compiled and not kernels.enabled():
+        pytest.skip("the compiled kernels are not built")
+    if not compiled:
+        monkeypatch.setattr(kernels, "enabled", lambda: False)
+    # bf16 deltas take few values: the k-th largest has many ties, and its cut falls in a piece
+    fam = make_family(tmp_path / "f", change="dense", dtype=dtype, shapes=SHAPES, experts=3)
+    mapping = _ties(fam, dtype=work) if work else _ties(fam)
+    _merge(mapping, tmp_path / "whole", catalog, False, monkeypatch)
+    result = _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch)
+    assert_bit_identical(load_model(tmp_path / "streamed"), load_model(tmp_path / "whole"))
+    m = result.manifest["metrics"]
+    assert m["expert_bytes_requested"] == m["full_expert_bytes"]  # the counting passes are apart
+    assert m["reread_bytes_requested"] > 2 * m["full_expert_bytes"]  # every input, twice
+
+
+def test_streamed_under_a_budget_with_sketches_and_references(tmp_path, catalog, monkeypatch):
+    """Pieces an expert was not read in count as δ = 0, sketched tensors as their sketch, and
+    each evaluated access set gets its own selections: the output and every deviation match
+    (the deviation's first access set is the merge's own budget; it would be 0 if the reference
+    merges took the merge's selections)."""
+    fam = make_family(tmp_path / "f", change="low_rank", dtype=torch.bfloat16, shapes=SHAPES, rank=2)
+    mapping = _ties(fam, density=0.3, dtype="float32")
+    options = dict(budget=0.4, measure_deviation=True, sketch_rank=2)
+    whole = _merge(mapping, tmp_path / "whole", catalog, False, monkeypatch, **options)
+    streamed = _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch, **options)
+    assert_bit_identical(load_model(tmp_path / "streamed"), load_model(tmp_path / "whole"))
+    w, s = whole.manifest["metrics"], streamed.manifest["metrics"]
+    assert 0 < s["expert_bytes_requested"] == w["expert_bytes_requested"] < s["full_expert_bytes"]
+    assert s["sketches_planned"] and s["deviation"]["absolute"] > 0
+    # the same merges, their squared norms summed piece by piece instead of tensor by tensor
+    for key in ("absolute", "update_norm", "update_relative", "weight_relative"):
+        assert s["deviation"][key] == pytest.approx(w["deviation"][key], rel=1e-12)
+
+
+def test_streamed_rereads_come_from_the_page_cache(tmp_path, catalog, monkeypatch):
+    """The counting passes ask for the tensor twice more, counted apart from the merge's bytes."""
+    fam = make_family(tmp_path / "f", change="dense", shapes=SHAPES)
+    seen = []
+    real = executor.Executor._reader_stats
+
+    def spy(self, *args):
+        real(self, *args)
+        seen.append(self.stats)
+
+    monkeypatch.setattr(executor.Executor, "_reader_stats", spy)
+    _merge(_ties(fam), tmp_path / "whole", catalog, False, monkeypatch)
+    _merge(_ties(fam), tmp_path / "streamed", catalog, True, monkeypatch)
+    whole, streamed = seen
+    assert whole.reread_logical == 0
+    assert streamed.expert_logical == whole.expert_logical
+    merged = whole.base_logical + whole.expert_logical  # every 2-D tensor is streamed here
+    assert merged < streamed.reread_logical <= 2 * merged
