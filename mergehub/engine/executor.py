@@ -4,8 +4,9 @@ Work is cut into *units*. For a block-local operator a unit is a run of consecut
 whose set of read experts is the same (capped at ``UNIT_BYTES`` of base rows), so memory does
 not grow with tensor size and every expert in a unit is either read whole or not at all. For
 other operators a unit is a whole tensor, unless it is too big to hold and the operator needs
-it whole only for a selection (TIES' top-k): then its pieces are loaded three times, twice to
-find the selections and once to merge (streamed_selection.py). An expert block that is not
+it whole only for statistics that add up over rows (TIES' top-k, DARE's and DELLA's rescale):
+then its pieces are loaded once per counting pass and once more to merge (streamed.py). An
+expert block that is not
 read takes the base's values (δ = 0); if no expert was read in a unit and the operator is the
 identity on zero deltas, the base rows are copied without computing.
 
@@ -57,12 +58,12 @@ from .layout import ModelLayout, TensorInfo
 from .operators.base import MergeContext, TensorParams
 from .reader import RangeReader
 from .sketch import approximate_rows, factor_layout
-from .streamed_selection import STAGES, TensorSelections, streams
+from .streamed import MERGE, StreamedTensor, streams
 from .writer import OutSpec
 
 UNIT_BYTES = 16 << 20
 # A whole-tensor unit whose inputs and output would take more than this is merged block by block
-# after passes that find its selections (streamed_selection.py), when the operator allows it:
+# after passes that gather its statistics (streamed.py), when the operator allows it:
 # POOL_SLABS units in flight then take at most 1.5 GiB whatever the model's size. Not less:
 # the passes read the tensor twice more (from the page cache) and the first read is buffered.
 STREAMED_TENSOR_BYTES = 384 << 20
@@ -88,9 +89,10 @@ class Unit:
     row_end: int
     blocks: range  # block indices covered
     whole: bool  # the operator gets the whole tensor
-    # a streamed tensor's pieces are loaded three times (streamed_selection.STAGES): counted
-    # twice ("top", "low"), then merged; every other unit is only merged
-    stage: str = "merge"
+    # a streamed tensor's pieces are loaded once per counting pass (``streamed.stages``), then
+    # merged; every other unit is only merged
+    stage: str = MERGE
+    streamed: StreamedTensor | None = None  # shared by a streamed tensor's units
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Loaded:
     experts: list[torch.Tensor | None]  # stored dtype; None = nothing read (equals base)
     read_blocks: list[set[int]]  # per expert: blocks whose real bytes are in experts[k]
     approx: list[dict[int, torch.Tensor]] = field(default_factory=list)  # per expert: rank -> base + sketch
-    selections: dict[int, list] = field(default_factory=dict)  # variant -> rules (a streamed tensor's piece)
+    selections: dict[int, list] = field(default_factory=dict)  # variant -> rules (a streamed piece's)
 
 
 @dataclass
@@ -184,7 +186,6 @@ class Executor:
         self.deviations = [Deviation() for _ in self.references]
         self._ref_is_access = [ref == self.access and rs == self.sketches
                                for ref, rs in zip(self.references, self.ref_sketches)]
-        self._selections: dict[str, TensorSelections] = {}  # streamed tensors being merged
 
     # ----- planning the units -------------------------------------------------------------
     def out_specs(self) -> list[OutSpec]:
@@ -229,9 +230,9 @@ class Executor:
             p = self.config.resolve(name, self.layers)
             if not self._whole(info, p):
                 yield from ((unit, p) for unit in self._pieces(name, info))
-            elif self._selection_counts(info, p) is not None:
-                for stage in STAGES:
-                    yield from ((Unit(u.tensor, u.row_start, u.row_end, u.blocks, False, stage), p)
+            elif (streamed := self._streamed(info, p)) is not None:
+                for stage in streamed.stages:
+                    yield from ((Unit(u.tensor, u.row_start, u.row_end, u.blocks, False, stage, streamed), p)
                                 for u in self._pieces(name, info))
             else:
                 yield Unit(name, 0, info.rows, range(block_count(info, self.block_size)), True), p
@@ -252,16 +253,21 @@ class Executor:
             yield Unit(name, b0 * rpb, min(b1 * rpb, info.rows), range(b0, b1), False)
             b0 = b1
 
-    def _selection_counts(self, info: TensorInfo, p: TensorParams) -> list[int | None] | None:
-        """Per input, the k of the operator's whole-tensor selection when this whole-tensor unit
-        is too big to hold and is streamed instead (merged by pieces once passes over them have
-        found the selections); None when it is merged whole."""
-        if not (self.uses_base and torch_dtype(info.dtype).is_floating_point
-                and streams(self._work_dtype(info), len(info.shape))):
+    def _streamed(self, info: TensorInfo, p: TensorParams) -> StreamedTensor | None:
+        """The statistics to gather when this whole-tensor unit is too big to hold and the
+        operator allows it to be streamed (merged by pieces once passes over them have gathered
+        them); None when it is merged whole."""
+        work = self._work_dtype(info)
+        if not (self.uses_base and torch_dtype(info.dtype).is_floating_point and streams(work, len(info.shape))):
             return None
         if info.rows * info.row_bytes * (len(self.experts) + 2) <= STREAMED_TENSOR_BYTES:
             return None
-        return self.op.selection_counts(p, math.prod(info.shape))
+        numel, variants = math.prod(info.shape), len(self._variants())
+        if (counts := self.op.selection_counts(p, numel)) is not None:
+            return StreamedTensor(numel, work, variants, counts=counts)
+        if (rescaled := self.op.streamed_rescale(p, work)) is not None:
+            return StreamedTensor(numel, work, variants, rescaled=rescaled)
+        return None
 
     # ----- loading ---------------------------------------------------------------------------
     def _load(self, unit: Unit, readers, slab: Slab, sketch_source=None) -> Loaded:
@@ -354,9 +360,10 @@ class Executor:
         row_start, row_end = rows or (unit.row_start, unit.row_end)
         return MergeContext(unit.tensor, self.seed, row_start, row_end, info.rows, self.device,
                             work_dtype=self._work_dtype(info), allocate=loaded.slab.take_tensor,
-                            selections=self._selection_rules(loaded, variant))
+                            selections=self._selection_rules(loaded, variant),
+                            rescale_factors=self._rescale_factors(loaded, variant))
 
-    # ----- streamed tensors (streamed_selection.py) --------------------------------------------
+    # ----- streamed tensors (streamed.py) ------------------------------------------------------
     def _variants(self) -> list[tuple[list, list]]:
         """The access sets (and sketches) the operator merges with: the merge's own, then, when
         evaluating, the full read and each reference."""
@@ -372,28 +379,49 @@ class Executor:
 
     def _count(self, loaded: Loaded, p: TensorParams) -> None:
         """A counting pass over a piece of a streamed tensor."""
-        unit = loaded.unit
+        unit, streamed = loaded.unit, loaded.unit.streamed
         info = self.ref_layout.tensors[unit.tensor]
-        if unit.stage == STAGES[0] and unit.row_start == 0:
-            numel = math.prod(info.shape)
-            self._selections[unit.tensor] = TensorSelections(
-                numel, self.op.selection_counts(p, numel), len(self._variants()), self._work_dtype(info))
+        last = unit.row_end == info.rows
+        variants = range(len(self._variants()))
+        if streamed.kind == "rescale":
+            work_base = self._work_base(loaded, self._work_dtype(info))  # once for every variant
+            for v in variants:
+                streamed.add_sums(v, self._rescale_sums(loaded, p, v, work_base), last)
+            return
         start = unit.row_start * math.prod(info.shape[1:])
-        inputs = [self._variant_inputs(loaded, v) for v in range(len(self._variants()))]
-        self._selections[unit.tensor].count(unit.stage, start, loaded.base, inputs, last=unit.row_end == info.rows)
+        streamed.count(unit.stage, start, loaded.base, [self._variant_inputs(loaded, v) for v in variants], last)
+
+    def _rescale_sums(self, loaded: Loaded, p: TensorParams, variant: int, work_base: torch.Tensor) -> list:
+        """``Operator.rescale_sums`` of a piece for ``variant``, through its kernel where one
+        takes it (exact sums: either gives the same factor). ``work_base``: the base's rows in
+        the working dtype."""
+        work = self._work_dtype(self.ref_layout.tensors[loaded.unit.tensor])
+        stored = [loaded.base if x is None else x for x in self._variant_inputs(loaded, variant)]
+        ctx = self._context(loaded)
+        kernel = kernels.find(self.op.name, "rescale_sums", loaded.base, stored, p, work, work)
+        if kernel is not None:
+            return kernel.run(loaded.base, stored, p, ctx, work)
+        inputs = [work_base if x is loaded.base else self._input(x, work) for x in stored]
+        return self.op.rescale_sums(work_base, inputs, p, ctx)
 
     def _selection_rules(self, loaded: Loaded, variant: int) -> list | None:
         """The selections of a streamed tensor's piece for ``variant``, in the tensor's flat
         positions (None for any other unit)."""
         unit = loaded.unit
-        selections = None if unit.whole else self._selections.get(unit.tensor)
-        if selections is None:
+        if unit.stage != MERGE or unit.streamed is None or unit.streamed.kind != "selection":
             return None
         if variant not in loaded.selections:
             start = unit.row_start * math.prod(self.ref_layout.tensors[unit.tensor].shape[1:])
-            loaded.selections[variant] = selections.rules(variant, start, loaded.base,
-                                                          self._variant_inputs(loaded, variant))
+            loaded.selections[variant] = unit.streamed.rules(variant, start, loaded.base,
+                                                             self._variant_inputs(loaded, variant))
         return loaded.selections[variant]
+
+    def _rescale_factors(self, loaded: Loaded, variant: int) -> list | None:
+        """The rescale factors of a streamed tensor for ``variant`` (None for any other unit)."""
+        unit = loaded.unit
+        if unit.stage != MERGE or unit.streamed is None or unit.streamed.kind != "rescale":
+            return None
+        return unit.streamed.factors[variant]
 
     def _work_dtype(self, info: TensorInfo) -> torch.dtype:
         return self.config.dtype or torch_dtype(info.dtype)
@@ -411,7 +439,7 @@ class Executor:
                            for k in range(len(self.experts)))
         # (a streamed tensor's piece is computed even so: the whole tensor's merge would be)
         if (self.uses_base and nothing_read and self.op.zero_delta_identity and not self.evaluate
-                and unit.tensor not in self._selections):
+                and unit.streamed is None):
             if loaded.base.dtype == out_dtype and torch.promote_types(out_dtype, work) == work:
                 return loaded.base  # the round trip through the working dtype is exact
             return loaded.base.to(work).to(out_dtype)
@@ -626,7 +654,7 @@ class Executor:
                     slab = None if stop.is_set() else pool.get(stop, self._unit_bytes(unit))
                     if slab is None:
                         break
-                    chosen = readers if unit.stage == "merge" else counting_readers
+                    chosen = readers if unit.stage == MERGE else counting_readers
                     loaded_q.put((self._load(unit, chosen, slab, sketch_source), p))
             except BaseException as exc:  # surfaced in the caller's thread
                 errors.append(exc)
@@ -671,7 +699,7 @@ class Executor:
                 self.control.check()
                 loaded, p = item
                 t0 = time.perf_counter()
-                if loaded.unit.stage != "merge":
+                if loaded.unit.stage != MERGE:
                     self._count(loaded, p)
                     self.stats.compute_s += time.perf_counter() - t0
                     pool.put(loaded.slab)
@@ -687,8 +715,6 @@ class Executor:
                     pool.put(loaded.slab)
                 done += self._rows_bytes(loaded.unit)
                 self.control.report("merge", done, total)
-                if loaded.unit.row_end == self.ref_layout.tensors[loaded.unit.tensor].rows:
-                    self._selections.pop(loaded.unit.tensor, None)  # the tensor is merged
         finally:
             stop.set()
             while not loader_done:  # unblock and finish the loader

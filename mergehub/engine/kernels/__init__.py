@@ -11,9 +11,11 @@ Steps: ``"merge"`` is the whole merge of a unit (a tensor, or rows of it for a b
 operator) on the CPU, straight from the checkpoints' stored dtypes to the output's:
 ``run(base, inputs, p, ctx, out_dtype)`` with ``base`` and ``inputs`` as the executor loaded
 them (an input that ``is base`` was not read), which must equal ``operator.merge`` on the
-inputs widened to float32, rounded to ``out_dtype``.
+inputs widened to float32, rounded to ``out_dtype``. ``"rescale_sums"`` is the counting pass of
+a streamed tensor's rescale (engine/streamed.py): the same ``run`` returns, per input, the
+exact L1 slots ``operator.rescale_sums`` returns (slots may differ; their exact totals agree).
 
-The counting passes over a tensor too big to hold (engine/streamed_selection.py) call
+The selection passes over a tensor too big to hold (engine/streamed.py) call
 ``topk.py``'s histograms directly, on the conditions ``find`` sets for a merge (float32 work,
 dtypes the kernels read, contiguous CPU tensors): they count what the merge's kernel would.
 

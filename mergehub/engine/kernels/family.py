@@ -27,7 +27,7 @@ from ..operators.consensus import PlainSum
 from ..operators.exact_sum import rescale_factor
 from ..operators.generalized import TaskArithmeticFamily
 from ..operators.random_stream import keep_threshold
-from ..operators.sparsify import RESCALE_EPS, della_probabilities, magnitude_count
+from ..operators.sparsify import RESCALE_EPS, ROW_MASKS, della_probabilities, magnitude_count
 from . import binding, register
 from .binding import check, map_parallel, over_spans, tensor_ref
 from .topk import delta_outside_smallest, delta_topk_rule
@@ -130,7 +130,8 @@ def merge(op: TaskArithmeticFamily, base: torch.Tensor, inputs: list[torch.Tenso
     # DARE with rescale draws once, in the rescale's pass, and keeps the draws as these bits
     # for the combine (the masks must outlive the specs that point at them)
     drawn = {k: ctx.empty((-(-flat_base.numel() // 8),), torch.uint8) for k, _ in used
-             if op.sparsifier == "random" and p.shared["rescale"] and 0 < p.models[k]["density"] < 1}
+             if op.sparsifier == "random" and p.shared["rescale"] and ctx.rescale_factors is None
+             and 0 < p.models[k]["density"] < 1}
     specs = binding.FFI.new("mh_model[]", len(used))
     map_parallel(lambda i: _spec(specs[i], op, used[i][1], flat_base, used[i][0], p, ctx, offset,
                                  *masks.get(used[i][0], (None, None)), drawn=drawn.get(used[i][0])),
@@ -153,7 +154,7 @@ def _della_masks(op, base: torch.Tensor, used: list[tuple[int, torch.Tensor]], p
             probs = della_probabilities(model["density"], model["epsilon"], width)
             pruned.append(k)
             jobs.append((x, offset, ctx.stream_key(k), probs, ctx.empty((-(-base.numel() // 8),), torch.uint8)))
-    sums = della_masks(base, jobs, width, p.shared["rescale"])
+    sums = della_masks(base, jobs, width, p.shared["rescale"] and ctx.rescale_factors is None)
     return {k: (job[4], job_sums) for k, job, job_sums in zip(pruned, jobs, sums)}
 
 
@@ -187,7 +188,10 @@ def _spec(spec, op, x: torch.Tensor, base: torch.Tensor, k: int, p: TensorParams
                 cuts["drop"] = n_bottom + target
             if cuts:  # both cuts found together (shared passes)
                 rule.update(zip(cuts, delta_outside_smallest(x, base, list(cuts.values()))))
-        if p.shared["rescale"]:
+        if p.shared["rescale"] and ctx.rescale_factors is not None:  # rows of a big tensor
+            factor = ctx.rescale_factors[k]
+            rule["factor"] = 1.0 if factor is None else factor
+        elif p.shared["rescale"]:
             sums = mask_sums or prune_sums(base, model_spec(binding.FFI.new("mh_model *"), x, 1.0, **rule), drawn)
             factor = rescale_factor(*sums, RESCALE_EPS)
             rule["factor"] = 1.0 if factor is None else factor
@@ -195,6 +199,30 @@ def _spec(spec, op, x: torch.Tensor, base: torch.Tensor, k: int, p: TensorParams
                 del rule["key"], rule["offset"], rule["threshold"]
                 rule["mask"] = drawn
     return model_spec(spec, x, model["weight"], **rule)
+
+
+def rescale_sums(op: TaskArithmeticFamily, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                 ctx: MergeContext, out_dtype: torch.dtype) -> list[tuple[list[int], list[int]] | None]:
+    """The kernel of ``op``'s "rescale_sums" step (``Operator.rescale_sums``): per input, the exact
+    L1 slots of its delta over these rows, before and after its mask."""
+    flat_base = base.reshape(-1)
+    offset = ctx.flat_start(base.shape)
+    rescaled = [(k, x.reshape(-1)) for k, (x, model) in enumerate(zip(inputs, p.models))
+                if 0 < model["density"] < 1]
+    sums: list = [None] * len(inputs)
+    if op.sparsifier == "della_magprune":
+        for k, (_, job_sums) in _della_masks(op, flat_base, rescaled, p, ctx, offset, base.shape).items():
+            sums[k] = job_sums
+        return sums
+
+    def draw(item: tuple[int, torch.Tensor]) -> None:
+        k, x = item
+        spec = model_spec(binding.FFI.new("mh_model *"), x, 1.0, key=ctx.stream_key(k), offset=offset,
+                          threshold=keep_threshold(p.models[k]["density"]))
+        sums[k] = prune_sums(flat_base, spec)
+
+    map_parallel(draw, rescaled)
+    return sums
 
 
 def _della_rows(p: TensorParams, shape: tuple[int, ...]) -> bool:
@@ -206,5 +234,7 @@ KERNEL_METHODS = ("ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumb
 
 for _name in KERNEL_METHODS:
     _op = get_operator(_name)
-    register(_name, "merge", partial(merge, _op),
-             accepts=_della_rows if _op.sparsifier == "della_magprune" else None)
+    _accepts = _della_rows if _op.sparsifier == "della_magprune" else None
+    register(_name, "merge", partial(merge, _op), accepts=_accepts)
+    if _op.sparsifier in ROW_MASKS:
+        register(_name, "rescale_sums", partial(rescale_sums, _op), accepts=_accepts)

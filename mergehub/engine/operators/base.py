@@ -11,6 +11,8 @@ the executor treat it correctly:
 * ``selection_counts`` says, for an operator that is not block-local only because it keeps
   each input's k largest |δ| over the tensor (TIES), how many: a tensor too big to hold is
   then merged block by block once the executor has found those rules (``ctx.selections``).
+  ``streamed_rescale`` says the same of an L1 rescale over the tensor (DARE, DELLA), whose
+  sums the executor then gathers first (``rescale_sums``, ``ctx.rescale_factors``).
 * ``coefficients`` returns fixed c_k with out = base + Σ c_k·δ_k when the operator is additive
   with fixed coefficients (task arithmetic and friends); the planner then certifies
   ‖θ_A − θ_full‖₂ ≤ Σ_{(k,b)∉A} |c_k|·‖δ_kb‖₂. Otherwise ``None`` (no certificate).
@@ -117,6 +119,10 @@ class MergeContext:
     # positions of the full tensor; None: keeps everything), found by the executor in passes
     # over the tensor's rows before this call (``Operator.selection_counts``); None otherwise
     selections: list[Any] | None = None
+    # per non-base input, its L1 rescale factor over the whole tensor (None: not rescaled), found
+    # by the executor in a pass over the tensor's rows before this call
+    # (``Operator.streamed_rescale``); None otherwise
+    rescale_factors: list[float | None] | None = None
 
     def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised CPU tensor for an operator's output."""
@@ -195,6 +201,20 @@ class Operator:
         tensor's rows and merge it block by block, handing them over in ``ctx.selections``.
         None (the default): the operator needs the whole tensor."""
         return None
+
+    def streamed_rescale(self, p: TensorParams, work: torch.dtype) -> list[bool] | None:
+        """When an L1 rescale over the tensor (sums that add up over its rows) is what stops this
+        operator being block-local, per non-base input whether it is rescaled: the executor may
+        then sum over a big tensor's rows first (``rescale_sums``, computed in ``work``) and merge
+        it block by block, handing the factors over in ``ctx.rescale_factors``. None (the
+        default): the operator needs the whole tensor."""
+        return None
+
+    def rescale_sums(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext) -> list[tuple[list[int], list[int]] | None]:
+        """Per non-base input, the exact L1 slots (exact_sum.py) of its pruned delta's rows
+        ``ctx`` says, before and after pruning (None where ``streamed_rescale`` said no)."""
+        raise NotImplementedError
 
     def merge_stored(self, base: torch.Tensor | None, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext, work: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor | None:

@@ -27,7 +27,7 @@ from .base import MergeContext, Operator, Param, TensorParams
 from .consensus import DIVISOR_EPS, PlainSum, SignConsensus
 from .registry import register
 from .selection import TopKRule, tiles, topk_rule
-from .sparsify import SPARSIFIERS, magnitude_count
+from .sparsify import ROW_MASKS, SPARSIFIERS, l1_sums, magnitude_count
 
 _DENSITY_HELP = {
     None: "Unused without sparsification (kept for mergekit compatibility).",
@@ -101,6 +101,22 @@ class TaskArithmeticFamily(Operator):
         counts = [magnitude_count(m["density"], numel) if sparsifies else numel
                   for m, sparsifies in zip(p.models, self._sparsifies(p))]
         return [k if k < numel else None for k in counts]
+
+    def streamed_rescale(self, p: TensorParams, work: torch.dtype) -> list[bool] | None:
+        # float32 norms are exact sums (exact_sum.py), which add up over rows; others are not
+        if self.sparsifier not in ROW_MASKS or not p.shared["rescale"] or work != torch.float32:
+            return None
+        rescaled = self._sparsifies(p)
+        return rescaled if any(rescaled) else None
+
+    def rescale_sums(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
+                     ctx: MergeContext) -> list[tuple[list[int], list[int]] | None]:
+        keep = ROW_MASKS[self.sparsifier]
+        sums = []
+        for k, (x, model, rescaled) in enumerate(zip(inputs, p.models, self._sparsifies(p))):
+            delta = torch.sub(x, base) if rescaled else None
+            sums.append(None if delta is None else l1_sums(delta, keep(delta, model["density"], model, ctx, k)))
+        return sums
 
     def coefficients(self, p: TensorParams) -> list[float] | None:
         if any(self._sparsifies(p)):

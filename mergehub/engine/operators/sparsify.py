@@ -30,11 +30,17 @@ RESCALE_EPS = 1e-7
 Sparsifier = Callable[[torch.Tensor, float, bool, dict, MergeContext, int], torch.Tensor]
 
 
-def _apply(delta: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:
+def _apply(delta: torch.Tensor, keep: torch.Tensor, rescale: bool,
+           ctx: MergeContext | None = None, k: int = 0) -> torch.Tensor:
     """δ ← keep·δ, then the optional L1 rescale. ``keep`` (always a fresh mask) is consumed.
     float32 norms are exact (exact_sum.py: the compiled kernels get the same factor); other
-    working dtypes sum in that dtype, as mergekit does."""
+    working dtypes sum in that dtype, as mergekit does. Where ``ctx.rescale_factors`` holds
+    model k's factor over the whole tensor (``delta`` is some rows of a big one), it is used."""
     exact = delta.dtype == torch.float32
+    if rescale and ctx is not None and ctx.rescale_factors is not None:
+        delta.masked_fill_(keep.logical_not_(), 0)
+        factor = ctx.rescale_factors[k]
+        return delta if factor is None else delta.mul_(factor)
     if rescale:
         before = exponent_sums(delta) if exact else delta.abs().sum()
     delta.masked_fill_(keep.logical_not_(), 0)
@@ -69,8 +75,12 @@ def random(delta: torch.Tensor, density: float, rescale: bool, model: dict,
            ctx: MergeContext, k: int) -> torch.Tensor:
     if density >= 1:
         return delta
-    keep = ctx.random_keep(k, delta.shape, density)
-    return _apply(delta, keep, rescale)
+    return _apply(delta, random_keep(delta, density, model, ctx, k), rescale, ctx, k)
+
+
+def random_keep(delta: torch.Tensor, density: float, model: dict, ctx: MergeContext, k: int) -> torch.Tensor:
+    """DARE's keep mask for the rows ``delta`` holds (0 < density < 1)."""
+    return ctx.random_keep(k, delta.shape, density)
 
 
 def magnitude_outliers(delta: torch.Tensor, density: float, rescale: bool, model: dict,
@@ -94,8 +104,18 @@ def della_magprune(delta: torch.Tensor, density: float, rescale: bool, model: di
         return delta
     if density <= 0:
         return delta.zero_()
-    keep = ctx.uniform(k, delta.shape) < _probabilities(density, model["epsilon"], della_rank(delta))
-    return _apply(delta, keep, rescale)
+    return _apply(delta, della_keep(delta, density, model, ctx, k), rescale, ctx, k)
+
+
+def della_keep(delta: torch.Tensor, density: float, model: dict, ctx: MergeContext, k: int) -> torch.Tensor:
+    """DELLA's keep mask for the rows ``delta`` holds (0 < density < 1): ranks within each row."""
+    return ctx.uniform(k, delta.shape) < _probabilities(density, model["epsilon"], della_rank(delta))
+
+
+def l1_sums(delta: torch.Tensor, keep: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Exact L1 slots (exact_sum.py) of float32 ``delta`` over all its entries and over those
+    ``keep`` keeps: what the rescale factor ‖δ‖₁ / ‖kept δ‖₁ is made of, summable over rows."""
+    return exponent_sums(delta), exponent_sums(delta * keep)
 
 
 def _probabilities(density: float, epsilon: float, rank: torch.Tensor) -> torch.Tensor:
@@ -123,6 +143,10 @@ def della_rank(delta: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(rows).scatter_(1, order, steps)
     return rank.reshape(delta.shape)
 
+
+# The sparsifiers whose keep masks are drawn row by row: their only whole-tensor step is the
+# rescale, whose sums add up over a tensor's pieces (the keep mask of some rows of δ)
+ROW_MASKS = {"random": random_keep, "della_magprune": della_keep}
 
 SPARSIFIERS: dict[str, Sparsifier] = {
     "magnitude": magnitude,

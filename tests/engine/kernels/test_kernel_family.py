@@ -16,7 +16,9 @@ from kernel_helpers import (assert_same_bits, family, make_ctx, make_params, nee
 from mergehub.engine import kernels
 from mergehub.engine.kernels import binding
 from mergehub.engine.kernels import family as family_kernel
+from mergehub.engine.operators import get_operator
 from mergehub.engine.operators.base import MergeContext
+from mergehub.engine.operators.exact_sum import exact_total
 
 pytestmark = needs_kernels
 
@@ -99,6 +101,39 @@ def test_random_drops_of_a_row_slice_are_the_whole_tensors(method):
     whole = torch_statement(method, base, xs, p, make_ctx(shape))
     part = through_kernel(method, base[5:], [x[5:] for x in xs], p, make_ctx(shape, rows=(5, 13)))
     assert_same_bits(part, whole[5:])
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear", "della", "della_linear"])
+@pytest.mark.parametrize("quantised", [False, True])
+def test_rescale_sums_of_a_row_slice_are_the_torch_statements(method, quantised):
+    """The "rescale_sums" step (a streamed tensor's counting pass), given rows 5-12: the same
+    exact L1 sums as the torch statement's for those rows, before and after each mask; and the
+    slices' sums add up to the whole tensor's."""
+    shape = (13, 1031)
+    base, xs = family(shape[0] * shape[1], 3, seed=7, quantised=quantised)
+    base, xs = base.view(shape), [x.view(shape) for x in xs]
+    models = [{"weight": 0.7, "density": 0.4}, {"weight": 1.0, "density": 1.0}, {"weight": 0.5, "density": 0.6}]
+    if method.startswith("della"):
+        models = [dict(m, epsilon=0.1) for m in models]
+    p = make_params(method, 3, {"rescale": True}, models)
+    op = get_operator(method)
+
+    def kernel_sums(rows):
+        piece = (base[rows[0]:rows[1]], [x[rows[0]:rows[1]] for x in xs])
+        kernel = kernels.find(method, "rescale_sums", piece[0], piece[1], p, torch.float32, torch.float32)
+        return kernel.run(*piece, p, make_ctx(shape, rows=rows), torch.float32)
+
+    def torch_sums(rows):
+        work = base[rows[0]:rows[1]].float()
+        return op.rescale_sums(work, [x[rows[0]:rows[1]].float() for x in xs], p, make_ctx(shape, rows=rows))
+
+    def totals(sums):
+        return [None if s is None else [exact_total(half) for half in s] for s in sums]
+
+    part = totals(kernel_sums((5, 13)))
+    assert part == totals(torch_sums((5, 13))) and part[1] is None and part[0][1] < part[0][0]
+    whole, first = totals(torch_sums((0, 13))), totals(kernel_sums((0, 5)))
+    assert [None if w is None else [a + b for a, b in zip(f, q)] for w, f, q in zip(whole, first, part)] == whole
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])

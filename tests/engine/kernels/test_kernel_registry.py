@@ -24,7 +24,10 @@ TESTED = {"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
 def test_every_registered_kernel_is_tested_and_covers_both_dtypes():
     registered = kernels.registered()
     assert {k.operator for k in registered} == TESTED
-    assert {k.step for k in registered} == {"merge"}
+    assert {k.step for k in registered} == {"merge", "rescale_sums"}
+    # the counting pass of a streamed rescale (test_kernel_family.py): the methods drawing masks by row
+    assert {k.operator for k in registered if k.step == "rescale_sums"} == {"dare_ties", "dare_linear", "della",
+                                                                            "della_linear"}
     for operator in TESTED:
         assert {k.dtype for k in registered if k.operator == operator} == {torch.float32, torch.bfloat16}
 

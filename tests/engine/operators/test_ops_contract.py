@@ -164,6 +164,23 @@ def test_selection_counts():
         assert get_operator(name).selection_counts(make_params(name, 2, shared, models), 1000) is None
 
 
+def test_streamed_rescale():
+    """DARE and DELLA with rescale, in float32 (exact sums, which add up over rows): per input
+    whether it is rescaled; None without rescale, in a narrower dtype, or for other methods."""
+    dare = get_operator("dare_ties")
+    p = make_params("dare_ties", 2, {}, [{"weight": 1.0, "density": 0.5}, {"weight": 1.0, "density": 1.0}])
+    assert dare.streamed_rescale(p, torch.float32) == [True, False]
+    assert dare.streamed_rescale(p, torch.bfloat16) is None
+    assert dare.streamed_rescale(make_params("dare_ties", 2, {"rescale": False}, {"weight": 1.0, "density": 0.5}),
+                                 torch.float32) is None
+    della = make_params("della", 2, {}, {"weight": 1.0, "density": 0.5, "epsilon": 0.1})
+    assert get_operator("della").streamed_rescale(della, torch.float32) == [True, True]
+    for name, shared, models in [("ties", {"rescale": True}, {"weight": 0.5, "density": 0.5}),
+                                 ("breadcrumbs", {"rescale": True}, {"weight": 0.5, "density": 0.9}),
+                                 ("sce", {}, {})]:
+        assert get_operator(name).streamed_rescale(make_params(name, 2, shared, models), torch.float32) is None
+
+
 def test_coefficients():
     ta = get_operator("task_arithmetic")
     p = make_params("task_arithmetic", 2, {"lambda": 2.0}, [{"weight": 0.5}, {"weight": -0.25}])

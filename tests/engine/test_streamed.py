@@ -1,6 +1,7 @@
-"""Streamed tensors (streamed_selection.py): a whole-tensor unit too big to hold is merged by
-pieces after two counting passes, and gives the bits of the whole-tensor merge, whatever the
-pieces, the dtypes, the budget, the sketches or the references evaluated beside it."""
+"""Streamed tensors (streamed.py): a whole-tensor unit too big to hold is merged by pieces after
+counting passes (TIES' top-k; DARE's and DELLA's rescale), and gives the bits of the
+whole-tensor merge, whatever the pieces, the dtypes, the kernels, the budget, the sketches or
+the references evaluated beside it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from mergehub.engine.config import parse_config
 SHAPES = dict(TINY_SHAPES, **{"model.embed_tokens.weight": (96, 40)})  # the tensor worth streaming
 
 
-def _merge(mapping: dict, out, catalog, streamed: bool, monkeypatch, **kwargs) -> api.MergeResult:
-    """Merge with every whole-tensor unit streamed in pieces of 2 blocks, or none streamed."""
+def _merge(mapping: dict, out, catalog, streamed: bool, monkeypatch, expect_streamed: bool | None = None,
+           **kwargs) -> api.MergeResult:
+    """Merge with every whole-tensor unit that can be streamed streamed in pieces of 2 blocks, or
+    none streamed; check that the embedding was (``expect_streamed``, default ``streamed``)."""
     monkeypatch.setattr(executor, "STREAMED_TENSOR_BYTES", 0 if streamed else 1 << 40)
     monkeypatch.setattr(executor, "UNIT_BYTES", 2 * BLOCK)
     pieces = []
@@ -37,10 +40,11 @@ def _merge(mapping: dict, out, catalog, streamed: bool, monkeypatch, **kwargs) -
     monkeypatch.setattr(executor.Executor, "compute", spy_compute)
     result = api.run_merge(parse_config(mapping), out, catalog_dir=catalog, device="cpu", block_size=BLOCK,
                            **kwargs)
-    embed = [row for name, stage, row in pieces if name == "model.embed_tokens.weight" and stage == "top"]
-    assert (len(embed) > 2) == streamed  # several pieces counted, or none
+    embed = [row for name, stage, row in pieces if name == "model.embed_tokens.weight" and stage in ("top", "sums")]
+    expected = streamed if expect_streamed is None else expect_streamed
+    assert (len(embed) > 2) == expected  # several pieces counted, or none
     units = [u for u in merged if u.tensor == "model.embed_tokens.weight"]
-    if streamed:  # merged in the pieces it was counted in: no unit holds the whole tensor
+    if expected:  # merged in the pieces it was counted in: no unit holds the whole tensor
         assert [u.row_start for u in units] == embed and not any(u.whole for u in units)
     else:
         assert [u.whole for u in units] == [True]
@@ -51,14 +55,24 @@ def _ties(fam, density=0.5, **top) -> dict:
     return fam.config("ties", weights=[1.0, 0.6], parameters={"density": density}, **top)
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["kernels", "torch"])
-@pytest.mark.parametrize("dtype, work", [(torch.bfloat16, "float32"), (torch.bfloat16, None),
-                                         (torch.float32, None)])
-def test_streamed_merge_is_bit_identical(tmp_path, catalog, monkeypatch, compiled, dtype, work):
+def _method(fam, method: str, density=0.5, **top) -> dict:
+    """A config of ``method`` with its defaults (DARE and DELLA rescale by default)."""
+    parameters = {"density": density, "epsilon": 0.1} if method.startswith("della") else {"density": density}
+    return fam.config(method, weights=[1.0, 0.6, -0.3][:len(fam.experts)], parameters=parameters, **top)
+
+
+def _kernels(monkeypatch, compiled: bool) -> None:
     if compiled and not kernels.enabled():
         pytest.skip("the compiled kernels are not built")
     if not compiled:
         monkeypatch.setattr(kernels, "enabled", lambda: False)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernels", "torch"])
+@pytest.mark.parametrize("dtype, work", [(torch.bfloat16, "float32"), (torch.bfloat16, None),
+                                         (torch.float32, None)])
+def test_streamed_merge_is_bit_identical(tmp_path, catalog, monkeypatch, compiled, dtype, work):
+    _kernels(monkeypatch, compiled)
     # bf16 deltas take few values: the k-th largest has many ties, and its cut falls in a piece
     fam = make_family(tmp_path / "f", change="dense", dtype=dtype, shapes=SHAPES, experts=3)
     mapping = _ties(fam, dtype=work) if work else _ties(fam)
@@ -70,13 +84,32 @@ def test_streamed_merge_is_bit_identical(tmp_path, catalog, monkeypatch, compile
     assert m["reread_bytes_requested"] > 2 * m["full_expert_bytes"]  # every input, twice
 
 
-def test_streamed_under_a_budget_with_sketches_and_references(tmp_path, catalog, monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernels", "torch"])
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear", "della", "della_linear"])
+def test_streamed_rescale_is_bit_identical(tmp_path, catalog, monkeypatch, compiled, method):
+    """The rescale's exact L1 sums, gathered piece by piece, give the whole tensor's factor."""
+    _kernels(monkeypatch, compiled)
+    fam = make_family(tmp_path / "f", change="dense", dtype=torch.bfloat16, shapes=SHAPES, experts=3)
+    mapping = _method(fam, method, dtype="float32")
+    _merge(mapping, tmp_path / "whole", catalog, False, monkeypatch)
+    _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch)
+    assert_bit_identical(load_model(tmp_path / "streamed"), load_model(tmp_path / "whole"))
+
+
+def test_rescale_in_a_narrow_working_dtype_is_not_streamed(tmp_path, catalog, monkeypatch):
+    """bf16 sums depend on their order: a rescale computed in bf16 keeps whole tensors."""
+    fam = make_family(tmp_path / "f", change="dense", dtype=torch.bfloat16, shapes=SHAPES)
+    _merge(_method(fam, "dare_ties"), tmp_path / "out", catalog, True, monkeypatch, expect_streamed=False)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_streamed_under_a_budget_with_sketches_and_references(tmp_path, catalog, monkeypatch, method):
     """Pieces an expert was not read in count as δ = 0, sketched tensors as their sketch, and
-    each evaluated access set gets its own selections: the output and every deviation match
-    (the deviation's first access set is the merge's own budget; it would be 0 if the reference
-    merges took the merge's selections)."""
+    each evaluated access set gets its own selections or rescale factors: the output and every
+    deviation match (the deviation's first access set is the merge's own budget; it would be 0
+    if the reference merges took the merge's statistics)."""
     fam = make_family(tmp_path / "f", change="low_rank", dtype=torch.bfloat16, shapes=SHAPES, rank=2)
-    mapping = _ties(fam, density=0.3, dtype="float32")
+    mapping = _method(fam, method, density=0.3, dtype="float32")
     options = dict(budget=0.4, measure_deviation=True, sketch_rank=2)
     whole = _merge(mapping, tmp_path / "whole", catalog, False, monkeypatch, **options)
     streamed = _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch, **options)
@@ -89,8 +122,9 @@ def test_streamed_under_a_budget_with_sketches_and_references(tmp_path, catalog,
         assert s["deviation"][key] == pytest.approx(w["deviation"][key], rel=1e-12)
 
 
-def test_streamed_rereads_come_from_the_page_cache(tmp_path, catalog, monkeypatch):
-    """The counting passes ask for the tensor twice more, counted apart from the merge's bytes."""
+def test_counting_passes_are_counted_apart(tmp_path, catalog, monkeypatch):
+    """TIES' counting passes ask for the tensor twice more, counted apart from the merge's bytes
+    (that storage gives them once: test_io_honesty.py)."""
     fam = make_family(tmp_path / "f", change="dense", shapes=SHAPES)
     seen = []
     real = executor.Executor._reader_stats

@@ -1,18 +1,26 @@
-"""Whole-tensor selections over a tensor's rows, so that a tensor too big to hold is merged
-block by block (docs/engine.md, Execute, "Streamed tensors").
+"""Streamed tensors: whole-tensor statistics gathered over a tensor's rows, so that a tensor too
+big to hold is merged block by block (docs/engine.md, Execute, "Streamed tensors").
 
-TIES keeps each expert's k largest |x − base| over the whole tensor, which is all that stops
-it being block-local (``Operator.selection_counts``). For a big tensor the executor reads its
-rows three times, piece by piece: pass one counts every input's |δ| by the top 16 bits of its
-float32 pattern, pass two counts the entries in the bin holding the k-th largest by their low
-16 bits (``selection.StreamedTopK``), pass three merges each piece with the rules found. The
-re-reads come from the page cache (docs/engine.md), and memory stays one piece per slab.
+Two operators' steps look at the whole tensor only through statistics that can be gathered
+piece by piece, after which merging is block-local:
+
+* TIES keeps each expert's k largest |x − base| (``Operator.selection_counts``). Pass one
+  counts every input's |δ| by the top 16 bits of its float32 pattern, pass two counts the
+  entries in the bin holding the k-th largest by their low 16 bits
+  (``selection.StreamedTopK``); the rules go to the merge in ``ctx.selections``.
+* DARE and DELLA with ``rescale`` scale each expert's kept delta by ‖δ‖₁ / ‖kept δ‖₁ over the
+  tensor, their masks being drawn row by row (``Operator.streamed_rescale``). One pass sums
+  every input's exact L1 slots before and after its mask (``Operator.rescale_sums``, which add
+  up over rows: exact_sum.py); the factors go to the merge in ``ctx.rescale_factors``.
+
+The executor loads each piece once per pass (``STAGES``), then once more to merge it. The
+re-reads come from the page cache (reader.py), and memory stays one piece per slab.
 
 |δ| is computed as the merge computes it: x − base in the working dtype (float64 merges are
-not streamed: their order is not their float32 patterns', see ``streams``). Counted
-through kernels/topk.py's counting passes where the kernels are loaded and would merge the
-tensor (float32 work), else in torch: the same float32 patterns either way
-(tests/engine/test_streamed_selection.py merges both ways).
+not streamed: their order is not their float32 patterns', see ``streams``). Counted through
+kernels/topk.py's counting passes where the kernels are loaded and would merge the tensor
+(float32 work), else in torch: the same float32 patterns either way (tests/engine/test_streamed.py
+merges both ways).
 """
 
 from __future__ import annotations
@@ -21,9 +29,12 @@ import torch
 
 from . import kernels
 from .kernels import topk as compiled
+from .operators.exact_sum import SLOTS, rescale_factor
 from .operators.selection import KEY_BINS, LOW_BINS, StreamedTopK
+from .operators.sparsify import RESCALE_EPS
 
-STAGES = ("top", "low", "merge")  # the passes over a streamed tensor's pieces, in order
+STAGES = {"selection": ("top", "low"), "rescale": ("sums",)}  # the counting passes of each kind
+MERGE = "merge"  # the last pass over a streamed tensor's pieces, and the only one of other units
 # float32 patterns give the exact order of these working dtypes' values (not float64's)
 STREAMED_WORK = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -74,13 +85,25 @@ def tie_position(x: torch.Tensor, base: torch.Tensor, work: torch.dtype, pattern
     return int((_patterns(x, base, work) == pattern).nonzero()[rank])
 
 
-class TensorSelections:
-    """The rules of one streamed tensor: per variant (the merge's access set, then the
-    references a run evaluates), per non-base input, a ``StreamedTopK`` or None (keeps all)."""
+class StreamedTensor:
+    """The statistics of one streamed tensor: per variant (the merge's access set, then the
+    references a run evaluates), per non-base input, a ``StreamedTopK`` (kind "selection") or
+    its L1 slots before and after pruning (kind "rescale"), or None (nothing to find)."""
 
-    def __init__(self, numel: int, counts: list[int | None], variants: int, work: torch.dtype):
+    def __init__(self, numel: int, work: torch.dtype, variants: int, counts: list[int | None] | None = None,
+                 rescaled: list[bool] | None = None):
+        assert (counts is None) != (rescaled is None), "one kind of statistics per tensor"
         self.numel, self.work = numel, work
-        self.tops = [[None if k is None else StreamedTopK(numel, k) for k in counts] for _ in range(variants)]
+        self.kind = "selection" if counts is not None else "rescale"
+        if counts is not None:
+            self.tops = [[None if k is None else StreamedTopK(numel, k) for k in counts] for _ in range(variants)]
+        else:
+            self.sums = [[[[0] * SLOTS, [0] * SLOTS] if r else None for r in rescaled] for _ in range(variants)]
+            self.factors: list[list[float | None]] = []
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return STAGES[self.kind] + (MERGE,)
 
     def count(self, stage: str, start: int, base: torch.Tensor, inputs: list[list[torch.Tensor | None]],
               last: bool) -> None:
@@ -100,10 +123,21 @@ class TensorSelections:
                     if last:
                         top.end_low()
 
+    def add_sums(self, variant: int, sums: list[tuple[list[int], list[int]] | None], last: bool) -> None:
+        """Pass "sums": one piece's L1 slots per input (``Operator.rescale_sums``) for ``variant``."""
+        for total, piece in zip(self.sums[variant], sums):
+            if total is not None:
+                for acc, add in zip(total, piece):
+                    for i, value in enumerate(add):
+                        acc[i] += value
+        if last and variant == len(self.sums) - 1:
+            self.factors = [[None if s is None else rescale_factor(*s, RESCALE_EPS) for s in per]
+                            for per in self.sums]
+
     def rules(self, variant: int, start: int, base: torch.Tensor,
               inputs: list[torch.Tensor | None]) -> list:
-        """The rules for the piece of ``base`` rows starting at flat ``start`` (merged in order),
-        in the tensor's flat positions."""
+        """The selections for the piece of ``base`` rows starting at flat ``start`` (merged in
+        order), in the tensor's flat positions."""
         stop = start + base.numel()
         out = []
         for top, x in zip(self.tops[variant], inputs):
