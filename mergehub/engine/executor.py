@@ -6,9 +6,8 @@ not grow with tensor size and every expert in a unit is either read whole or not
 other operators a unit is a whole tensor, unless it is too big to hold and the operator needs
 it whole only for statistics that add up over rows (TIES' top-k, DARE's and DELLA's rescale):
 then its pieces are loaded once per counting pass and once more to merge (streamed.py). An
-expert block that is not
-read takes the base's values (δ = 0); if no expert was read in a unit and the operator is the
-identity on zero deltas, the base rows are copied without computing.
+expert block that is not read takes the base's values (δ = 0); if no expert was read in a unit
+and the operator is the identity on zero deltas, the base rows are copied without computing.
 
 Three threads overlap the stages: a loader does all reads (its small read pool splits large
 ranges into concurrent pieces, each measured by the storage counter of the thread reading
@@ -135,8 +134,9 @@ class ExecStats:
     base_storage: int = 0
     verify_logical: int = 0
     verify_storage: int = 0
-    # bytes the passes over streamed tensors asked for again (their storage reads are counted
-    # with the base's, the experts' and the verification's)
+    # bytes the counting passes over streamed tensors asked for, beyond the merge's own (their
+    # storage reads, nearly all in the first pass, are counted with the base's, the experts'
+    # and the verification's)
     reread_logical: int = 0
     sketch_logical: int = 0  # sketch factors (expert-derived bytes from the catalog)
     sketch_storage: int = 0
@@ -230,10 +230,12 @@ class Executor:
             p = self.config.resolve(name, self.layers)
             if not self._whole(info, p):
                 yield from ((unit, p) for unit in self._pieces(name, info))
-            elif (streamed := self._streamed(info, p)) is not None:
+            elif (streamed := self._streamed(info, p)) is not None and not self._unread(name):
                 for stage in streamed.stages:
                     yield from ((Unit(u.tensor, u.row_start, u.row_end, u.blocks, False, stage, streamed), p)
                                 for u in self._pieces(name, info))
+            elif streamed is not None:  # every access set sees the base's rows: copied piece by piece
+                yield from ((unit, p) for unit in self._pieces(name, info))
             else:
                 yield Unit(name, 0, info.rows, range(block_count(info, self.block_size)), True), p
 
@@ -252,6 +254,13 @@ class Executor:
                 b1 += 1
             yield Unit(name, b0 * rpb, min(b1 * rpb, info.rows), range(b0, b1), False)
             b0 = b1
+
+    def _unread(self, name: str) -> bool:
+        """Is this tensor left out of every access set the merge reads or evaluates (no block
+        read, no sketch)?"""
+        loaded_sets = self.full if self.evaluate else self.access
+        sketched = [self.sketches, *self.ref_sketches]
+        return not any(per.get(name) for per in loaded_sets) and not any(name in s for per in sketched for s in per)
 
     def _streamed(self, info: TensorInfo, p: TensorParams) -> StreamedTensor | None:
         """The statistics to gather when this whole-tensor unit is too big to hold and the
@@ -388,8 +397,7 @@ class Executor:
             for v in variants:
                 streamed.add_sums(v, self._rescale_sums(loaded, p, v, work_base), last)
             return
-        start = unit.row_start * math.prod(info.shape[1:])
-        streamed.count(unit.stage, start, loaded.base, [self._variant_inputs(loaded, v) for v in variants], last)
+        streamed.count(unit.stage, loaded.base, [self._variant_inputs(loaded, v) for v in variants], last)
 
     def _rescale_sums(self, loaded: Loaded, p: TensorParams, variant: int, work_base: torch.Tensor) -> list:
         """``Operator.rescale_sums`` of a piece for ``variant``, through its kernel where one
@@ -623,7 +631,7 @@ class Executor:
 
     def _run(self, sink) -> ExecStats:
         units = list(self.units())
-        total = sum(self._rows_bytes(u) for u, _ in units)
+        total = sum(self._rows_bytes(u) for u, _ in units if u.stage == MERGE)
         loaded_q: queue.Queue = queue.Queue(maxsize=2)
         out_q: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
@@ -638,16 +646,15 @@ class Executor:
 
         def loader():
             io_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="mergehub-read")
-            def reader_set(direct: bool):
-                return (RangeReader(sequential=True, direct=direct, pool=io_pool),
-                        [RangeReader(sequential=not self.uses_base, direct=direct, pool=io_pool)
-                         for _ in self.experts],
-                        RangeReader(sequential=False, direct=direct, pool=io_pool))
-
-            readers = reader_set(direct=True)
+            readers = (RangeReader(sequential=True, pool=io_pool),
+                       [RangeReader(sequential=not self.uses_base, pool=io_pool) for _ in self.experts],
+                       RangeReader(sequential=False, pool=io_pool))
             # A streamed tensor's counting passes read through the page cache, so the passes
-            # after the first (the merge's included) find its pages there.
-            counting_readers = reader_set(direct=False)
+            # after the first (the merge's included) find its pages there; exactly the ranges
+            # asked for (no readahead: reader.py announces each range instead).
+            counting_readers = (RangeReader(sequential=False, direct=False, pool=io_pool),
+                                [RangeReader(sequential=False, direct=False, pool=io_pool) for _ in self.experts],
+                                RangeReader(sequential=False, direct=False, pool=io_pool))
             sketch_source = _SketchSource(self.sketch_files, RangeReader(sequential=False, pool=io_pool))
             try:
                 for unit, p in units:
@@ -699,12 +706,10 @@ class Executor:
                 self.control.check()
                 loaded, p = item
                 t0 = time.perf_counter()
-                if loaded.unit.stage != MERGE:
+                if loaded.unit.stage != MERGE:  # progress counts merged rows only
                     self._count(loaded, p)
                     self.stats.compute_s += time.perf_counter() - t0
                     pool.put(loaded.slab)
-                    done += self._rows_bytes(loaded.unit)
-                    self.control.report("merge", done, total)
                     continue
                 rows = self.compute(loaded, p)
                 self._check_finite(loaded, p, rows, publishing=sink is not None)

@@ -18,9 +18,9 @@ re-reads come from the page cache (reader.py), and memory stays one piece per sl
 
 |δ| is computed as the merge computes it: x − base in the working dtype (float64 merges are
 not streamed: their order is not their float32 patterns', see ``streams``). Counted through
-kernels/topk.py's counting passes where the kernels are loaded and would merge the tensor
-(float32 work), else in torch: the same float32 patterns either way (tests/engine/test_streamed.py
-merges both ways).
+kernels/topk.py's counting functions where the kernels are loaded and the work dtype is float32,
+else in torch: the same float32 patterns either way (tests/engine/test_streamed.py merges both
+ways).
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ def low_histogram(x: torch.Tensor, base: torch.Tensor, work: torch.dtype, key: i
     return hist, int(torch.count_nonzero(patterns)) if key == 0 else 0
 
 
+def tie_count(x: torch.Tensor, base: torch.Tensor, work: torch.dtype, pattern: int) -> int:
+    """How many entries of |x − base| have float32 pattern ``pattern``."""
+    if _compiled(x, base, work):
+        return compiled.magnitude_count(x.reshape(-1), base.reshape(-1), [pattern])[0][0][1]
+    return int((_patterns(x, base, work) == pattern).sum())
+
+
 def tie_position(x: torch.Tensor, base: torch.Tensor, work: torch.dtype, pattern: int, rank: int) -> int:
     """Flat position of the entry numbered ``rank`` (from 0) among those whose |x − base| has
     float32 pattern ``pattern``."""
@@ -105,10 +112,9 @@ class StreamedTensor:
     def stages(self) -> tuple[str, ...]:
         return STAGES[self.kind] + (MERGE,)
 
-    def count(self, stage: str, start: int, base: torch.Tensor, inputs: list[list[torch.Tensor | None]],
-              last: bool) -> None:
-        """Pass ``stage`` ("top" or "low") over the piece of ``base`` rows starting at flat
-        ``start``, with each variant's inputs (None: the base's values there, δ = 0)."""
+    def count(self, stage: str, base: torch.Tensor, inputs: list[list[torch.Tensor | None]], last: bool) -> None:
+        """Pass ``stage`` ("top" or "low") over a piece of ``base`` rows, with each variant's
+        inputs (None: the base's values there, δ = 0)."""
         for tops, xs in zip(self.tops, inputs):
             for top, x in zip(tops, xs):
                 if top is None:
@@ -119,7 +125,7 @@ class StreamedTensor:
                     if last:
                         top.end_top()
                 else:
-                    top.add_low(start, *low_histogram(x, base, self.work, top.key))
+                    top.add_low(*low_histogram(x, base, self.work, top.key))
                     if last:
                         top.end_low()
 
@@ -138,16 +144,12 @@ class StreamedTensor:
               inputs: list[torch.Tensor | None]) -> list:
         """The selections for the piece of ``base`` rows starting at flat ``start`` (merged in
         order), in the tensor's flat positions."""
-        stop = start + base.numel()
         out = []
         for top, x in zip(self.tops[variant], inputs):
             if top is None:
                 out.append(None)
                 continue
             x = base if x is None else x
-
-            def locate(pattern: int, rank: int, x=x) -> int:
-                return tie_position(x, base, self.work, pattern, rank)
-
-            out.append(top.rule_for(start, stop, locate))
+            out.append(top.rule_for(start, lambda pattern, x=x: tie_count(x, base, self.work, pattern),
+                                    lambda pattern, rank, x=x: tie_position(x, base, self.work, pattern, rank)))
         return out

@@ -89,6 +89,24 @@ def test_a_file_shorter_than_its_header_says_is_a_clear_error(model):
         r.read_rows(info, 0, 300)
 
 
+def test_reads_through_the_page_cache_announce_their_range(model, monkeypatch):
+    """Through the page cache each read asks the kernel for exactly its range first
+    (POSIX_FADV_WILLNEED): under POSIX_FADV_RANDOM a large cold read would otherwise go in small
+    synchronous requests."""
+    info, expected = model
+    advice = []
+    real = os.posix_fadvise
+
+    def spy(fd, offset, length, how):
+        advice.append((offset, length, how))
+        return real(fd, offset, length, how)
+
+    monkeypatch.setattr(reader_mod.os, "posix_fadvise", spy)
+    with RangeReader(sequential=False, direct=False) as r:
+        assert torch.equal(r.read_rows(info, 10, 40, Slab(1 << 20)), expected[10:40])
+    assert (info.start + 10 * info.row_bytes, 30 * info.row_bytes, os.POSIX_FADV_WILLNEED) in advice
+
+
 def test_a_cached_range_is_copied_from_the_cache(model, monkeypatch):
     """Warm pages are not read again from storage: no uncached read happens at all."""
     info, expected = model

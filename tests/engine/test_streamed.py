@@ -11,7 +11,9 @@ from conftest import BLOCK, assert_bit_identical, load_model, make_family
 
 from mergehub.demo.tiny import TINY_SHAPES
 from mergehub.engine import api, executor, kernels
+from mergehub.engine import streamed as streamed_module
 from mergehub.engine.config import parse_config
+from mergehub.engine.layout import read_model_layout
 
 SHAPES = dict(TINY_SHAPES, **{"model.embed_tokens.weight": (96, 40)})  # the tensor worth streaming
 
@@ -77,8 +79,18 @@ def test_streamed_merge_is_bit_identical(tmp_path, catalog, monkeypatch, compile
     fam = make_family(tmp_path / "f", change="dense", dtype=dtype, shapes=SHAPES, experts=3)
     mapping = _ties(fam, dtype=work) if work else _ties(fam)
     _merge(mapping, tmp_path / "whole", catalog, False, monkeypatch)
-    result = _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch)
+    located = []
+    real = streamed_module.tie_position
+    monkeypatch.setattr(streamed_module, "tie_position", lambda *args: located.append(args[-1]) or real(*args))
+    progress = []
+    result = _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch, progress=progress.append)
     assert_bit_identical(load_model(tmp_path / "streamed"), load_model(tmp_path / "whole"))
+    merging = [(r.done, r.total) for r in progress if r.stage == "merge"]
+    # progress counts merged rows once, not the counting passes: the model's bytes, in order
+    assert merging[-1][0] == merging[-1][1] == sum(i.nbytes for i in read_model_layout(fam.base).tensors.values())
+    assert [done for done, _ in merging] == sorted(done for done, _ in merging)
+    if dtype == torch.bfloat16:  # some cut fell among ties inside a piece, and was located there
+        assert located
     m = result.manifest["metrics"]
     assert m["expert_bytes_requested"] == m["full_expert_bytes"]  # the counting passes are apart
     assert m["reread_bytes_requested"] > 2 * m["full_expert_bytes"]  # every input, twice
@@ -94,6 +106,34 @@ def test_streamed_rescale_is_bit_identical(tmp_path, catalog, monkeypatch, compi
     _merge(mapping, tmp_path / "whole", catalog, False, monkeypatch)
     _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch)
     assert_bit_identical(load_model(tmp_path / "streamed"), load_model(tmp_path / "whole"))
+
+
+def test_an_unread_big_tensor_is_the_base_copied_by_pieces(tmp_path, catalog, monkeypatch):
+    """Where no access set reads or sketches a big tensor, nothing is counted: its pieces are the
+    base's rows, as the whole tensor's merge of zero deltas gives."""
+    embed = "model.embed_tokens.weight"
+    fam = make_family(tmp_path / "f", change="dense", shapes=SHAPES)
+    config = parse_config(_ties(fam))
+    plan = api.plan_merge(config, catalog_dir=catalog, block_size=BLOCK, index_missing=True, sketch_rank=0)
+    access = [{name: blocks for name, blocks in per.items() if name != embed} for per in plan.access]
+    monkeypatch.setattr(executor, "STREAMED_TENSOR_BYTES", 0)
+    monkeypatch.setattr(executor, "UNIT_BYTES", 2 * BLOCK)
+    counted, merged = [], []
+    for name, record in (("_count", counted), ("compute", merged)):
+        real = getattr(executor.Executor, name)
+        monkeypatch.setattr(executor.Executor, name, lambda self, loaded, p, real=real, record=record:
+                            record.append(loaded.unit) or real(self, loaded, p))
+    api.run_merge(config, tmp_path / "out", catalog_dir=catalog, device="cpu", block_size=BLOCK, access=access)
+    assert not [u for u in counted if u.tensor == embed] and any(u.tensor != embed for u in counted)
+    pieces = [u for u in merged if u.tensor == embed]
+    assert len(pieces) > 2 and not any(u.whole or u.streamed for u in pieces)
+    assert torch.equal(load_model(tmp_path / "out")[embed], load_model(fam.base)[embed])
+
+
+def test_ties_in_float64_is_not_streamed(tmp_path, catalog, monkeypatch):
+    """float64 values do not order as their float32 patterns: such a merge keeps whole tensors."""
+    fam = make_family(tmp_path / "f", change="dense", shapes=SHAPES)
+    _merge(_ties(fam, dtype="float64"), tmp_path / "out", catalog, True, monkeypatch, expect_streamed=False)
 
 
 def test_rescale_in_a_narrow_working_dtype_is_not_streamed(tmp_path, catalog, monkeypatch):

@@ -15,9 +15,9 @@ inputs widened to float32, rounded to ``out_dtype``. ``"rescale_sums"`` is the c
 a streamed tensor's rescale (engine/streamed.py): the same ``run`` returns, per input, the
 exact L1 slots ``operator.rescale_sums`` returns (slots may differ; their exact totals agree).
 
-The selection passes over a tensor too big to hold (engine/streamed.py) call
-``topk.py``'s histograms directly, on the conditions ``find`` sets for a merge (float32 work,
-dtypes the kernels read, contiguous CPU tensors): they count what the merge's kernel would.
+The selection passes over a tensor too big to hold (engine/streamed.py) call ``topk.py``'s
+counting functions directly, on ``find``'s common conditions (float32 work, dtypes the kernels
+read, contiguous CPU tensors): they count the same float32 patterns as the torch statement.
 
 ``MERGEHUB_NATIVE=0``, or no library (installed without a C compiler): ``find`` finds nothing
 and every merge runs its torch statement.

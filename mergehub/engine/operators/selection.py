@@ -299,23 +299,25 @@ class StreamedTopK:
     without holding them: the values' float32 patterns are counted, never kept.
 
     Pass one adds each piece's histogram of the top 16 bits (``add_top``); ``end_top`` finds the
-    bin holding the k-th largest. Pass two adds, per piece, the histogram of the low 16 bits of
-    the entries in that bin and the piece's non-zero count (``add_low``); ``end_low`` finds the
-    exact threshold and which piece holds the first tie not kept. That tie's position is looked
-    up when its piece is merged (``rule_for``): until then every tie seen is kept. The rule is
-    ``topk_rule``'s, tie rule included (tests/engine/operators/test_ops_selection.py)."""
+    bin holding the k-th largest. Pass two adds each piece's histogram of the low 16 bits of its
+    entries in that bin (``add_low``, with its non-zero count when that bin is 0); ``end_low``
+    finds the exact threshold and how many ties at it are kept. Merging then asks for the rule
+    piece by piece, in order (``rule_for``): ties are counted piece by piece until the piece
+    holding the first tie not kept, where its position is looked up; until then every tie is
+    kept. Memory stays two histograms whatever the tensor's size. The rule is ``topk_rule``'s,
+    tie rule included (tests/engine/operators/test_ops_selection.py)."""
 
     def __init__(self, n: int, k: int):
         if not 1 <= k < n:
             raise ValueError(f"keeping {k} of {n} needs no selection")
         self.n, self.k = n, k
         self.top = torch.zeros(KEY_BINS, dtype=torch.int64)
+        self.low = torch.zeros(LOW_BINS, dtype=torch.int64)
         self.key: int | None = None  # the bin of the k-th largest, once pass one has ended
-        self._lows: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (piece start, bins, counts)
         self._nonzero = 0
         self.rule: TopKRule | None = None  # once pass two has ended (cut provisional while pending)
         self.pattern = 0  # the threshold's float32 bit pattern
-        self._pending: tuple[int, int] | None = None  # (start of the piece with the cut, tie rank in it)
+        self._pending: int | None = None  # ties at the threshold still to pass before the cut
 
     def add_top(self, hist: torch.Tensor) -> None:
         """Pass one: ``hist`` counts one piece's values by their top 16 bits (KEY_BINS)."""
@@ -324,42 +326,35 @@ class StreamedTopK:
     def end_top(self) -> None:
         self.key, _ = bin_from_top(self.top, self.k)
 
-    def add_low(self, start: int, hist: torch.Tensor, nonzero: int) -> None:
-        """Pass two, for the piece starting at flat ``start``: ``hist`` counts its values in bin
-        ``key`` by their low 16 bits (LOW_BINS); ``nonzero`` its non-zero values (needed only
-        when ``key`` is 0)."""
-        bins = hist.nonzero().squeeze(1)
-        self._lows.append((start, bins, hist[bins]))
+    def add_low(self, hist: torch.Tensor, nonzero: int) -> None:
+        """Pass two: ``hist`` counts one piece's values in bin ``key`` by their low 16 bits
+        (LOW_BINS); ``nonzero`` its non-zero values (needed only when ``key`` is 0)."""
+        self.low += hist
         self._nonzero += nonzero
 
     def end_low(self) -> None:
         def pick_in_bin(key: int, need: int) -> TopKRule:
-            total = torch.zeros(LOW_BINS, dtype=torch.int64)
-            for _, bins, counts in self._lows:
-                total[bins] += counts
-            low, above = bin_from_top(total, need)
+            low, above = bin_from_top(self.low, need)
             self.pattern = (key << 16) | low
-            rank = need - above  # the first tie not kept, counted in flat order
-            if rank < int(total[low]):
-                for start, bins, counts in self._lows:
-                    here = int(counts[bins == low].sum())
-                    if rank < here:
-                        self._pending = (start, rank)
-                        break
-                    rank -= here
+            ties_kept = need - above  # so the first tie not kept is the one numbered ties_kept
+            if ties_kept < int(self.low[low]):
+                self._pending = ties_kept
             return TopKRule(float32_of(self.pattern), self.n)  # provisional cut while pending
 
         self.rule = rule_from_histogram(self.n, self.k, self.top, pick_in_bin, lambda: self._nonzero)
-        self._lows = []
+        self.top = self.low = None  # done with
 
-    def rule_for(self, start: int, stop: int, tie_position) -> TopKRule:
-        """The rule, valid over flat [start, stop): a piece of pass two, asked for in order.
-        ``tie_position(pattern, rank)``: the position in this piece of its tie numbered ``rank``
-        (from 0, flat order), asked only of the piece that holds the first tie not kept."""
+    def rule_for(self, start: int, count_ties, tie_position) -> TopKRule:
+        """The rule, valid over the piece from flat ``start`` (pieces asked for in order).
+        ``count_ties(pattern)``: how many of this piece's values have that float32 pattern;
+        ``tie_position(pattern, rank)``: the position in this piece of its value numbered ``rank``
+        (from 0, flat order) among those. Asked only until the first tie not kept is found."""
         assert self.rule is not None, "both passes must end first"
-        if self._pending is not None and self._pending[0] < stop:
-            piece, rank = self._pending
-            assert piece == start, "pieces are merged in the order they were counted"
-            self.rule = TopKRule(self.rule.threshold, start + tie_position(self.pattern, rank))
-            self._pending = None
+        if self._pending is not None:
+            here = count_ties(self.pattern)
+            if self._pending < here:
+                self.rule = TopKRule(self.rule.threshold, start + tie_position(self.pattern, self._pending))
+                self._pending = None
+            else:
+                self._pending -= here  # every tie of this piece is kept
         return self.rule

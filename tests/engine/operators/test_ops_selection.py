@@ -200,9 +200,10 @@ def _streamed(v: torch.Tensor, k: int, piece: int) -> list[tuple[tuple[int, int]
     for p in patterns:
         top.add_top(torch.bincount(p >> 16, minlength=selection.KEY_BINS))
     top.end_top()
-    for (a, _), p in zip(pieces, patterns):
+    for p in patterns:
         inside = p[(p >> 16) == top.key] & 0xFFFF
-        top.add_low(a, torch.bincount(inside, minlength=selection.LOW_BINS), int(torch.count_nonzero(p)))
+        top.add_low(torch.bincount(inside, minlength=selection.LOW_BINS), int(torch.count_nonzero(p)))
     top.end_low()
-    return [((a, b), top.rule_for(a, b, lambda pattern, rank, p=p: int((p == pattern).nonzero()[rank])))
+    return [((a, b), top.rule_for(a, lambda pattern, p=p: int((p == pattern).sum()),
+                                  lambda pattern, rank, p=p: int((p == pattern).nonzero()[rank])))
             for (a, b), p in zip(pieces, patterns)]
