@@ -100,7 +100,7 @@ class StreamedTensor:
     def __init__(self, numel: int, work: torch.dtype, variants: int, counts: list[int | None] | None = None,
                  rescaled: list[bool] | None = None):
         assert (counts is None) != (rescaled is None), "one kind of statistics per tensor"
-        self.numel, self.work = numel, work
+        self.work = work
         self.kind = "selection" if counts is not None else "rescale"
         if counts is not None:
             self.tops = [[None if k is None else StreamedTopK(numel, k) for k in counts] for _ in range(variants)]
