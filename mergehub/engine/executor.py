@@ -34,6 +34,7 @@ reaches the writer; inputs that already held Inf/NaN pass them through, as they 
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import queue
@@ -186,6 +187,12 @@ class Executor:
         self.deviations = [Deviation() for _ in self.references]
         self._ref_is_access = [ref == self.access and rs == self.sketches
                                for ref, rs in zip(self.references, self.ref_sketches)]
+        # the access sets a unit is loaded for, and the access sets (with sketches) the operator
+        # merges with: the merge's own, then, when evaluating, the full read and each reference
+        self.loaded_sets = self.full if self.evaluate else self.access
+        self.variants = [(self.access, self.sketches)]
+        if self.evaluate:
+            self.variants += [(self.full, none), *zip(self.references, self.ref_sketches)]
 
     # ----- planning the units -------------------------------------------------------------
     def out_specs(self) -> list[OutSpec]:
@@ -242,11 +249,10 @@ class Executor:
     def _pieces(self, name: str, info: TensorInfo):
         """A tensor merged block by block, as units: runs of blocks whose set of read experts is
         the same, of at most ``UNIT_BYTES`` of rows."""
-        loaded_sets = self.full if self.evaluate else self.access
         rpb = rows_per_block(info, self.block_size)
         nblocks = block_count(info, self.block_size)
         cap = max(1, (UNIT_BYTES // max(1, info.row_bytes)) // rpb)  # blocks per unit
-        key = lambda b: tuple(b in per.get(name, ()) for per in loaded_sets)  # noqa: E731
+        key = lambda b: tuple(b in per.get(name, ()) for per in self.loaded_sets)  # noqa: E731
         b0 = 0
         while b0 < nblocks:
             k0, b1 = key(b0), b0 + 1
@@ -258,9 +264,9 @@ class Executor:
     def _unread(self, name: str) -> bool:
         """Is this tensor left out of every access set the merge reads or evaluates (no block
         read, no sketch)?"""
-        loaded_sets = self.full if self.evaluate else self.access
         sketched = [self.sketches, *self.ref_sketches]
-        return not any(per.get(name) for per in loaded_sets) and not any(name in s for per in sketched for s in per)
+        return (not any(per.get(name) for per in self.loaded_sets)
+                and not any(name in s for per in sketched for s in per))
 
     def _streamed(self, info: TensorInfo, p: TensorParams) -> StreamedTensor | None:
         """The statistics to gather when this whole-tensor unit is too big to hold and the
@@ -271,7 +277,7 @@ class Executor:
             return None
         if info.rows * info.row_bytes * (len(self.experts) + 2) <= STREAMED_TENSOR_BYTES:
             return None
-        numel, variants = math.prod(info.shape), len(self._variants())
+        numel, variants = math.prod(info.shape), len(self.variants)
         if (counts := self.op.selection_counts(p, numel)) is not None:
             return StreamedTensor(numel, work, variants, counts=counts)
         if (rescaled := self.op.streamed_rescale(p, work)) is not None:
@@ -347,7 +353,7 @@ class Executor:
         """Run the operator; ``base`` is the base's rows already in the working dtype (converted
         once, however many access sets are evaluated). ``rows``: the tensor rows this call
         covers, when it is a tile of the unit (``inputs_for`` and ``base`` are then that tile).
-        ``variant``: which access set ``inputs_for`` follow (``_variants``)."""
+        ``variant``: which access set ``inputs_for`` follow (``self.variants``)."""
         unit = loaded.unit
         info = self.ref_layout.tensors[unit.tensor]
         work = self._work_dtype(info)
@@ -373,17 +379,9 @@ class Executor:
                             rescale_factors=self._rescale_factors(loaded, variant))
 
     # ----- streamed tensors (streamed.py) ------------------------------------------------------
-    def _variants(self) -> list[tuple[list, list]]:
-        """The access sets (and sketches) the operator merges with: the merge's own, then, when
-        evaluating, the full read and each reference."""
-        own = [(self.access, self.sketches)]
-        if not self.evaluate:
-            return own
-        return own + [(self.full, [{} for _ in self.experts])] + list(zip(self.references, self.ref_sketches))
-
     def _variant_inputs(self, loaded: Loaded, variant: int) -> list[torch.Tensor | None]:
         """The unit's expert rows as ``variant`` sees them (``_restrict``)."""
-        access, sketches = self._variants()[variant]
+        access, sketches = self.variants[variant]
         return [self._restrict(loaded, k, access[k], sketches[k]) for k in range(len(self.experts))]
 
     def _count(self, loaded: Loaded, p: TensorParams) -> None:
@@ -391,17 +389,19 @@ class Executor:
         unit, streamed = loaded.unit, loaded.unit.streamed
         info = self.ref_layout.tensors[unit.tensor]
         last = unit.row_end == info.rows
-        variants = range(len(self._variants()))
+        variants = range(len(self.variants))
         if streamed.kind == "rescale":
-            work_base = self._work_base(loaded, self._work_dtype(info))  # once for every variant
+            # the base's rows in the working dtype: copied once for every variant, if a torch
+            # statement needs them
+            work_base = functools.cache(lambda: self._work_base(loaded, self._work_dtype(info)))
             for v in variants:
                 streamed.add_sums(v, self._rescale_sums(loaded, p, v, work_base), last)
             return
         streamed.count(unit.stage, loaded.base, [self._variant_inputs(loaded, v) for v in variants], last)
 
-    def _rescale_sums(self, loaded: Loaded, p: TensorParams, variant: int, work_base: torch.Tensor) -> list:
+    def _rescale_sums(self, loaded: Loaded, p: TensorParams, variant: int, work_base) -> list:
         """``Operator.rescale_sums`` of a piece for ``variant``, through its kernel where one
-        takes it (exact sums: either gives the same factor). ``work_base``: the base's rows in
+        takes it (exact sums: either gives the same factor). ``work_base()``: the base's rows in
         the working dtype."""
         work = self._work_dtype(self.ref_layout.tensors[loaded.unit.tensor])
         stored = [loaded.base if x is None else x for x in self._variant_inputs(loaded, variant)]
@@ -409,8 +409,9 @@ class Executor:
         kernel = kernels.find(self.op.name, "rescale_sums", loaded.base, stored, p, work, work)
         if kernel is not None:
             return kernel.run(loaded.base, stored, p, ctx, work)
-        inputs = [work_base if x is loaded.base else self._input(x, work) for x in stored]
-        return self.op.rescale_sums(work_base, inputs, p, ctx)
+        base = work_base()
+        inputs = [base if x is loaded.base else self._input(x, work) for x in stored]
+        return self.op.rescale_sums(base, inputs, p, ctx)
 
     def _selection_rules(self, loaded: Loaded, variant: int) -> list | None:
         """The selections of a streamed tensor's piece for ``variant``, in the tensor's flat
@@ -421,7 +422,7 @@ class Executor:
         if variant not in loaded.selections:
             start = unit.row_start * math.prod(self.ref_layout.tensors[unit.tensor].shape[1:])
             loaded.selections[variant] = unit.streamed.rules(variant, start, loaded.base,
-                                                             self._variant_inputs(loaded, variant))
+                                                             lambda: self._variant_inputs(loaded, variant))
         return loaded.selections[variant]
 
     def _rescale_factors(self, loaded: Loaded, variant: int) -> list | None:

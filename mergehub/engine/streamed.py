@@ -25,6 +25,8 @@ ways).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from . import kernels
@@ -141,11 +143,15 @@ class StreamedTensor:
                             for per in self.sums]
 
     def rules(self, variant: int, start: int, base: torch.Tensor,
-              inputs: list[torch.Tensor | None]) -> list:
+              inputs_of: Callable[[], list[torch.Tensor | None]]) -> list:
         """The selections for the piece of ``base`` rows starting at flat ``start`` (merged in
-        order), in the tensor's flat positions."""
+        order), in the tensor's flat positions. ``inputs_of()`` gives the piece's inputs for
+        ``variant``; asked only while a tie cut is still to be located."""
+        tops = self.tops[variant]
+        if all(top is None or top.settled for top in tops):
+            return [None if top is None else top.rule for top in tops]
         out = []
-        for top, x in zip(self.tops[variant], inputs):
+        for top, x in zip(tops, inputs_of()):
             if top is None:
                 out.append(None)
                 continue

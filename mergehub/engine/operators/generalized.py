@@ -112,10 +112,13 @@ class TaskArithmeticFamily(Operator):
     def rescale_sums(self, base: torch.Tensor, inputs: list[torch.Tensor], p: TensorParams,
                      ctx: MergeContext) -> list[tuple[list[int], list[int]] | None]:
         keep = ROW_MASKS[self.sparsifier]
-        sums = []
+        sums: list = []
         for k, (x, model, rescaled) in enumerate(zip(inputs, p.models, self._sparsifies(p))):
-            delta = torch.sub(x, base) if rescaled else None
-            sums.append(None if delta is None else l1_sums(delta, keep(delta, model["density"], model, ctx, k)))
+            if not rescaled:
+                sums.append(None)
+                continue
+            delta = torch.sub(x, base)
+            sums.append(l1_sums(delta, keep(delta, model["density"], model, ctx, k)))
         return sums
 
     def coefficients(self, p: TensorParams) -> list[float] | None:

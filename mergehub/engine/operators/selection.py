@@ -311,8 +311,10 @@ class StreamedTopK:
         if not 1 <= k < n:
             raise ValueError(f"keeping {k} of {n} needs no selection")
         self.n, self.k = n, k
-        self.top = torch.zeros(KEY_BINS, dtype=torch.int64)
-        self.low = torch.zeros(LOW_BINS, dtype=torch.int64)
+        # allocated at the first piece: an executor creates one per streamed tensor and expert
+        # before any is merged, and frees them as each tensor's passes end
+        self.top: torch.Tensor | None = None
+        self.low: torch.Tensor | None = None
         self.key: int | None = None  # the bin of the k-th largest, once pass one has ended
         self._nonzero = 0
         self.rule: TopKRule | None = None  # once pass two has ended (cut provisional while pending)
@@ -321,7 +323,7 @@ class StreamedTopK:
 
     def add_top(self, hist: torch.Tensor) -> None:
         """Pass one: ``hist`` counts one piece's values by their top 16 bits (KEY_BINS)."""
-        self.top += hist
+        self.top = hist.clone() if self.top is None else self.top.add_(hist)
 
     def end_top(self) -> None:
         self.key, _ = bin_from_top(self.top, self.k)
@@ -329,7 +331,7 @@ class StreamedTopK:
     def add_low(self, hist: torch.Tensor, nonzero: int) -> None:
         """Pass two: ``hist`` counts one piece's values in bin ``key`` by their low 16 bits
         (LOW_BINS); ``nonzero`` its non-zero values (needed only when ``key`` is 0)."""
-        self.low += hist
+        self.low = hist.clone() if self.low is None else self.low.add_(hist)
         self._nonzero += nonzero
 
     def end_low(self) -> None:
@@ -343,6 +345,11 @@ class StreamedTopK:
 
         self.rule = rule_from_histogram(self.n, self.k, self.top, pick_in_bin, lambda: self._nonzero)
         self.top = self.low = None  # done with
+
+    @property
+    def settled(self) -> bool:
+        """Is the rule final (no tie cut left to locate)?"""
+        return self.rule is not None and self._pending is None
 
     def rule_for(self, start: int, count_ties, tie_position) -> TopKRule:
         """The rule, valid over the piece from flat ``start`` (pieces asked for in order).
