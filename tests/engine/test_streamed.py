@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from conftest import BLOCK, assert_bit_identical, load_model, make_family
 
 from mergehub.demo.tiny import TINY_SHAPES
@@ -103,6 +104,23 @@ def test_streamed_rescale_is_bit_identical(tmp_path, catalog, monkeypatch, compi
     _kernels(monkeypatch, compiled)
     fam = make_family(tmp_path / "f", change="dense", dtype=torch.bfloat16, shapes=SHAPES, experts=3)
     mapping = _method(fam, method, dtype="float32")
+    _merge(mapping, tmp_path / "whole", catalog, False, monkeypatch)
+    _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch)
+    assert_bit_identical(load_model(tmp_path / "streamed"), load_model(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernels", "torch"])
+def test_streamed_rescale_with_nan_and_inf_inputs(tmp_path, catalog, monkeypatch, compiled):
+    """One non-finite entry of δ makes ‖δ‖₁ non-finite, which switches that expert's rescale off
+    over the whole tensor: the sums gathered piece by piece see it in the one piece it lies in."""
+    _kernels(monkeypatch, compiled)
+    fam = make_family(tmp_path / "f", change="dense", dtype=torch.bfloat16, shapes=SHAPES)
+    path = fam.experts[0] / "model.safetensors"
+    tensors = load_file(path)
+    embed = tensors["model.embed_tokens.weight"].clone()
+    embed[-1, 0] = float("nan")  # the last piece only
+    save_file({**tensors, "model.embed_tokens.weight": embed}, path)
+    mapping = _method(fam, "dare_ties", dtype="float32")
     _merge(mapping, tmp_path / "whole", catalog, False, monkeypatch)
     _merge(mapping, tmp_path / "streamed", catalog, True, monkeypatch)
     assert_bit_identical(load_model(tmp_path / "streamed"), load_model(tmp_path / "whole"))
