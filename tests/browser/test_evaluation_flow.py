@@ -79,8 +79,10 @@ def test_evaluate_after_merge(browser_page, live_server, alice, registered_lm, t
     page.wait_for_selector("#evaluation-live", state="detached", timeout=60_000)
     page.wait_for_selector("#chart-benchmark .main-svg")
     # merge, base and two experts (plotly may still be adding traces when its svg appears)
-    page.wait_for_function("document.querySelectorAll('#chart-benchmark .trace.bars').length === 4",
-                           timeout=10_000)
+    # (a locator, not a string predicate: polling one is an eval, which the pages' CSP refuses)
+    bars = page.locator("#chart-benchmark .trace.bars")
+    bars.nth(3).wait_for(timeout=10_000)
+    assert bars.count() == 4
     rows = page.locator("#benchmark-table tbody tr")
     assert rows.count() == 4
     labels = [" ".join(rows.nth(i).locator("td").first.text_content().split()) for i in range(4)]
